@@ -1,0 +1,89 @@
+//! Command-line arguments (contract §1): `-c FILE`, `-t`, `--version`, `--help`.
+
+/// What the command line asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Run the gateway with this config (`None`: the built-in defaults).
+    Run(Option<String>),
+    /// Check the config and exit.
+    Test(Option<String>),
+    Version,
+    Help,
+}
+
+pub const USAGE: &str = "\
+usage: ratelimiter [-t] [-c FILE]
+       ratelimiter --version
+
+  -c, --conf FILE   the TOML config (default: built-in defaults, the embedded store)
+  -t, --test        check the config and exit: 0 and a summary when valid,
+                    1 and every error on stderr when not
+  -V, --version     print the version
+  -h, --help        print this help
+
+Environment: RUST_LOG sets the log level (default info); RATELIMITER_* override the
+config (see the README).";
+
+pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
+    let mut conf = None;
+    let mut test = false;
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "-c" | "--conf" => match args.next() {
+                Some(path) if !path.starts_with('-') => conf = Some(path),
+                _ => return Err(format!("{arg} needs a file")),
+            },
+            "-t" | "--test" => test = true,
+            "-V" | "--version" => return Ok(Command::Version),
+            "-h" | "--help" => return Ok(Command::Help),
+            other => match other.strip_prefix("--conf=") {
+                Some(path) if !path.is_empty() => conf = Some(path.to_string()),
+                _ => return Err(format!("unknown argument {other:?}")),
+            },
+        }
+    }
+    Ok(if test {
+        Command::Test(conf)
+    } else {
+        Command::Run(conf)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(args: &[&str]) -> Result<Command, String> {
+        parse(args.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn parses_the_contract_forms() {
+        assert_eq!(
+            p(&["-c", "a.toml"]),
+            Ok(Command::Run(Some("a.toml".into())))
+        );
+        assert_eq!(
+            p(&["-t", "-c", "a.toml"]),
+            Ok(Command::Test(Some("a.toml".into())))
+        );
+        assert_eq!(
+            p(&["-c", "a.toml", "-t"]),
+            Ok(Command::Test(Some("a.toml".into())))
+        );
+        assert_eq!(
+            p(&["--conf=a.toml"]),
+            Ok(Command::Run(Some("a.toml".into())))
+        );
+        assert_eq!(p(&["--version"]), Ok(Command::Version));
+        assert_eq!(p(&[]), Ok(Command::Run(None)));
+    }
+
+    #[test]
+    fn rejects_unknown_and_incomplete_arguments() {
+        assert!(p(&["-c"]).is_err());
+        assert!(p(&["-c", "-t"]).is_err());
+        assert!(p(&["--bogus"]).is_err());
+    }
+}

@@ -1,0 +1,226 @@
+//! Configuration: the TOML file (contract §2), checked once into types that cannot hold a bad
+//! value. Nothing outside this module sees the raw document.
+//!
+//! - `reader`: walks the spanned TOML tree, recording unknown keys and wrong types;
+//! - `validate`: turns each section into its validated type and applies `RATELIMITER_*`
+//!   environment overrides;
+//! - `error`: file:line:column errors, all of them at once.
+
+mod error;
+mod reader;
+mod validate;
+
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroU64};
+use std::time::Duration;
+
+pub use error::{ConfigError, ConfigErrors, Origin};
+use ipnet::IpNet;
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub proxy: ProxyConfig,
+    pub admin: AdminConfig,
+    pub node: NodeConfig,
+    /// `None`: the embedded in-memory store (single node).
+    pub redis: Option<RedisConfig>,
+    pub limits: LimitsConfig,
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Worker threads of the proxy service.
+    pub threads: usize,
+    /// How long SIGTERM waits for in-flight requests before the process exits.
+    pub grace_period: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub listen: SocketAddr,
+    /// Resolved once at start: pingora would otherwise resolve a name on every request.
+    pub upstreams: Vec<Upstream>,
+    /// When set, allowed requests are answered by the gateway itself (Envoy's
+    /// `direct_response`, nginx's `return`), and `upstreams` is not used.
+    pub direct_response: Option<DirectResponse>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// As written in the config, used as the `Host` of proxied requests when it has a name.
+    pub name: String,
+    pub addr: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectResponse {
+    pub status: u16,
+    pub content_type: String,
+    pub body: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// Bearer token required by mutating admin endpoints.
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub id: String,
+    /// `host:port` published in the registry.
+    pub address: String,
+    pub ttl: Duration,
+    pub heartbeat: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub url: RedisUrl,
+    /// Bound on every Redis call, connection included.
+    pub timeout: Duration,
+    pub on_error: OnError,
+}
+
+/// A Redis URL that never prints its password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl(String);
+
+impl RedisUrl {
+    /// The URL with its secret, for the client only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password replaced by `***`, safe for logs and admin responses.
+    pub fn redacted(&self) -> String {
+        let s = &self.0;
+        let Some(scheme_end) = s.find("://") else {
+            return s.clone();
+        };
+        let rest = &s[scheme_end + 3..];
+        let authority_end = rest.find('/').unwrap_or(rest.len());
+        match rest[..authority_end].rfind('@') {
+            Some(at) => {
+                let userinfo = &rest[..at];
+                let user = userinfo.split(':').next().unwrap_or("");
+                let masked = if userinfo.contains(':') {
+                    format!("{user}:***")
+                } else {
+                    "***".to_string()
+                };
+                format!("{}{masked}{}", &s[..scheme_end + 3], &rest[at..])
+            }
+            None => s.clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+impl std::fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// What a request gets when the store cannot decide (contract §3.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// Fail open: proxy without limit headers.
+    Allow,
+    /// Fail closed: 503.
+    Deny,
+}
+
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    pub enabled: bool,
+    pub default: Quota,
+    pub key: KeySource,
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// A limit: at most `limit` allowed requests in any `window_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub limit: NonZeroU32,
+    pub window_ms: NonZeroU64,
+}
+
+/// What a request is keyed by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// `ip:<client-ip>`.
+    Ip,
+    /// `<lower-cased header name>:<value>`, falling back to the `ip:` key.
+    Header(http::HeaderName),
+}
+
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    pub max_key_labels: usize,
+}
+
+impl Config {
+    /// Reads and validates a config file, with `RATELIMITER_*` overrides from the process
+    /// environment.
+    pub fn load(path: &str) -> Result<Config, ConfigErrors> {
+        let source = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                origin: Origin::Path(path.to_string()),
+                message: format!("cannot read the config file: {e}"),
+            }])
+        })?;
+        Config::parse(path, &source, &|var| std::env::var(var).ok())
+    }
+
+    /// Validates config text; `path` only names the source in errors, `env` looks up overrides.
+    pub fn parse(
+        path: &str,
+        source: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigErrors> {
+        validate::build(path, source, env)
+    }
+
+    /// One line for `ratelimiter -t`.
+    pub fn summary(&self) -> String {
+        let store = match &self.redis {
+            Some(r) => format!(
+                "redis {} (timeout {:?}, on_error {:?})",
+                r.url, r.timeout, r.on_error
+            ),
+            None => "embedded store".to_string(),
+        };
+        let key = match &self.limits.key {
+            KeySource::Ip => "ip".to_string(),
+            KeySource::Header(h) => format!("header:{h}"),
+        };
+        let target = match &self.proxy.direct_response {
+            Some(d) => format!("direct response {}", d.status),
+            None => format!("{} upstream(s)", self.proxy.upstreams.len()),
+        };
+        format!(
+            "node {} proxy {} -> {target}, admin {}, {store}, limit {} per {} ms by {key}{}",
+            self.node.id,
+            self.proxy.listen,
+            self.admin.listen,
+            self.limits.default.limit,
+            self.limits.default.window_ms,
+            if self.limits.enabled {
+                ""
+            } else {
+                " (limiting off)"
+            }
+        )
+    }
+}

@@ -1,0 +1,571 @@
+//! From the spanned TOML tree to [`Config`]: one function per section, each value checked
+//! where it is read so the error points at it. Environment overrides are applied here too,
+//! with errors that name the variable.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::num::{NonZeroU32, NonZeroU64};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::error::{Collector, ConfigErrors};
+use super::reader::{self, At, Section};
+use super::*;
+
+type Env<'e> = &'e dyn Fn(&str) -> Option<String>;
+
+const SECTIONS: &[&str] = &[
+    "server", "proxy", "admin", "node", "redis", "limits", "metrics",
+];
+
+pub(super) fn build(path: &str, source: &str, env: Env) -> Result<Config, ConfigErrors> {
+    let mut errors = Collector::new(path, source);
+    let Some(doc) = reader::parse(source, &mut errors) else {
+        return Err(ConfigErrors(errors.errors));
+    };
+    let root = Section::root(&doc, SECTIONS, &mut errors);
+
+    let server = server(
+        &root.section("server", &["threads", "grace_period_seconds"], &mut errors),
+        &mut errors,
+    );
+    let proxy = proxy(
+        &root.section(
+            "proxy",
+            &["listen", "upstreams", "direct_response"],
+            &mut errors,
+        ),
+        &mut errors,
+    );
+    let admin = admin(
+        &root.section("admin", &["listen", "token"], &mut errors),
+        &mut errors,
+    );
+    let node = node(
+        &root.section(
+            "node",
+            &["id", "address", "ttl_seconds", "heartbeat_seconds"],
+            &mut errors,
+        ),
+        proxy.as_ref().map(|p| p.listen),
+        env,
+        &mut errors,
+    );
+    let redis = redis(
+        root.has("redis"),
+        &root.section("redis", &["url", "timeout_ms", "on_error"], &mut errors),
+        env,
+        &mut errors,
+    );
+    let limits = limits(
+        &root.section(
+            "limits",
+            &[
+                "enabled",
+                "default_limit",
+                "default_window_ms",
+                "key",
+                "trusted_proxies",
+            ],
+            &mut errors,
+        ),
+        env,
+        &mut errors,
+    );
+    let metrics = metrics(
+        &root.section("metrics", &["max_key_labels"], &mut errors),
+        &mut errors,
+    );
+
+    match (proxy, admin, node, limits) {
+        (Some(proxy), Some(admin), Some(node), Some(limits)) if errors.errors.is_empty() => {
+            Ok(Config {
+                server,
+                proxy,
+                admin,
+                node,
+                redis,
+                limits,
+                metrics,
+            })
+        }
+        _ => Err(ConfigErrors(errors.errors)),
+    }
+}
+
+fn server(s: &Section, errors: &mut Collector) -> ServerConfig {
+    let default_threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = s
+        .integer(
+            "threads",
+            0,
+            1024,
+            "an integer 0..=1024 (0: one per core)",
+            errors,
+        )
+        .map_or(default_threads, |t| match t.value {
+            0 => default_threads,
+            n => n as usize,
+        });
+    let grace = s
+        .integer(
+            "grace_period_seconds",
+            0,
+            3600,
+            "an integer 0..=3600",
+            errors,
+        )
+        .map_or(5, |g| g.value as u64);
+    ServerConfig {
+        threads,
+        grace_period: Duration::from_secs(grace),
+    }
+}
+
+fn socket_addr(
+    s: &Section,
+    key: &str,
+    default: &str,
+    errors: &mut Collector,
+) -> Option<SocketAddr> {
+    match s.string(key, errors) {
+        None => default.parse().ok(),
+        Some(At { value, span }) => match value.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                errors.at(
+                    span,
+                    format!("{} {key}: expected an IP address and port like \"127.0.0.1:8080\", found {value:?}", s.name),
+                );
+                None
+            }
+        },
+    }
+}
+
+fn proxy(s: &Section, errors: &mut Collector) -> Option<ProxyConfig> {
+    let listen = socket_addr(s, "listen", "127.0.0.1:8080", errors);
+    let written = s.strings("upstreams", errors);
+    let mut upstreams = Vec::new();
+    match written {
+        None => upstreams.push(Upstream {
+            name: "127.0.0.1:3000".into(),
+            addr: "127.0.0.1:3000".parse().ok()?,
+        }),
+        Some(list) => {
+            if list.is_empty() && !s.has("direct_response") {
+                if let Some(span) = s.span("upstreams") {
+                    errors.at(
+                        span,
+                        format!("{} upstreams: expected at least one \"host:port\"", s.name),
+                    );
+                }
+            }
+            for At { value, span } in list {
+                match resolve(&value) {
+                    Ok(addr) => upstreams.push(Upstream { name: value, addr }),
+                    Err(why) => errors.at(span, format!("{} upstreams: {why}", s.name)),
+                }
+            }
+        }
+    }
+    let direct_response = s
+        .table(
+            "direct_response",
+            &["status", "content_type", "body"],
+            errors,
+        )
+        .map(|d| DirectResponse {
+            status: d
+                .integer("status", 100, 599, "an HTTP status 100..=599", errors)
+                .map_or(200, |v| v.value as u16),
+            content_type: d
+                .string("content_type", errors)
+                .map_or_else(|| "text/plain; charset=utf-8".to_string(), |v| v.value),
+            body: d
+                .string("body", errors)
+                .map_or_else(String::new, |v| v.value),
+        });
+    Some(ProxyConfig {
+        listen: listen?,
+        upstreams,
+        direct_response,
+    })
+}
+
+/// `host:port` to one address, resolved now (once) rather than per request.
+fn resolve(hostport: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = hostport.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let Some((host, port)) = hostport.rsplit_once(':') else {
+        return Err(format!("expected \"host:port\", found {hostport:?}"));
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!(
+            "expected \"host:port\" with a port 0..=65535, found {hostport:?}"
+        ));
+    }
+    match hostport.to_socket_addrs() {
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| format!("{host:?} resolves to no address")),
+        Err(e) => Err(format!("cannot resolve {host:?}: {e}")),
+    }
+}
+
+fn admin(s: &Section, errors: &mut Collector) -> Option<AdminConfig> {
+    let listen = socket_addr(s, "listen", "127.0.0.1:9090", errors);
+    let token = match s.string("token", errors) {
+        Some(At { value, span })
+            if value.is_empty() || value.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+        {
+            errors.at(
+                span,
+                format!(
+                    "{} token: expected a non-empty string without spaces or control characters",
+                    s.name
+                ),
+            );
+            None
+        }
+        other => other.map(|t| t.value),
+    };
+    Some(AdminConfig {
+        listen: listen?,
+        token,
+    })
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+fn valid_node_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic())
+}
+
+const NODE_ID_RULE: &str = "expected 1 to 128 visible ASCII characters (no spaces)";
+
+fn node(
+    s: &Section,
+    listen: Option<SocketAddr>,
+    env: Env,
+    errors: &mut Collector,
+) -> Option<NodeConfig> {
+    let mut id = match s.string("id", errors) {
+        Some(At { value, span }) if !valid_node_id(&value) => {
+            errors.at(
+                span,
+                format!("{} id: {NODE_ID_RULE}, found {value:?}", s.name),
+            );
+            None
+        }
+        Some(v) => Some(v.value),
+        None => Some(hostname()),
+    };
+    if let Some(v) = env("RATELIMITER_NODE_ID") {
+        if valid_node_id(&v) {
+            id = Some(v);
+        } else {
+            errors.env(
+                "RATELIMITER_NODE_ID",
+                format!("{NODE_ID_RULE}, found {v:?}"),
+            );
+        }
+    }
+
+    let mut address = match s.string("address", errors) {
+        Some(At { value, span }) => match value.rsplit_once(':') {
+            Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => Some(value),
+            _ => {
+                errors.at(
+                    span,
+                    format!(
+                        "{} address: expected \"host:port\", found {value:?}",
+                        s.name
+                    ),
+                );
+                None
+            }
+        },
+        None => listen.map(|l| l.to_string()),
+    };
+    if let Some(addr) = address.as_mut() {
+        let (mut host, mut port) = match addr.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), p.to_string()),
+            None => (addr.clone(), String::new()),
+        };
+        if let Some(h) = env("RATELIMITER_NODE_HOST") {
+            if h.is_empty() || h.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                errors.env(
+                    "RATELIMITER_NODE_HOST",
+                    format!("expected a host name or address, found {h:?}"),
+                );
+            } else {
+                host = h;
+            }
+        }
+        if let Some(p) = env("RATELIMITER_NODE_PORT") {
+            if p.parse::<u16>().is_ok() {
+                port = p;
+            } else {
+                errors.env(
+                    "RATELIMITER_NODE_PORT",
+                    format!("expected a port 0..=65535, found {p:?}"),
+                );
+            }
+        }
+        *addr = format!("{host}:{port}");
+    }
+
+    let ttl = env_int(
+        s,
+        "ttl_seconds",
+        "RATELIMITER_NODE_TTL_SECONDS",
+        1,
+        86_400,
+        30,
+        env,
+        errors,
+    );
+    let heartbeat = env_int(
+        s,
+        "heartbeat_seconds",
+        "RATELIMITER_NODE_HEARTBEAT_SECONDS",
+        1,
+        86_400,
+        10,
+        env,
+        errors,
+    );
+    if let (Some(ttl), Some(hb)) = (&ttl, &heartbeat) {
+        if hb.value >= ttl.value {
+            let message = format!(
+                "{} heartbeat_seconds: expected less than ttl_seconds ({}), found {}",
+                s.name, ttl.value, hb.value
+            );
+            match &hb.origin {
+                Some(span) => errors.at(span.clone(), message),
+                None => match &ttl.origin {
+                    Some(span) => errors.at(span.clone(), message),
+                    None => errors.env("RATELIMITER_NODE_HEARTBEAT_SECONDS", message),
+                },
+            }
+        }
+    }
+    Some(NodeConfig {
+        id: id?,
+        address: address?,
+        ttl: Duration::from_secs(ttl?.value as u64),
+        heartbeat: Duration::from_secs(heartbeat?.value as u64),
+    })
+}
+
+/// An integer from the file, overridden by an environment variable.
+struct Overridable {
+    value: i64,
+    /// The file span when the value came from the file, `None` from default or environment.
+    origin: Option<reader::Span>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn env_int(
+    s: &Section,
+    key: &str,
+    var: &'static str,
+    min: i64,
+    max: i64,
+    default: i64,
+    env: Env,
+    errors: &mut Collector,
+) -> Option<Overridable> {
+    let what = format!("an integer {min}..={max}");
+    let mut out = match s.has(key) {
+        true => s
+            .integer(key, min, max, &what, errors)
+            .map(|v| Overridable {
+                value: v.value,
+                origin: Some(v.span),
+            }),
+        false => Some(Overridable {
+            value: default,
+            origin: None,
+        }),
+    };
+    if let Some(v) = env(var) {
+        match v.trim().parse::<i64>() {
+            Ok(n) if (min..=max).contains(&n) => {
+                out = Some(Overridable {
+                    value: n,
+                    origin: None,
+                })
+            }
+            _ => {
+                errors.env(var, format!("expected {what}, found {v:?}"));
+                out = None;
+            }
+        }
+    }
+    out
+}
+
+fn redis(present: bool, s: &Section, env: Env, errors: &mut Collector) -> Option<RedisConfig> {
+    let from_env = env("RATELIMITER_REDIS_URL");
+    if !present && from_env.is_none() {
+        return None;
+    }
+    let mut url = match s.string("url", errors) {
+        Some(At { value, span }) => match check_redis_url(&value) {
+            Ok(()) => Some(value),
+            Err(why) => {
+                errors.at(span, format!("{} url: {why}", s.name));
+                None
+            }
+        },
+        None => Some("redis://127.0.0.1:6379".to_string()),
+    };
+    if let Some(v) = from_env {
+        match check_redis_url(&v) {
+            Ok(()) => url = Some(v),
+            Err(why) => errors.env("RATELIMITER_REDIS_URL", why),
+        }
+    }
+    let timeout = s
+        .integer("timeout_ms", 1, 60_000, "an integer 1..=60000", errors)
+        .map_or(50, |v| v.value as u64);
+    let on_error = match s.string("on_error", errors) {
+        None => OnError::Allow,
+        Some(At { value, span }) => match value.as_str() {
+            "allow" => OnError::Allow,
+            "deny" => OnError::Deny,
+            _ => {
+                errors.at(
+                    span,
+                    format!(
+                        "{} on_error: expected \"allow\" or \"deny\", found {value:?}",
+                        s.name
+                    ),
+                );
+                OnError::Allow
+            }
+        },
+    };
+    Some(RedisConfig {
+        url: RedisUrl(url?),
+        timeout: Duration::from_millis(timeout),
+        on_error,
+    })
+}
+
+fn check_redis_url(url: &str) -> Result<(), String> {
+    let shown = RedisUrl(url.to_string()).redacted();
+    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        return Err(format!(
+            "expected a redis:// or rediss:// URL, found {shown:?}"
+        ));
+    }
+    redis::Client::open(url).map(|_| ()).map_err(|e| {
+        format!(
+            "invalid Redis URL {shown:?}: {}",
+            e.detail().unwrap_or("malformed")
+        )
+    })
+}
+
+fn limits(s: &Section, env: Env, errors: &mut Collector) -> Option<LimitsConfig> {
+    let enabled = s.boolean("enabled", errors).is_none_or(|v| v.value);
+    let limit = env_int(
+        s,
+        "default_limit",
+        "RATELIMITER_DEFAULT_LIMIT",
+        1,
+        u32::MAX as i64,
+        100,
+        env,
+        errors,
+    )
+    .and_then(|v| NonZeroU32::new(v.value as u32));
+    let window = env_int(
+        s,
+        "default_window_ms",
+        "RATELIMITER_DEFAULT_WINDOW_MS",
+        1,
+        // A year: long enough for any quota, short enough that ms arithmetic cannot overflow.
+        365 * 24 * 3600 * 1000,
+        60_000,
+        env,
+        errors,
+    )
+    .and_then(|v| NonZeroU64::new(v.value as u64));
+    let key = match s.string("key", errors) {
+        None => Some(KeySource::Ip),
+        Some(At { value, span }) => match parse_key_source(&value) {
+            Some(k) => Some(k),
+            None => {
+                errors.at(
+                    span,
+                    format!(
+                        "{} key: expected \"ip\" or \"header:<Header-Name>\", found {value:?}",
+                        s.name
+                    ),
+                );
+                None
+            }
+        },
+    };
+    let mut trusted_proxies = Vec::new();
+    for At { value, span } in s.strings("trusted_proxies", errors).unwrap_or_default() {
+        match parse_cidr(&value) {
+            Some(net) => trusted_proxies.push(net),
+            None => errors.at(span, format!(
+                "{} trusted_proxies: expected a CIDR like \"10.0.0.0/8\" or an IP address, found {value:?}", s.name
+            )),
+        }
+    }
+    Some(LimitsConfig {
+        enabled,
+        default: Quota {
+            limit: limit?,
+            window_ms: window?,
+        },
+        key: key?,
+        trusted_proxies,
+    })
+}
+
+fn parse_key_source(s: &str) -> Option<KeySource> {
+    if s == "ip" {
+        return Some(KeySource::Ip);
+    }
+    let name = s.strip_prefix("header:")?;
+    http::HeaderName::from_bytes(name.as_bytes())
+        .ok()
+        .map(KeySource::Header)
+}
+
+fn parse_cidr(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
+        .map(|n| n.trunc())
+}
+
+fn metrics(s: &Section, errors: &mut Collector) -> MetricsConfig {
+    MetricsConfig {
+        max_key_labels: s
+            .integer(
+                "max_key_labels",
+                0,
+                1_000_000,
+                "an integer 0..=1000000",
+                errors,
+            )
+            .map_or(1000, |v| v.value as usize),
+    }
+}

@@ -1,0 +1,23 @@
+//! `ratelimiter`: a rate-limiting reverse proxy on pingora.
+//!
+//! A request's path through the crate:
+//!
+//! 1. [`config`] — the TOML file, validated once into types that cannot hold a bad value;
+//! 2. [`key`] — the request's counter key (client IP, or a header with a fall-back to it);
+//! 3. [`limiter`] — the sliding-window decision: [`limiter::window`] is the arithmetic,
+//!    [`limiter::memory`] and [`limiter::redis`] the two stores, [`limiter::policy`] the time
+//!    bound and the fail-open/fail-closed policy;
+//! 4. [`proxy`] — the pingora `ProxyHttp`: proxies allowed requests, answers the rest with
+//!    [`response`];
+//! 5. [`metrics`] — Prometheus counters and histograms of every decision.
+//!
+//! [`server`] wires them into pingora services; [`cli`] and `main.rs` are the thin binary.
+
+pub mod cli;
+pub mod config;
+pub mod key;
+pub mod limiter;
+pub mod metrics;
+pub mod proxy;
+pub mod response;
+pub mod server;

@@ -1,0 +1,107 @@
+//! The one place where a store failure becomes a policy (contract §3.5): every check is
+//! bounded by the store's timeout, and a failure is counted, logged at most once a second,
+//! and turned into the configured fail-open or fail-closed verdict.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{Decision, Store, StoreError};
+use crate::config::{OnError, Quota};
+use crate::metrics::Metrics;
+
+/// What the caller does with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The store decided (allowed or blocked).
+    Decided(Decision),
+    /// The store failed: fail open, proxying without limit headers.
+    FailOpen,
+    /// The store failed: fail closed, 503.
+    FailClosed,
+}
+
+pub struct Limiter {
+    store: Arc<dyn Store>,
+    /// `None` for the embedded store, which cannot hang.
+    timeout: Option<Duration>,
+    on_error: OnError,
+    metrics: Arc<Metrics>,
+    started: Instant,
+    /// When the last store error was logged, in ms since `started` (+1, so 0 means never).
+    last_logged_ms: AtomicU64,
+}
+
+impl Limiter {
+    pub fn new(
+        store: Arc<dyn Store>,
+        timeout: Option<Duration>,
+        on_error: OnError,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Limiter {
+            store,
+            timeout,
+            on_error,
+            metrics,
+            started: Instant::now(),
+            last_logged_ms: AtomicU64::new(0),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Checks one request, timed and counted.
+    pub async fn check(&self, key: &str, quota: Quota) -> Verdict {
+        let start = Instant::now();
+        let result = self.bounded(self.store.check(key, quota)).await;
+        self.metrics.observe_check(start.elapsed());
+        match result {
+            Ok(decision) => {
+                self.metrics.count_decision(key, decision.allowed);
+                Verdict::Decided(decision)
+            }
+            Err(e) => {
+                self.failed(&e);
+                match self.on_error {
+                    OnError::Allow => Verdict::FailOpen,
+                    OnError::Deny => Verdict::FailClosed,
+                }
+            }
+        }
+    }
+
+    /// Runs any store call under the store's time bound.
+    pub async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match self.timeout {
+            Some(limit) => tokio::time::timeout(limit, call)
+                .await
+                .unwrap_or(Err(StoreError::Timeout)),
+            None => call.await,
+        }
+    }
+
+    /// Counts and (at most once a second) logs a store failure.
+    pub fn failed(&self, e: &StoreError) {
+        self.metrics.count_store_error(e.kind());
+        let now = self.started.elapsed().as_millis() as u64 + 1;
+        let last = self.last_logged_ms.load(Ordering::Relaxed);
+        if (last == 0 || now >= last + 1000)
+            && self
+                .last_logged_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let policy = match self.on_error {
+                OnError::Allow => "allowing requests (on_error = \"allow\")",
+                OnError::Deny => "denying requests with 503 (on_error = \"deny\")",
+            };
+            log::warn!("rate-limit store failed: {e}; {policy}");
+        }
+    }
+}

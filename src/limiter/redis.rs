@@ -1,0 +1,206 @@
+//! The shared store: the sliding-window log in Redis, one sorted set per key, checked by one
+//! Lua script (`lua/sliding_window.lua`) so the decision is atomic across every node.
+//!
+//! All Redis I/O goes through one multiplexed connection (a `ConnectionManager`, which
+//! pipelines concurrent calls and reconnects by itself). Its driver tasks run on a small
+//! runtime of their own, owned by the store, so the connection outlives no runtime and serves
+//! the proxy and admin services alike. The connection is made lazily: the gateway starts even
+//! when Redis is down, and heals when it returns.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+
+use super::window::Decision;
+use super::{Counter, Store, StoreError};
+use crate::config::{Quota, RedisConfig};
+
+/// The check script, embedded at build time.
+pub const SCRIPT: &str = include_str!("../../lua/sliding_window.lua");
+
+/// Counts one key's live entries, for listing counters.
+const COUNT_SCRIPT: &str = include_str!("../../lua/count.lua");
+
+/// Keys asked for per SCAN step, and counted per pipelined batch.
+const SCAN_BATCH: usize = 1000;
+
+/// Bound on each step of a counter listing (one SCAN, or one pipelined batch of counts).
+const LIST_STEP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Prefix of every counter key in Redis (contract §4).
+pub const KEY_PREFIX: &str = "ratelimit:";
+
+pub struct RedisStore {
+    conn: ConnectionManager,
+    script: Script,
+    count_script: Script,
+    /// Unique per process: with `seq`, makes every sorted-set member unique across nodes.
+    instance: String,
+    seq: AtomicU64,
+    /// Keeps the connection's driver tasks alive.
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl RedisStore {
+    /// Prepares the connection without connecting: callable with Redis down.
+    pub fn new(config: &RedisConfig) -> Result<RedisStore, StoreError> {
+        let client = redis::Client::open(config.url.expose())
+            .map_err(|e| StoreError::Connection(e.to_string()))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("redis-io")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Connection(format!("cannot start the Redis runtime: {e}")))?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(connect_timeout(config.timeout)))
+            // Each caller bounds its own calls: the proxy path by `timeout_ms`, the admin
+            // listing by a longer step bound.
+            .set_response_timeout(None)
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(500));
+        let conn = {
+            let _in_runtime = runtime.enter();
+            ConnectionManager::new_lazy_with_config(client, manager_config)
+                .map_err(|e| StoreError::Connection(e.to_string()))?
+        };
+        let mut h = RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        Ok(RedisStore {
+            conn,
+            script: Script::new(SCRIPT),
+            count_script: Script::new(COUNT_SCRIPT),
+            instance: format!("{:016x}", h.finish()),
+            seq: AtomicU64::new(0),
+            _runtime: runtime,
+        })
+    }
+
+    fn member(&self) -> String {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n:x}", self.instance)
+    }
+}
+
+/// Connecting takes a few round trips, so it gets more time than one call.
+fn connect_timeout(call: Duration) -> Duration {
+    (call * 4).max(Duration::from_millis(250))
+}
+
+/// One step of a listing, bounded by [`LIST_STEP_TIMEOUT`].
+async fn step<T>(
+    call: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(LIST_STEP_TIMEOUT, call)
+        .await
+        .map_err(|_| StoreError::Timeout)?
+        .map_err(store_error)
+}
+
+fn store_error(e: redis::RedisError) -> StoreError {
+    if e.is_timeout() {
+        StoreError::Timeout
+    } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+        StoreError::Connection(e.to_string())
+    } else {
+        StoreError::Reply(e.to_string())
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn check(&self, key: &str, quota: Quota) -> Result<Decision, StoreError> {
+        let mut conn = self.conn.clone();
+        let reply: Vec<i64> = self
+            .script
+            .key(format!("{KEY_PREFIX}{key}"))
+            .arg(quota.limit.get())
+            .arg(quota.window_ms.get())
+            .arg(self.member())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(store_error)?;
+        match reply[..] {
+            [allowed, count, remaining, retry_after_ms] => Ok(Decision {
+                allowed: allowed == 1,
+                count: count.max(0) as u64,
+                limit: quota.limit.get(),
+                remaining: remaining.max(0) as u64,
+                retry_after_ms: retry_after_ms.max(0) as u64,
+            }),
+            _ => Err(StoreError::Reply(format!(
+                "unexpected script reply {reply:?}"
+            ))),
+        }
+    }
+
+    /// Walks the keys with SCAN (never KEYS, which blocks Redis) and counts each batch in one
+    /// pipelined round trip, so listing 100,000 counters takes a few hundred round trips.
+    async fn counters(&self) -> Result<Vec<Counter>, StoreError> {
+        let mut conn = self.conn.clone();
+        step(self.count_script.load_async(&mut conn)).await?;
+        let pattern = format!("{KEY_PREFIX}*");
+        let mut cursor: u64 = 0;
+        let mut out = Vec::new();
+        loop {
+            let (next, keys): (u64, Vec<String>) = step(
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(SCAN_BATCH)
+                    .query_async(&mut conn),
+            )
+            .await?;
+            if !keys.is_empty() {
+                let mut pipe = redis::pipe();
+                for key in &keys {
+                    pipe.cmd("EVALSHA")
+                        .arg(self.count_script.get_hash())
+                        .arg(1)
+                        .arg(key);
+                }
+                let counts: Vec<u64> = step(pipe.query_async(&mut conn)).await?;
+                for (key, count) in keys.into_iter().zip(counts) {
+                    if count > 0 {
+                        let key = key[KEY_PREFIX.len()..].to_string();
+                        out.push(Counter { key, count });
+                    }
+                }
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        // SCAN may return a key twice; list each once.
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out.dedup_by(|a, b| a.key == b.key);
+        Ok(out)
+    }
+
+    async fn reset(&self, key: &str) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let removed: u64 = conn
+            .del(format!("{KEY_PREFIX}{key}"))
+            .await
+            .map_err(store_error)?;
+        Ok(removed > 0)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(store_error)
+    }
+}

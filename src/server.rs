@@ -1,0 +1,88 @@
+//! The composition root: builds the store, the limiter and the pingora services from a
+//! validated [`Config`], and runs them until a signal stops the process.
+
+use std::sync::Arc;
+
+use pingora::proxy::http_proxy_service;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server};
+
+use crate::config::Config;
+use crate::limiter::memory::MemoryStore;
+use crate::limiter::redis::RedisStore;
+use crate::limiter::{Limiter, Store};
+use crate::metrics::Metrics;
+use crate::proxy::Gateway;
+
+/// Everything the services share, built once.
+pub struct Shared {
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+    pub limiter: Arc<Limiter>,
+}
+
+impl Shared {
+    pub fn new(config: Config) -> Result<Shared, String> {
+        let metrics = Arc::new(
+            Metrics::new(&config.node.id, config.metrics.max_key_labels)
+                .map_err(|e| format!("cannot set up metrics: {e}"))?,
+        );
+        let (store, timeout, on_error): (Arc<dyn Store>, _, _) = match &config.redis {
+            Some(redis) => (
+                Arc::new(RedisStore::new(redis).map_err(|e| format!("cannot set up Redis: {e}"))?),
+                Some(redis.timeout),
+                redis.on_error,
+            ),
+            None => (
+                Arc::new(MemoryStore::default()),
+                None,
+                crate::config::OnError::Allow,
+            ),
+        };
+        let limiter = Arc::new(Limiter::new(store, timeout, on_error, metrics.clone()));
+        Ok(Shared {
+            config,
+            metrics,
+            limiter,
+        })
+    }
+}
+
+fn server_conf(config: &Config) -> ServerConf {
+    ServerConf {
+        threads: config.server.threads,
+        grace_period_seconds: Some(config.server.grace_period.as_secs()),
+        // In-flight work has had the grace period; do not wait on idle tasks after it.
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    }
+}
+
+/// Runs the gateway until SIGTERM (drain) or SIGINT (fast stop).
+pub fn run(config: Config) -> Result<(), String> {
+    let shared = Shared::new(config)?;
+    let config = &shared.config;
+    match &config.redis {
+        Some(r) => log::info!("store: redis {} (timeout {:?})", r.url, r.timeout),
+        None => log::info!("store: embedded in-memory (single node)"),
+    }
+
+    let mut server = Server::new_with_opt_and_conf(None, server_conf(config));
+    server.bootstrap();
+
+    let limiter = config.limits.enabled.then(|| shared.limiter.clone());
+    let mut proxy = http_proxy_service(&server.configuration, Gateway::new(config, limiter));
+    proxy.add_tcp(&config.proxy.listen.to_string());
+    server.add_service(proxy);
+
+    shared.metrics.node_up.set(1);
+    log::info!(
+        "node {} proxying on {} (admin {})",
+        config.node.id,
+        config.proxy.listen,
+        config.admin.listen
+    );
+    server.run(RunArgs::default());
+    shared.metrics.node_up.set(0);
+    Ok(())
+}
