@@ -83,6 +83,15 @@ impl<'s> Collector<'s> {
         });
     }
 
+    /// The errors in reading order: file positions first, by line and column, then the rest.
+    pub(crate) fn into_sorted(mut self) -> Vec<ConfigError> {
+        self.errors.sort_by_key(|e| match &e.origin {
+            Origin::File { line, column, .. } => (0, *line, *column),
+            _ => (1, 0, 0),
+        });
+        self.errors
+    }
+
     pub(crate) fn env(&mut self, var: &'static str, message: impl Into<String>) {
         self.errors.push(ConfigError {
             origin: Origin::Env(var),

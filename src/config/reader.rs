@@ -13,6 +13,9 @@ use super::error::Collector;
 
 pub(crate) type Span = Range<usize>;
 
+/// How errors name the document's top level.
+const ROOT: &str = "the top level";
+
 /// A value as written in the file, with where it was written.
 pub(crate) struct At<T> {
     pub value: T,
@@ -37,14 +40,13 @@ impl<'a, 'i> Section<'a, 'i> {
         if let Some(table) = table {
             for key in table.keys() {
                 if !known.contains(&key.get_ref().as_ref()) {
+                    let what = match name.as_str() {
+                        ROOT => format!("unknown section [{}]", key.get_ref()),
+                        _ => format!("unknown key `{}` in {name}", key.get_ref()),
+                    };
                     errors.at(
                         key.span(),
-                        format!(
-                            "unknown key `{}` in {}; expected one of: {}",
-                            key.get_ref(),
-                            name,
-                            known.join(", ")
-                        ),
+                        format!("{what}; expected one of: {}", known.join(", ")),
                     );
                 }
             }
@@ -54,7 +56,7 @@ impl<'a, 'i> Section<'a, 'i> {
 
     /// The root of the document, whose keys are the section names.
     pub(crate) fn root(table: &'a DeTable<'i>, known: &[&str], errors: &mut Collector) -> Self {
-        let section = Section::new("the top level", Some(table), known, errors);
+        let section = Section::new(ROOT, Some(table), known, errors);
         for (key, value) in table {
             if known.contains(&key.get_ref().as_ref()) && value.get_ref().as_table().is_none() {
                 errors.at(

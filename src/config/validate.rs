@@ -21,7 +21,7 @@ const SECTIONS: &[&str] = &[
 pub(super) fn build(path: &str, source: &str, env: Env) -> Result<Config, ConfigErrors> {
     let mut errors = Collector::new(path, source);
     let Some(doc) = reader::parse(source, &mut errors) else {
-        return Err(ConfigErrors(errors.errors));
+        return Err(ConfigErrors(errors.into_sorted()));
     };
     let root = Section::root(&doc, SECTIONS, &mut errors);
 
@@ -89,7 +89,7 @@ pub(super) fn build(path: &str, source: &str, env: Env) -> Result<Config, Config
                 metrics,
             })
         }
-        _ => Err(ConfigErrors(errors.errors)),
+        _ => Err(ConfigErrors(errors.into_sorted())),
     }
 }
 

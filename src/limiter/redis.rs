@@ -42,8 +42,18 @@ pub struct RedisStore {
     /// Unique per process: with `seq`, makes every sorted-set member unique across nodes.
     instance: String,
     seq: AtomicU64,
-    /// Keeps the connection's driver tasks alive.
-    _runtime: tokio::runtime::Runtime,
+    /// Keeps the connection's driver tasks alive; `None` only while dropping.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which tokio forbids inside async code; the store may be
+        // dropped there (in tests, or by an admin task), so let it wind down in the background.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl RedisStore {
@@ -78,7 +88,7 @@ impl RedisStore {
             count_script: Script::new(COUNT_SCRIPT),
             instance: format!("{:016x}", h.finish()),
             seq: AtomicU64::new(0),
-            _runtime: runtime,
+            runtime: Some(runtime),
         })
     }
 

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what building and testing need on Debian, when missing: a C toolchain and cmake
+# (pingora builds zlib-ng and zstd from C), and redis-server (the tests start real ones).
+# Usage: scripts/deps.sh [build|test]   (default: test)
+set -euo pipefail
+
+want=(cmake)
+command -v cc >/dev/null 2>&1 || want+=(build-essential)
+[ "${1:-test}" = test ] && want+=(redis-server)
+
+missing=()
+for pkg in "${want[@]}"; do
+  case "$pkg" in
+    redis-server) command -v redis-server >/dev/null 2>&1 || missing+=("$pkg") ;;
+    build-essential) missing+=("$pkg") ;;
+    *) command -v "$pkg" >/dev/null 2>&1 || missing+=("$pkg") ;;
+  esac
+done
+
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "installing: ${missing[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo not found: install a Rust toolchain (1.83 or newer) first, e.g. with rustup" >&2
+  exit 1
+fi

@@ -1,0 +1,183 @@
+//! Real processes: `redis-server` and the `ratelimiter` binary, each on free ports, killed
+//! when dropped.
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::{free_port, wait_for};
+
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let mut r = RedisServer {
+            port: free_port(),
+            child: None,
+        };
+        r.restart();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (again) on the same port, with an empty dataset and script cache.
+    pub fn restart(&mut self) {
+        self.stop();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--protected-mode", "no", "--loglevel", "warning"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (the test script installs it)");
+        self.child = Some(child);
+        let url = self.url();
+        wait_for(
+            "redis-server to answer PING",
+            Duration::from_secs(10),
+            || {
+                let client = redis::Client::open(url.as_str()).ok()?;
+                let mut conn = client.get_connection().ok()?;
+                redis::cmd("PING").query::<String>(&mut conn).ok()
+            },
+        );
+    }
+
+    /// Kills the server (as a crash would) and waits until it is gone.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url().as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A running gateway with its own config file and log.
+pub struct Gateway {
+    pub proxy: String,
+    pub admin: String,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl Gateway {
+    /// Starts the binary with `body` appended to a `[proxy]`/`[admin]` header on free ports.
+    /// `proxy_extra` goes into the `[proxy]` table (e.g. `upstreams = [...]`).
+    pub fn start(proxy_extra: &str, body: &str) -> Gateway {
+        Gateway::start_with_env(proxy_extra, body, &[])
+    }
+
+    pub fn start_with_env(proxy_extra: &str, body: &str, env: &[(&str, &str)]) -> Gateway {
+        let proxy = format!("127.0.0.1:{}", free_port());
+        let admin = format!("127.0.0.1:{}", free_port());
+        let config = format!(
+            "[server]\nthreads = 2\ngrace_period_seconds = 1\n\n[proxy]\nlisten = \"{proxy}\"\n{proxy_extra}\n\n[admin]\nlisten = \"{admin}\"\n\n{body}\n"
+        );
+        let dir = std::env::temp_dir().join("ratelimiter-tests");
+        fs::create_dir_all(&dir).unwrap();
+        let stem = format!(
+            "gw-{}-{}",
+            std::process::id(),
+            proxy.replace([':', '.'], "_")
+        );
+        let config_path = dir.join(format!("{stem}.toml"));
+        let log_path = dir.join(format!("{stem}.log"));
+        fs::write(&config_path, config).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ratelimiter"));
+        cmd.arg("-c")
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .env_remove("RATELIMITER_REDIS_URL")
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log_path).unwrap());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        let mut gw = Gateway {
+            proxy,
+            admin,
+            config_path,
+            log_path,
+            child: Some(child),
+        };
+        gw.wait_ready();
+        gw
+    }
+
+    fn wait_ready(&mut self) {
+        let addr = self.proxy.clone();
+        let log = self.log_path.clone();
+        let child = self.child.as_mut().unwrap();
+        wait_for("the gateway's proxy port", Duration::from_secs(20), || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "gateway exited with {status}: {}",
+                    fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            std::net::TcpStream::connect(&addr).ok()
+        });
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Sends a signal (`TERM`, `INT`, `KILL`) and returns at once.
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{sig}"), self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, returning its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let child = self.child.as_mut().unwrap();
+        let status = wait_for("the gateway to exit", limit, || {
+            child.try_wait().ok().flatten()
+        });
+        self.child = None;
+        status.code()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = fs::remove_file(&self.config_path);
+        if !std::thread::panicking() {
+            let _ = fs::remove_file(&self.log_path);
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! Every config rule has a bad fixture in `tests/fixtures/bad/`; each must be rejected with
+//! exactly these messages (line:column: text), all at once. `ratelimiter -t` must accept every
+//! shipped file in `conf/` and reject every fixture.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+
+use ratelimiter::config::{Config, OnError};
+
+/// Fixture name → the errors after `<path>:`.
+const EXPECTED: &[(&str, &[&str])] = &[
+    (
+        "bad_admin_listen",
+        &[
+            r#"2:10: [admin] listen: expected an IP address and port like "127.0.0.1:8080", found "127.0.0.1:99999""#,
+        ],
+    ),
+    (
+        "bad_bool",
+        &[r#"2:11: [limits] enabled: expected true or false, found string "yes""#],
+    ),
+    (
+        "bad_cidr",
+        &[
+            r#"2:34: [limits] trusted_proxies: expected a CIDR like "10.0.0.0/8" or an IP address, found "10.0.0.0/33""#,
+        ],
+    ),
+    (
+        "bad_header_name",
+        &[
+            r#"2:7: [limits] key: expected "ip" or "header:<Header-Name>", found "header:X Api Key""#,
+        ],
+    ),
+    (
+        "bad_key_source",
+        &[r#"2:7: [limits] key: expected "ip" or "header:<Header-Name>", found "cookie""#],
+    ),
+    (
+        "bad_listen",
+        &[
+            r#"2:10: [proxy] listen: expected an IP address and port like "127.0.0.1:8080", found "localhost""#,
+        ],
+    ),
+    (
+        "bad_node_address",
+        &[r#"2:11: [node] address: expected "host:port", found "no-port""#],
+    ),
+    (
+        "bad_node_id",
+        &[
+            r#"2:6: [node] id: expected 1 to 128 visible ASCII characters (no spaces), found "node 1""#,
+        ],
+    ),
+    (
+        "bad_on_error",
+        &[r#"2:12: [redis] on_error: expected "allow" or "deny", found "retry""#],
+    ),
+    (
+        "bad_redis_url",
+        &[
+            r#"2:7: [redis] url: expected a redis:// or rediss:// URL, found "http://127.0.0.1:6379""#,
+        ],
+    ),
+    (
+        "bad_status",
+        &[
+            r#"2:10: [proxy.direct_response] status: expected an HTTP status 100..=599, found integer 700"#,
+        ],
+    ),
+    (
+        "bad_threads",
+        &[
+            r#"2:11: [server] threads: expected an integer 0..=1024 (0: one per core), found integer -2"#,
+        ],
+    ),
+    (
+        "bad_upstream",
+        &[r#"2:32: [proxy] upstreams: expected "host:port", found "no-port-here""#],
+    ),
+    (
+        "empty_token",
+        &[
+            r#"2:9: [admin] token: expected a non-empty string without spaces or control characters"#,
+        ],
+    ),
+    (
+        "empty_upstreams",
+        &[r#"2:13: [proxy] upstreams: expected at least one "host:port""#],
+    ),
+    (
+        "heartbeat_not_below_ttl",
+        &[r#"3:21: [node] heartbeat_seconds: expected less than ttl_seconds (10), found 10"#],
+    ),
+    (
+        "many_errors",
+        &[
+            r#"2:10: [proxy] listen: expected an IP address and port like "127.0.0.1:8080", found "nowhere""#,
+            r#"5:17: [limits] default_limit: expected an integer 1..=4294967295, found integer 0"#,
+            r#"6:7: [limits] key: expected "ip" or "header:<Header-Name>", found "cookie""#,
+            r#"7:1: unknown key `bogus` in [limits]; expected one of: enabled, default_limit, default_window_ms, key, trusted_proxies"#,
+        ],
+    ),
+    (
+        "negative_labels",
+        &[r#"2:18: [metrics] max_key_labels: expected an integer 0..=1000000, found integer -1"#],
+    ),
+    (
+        "section_not_table",
+        &[r#"1:9: `proxy` must be a table ([proxy]), found string"#],
+    ),
+    (
+        "syntax",
+        &[
+            r#"2:17: invalid TOML: extra `=`, expected nothing"#,
+            r#"2:19: invalid TOML: unexpected key or value, expected newline, `#`"#,
+        ],
+    ),
+    (
+        "unknown_key",
+        &[
+            r#"3:1: unknown key `listne` in [proxy]; expected one of: listen, upstreams, direct_response"#,
+        ],
+    ),
+    (
+        "unknown_section",
+        &[
+            r#"1:2: unknown section [proxies]; expected one of: server, proxy, admin, node, redis, limits, metrics"#,
+        ],
+    ),
+    (
+        "upstream_not_string",
+        &[r#"2:32: [proxy] upstreams: expected a string element, found integer 3001"#],
+    ),
+    (
+        "wrong_type",
+        &[
+            r#"2:17: [limits] default_limit: expected an integer 1..=4294967295, found string "100""#,
+        ],
+    ),
+    (
+        "zero_limit",
+        &[r#"2:17: [limits] default_limit: expected an integer 1..=4294967295, found integer 0"#],
+    ),
+    (
+        "zero_timeout",
+        &[r#"2:14: [redis] timeout_ms: expected an integer 1..=60000, found integer 0"#],
+    ),
+    (
+        "zero_window",
+        &[
+            r#"2:21: [limits] default_window_ms: expected an integer 1..=31536000000, found integer 0"#,
+        ],
+    ),
+];
+
+fn fixture(name: &str) -> String {
+    format!("tests/fixtures/bad/{name}.toml")
+}
+
+#[test]
+fn every_bad_fixture_is_rejected_with_located_messages() {
+    for (name, expected) in EXPECTED {
+        let path = fixture(name);
+        let errors = Config::parse(&path, &std::fs::read_to_string(&path).unwrap(), &|_| None)
+            .expect_err(name)
+            .to_string();
+        let want: Vec<String> = expected.iter().map(|e| format!("{path}:{e}")).collect();
+        assert_eq!(errors.lines().collect::<Vec<_>>(), want, "fixture {name}");
+    }
+}
+
+#[test]
+fn every_fixture_file_has_an_expectation() {
+    let listed: Vec<&str> = EXPECTED.iter().map(|(n, _)| *n).collect();
+    for entry in std::fs::read_dir("tests/fixtures/bad").unwrap() {
+        let file = entry.unwrap().file_name().into_string().unwrap();
+        let name = file.trim_end_matches(".toml");
+        assert!(
+            listed.contains(&name),
+            "{file} has no expected errors in this test"
+        );
+    }
+}
+
+#[test]
+fn empty_file_is_the_contract_defaults() {
+    let c = Config::parse("empty.toml", "", &|_| None).unwrap();
+    assert_eq!(c.proxy.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.proxy.upstreams[0].addr.to_string(), "127.0.0.1:3000");
+    assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9090");
+    assert!(c.admin.token.is_none());
+    assert_eq!(c.node.address, "127.0.0.1:8080");
+    assert_eq!(c.node.ttl.as_secs(), 30);
+    assert_eq!(c.node.heartbeat.as_secs(), 10);
+    assert!(c.redis.is_none(), "no [redis]: the embedded store");
+    assert!(c.limits.enabled);
+    assert_eq!(c.limits.default.limit.get(), 100);
+    assert_eq!(c.limits.default.window_ms.get(), 60_000);
+    assert!(c.limits.trusted_proxies.is_empty());
+    assert_eq!(c.metrics.max_key_labels, 1000);
+}
+
+#[test]
+fn redis_table_defaults() {
+    let c = Config::parse("r.toml", "[redis]\n", &|_| None).unwrap();
+    let r = c.redis.unwrap();
+    assert_eq!(r.url.expose(), "redis://127.0.0.1:6379");
+    assert_eq!(r.timeout.as_millis(), 50);
+    assert_eq!(r.on_error, OnError::Allow);
+}
+
+fn with_env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let map: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    move |k| map.get(k).cloned()
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let env = with_env(&[
+        ("RATELIMITER_REDIS_URL", "redis://:pw@10.1.1.1:6380/2"),
+        ("RATELIMITER_NODE_ID", "edge-7"),
+        ("RATELIMITER_NODE_HOST", "gw7.internal"),
+        ("RATELIMITER_NODE_PORT", "18080"),
+        ("RATELIMITER_DEFAULT_LIMIT", "7"),
+        ("RATELIMITER_DEFAULT_WINDOW_MS", "1500"),
+        ("RATELIMITER_NODE_TTL_SECONDS", "9"),
+        ("RATELIMITER_NODE_HEARTBEAT_SECONDS", "3"),
+    ]);
+    let src = "[node]\nid = \"file-id\"\n[limits]\ndefault_limit = 100\n";
+    let c = Config::parse("f.toml", src, &env).unwrap();
+    let r = c
+        .redis
+        .expect("RATELIMITER_REDIS_URL selects the Redis store");
+    assert_eq!(r.url.expose(), "redis://:pw@10.1.1.1:6380/2");
+    assert_eq!(
+        r.url.to_string(),
+        "redis://:***@10.1.1.1:6380/2",
+        "never print the password"
+    );
+    assert_eq!(c.node.id, "edge-7");
+    assert_eq!(c.node.address, "gw7.internal:18080");
+    assert_eq!(c.limits.default.limit.get(), 7);
+    assert_eq!(c.limits.default.window_ms.get(), 1500);
+    assert_eq!(c.node.ttl.as_secs(), 9);
+    assert_eq!(c.node.heartbeat.as_secs(), 3);
+}
+
+#[test]
+fn bad_environment_values_name_the_variable() {
+    let env = with_env(&[
+        ("RATELIMITER_DEFAULT_LIMIT", "0"),
+        ("RATELIMITER_NODE_PORT", "http"),
+        ("RATELIMITER_REDIS_URL", "localhost:6379"),
+    ]);
+    let errors = Config::parse("f.toml", "", &env).unwrap_err().to_string();
+    assert_eq!(
+        errors.lines().collect::<Vec<_>>(),
+        [
+            r#"environment RATELIMITER_NODE_PORT: expected a port 0..=65535, found "http""#,
+            r#"environment RATELIMITER_REDIS_URL: expected a redis:// or rediss:// URL, found "localhost:6379""#,
+            r#"environment RATELIMITER_DEFAULT_LIMIT: expected an integer 1..=4294967295, found "0""#,
+        ]
+    );
+}
+
+#[test]
+fn passwords_are_redacted_in_errors_and_summaries() {
+    let src = "[redis]\nurl = \"redis://user:hunter2@127.0.0.1:6379/0\"\n";
+    let c = Config::parse("f.toml", src, &|_| None).unwrap();
+    assert!(!c.summary().contains("hunter2"), "{}", c.summary());
+    assert!(!format!("{c:?}").contains("hunter2"));
+}
+
+fn run_check(path: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ratelimiter"))
+        .args(["-t", "-c"])
+        .arg(path)
+        .env_remove("RATELIMITER_REDIS_URL")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn check_mode_accepts_every_shipped_config() {
+    let mut seen = 0;
+    for entry in std::fs::read_dir("conf").unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let out = run_check(&path);
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert_eq!(stdout.lines().count(), 1, "one-line summary: {stdout}");
+            seen += 1;
+        }
+    }
+    assert!(seen > 0, "conf/ holds no config");
+}
+
+#[test]
+fn check_mode_rejects_every_bad_fixture_with_all_errors_on_stderr() {
+    for (name, expected) in EXPECTED {
+        let path = fixture(name);
+        let out = run_check(Path::new(&path));
+        assert_eq!(out.status.code(), Some(1), "{name}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for e in *expected {
+            assert!(stderr.contains(&format!("{path}:{e}")), "{name}: {stderr}");
+        }
+    }
+}
+
+#[test]
+fn version_and_bad_arguments() {
+    let bin = env!("CARGO_BIN_EXE_ratelimiter");
+    let out = Command::new(bin).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("ratelimiter {}", env!("CARGO_PKG_VERSION"))
+    );
+    let out = Command::new(bin).arg("--nonsense").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = Command::new(bin)
+        .args(["-t", "-c", "no/such/file.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no/such/file.toml: cannot read"));
+}

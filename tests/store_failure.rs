@@ -1,0 +1,125 @@
+//! Store failure (contract §3.5): Redis stopped mid-test, Redis down at start, Redis back.
+//! With `allow` requests pass without limit headers, with `deny` they get 503; neither waits
+//! longer than the timeout; when Redis returns, limiting resumes by itself.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::http::{get, Conn};
+use common::procs::{Gateway, RedisServer};
+use common::upstream::Upstream;
+use common::wait_for;
+
+const TIMEOUT_MS: u64 = 100;
+/// Scheduling slack for a loaded 2-core CI machine; the bound asserted is timeout + this.
+const MARGIN: Duration = Duration::from_millis(400);
+
+fn gateway(redis: &RedisServer, up: &Upstream, on_error: &str) -> Gateway {
+    Gateway::start(
+        &format!("upstreams = [\"{}\"]", up.addr),
+        &format!(
+            "[redis]\nurl = \"{}\"\ntimeout_ms = {TIMEOUT_MS}\non_error = \"{on_error}\"\n[limits]\ndefault_limit = 2\ndefault_window_ms = 60000\n",
+            redis.url()
+        ),
+    )
+}
+
+fn timed(conn: &mut Conn) -> (u16, bool, Duration) {
+    let start = Instant::now();
+    let r = conn.get("/", &[]).unwrap();
+    (
+        r.status,
+        r.header("X-RateLimit-Limit").is_some(),
+        start.elapsed(),
+    )
+}
+
+/// Polls until a request is limited again (has limit headers), then checks it is exact.
+fn assert_limiting_resumes(gw: &Gateway, redis: &RedisServer) {
+    wait_for("limiting to resume", Duration::from_secs(10), || {
+        let r = get(&gw.proxy, "/", &[]).ok()?;
+        r.header("X-RateLimit-Limit").is_some().then_some(())
+    });
+    // The restarted Redis lost the script cache; the gateway re-loaded the script itself.
+    let mut conn = redis.conn();
+    let sha = redis::Script::new(ratelimiter::limiter::redis::SCRIPT)
+        .get_hash()
+        .to_string();
+    let exists: Vec<bool> = redis::cmd("SCRIPT")
+        .arg("EXISTS")
+        .arg(&sha)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(exists, [true]);
+    assert_eq!(get(&gw.proxy, "/", &[]).unwrap().status, 200);
+    assert_eq!(get(&gw.proxy, "/", &[]).unwrap().status, 429);
+}
+
+#[test]
+fn fail_open_passes_requests_fast_and_heals() {
+    let mut redis = RedisServer::start();
+    let up = Upstream::start();
+    let gw = gateway(&redis, &up, "allow");
+    let mut conn = Conn::open(&gw.proxy).unwrap();
+    assert_eq!(timed(&mut conn).0, 200);
+
+    redis.stop();
+    for _ in 0..10 {
+        let (status, limited, took) = timed(&mut conn);
+        assert_eq!(status, 200, "fail open");
+        assert!(!limited, "no limit headers without a decision");
+        assert!(
+            took < Duration::from_millis(TIMEOUT_MS) + MARGIN,
+            "waited {took:?}"
+        );
+    }
+    redis.restart();
+    assert_limiting_resumes(&gw, &redis);
+    assert!(
+        gw.log().contains("rate-limit store failed"),
+        "the failure is logged"
+    );
+}
+
+#[test]
+fn fail_closed_answers_503_fast_and_heals() {
+    let mut redis = RedisServer::start();
+    let up = Upstream::start();
+    let gw = gateway(&redis, &up, "deny");
+    let mut conn = Conn::open(&gw.proxy).unwrap();
+    assert_eq!(timed(&mut conn).0, 200);
+
+    redis.stop();
+    let served = up.served();
+    for _ in 0..10 {
+        let (status, _, took) = timed(&mut conn);
+        assert_eq!(status, 503, "fail closed");
+        assert!(
+            took < Duration::from_millis(TIMEOUT_MS) + MARGIN,
+            "waited {took:?}"
+        );
+    }
+    assert_eq!(up.served(), served, "nothing proxied while denying");
+    let r = conn.get("/", &[]).unwrap();
+    assert_eq!(r.body, r#"{"error":"rate limit store unavailable"}"#);
+    redis.restart();
+    assert_limiting_resumes(&gw, &redis);
+}
+
+#[test]
+fn starts_with_redis_down_and_heals_when_it_comes() {
+    let mut redis = RedisServer::start();
+    redis.stop();
+    let up = Upstream::start();
+    let gw = gateway(&redis, &up, "allow");
+    let mut conn = Conn::open(&gw.proxy).unwrap();
+    let (status, limited, took) = timed(&mut conn);
+    assert_eq!((status, limited), (200, false));
+    assert!(
+        took < Duration::from_millis(TIMEOUT_MS) + MARGIN,
+        "waited {took:?}"
+    );
+    redis.restart();
+    assert_limiting_resumes(&gw, &redis);
+}
