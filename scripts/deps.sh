@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # Installs what building and testing need on Debian, when missing: a C toolchain and cmake
-# (pingora builds zlib-ng and zstd from C), and redis-server (the tests start real ones).
+# (pingora builds zlib-ng and zstd from C); for tests also redis-server (the tests start real
+# ones) and prometheus (promtool checks /metrics; a real Prometheus runs the monitor's queries).
 # Usage: scripts/deps.sh [build|test]   (default: test)
 set -euo pipefail
 
 want=(cmake)
 command -v cc >/dev/null 2>&1 || want+=(build-essential)
-[ "${1:-test}" = test ] && want+=(redis-server)
+[ "${1:-test}" = test ] && want+=(redis-server prometheus)
 
 missing=()
 for pkg in "${want[@]}"; do
   case "$pkg" in
     redis-server) command -v redis-server >/dev/null 2>&1 || missing+=("$pkg") ;;
+    prometheus) { command -v prometheus && command -v promtool; } >/dev/null 2>&1 || missing+=("$pkg") ;;
     build-essential) missing+=("$pkg") ;;
     *) command -v "$pkg" >/dev/null 2>&1 || missing+=("$pkg") ;;
   esac

@@ -11,13 +11,19 @@
 //!    [`response`];
 //! 5. [`metrics`] — Prometheus counters and histograms of every decision.
 //!
-//! [`server`] wires them into pingora services; [`cli`] and `main.rs` are the thin binary.
+//! Beside the request path: [`admin`] serves the JSON admin API and `/metrics` on its own
+//! port; [`registry`] keeps this node listed in Redis with a heartbeat; [`shutdown`] turns
+//! signals into a drain or a fast stop. [`server`] wires them all into pingora services;
+//! [`cli`] and `main.rs` are the thin binary.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod key;
 pub mod limiter;
 pub mod metrics;
 pub mod proxy;
+pub mod registry;
 pub mod response;
 pub mod server;
+pub mod shutdown;

@@ -6,19 +6,25 @@ use std::sync::Arc;
 use pingora::proxy::http_proxy_service;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
 
+use crate::admin::AdminApp;
 use crate::config::Config;
 use crate::limiter::memory::MemoryStore;
 use crate::limiter::redis::RedisStore;
 use crate::limiter::{Limiter, Store};
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
+use crate::registry::{Heartbeat, Registry};
+use crate::shutdown::Signals;
 
 /// Everything the services share, built once.
 pub struct Shared {
     pub config: Config,
     pub metrics: Arc<Metrics>,
     pub limiter: Arc<Limiter>,
+    pub registry: Arc<Registry>,
 }
 
 impl Shared {
@@ -27,14 +33,21 @@ impl Shared {
             Metrics::new(&config.node.id, config.metrics.max_key_labels)
                 .map_err(|e| format!("cannot set up metrics: {e}"))?,
         );
-        let (store, timeout, on_error): (Arc<dyn Store>, _, _) = match &config.redis {
-            Some(redis) => (
-                Arc::new(RedisStore::new(redis).map_err(|e| format!("cannot set up Redis: {e}"))?),
-                Some(redis.timeout),
-                redis.on_error,
-            ),
+        let (store, registry, timeout, on_error): (Arc<dyn Store>, _, _, _) = match &config.redis {
+            Some(redis) => {
+                let store =
+                    RedisStore::new(redis).map_err(|e| format!("cannot set up Redis: {e}"))?;
+                let registry = Registry::new(&config.node, Some(store.connection()));
+                (
+                    Arc::new(store),
+                    registry,
+                    Some(redis.timeout),
+                    redis.on_error,
+                )
+            }
             None => (
                 Arc::new(MemoryStore::default()),
+                Registry::new(&config.node, None),
                 None,
                 crate::config::OnError::Allow,
             ),
@@ -44,6 +57,7 @@ impl Shared {
             config,
             metrics,
             limiter,
+            registry: Arc::new(registry),
         })
     }
 }
@@ -75,6 +89,27 @@ pub fn run(config: Config) -> Result<(), String> {
     proxy.add_tcp(&config.proxy.listen.to_string());
     server.add_service(proxy);
 
+    let mut admin = Service::new(
+        "admin".to_string(),
+        AdminApp {
+            config: config.clone(),
+            limiter: shared.limiter.clone(),
+            registry: shared.registry.clone(),
+            metrics: shared.metrics.clone(),
+        },
+    );
+    admin.add_tcp(&config.admin.listen.to_string());
+    server.add_service(admin);
+
+    server.add_service(background_service(
+        "heartbeat",
+        Heartbeat {
+            registry: shared.registry.clone(),
+            limiter: shared.limiter.clone(),
+            metrics: shared.metrics.clone(),
+        },
+    ));
+
     shared.metrics.node_up.set(1);
     log::info!(
         "node {} proxying on {} (admin {})",
@@ -82,7 +117,12 @@ pub fn run(config: Config) -> Result<(), String> {
         config.proxy.listen,
         config.admin.listen
     );
-    server.run(RunArgs::default());
-    shared.metrics.node_up.set(0);
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals {
+            registry: shared.registry.clone(),
+            metrics: shared.metrics.clone(),
+        }),
+    });
+    log::info!("node {} stopped", config.node.id);
     Ok(())
 }

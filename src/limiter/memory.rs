@@ -177,6 +177,24 @@ impl Store for MemoryStore {
         Ok(out)
     }
 
+    async fn active_counters(&self) -> Result<u64, StoreError> {
+        let now = self.clock.now_ms();
+        let mut total = 0;
+        for shard in self.shards.iter() {
+            let shard = lock(shard);
+            total += shard
+                .logs
+                .values()
+                .filter(|log| {
+                    log.times
+                        .back()
+                        .is_some_and(|&t| !is_expired(t, now, log.window_ms))
+                })
+                .count() as u64;
+        }
+        Ok(total)
+    }
+
     async fn reset(&self, key: &str) -> Result<bool, StoreError> {
         Ok(self.shard(key).logs.remove(key).is_some())
     }

@@ -69,6 +69,10 @@ pub trait Store: Send + Sync {
     /// Every key with at least one entry in its window.
     async fn counters(&self) -> Result<Vec<Counter>, StoreError>;
 
+    /// How many keys have a live entry (the `ratelimiter_active_counters` gauge). May count a
+    /// key twice while Redis rehashes; never walks the entries themselves.
+    async fn active_counters(&self) -> Result<u64, StoreError>;
+
     /// Forgets a key's log; returns whether it existed.
     async fn reset(&self, key: &str) -> Result<bool, StoreError>;
 

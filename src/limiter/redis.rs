@@ -92,6 +92,11 @@ impl RedisStore {
         })
     }
 
+    /// The shared multiplexed connection, for other users of this Redis (the node registry).
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
     fn member(&self) -> String {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
         format!("{}-{n:x}", self.instance)
@@ -194,6 +199,31 @@ impl Store for RedisStore {
         out.sort_by(|a, b| a.key.cmp(&b.key));
         out.dedup_by(|a, b| a.key == b.key);
         Ok(out)
+    }
+
+    async fn active_counters(&self) -> Result<u64, StoreError> {
+        // A counter key expires one window after its newest entry, so every key that exists
+        // holds at least one live entry: counting keys counts live counters.
+        let mut conn = self.conn.clone();
+        let pattern = format!("{KEY_PREFIX}*");
+        let (mut cursor, mut total) = (0u64, 0u64);
+        loop {
+            let (next, keys): (u64, Vec<String>) = step(
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(SCAN_BATCH)
+                    .query_async(&mut conn),
+            )
+            .await?;
+            total += keys.len() as u64;
+            if next == 0 {
+                return Ok(total);
+            }
+            cursor = next;
+        }
     }
 
     async fn reset(&self, key: &str) -> Result<bool, StoreError> {

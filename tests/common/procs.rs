@@ -94,6 +94,10 @@ impl Gateway {
         let config = format!(
             "[server]\nthreads = 2\ngrace_period_seconds = 1\n\n[proxy]\nlisten = \"{proxy}\"\n{proxy_extra}\n\n[admin]\nlisten = \"{admin}\"\n\n{body}\n"
         );
+        Gateway::spawn(proxy, admin, config, env)
+    }
+
+    fn spawn(proxy: String, admin: String, config: String, env: &[(&str, &str)]) -> Gateway {
         let dir = std::env::temp_dir().join("ratelimiter-tests");
         fs::create_dir_all(&dir).unwrap();
         let stem = format!(
@@ -124,6 +128,18 @@ impl Gateway {
         };
         gw.wait_ready();
         gw
+    }
+
+    /// A gateway whose `[admin]` table sets a bearer token.
+    pub fn start_with_admin_token(token: &str) -> Gateway {
+        let proxy = format!("127.0.0.1:{}", free_port());
+        let admin = format!("127.0.0.1:{}", free_port());
+        Gateway::spawn(
+            proxy.clone(),
+            admin.clone(),
+            format!("[server]\ngrace_period_seconds = 1\n[proxy]\nlisten = \"{proxy}\"\n[admin]\nlisten = \"{admin}\"\ntoken = \"{token}\"\n"),
+            &[],
+        )
     }
 
     fn wait_ready(&mut self) {

@@ -1,0 +1,154 @@
+//! The admin port (contract §5 and §6), for operators and the external monitor:
+//!
+//! | method, path | answer |
+//! |---|---|
+//! | `GET /health` | 200 healthy, 503 while the store is unreachable |
+//! | `GET /api/nodes` | every live node in the registry |
+//! | `GET /api/counters` | every live counter, with its limit and remaining |
+//! | `GET /api/limits` | the limits in force |
+//! | `GET /api/blocks` | counters at or over their limit |
+//! | `POST /api/counters/{key}/reset` | forget a counter (bearer token when `admin.token` is set) |
+//! | `POST /check` | a decision as a service, with the proxy's headers; 429 when blocked |
+//! | `GET /metrics` | Prometheus text format |
+//! | `GET /openapi.json` | an OpenAPI 3 description of this API |
+//!
+//! Every body is JSON; a bad body or parameter gets 422, an unknown path 404, a wrong method
+//! 405, each with `{"error":"..."}`. Request bodies are bounded in size and in time, so no
+//! client can stall or exhaust the node.
+
+mod handlers;
+pub mod router;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::BytesMut;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+
+use crate::config::Config;
+use crate::limiter::Limiter;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::response::error_json;
+use router::{route, Miss};
+
+/// Largest admin request body accepted.
+const MAX_BODY: usize = 64 * 1024;
+/// Longest a client may take to send a request body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct AdminApp {
+    pub config: Config,
+    pub limiter: Arc<Limiter>,
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// A response with the headers every admin answer carries.
+pub(crate) fn reply(
+    status: u16,
+    content_type: &str,
+    extra: &[(&str, String)],
+    body: String,
+) -> Response<Vec<u8>> {
+    let mut builder = Response::builder()
+        .status(status)
+        .header("Content-Type", content_type)
+        .header("Content-Length", body.len())
+        .header("Cache-Control", "no-store");
+    for (name, value) in extra {
+        builder = builder.header(*name, value.as_str());
+    }
+    builder.body(body.into_bytes()).unwrap_or_else(|_| {
+        // Only reachable with an invalid header value, which no handler produces.
+        let mut r = Response::new(Vec::new());
+        *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+        r
+    })
+}
+
+pub(crate) fn json(status: u16, body: String) -> Response<Vec<u8>> {
+    reply(status, "application/json", &[], body)
+}
+
+pub(crate) fn error(status: u16, message: &str) -> Response<Vec<u8>> {
+    json(status, error_json(message))
+}
+
+/// Reads the whole body, or answers why not (413 too large, 408 too slow, 400 broken).
+async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, Response<Vec<u8>>> {
+    let declared = session
+        .req_header()
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY) {
+        session.set_keepalive(None);
+        return Err(error(413, &format!("request body over {MAX_BODY} bytes")));
+    }
+    let mut body = BytesMut::new();
+    let read = async {
+        while let Some(chunk) = session.read_request_body().await? {
+            body.extend_from_slice(&chunk);
+            if body.len() > MAX_BODY {
+                return Ok(false);
+            }
+        }
+        Ok::<bool, Box<pingora::Error>>(true)
+    };
+    match tokio::time::timeout(BODY_TIMEOUT, read).await {
+        Ok(Ok(true)) => Ok(body.to_vec()),
+        Ok(Ok(false)) => {
+            session.set_keepalive(None);
+            Err(error(413, &format!("request body over {MAX_BODY} bytes")))
+        }
+        Ok(Err(e)) => {
+            session.set_keepalive(None);
+            Err(error(400, &format!("cannot read the request body: {e}")))
+        }
+        Err(_) => {
+            session.set_keepalive(None);
+            Err(error(408, "the request body did not arrive in time"))
+        }
+    }
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let method = session.req_header().method.as_str().to_string();
+        let target = session
+            .req_header()
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        // Read any body first, so the connection stays usable whatever the answer.
+        let body = match read_body(session).await {
+            Ok(b) => b,
+            Err(resp) => return resp,
+        };
+        match route(&method, &target) {
+            Ok(r) => self.handle(r, session, &body).await,
+            Err(Miss::NotFound) => error(
+                404,
+                &format!("no such endpoint: {method} {}", path_of(&target)),
+            ),
+            Err(Miss::MethodNotAllowed(allow)) => reply(
+                405,
+                "application/json",
+                &[("Allow", allow.to_string())],
+                error_json(&format!("{method} is not allowed here; use {allow}")),
+            ),
+            Err(Miss::BadKey(why)) => error(422, &why),
+        }
+    }
+}
+
+fn path_of(target: &str) -> &str {
+    target.split('?').next().unwrap_or(target)
+}

@@ -1,0 +1,116 @@
+//! Admin request routing, pure: a method and a path to a [`Route`], or why not (404/405).
+
+use percent_encoding::percent_decode_str;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Health,
+    Nodes,
+    Counters,
+    Limits,
+    Blocks,
+    /// `POST /api/counters/{key}/reset`, with the key decoded.
+    Reset(String),
+    Check,
+    Metrics,
+    OpenApi,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Miss {
+    NotFound,
+    /// The path exists with these methods only (the `Allow` header).
+    MethodNotAllowed(&'static str),
+    /// A reset path whose key is empty or does not decode.
+    BadKey(String),
+}
+
+const COUNTERS_PREFIX: &str = "/api/counters/";
+const RESET_SUFFIX: &str = "/reset";
+
+pub fn route(method: &str, path_and_query: &str) -> Result<Route, Miss> {
+    let path = path_and_query.split(['?', '#']).next().unwrap_or("");
+    let fixed = match path {
+        "/health" => Some(("GET", Route::Health)),
+        "/api/nodes" => Some(("GET", Route::Nodes)),
+        "/api/counters" => Some(("GET", Route::Counters)),
+        "/api/limits" => Some(("GET", Route::Limits)),
+        "/api/blocks" => Some(("GET", Route::Blocks)),
+        "/check" => Some(("POST", Route::Check)),
+        "/metrics" => Some(("GET", Route::Metrics)),
+        "/openapi.json" => Some(("GET", Route::OpenApi)),
+        _ => None,
+    };
+    if let Some((allowed, route)) = fixed {
+        return if method == allowed {
+            Ok(route)
+        } else {
+            Err(Miss::MethodNotAllowed(allowed))
+        };
+    }
+    // Everything between `/api/counters/` and the final `/reset` is the key.
+    if let Some(raw) = path
+        .strip_prefix(COUNTERS_PREFIX)
+        .and_then(|rest| rest.strip_suffix(RESET_SUFFIX))
+    {
+        if method != "POST" {
+            return Err(Miss::MethodNotAllowed("POST"));
+        }
+        let key = percent_decode_str(raw)
+            .decode_utf8()
+            .map_err(|_| Miss::BadKey("the key is not valid UTF-8 once percent-decoded".into()))?;
+        if key.is_empty() {
+            return Err(Miss::BadKey("the key is empty".into()));
+        }
+        return Ok(Route::Reset(key.into_owned()));
+    }
+    Err(Miss::NotFound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_the_contract_paths() {
+        assert_eq!(route("GET", "/health"), Ok(Route::Health));
+        assert_eq!(route("GET", "/api/nodes?x=1"), Ok(Route::Nodes));
+        assert_eq!(route("POST", "/check"), Ok(Route::Check));
+        assert_eq!(route("GET", "/metrics"), Ok(Route::Metrics));
+    }
+
+    #[test]
+    fn reset_keys_raw_or_percent_encoded() {
+        let want = Ok(Route::Reset("ip:10.0.0.1".into()));
+        assert_eq!(route("POST", "/api/counters/ip:10.0.0.1/reset"), want);
+        assert_eq!(route("POST", "/api/counters/ip%3A10.0.0.1/reset"), want);
+        // A key may itself hold slashes; only the final /reset ends it.
+        assert_eq!(
+            route("POST", "/api/counters/x-api-key:a/b/reset/reset"),
+            Ok(Route::Reset("x-api-key:a/b/reset".into()))
+        );
+        assert_eq!(
+            route("POST", "/api/counters/x-api-key:a%2Fb/reset"),
+            Ok(Route::Reset("x-api-key:a/b".into()))
+        );
+    }
+
+    #[test]
+    fn misses() {
+        assert_eq!(route("GET", "/nope"), Err(Miss::NotFound));
+        assert_eq!(route("POST", "/health"), Err(Miss::MethodNotAllowed("GET")));
+        assert_eq!(route("GET", "/check"), Err(Miss::MethodNotAllowed("POST")));
+        assert_eq!(
+            route("GET", "/api/counters/k/reset"),
+            Err(Miss::MethodNotAllowed("POST"))
+        );
+        assert!(matches!(
+            route("POST", "/api/counters//reset"),
+            Err(Miss::BadKey(_))
+        ));
+        assert!(matches!(
+            route("POST", "/api/counters/%ff/reset"),
+            Err(Miss::BadKey(_))
+        ));
+    }
+}

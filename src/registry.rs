@@ -1,0 +1,242 @@
+//! The node registry (contract §4): each node keeps a Redis hash `ratelimiter:nodes:<id>`
+//! (`address`, `registered_at`) alive with a TTL, refreshed every heartbeat and deleted on
+//! shutdown, so any node can list every live node sharing its Redis. A node killed without
+//! warning disappears when its TTL runs out. With the embedded store the registry is the
+//! node itself.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use redis::aio::ConnectionManager;
+
+use crate::config::NodeConfig;
+use crate::limiter::{Limiter, StoreError};
+use crate::metrics::Metrics;
+
+pub const KEY_PREFIX: &str = "ratelimiter:nodes:";
+
+/// How long a registry call may take: longer than a check (it is off the request path), short
+/// enough that shutdown is never held up for long.
+const CALL_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub id: String,
+    pub address: String,
+    pub registered_at: String,
+}
+
+pub struct Registry {
+    me: NodeInfo,
+    ttl: Duration,
+    heartbeat: Duration,
+    /// `None`: the embedded store, a registry of one.
+    redis: Option<ConnectionManager>,
+    /// Set once the node unregisters, so a late heartbeat cannot bring it back.
+    leaving: AtomicBool,
+}
+
+impl Registry {
+    pub fn new(node: &NodeConfig, redis: Option<ConnectionManager>) -> Self {
+        Registry {
+            me: NodeInfo {
+                id: node.id.clone(),
+                address: node.address.clone(),
+                registered_at: iso8601(SystemTime::now()),
+            },
+            ttl: node.ttl,
+            heartbeat: node.heartbeat,
+            redis,
+            leaving: AtomicBool::new(false),
+        }
+    }
+
+    pub fn me(&self) -> &NodeInfo {
+        &self.me
+    }
+
+    fn key(&self) -> String {
+        format!("{KEY_PREFIX}{}", self.me.id)
+    }
+
+    /// Writes (or re-writes, after a Redis restart) this node's entry and its TTL, atomically.
+    pub async fn register(&self) -> Result<(), StoreError> {
+        let Some(conn) = &self.redis else {
+            return Ok(());
+        };
+        if self.leaving.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let mut conn = conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset_multiple(
+                self.key(),
+                &[
+                    ("address", self.me.address.as_str()),
+                    ("registered_at", self.me.registered_at.as_str()),
+                ],
+            )
+            .ignore()
+            .expire(self.key(), self.ttl.as_secs() as i64)
+            .ignore();
+        bounded(pipe.query_async::<()>(&mut conn)).await
+    }
+
+    /// Deletes this node's entry (best effort) and stops further heartbeats.
+    pub async fn unregister(&self) -> Result<(), StoreError> {
+        self.leaving.store(true, Ordering::SeqCst);
+        let Some(conn) = &self.redis else {
+            return Ok(());
+        };
+        let mut conn = conn.clone();
+        bounded(
+            redis::cmd("DEL")
+                .arg(self.key())
+                .query_async::<()>(&mut conn),
+        )
+        .await
+    }
+
+    /// Every live node sharing this Redis, sorted by id.
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
+        let Some(conn) = &self.redis else {
+            return Ok(vec![self.me.clone()]);
+        };
+        let mut conn = conn.clone();
+        let mut keys = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, batch): (u64, Vec<String>) = bounded(
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(format!("{KEY_PREFIX}*"))
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut conn),
+            )
+            .await?;
+            keys.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        keys.sort();
+        keys.dedup();
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for key in &keys {
+            pipe.hgetall(key);
+        }
+        let hashes: Vec<std::collections::HashMap<String, String>> =
+            bounded(pipe.query_async(&mut conn)).await?;
+        Ok(keys
+            .iter()
+            .zip(hashes)
+            // A key that expired between SCAN and HGETALL comes back empty: not live.
+            .filter(|(_, h)| !h.is_empty())
+            .map(|(key, mut h)| NodeInfo {
+                id: key[KEY_PREFIX.len()..].to_string(),
+                address: h.remove("address").unwrap_or_default(),
+                registered_at: h.remove("registered_at").unwrap_or_default(),
+            })
+            .collect())
+    }
+}
+
+async fn bounded<T>(
+    call: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(StoreError::Connection(e.to_string())),
+        Err(_) => Err(StoreError::Timeout),
+    }
+}
+
+/// The heartbeat: registers at start, refreshes every `heartbeat_seconds`, and refreshes the
+/// active-counter gauge on the same beat. Stops on shutdown.
+pub struct Heartbeat {
+    pub registry: Arc<Registry>,
+    pub limiter: Arc<Limiter>,
+    pub metrics: Arc<Metrics>,
+}
+
+#[async_trait]
+impl BackgroundService for Heartbeat {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut was_failing = false;
+        loop {
+            match self.registry.register().await {
+                Ok(()) if was_failing => {
+                    log::info!("node {} registered again", self.registry.me.id);
+                    was_failing = false;
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    if !was_failing {
+                        log::warn!("node registry: cannot register: {e}; retrying every heartbeat");
+                    }
+                    was_failing = true;
+                }
+            }
+            if let Ok(n) = self.limiter.store().active_counters().await {
+                self.metrics.active_counters.set(n as i64);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.registry.heartbeat) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// `2026-11-22T10:00:00Z`: ISO 8601 in UTC, to the second.
+pub fn iso8601(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_utc_iso8601() {
+        let at = |s| UNIX_EPOCH + Duration::from_secs(s);
+        assert_eq!(iso8601(at(0)), "1970-01-01T00:00:00Z");
+        // `date -u -d @1795341600 +%FT%TZ`
+        assert_eq!(iso8601(at(1_795_341_600)), "2026-11-22T10:00:00Z");
+        assert_eq!(iso8601(at(951_782_400)), "2000-02-29T00:00:00Z");
+        assert_eq!(iso8601(at(4_107_542_399)), "2100-02-28T23:59:59Z");
+    }
+}

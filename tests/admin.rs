@@ -1,0 +1,493 @@
+//! The admin port on the wire (contract §4–§6): exact JSON shapes, the node registry across
+//! real gateway processes sharing one real Redis, counters, blocks, reset, /check, /metrics,
+//! and bad requests.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::http::{get, post, Conn};
+use common::procs::{Gateway, RedisServer};
+use common::upstream::Upstream;
+use common::wait_for;
+use serde_json::{json, Value};
+
+fn body(r: &common::http::Response) -> Value {
+    serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", r.body))
+}
+
+fn redis_node(redis: &RedisServer, up: &Upstream, id: &str, limits: &str) -> Gateway {
+    Gateway::start(
+        &format!("upstreams = [\"{}\"]", up.addr),
+        &format!(
+            "[node]\nid = \"{id}\"\nttl_seconds = 3\nheartbeat_seconds = 1\n[redis]\nurl = \"{}\"\ntimeout_ms = 500\n[limits]\n{limits}\n",
+            redis.url()
+        ),
+    )
+}
+
+fn node_ids(admin: &str) -> Vec<String> {
+    let r = get(admin, "/api/nodes", &[]).unwrap();
+    assert_eq!(r.status, 200);
+    body(&r)["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn is_iso8601_utc(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 20
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b[10] == b'T'
+        && b[13] == b':'
+        && b[16] == b':'
+        && b[19] == b'Z'
+        && [0..4, 5..7, 8..10, 11..13, 14..16, 17..19]
+            .iter()
+            .all(|r| b[r.clone()].iter().all(u8::is_ascii_digit))
+}
+
+#[test]
+fn every_endpoint_has_the_contract_shape_embedded_store() {
+    let up = Upstream::start();
+    let gw = Gateway::start(
+        &format!("upstreams = [\"{}\"]", up.addr),
+        "[node]\nid = \"solo\"\n[limits]\ndefault_limit = 2\ndefault_window_ms = 60000\n",
+    );
+    let a = &gw.admin;
+
+    let r = get(a, "/health", &[]).unwrap();
+    assert_eq!(
+        (r.status, body(&r)),
+        (200, json!({"status":"healthy","node_id":"solo"}))
+    );
+    assert_eq!(r.header("Content-Type"), Some("application/json"));
+
+    let r = get(a, "/api/nodes", &[]).unwrap();
+    let nodes = body(&r);
+    assert_eq!(nodes["nodes"].as_array().unwrap().len(), 1);
+    let n = &nodes["nodes"][0];
+    assert_eq!(n["id"], "solo");
+    assert_eq!(n["address"], gw.proxy.as_str());
+    assert_eq!(n["state"], "Up");
+    assert!(is_iso8601_utc(n["registered_at"].as_str().unwrap()), "{n}");
+    assert_eq!(n.as_object().unwrap().len(), 4);
+
+    let r = get(a, "/api/limits", &[]).unwrap();
+    let limits = body(&r);
+    assert_eq!(limits["default_limit"], 2);
+    assert_eq!(limits["default_window_ms"], 60000);
+
+    assert_eq!(
+        body(&get(a, "/api/counters", &[]).unwrap()),
+        json!({"counters": []})
+    );
+    assert_eq!(
+        body(&get(a, "/api/blocks", &[]).unwrap()),
+        json!({"blocked": []})
+    );
+
+    // Real proxied traffic: 3 requests, limit 2.
+    for _ in 0..3 {
+        get(&gw.proxy, "/", &[]).unwrap();
+    }
+    assert_eq!(
+        body(&get(a, "/api/counters", &[]).unwrap()),
+        json!({"counters": [{"key":"ip:127.0.0.1","count":2,"limit":2,"remaining":0}]})
+    );
+    assert_eq!(
+        body(&get(a, "/api/blocks", &[]).unwrap()),
+        json!({"blocked": [{"key":"ip:127.0.0.1","current_count":2,"limit":2}]})
+    );
+
+    let r = post(a, "/api/counters/ip%3A127.0.0.1/reset", &[], "").unwrap();
+    assert_eq!(
+        (r.status, body(&r)),
+        (200, json!({"key":"ip:127.0.0.1","reset":true}))
+    );
+    assert_eq!(get(&gw.proxy, "/", &[]).unwrap().status, 200);
+
+    let check = |b: &str| post(a, "/check", &[("Content-Type", "application/json")], b).unwrap();
+    let r = check(r#"{"key":"user:1","limit":2,"window_ms":1000}"#);
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        body(&r),
+        json!({"allowed":true,"current_count":1,"remaining":1,"retry_after_seconds":0})
+    );
+    assert_eq!(r.header("X-RateLimit-Limit"), Some("2"));
+    assert_eq!(r.header("X-RateLimit-Remaining"), Some("1"));
+    check(r#"{"key":"user:1","limit":2,"window_ms":1000}"#);
+    let r = check(r#"{"key":"user:1","limit":2,"window_ms":1000}"#);
+    assert_eq!(r.status, 429);
+    assert_eq!(
+        body(&r),
+        json!({"allowed":false,"current_count":2,"remaining":0,"retry_after_seconds":1})
+    );
+    assert_eq!(r.header("Retry-After"), Some("1"));
+    // Defaults from [limits] when limit and window_ms are left out.
+    let r = check(r#"{"key":"user:2"}"#);
+    assert_eq!(r.header("X-RateLimit-Limit"), Some("2"));
+}
+
+#[test]
+fn bad_requests_get_json_errors_and_do_not_hurt_the_node() {
+    let gw = Gateway::start("", "[limits]\ndefault_limit = 5\n");
+    let a = &gw.admin;
+    let cases: &[(&str, &str, &str, u16, &str)] = &[
+        ("POST", "/check", "{nope", 422, "invalid body"),
+        ("POST", "/check", "", 422, "invalid body"),
+        ("POST", "/check", r#"{"key":5}"#, 422, "invalid type"),
+        (
+            "POST",
+            "/check",
+            r#"{"limit":5}"#,
+            422,
+            "missing field `key`",
+        ),
+        (
+            "POST",
+            "/check",
+            r#"{"key":"a","limt":5}"#,
+            422,
+            "unknown field `limt`",
+        ),
+        ("POST", "/check", r#"{"key":"a","limit":0}"#, 422, "limit"),
+        (
+            "POST",
+            "/check",
+            r#"{"key":"a","limit":-1}"#,
+            422,
+            "invalid value",
+        ),
+        (
+            "POST",
+            "/check",
+            r#"{"key":"a","window_ms":0}"#,
+            422,
+            "window_ms",
+        ),
+        ("POST", "/check", r#"{"key":""}"#, 422, "key"),
+        ("POST", "/check", r#"{"key":"has space"}"#, 422, "key"),
+        ("POST", "/check", "[1,2,3]", 422, "invalid body"),
+        ("GET", "/check", "", 405, "not allowed"),
+        ("DELETE", "/api/nodes", "", 405, "not allowed"),
+        ("GET", "/api/counters/k/reset", "", 405, "not allowed"),
+        ("POST", "/api/counters//reset", "", 422, "empty"),
+        ("GET", "/nope", "", 404, "no such endpoint"),
+        ("GET", "/api", "", 404, "no such endpoint"),
+    ];
+    for (method, path, payload, status, says) in cases {
+        let r = Conn::open(a)
+            .unwrap()
+            .send(method, path, &[], payload)
+            .unwrap();
+        assert_eq!(r.status, *status, "{method} {path} {payload}: {r:?}");
+        let e = body(&r);
+        let msg = e["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error field: {e}"));
+        assert!(msg.contains(says), "{method} {path} {payload}: {msg}");
+    }
+    let r = Conn::open(a)
+        .unwrap()
+        .send("PUT", "/health", &[], "")
+        .unwrap();
+    assert_eq!(r.header("Allow"), Some("GET"));
+
+    // Over-large body: 413, and nothing stored.
+    let big = format!(r#"{{"key":"{}"}}"#, "a".repeat(100_000));
+    let r = Conn::open(a)
+        .unwrap()
+        .send("POST", "/check", &[], &big)
+        .unwrap();
+    assert_eq!(r.status, 413);
+
+    // The same connection survives a 4xx.
+    let mut conn = Conn::open(a).unwrap();
+    assert_eq!(
+        conn.send("POST", "/check", &[], "{nope").unwrap().status,
+        422
+    );
+    assert_eq!(conn.get("/health", &[]).unwrap().status, 200);
+    assert_eq!(
+        get(&gw.proxy, "/", &[]).unwrap().status,
+        502,
+        "no upstream listens: 502"
+    );
+}
+
+#[test]
+fn registry_lists_refreshes_and_forgets_nodes() {
+    let redis = RedisServer::start();
+    let up = Upstream::start();
+    let mut a = redis_node(&redis, &up, "node-a", "default_limit = 10");
+    let mut b = redis_node(&redis, &up, "node-b", "default_limit = 10");
+    let c = redis_node(&redis, &up, "node-c", "default_limit = 10");
+    let all = ["node-a", "node-b", "node-c"];
+    for gw in [&a, &b, &c] {
+        wait_for("every node listed", Duration::from_secs(5), || {
+            (node_ids(&gw.admin) == all).then_some(())
+        });
+    }
+    let r = get(&c.admin, "/api/nodes", &[]).unwrap();
+    let listed = body(&r);
+    let node_a = &listed["nodes"][0];
+    assert_eq!(node_a["address"], a.proxy.as_str());
+    assert_eq!(node_a["state"], "Up");
+
+    // Refreshing: the TTL (3 s) is renewed every heartbeat (1 s); the entry outlives it.
+    let mut conn = redis.conn();
+    let started = Instant::now();
+    let pttl = |conn: &mut redis::Connection| -> i64 {
+        redis::cmd("PTTL")
+            .arg("ratelimiter:nodes:node-a")
+            .query(conn)
+            .unwrap()
+    };
+    let first = pttl(&mut conn);
+    assert!(first > 0 && first <= 3000, "pttl {first}");
+    wait_for("the TTL to be renewed", Duration::from_secs(5), || {
+        (pttl(&mut conn) > first).then_some(())
+    });
+    wait_for("4 s to pass", Duration::from_secs(6), || {
+        (started.elapsed() > Duration::from_secs(4)).then_some(())
+    });
+    assert_eq!(
+        node_ids(&c.admin),
+        all,
+        "still listed after more than one TTL"
+    );
+
+    // SIGTERM: gone from the registry at once, exits 0 after its grace period (1 s).
+    a.signal("TERM");
+    wait_for("node-a to leave", Duration::from_secs(2), || {
+        (node_ids(&c.admin) == ["node-b", "node-c"]).then_some(())
+    });
+    assert_eq!(a.wait_exit(Duration::from_secs(10)), Some(0));
+
+    // SIGKILL: no goodbye, so listed until the TTL runs out, then gone.
+    b.signal("KILL");
+    b.wait_exit(Duration::from_secs(5));
+    let killed = Instant::now();
+    wait_for("node-b to expire", Duration::from_secs(6), || {
+        (node_ids(&c.admin) == ["node-c"]).then_some(())
+    });
+    assert!(
+        killed.elapsed() <= Duration::from_secs(4),
+        "expired after {:?}",
+        killed.elapsed()
+    );
+}
+
+#[test]
+fn sigint_also_unregisters() {
+    let redis = RedisServer::start();
+    let up = Upstream::start();
+    let mut a = redis_node(&redis, &up, "quick", "default_limit = 10");
+    let b = redis_node(&redis, &up, "watcher", "default_limit = 10");
+    wait_for("both listed", Duration::from_secs(5), || {
+        (node_ids(&b.admin).len() == 2).then_some(())
+    });
+    a.signal("INT");
+    a.wait_exit(Duration::from_secs(5));
+    assert_eq!(node_ids(&b.admin), ["watcher"]);
+}
+
+#[test]
+fn counters_blocks_and_reset_across_nodes() {
+    let redis = RedisServer::start();
+    let up = Upstream::start();
+    let limits = "default_limit = 3\ndefault_window_ms = 60000\nkey = \"header:X-Api-Key\"";
+    let nodes: Vec<Gateway> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|id| redis_node(&redis, &up, id, limits))
+        .collect();
+    // Traffic through different nodes on two keys.
+    for (i, key) in ["alice", "alice", "alice", "alice", "bob"]
+        .iter()
+        .enumerate()
+    {
+        get(&nodes[i % 3].proxy, "/", &[("X-Api-Key", key)]).unwrap();
+    }
+    for n in &nodes {
+        assert_eq!(
+            body(&get(&n.admin, "/api/counters", &[]).unwrap()),
+            json!({"counters": [
+                {"key":"x-api-key:alice","count":3,"limit":3,"remaining":0},
+                {"key":"x-api-key:bob","count":1,"limit":3,"remaining":2},
+            ]})
+        );
+        assert_eq!(
+            body(&get(&n.admin, "/api/blocks", &[]).unwrap()),
+            json!({"blocked": [{"key":"x-api-key:alice","current_count":3,"limit":3}]})
+        );
+    }
+    // Blocked everywhere; a reset through n2 frees it on n1 and n3 at once.
+    assert_eq!(
+        get(&nodes[0].proxy, "/", &[("X-Api-Key", "alice")])
+            .unwrap()
+            .status,
+        429
+    );
+    let r = post(
+        &nodes[1].admin,
+        "/api/counters/x-api-key:alice/reset",
+        &[],
+        "",
+    )
+    .unwrap();
+    assert_eq!(body(&r), json!({"key":"x-api-key:alice","reset":true}));
+    assert_eq!(
+        get(&nodes[2].proxy, "/", &[("X-Api-Key", "alice")])
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(
+        get(&nodes[0].proxy, "/", &[("X-Api-Key", "alice")])
+            .unwrap()
+            .status,
+        200
+    );
+}
+
+#[test]
+fn counters_exclude_expired_entries() {
+    let redis = RedisServer::start();
+    let up = Upstream::start();
+    let gw = redis_node(&redis, &up, "x", "default_limit = 5");
+    // Two entries 1.5 s apart in a 2 s window: after the first expires, count is 1.
+    let check = |k: &str| {
+        post(
+            &gw.admin,
+            "/check",
+            &[],
+            &format!(r#"{{"key":"{k}","window_ms":2000}}"#),
+        )
+        .unwrap()
+    };
+    check("k");
+    let first = Instant::now();
+    wait_for("1.5 s", Duration::from_secs(3), || {
+        (first.elapsed() > Duration::from_millis(1500)).then_some(())
+    });
+    check("k");
+    wait_for("the first entry to expire", Duration::from_secs(3), || {
+        let c = body(&get(&gw.admin, "/api/counters", &[]).unwrap());
+        (c["counters"][0]["count"] == 1).then_some(())
+    });
+    assert!(
+        first.elapsed() >= Duration::from_secs(2),
+        "counted as expired too early"
+    );
+}
+
+#[test]
+fn health_reports_the_store() {
+    let mut redis = RedisServer::start();
+    let up = Upstream::start();
+    let gw = redis_node(&redis, &up, "h", "default_limit = 5");
+    assert_eq!(get(&gw.admin, "/health", &[]).unwrap().status, 200);
+    redis.stop();
+    let r = get(&gw.admin, "/health", &[]).unwrap();
+    assert_eq!(
+        (r.status, body(&r)),
+        (503, json!({"status":"unhealthy","node_id":"h"}))
+    );
+    redis.restart();
+    wait_for("healthy again", Duration::from_secs(10), || {
+        (get(&gw.admin, "/health", &[]).ok()?.status == 200).then_some(())
+    });
+    // The registry heals too: the node re-registers on a fresh Redis.
+    wait_for("re-registered", Duration::from_secs(5), || {
+        (node_ids(&gw.admin) == ["h"]).then_some(())
+    });
+}
+
+#[test]
+fn reset_needs_the_token_when_one_is_set() {
+    let up = Upstream::start();
+    let gw = Gateway::start(
+        &format!("upstreams = [\"{}\"]", up.addr),
+        "[limits]\ndefault_limit = 5\n",
+    );
+    // No token configured: open.
+    assert_eq!(
+        post(&gw.admin, "/api/counters/k/reset", &[], "")
+            .unwrap()
+            .status,
+        200
+    );
+    let secured = Gateway::start_with_admin_token("s3cret");
+    let a = &secured.admin;
+    let r = post(a, "/api/counters/k/reset", &[], "").unwrap();
+    assert_eq!(r.status, 401);
+    assert!(body(&r)["error"].as_str().unwrap().contains("Bearer"));
+    let r = post(
+        a,
+        "/api/counters/k/reset",
+        &[("Authorization", "Bearer wrong")],
+        "",
+    )
+    .unwrap();
+    assert_eq!(r.status, 401);
+    let r = post(
+        a,
+        "/api/counters/k/reset",
+        &[("Authorization", "Bearer s3cret")],
+        "",
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+    // Reads stay open.
+    assert_eq!(get(a, "/api/counters", &[]).unwrap().status, 200);
+}
+
+#[test]
+fn listing_100k_counters_answers_while_the_proxy_serves() {
+    const N: usize = 100_000;
+    let redis = RedisServer::start();
+    let up = Upstream::start();
+    let gw = redis_node(&redis, &up, "big", "default_limit = 5");
+    // 100,000 live counters, written the way the check script writes them.
+    let mut conn = redis.conn();
+    let _: () = redis::cmd("EVAL")
+        .arg(
+            "local t = redis.call('TIME'); local now = t[1] * 1000 + math.floor(t[2] / 1000)
+             for i = 1, tonumber(ARGV[1]) do
+               local k = 'ratelimit:x-api-key:bulk-' .. i
+               redis.call('ZADD', k, now, 'm' .. i); redis.call('PEXPIRE', k, 60000)
+             end",
+        )
+        .arg(0)
+        .arg(N)
+        .query(&mut conn)
+        .unwrap();
+
+    let admin = gw.admin.clone();
+    let listing = std::thread::spawn(move || {
+        let started = Instant::now();
+        let r = get(&admin, "/api/counters", &[]).unwrap();
+        (r, started.elapsed())
+    });
+    // Meanwhile the proxy path answers.
+    let mut served = 0;
+    while !listing.is_finished() {
+        let status = get(&gw.proxy, "/", &[("X-Api-Key", "live")])
+            .unwrap()
+            .status;
+        assert!(status == 200 || status == 429, "proxy answered {status}");
+        served += 1;
+    }
+    let (r, took) = listing.join().unwrap();
+    assert_eq!(r.status, 200);
+    let counters = body(&r);
+    let list = counters["counters"].as_array().unwrap();
+    assert!(list.len() >= N, "{} counters", list.len());
+    assert!(list.iter().all(|c| c["count"].as_u64() >= Some(1)));
+    eprintln!("GET /api/counters with {N} counters: {took:?}; {served} proxied requests meanwhile");
+}
