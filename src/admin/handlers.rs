@@ -14,6 +14,10 @@ use crate::response::{decision_json, limit_headers};
 /// The OpenAPI 3 description of this API.
 const OPENAPI: &str = include_str!("openapi.json");
 
+/// Bound on an admin store call that is not a check (a reset, which also waits to hear its
+/// message come back from Redis): off the request path, so longer than `redis.timeout_ms`.
+const ADMIN_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Longest key `/check` accepts; longer keys would only bloat the store.
 const MAX_CHECK_KEY: usize = 512;
 
@@ -225,7 +229,11 @@ impl AdminApp {
 
     async fn reset(&self, key: &str) -> Response<Vec<u8>> {
         let store = self.limiter.store();
-        match self.limiter.bounded(store.reset(key)).await {
+        let bounded = tokio::time::timeout(ADMIN_CALL_TIMEOUT, store.reset(key));
+        match bounded
+            .await
+            .unwrap_or(Err(crate::limiter::StoreError::Timeout))
+        {
             Ok(_) => json(
                 200,
                 to_json(&serde_json::json!({ "key": key, "reset": true })),

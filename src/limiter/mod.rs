@@ -3,6 +3,7 @@
 //! [`redis::RedisStore`], shared by every node. [`policy::Limiter`] wraps either with the
 //! time bound and the fail-open/fail-closed policy.
 
+pub mod blocked;
 pub mod memory;
 pub mod policy;
 pub mod redis;

@@ -10,12 +10,14 @@
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, Script};
+use redis::Script;
 
+use super::blocked::{BlockedKeys, RESET_CHANNEL};
 use super::window::Decision;
 use super::{Counter, Store, StoreError};
 use crate::config::{Quota, RedisConfig};
@@ -25,6 +27,9 @@ pub const SCRIPT: &str = include_str!("../../lua/sliding_window.lua");
 
 /// Counts one key's live entries, for listing counters.
 const COUNT_SCRIPT: &str = include_str!("../../lua/count.lua");
+
+/// How long a reset waits to hear its own message back from Redis.
+const RESET_ECHO_WAIT: Duration = Duration::from_millis(200);
 
 /// Keys asked for per SCAN step, and counted per pipelined batch.
 const SCAN_BATCH: usize = 1000;
@@ -37,6 +42,8 @@ pub const KEY_PREFIX: &str = "ratelimit:";
 
 pub struct RedisStore {
     conn: ConnectionManager,
+    /// Keys known to be full, answered without Redis until a slot frees.
+    blocked: Arc<BlockedKeys>,
     script: Script,
     count_script: Script,
     /// Unique per process: with `seq`, makes every sorted-set member unique across nodes.
@@ -77,13 +84,16 @@ impl RedisStore {
             .set_max_delay(Duration::from_millis(500));
         let conn = {
             let _in_runtime = runtime.enter();
-            ConnectionManager::new_lazy_with_config(client, manager_config)
+            ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
                 .map_err(|e| StoreError::Connection(e.to_string()))?
         };
+        let blocked = Arc::new(BlockedKeys::default());
+        runtime.spawn(follow_resets(client, blocked.clone()));
         let mut h = RandomState::new().build_hasher();
         h.write_u32(std::process::id());
         Ok(RedisStore {
             conn,
+            blocked,
             script: Script::new(SCRIPT),
             count_script: Script::new(COUNT_SCRIPT),
             instance: format!("{:016x}", h.finish()),
@@ -100,6 +110,34 @@ impl RedisStore {
     fn member(&self) -> String {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
         format!("{}-{n:x}", self.instance)
+    }
+}
+
+/// Listens for resets on [`RESET_CHANNEL`] for as long as the store lives, reconnecting with
+/// back-off. While not subscribed, nothing is remembered as blocked.
+async fn follow_resets(client: redis::Client, blocked: Arc<BlockedKeys>) {
+    use futures_util::StreamExt;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let subscribed = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(RESET_CHANNEL).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        if let Ok(Ok(pubsub)) = tokio::time::timeout(Duration::from_secs(2), subscribed).await {
+            backoff = Duration::from_millis(50);
+            blocked.set_live(true);
+            let mut messages = pubsub.into_on_message();
+            while let Some(msg) = messages.next().await {
+                if let Ok(key) = msg.get_payload::<String>() {
+                    blocked.heard_reset(&key);
+                }
+            }
+            log::warn!("lost the Redis subscription to resets; reconnecting");
+        }
+        blocked.set_live(false);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
 
@@ -131,6 +169,10 @@ fn store_error(e: redis::RedisError) -> StoreError {
 #[async_trait]
 impl Store for RedisStore {
     async fn check(&self, key: &str, quota: Quota) -> Result<Decision, StoreError> {
+        let sent = Instant::now();
+        if let Some(d) = self.blocked.get(key, quota, sent) {
+            return Ok(d);
+        }
         let mut conn = self.conn.clone();
         let reply: Vec<i64> = self
             .script
@@ -141,18 +183,22 @@ impl Store for RedisStore {
             .invoke_async(&mut conn)
             .await
             .map_err(store_error)?;
-        match reply[..] {
-            [allowed, count, remaining, retry_after_ms] => Ok(Decision {
+        let decision = match reply[..] {
+            [allowed, count, remaining, retry_after_ms] => Decision {
                 allowed: allowed == 1,
                 count: count.max(0) as u64,
                 limit: quota.limit.get(),
                 remaining: remaining.max(0) as u64,
                 retry_after_ms: retry_after_ms.max(0) as u64,
-            }),
-            _ => Err(StoreError::Reply(format!(
-                "unexpected script reply {reply:?}"
-            ))),
-        }
+            },
+            _ => {
+                return Err(StoreError::Reply(format!(
+                    "unexpected script reply {reply:?}"
+                )))
+            }
+        };
+        self.blocked.remember(key, quota, &decision, sent);
+        Ok(decision)
     }
 
     /// Walks the keys with SCAN (never KEYS, which blocks Redis) and counts each batch in one
@@ -226,12 +272,19 @@ impl Store for RedisStore {
         }
     }
 
+    /// Deletes the key and tells every node (this one included) to forget it as blocked.
     async fn reset(&self, key: &str) -> Result<bool, StoreError> {
         let mut conn = self.conn.clone();
-        let removed: u64 = conn
+        let echo = self.blocked.listen();
+        let (removed, _): (u64, u64) = redis::pipe()
+            .atomic()
             .del(format!("{KEY_PREFIX}{key}"))
+            .publish(RESET_CHANNEL, key)
+            .query_async(&mut conn)
             .await
             .map_err(store_error)?;
+        self.blocked.forget(key);
+        self.blocked.await_reset(key, echo, RESET_ECHO_WAIT).await;
         Ok(removed > 0)
     }
 

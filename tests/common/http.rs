@@ -28,7 +28,7 @@ pub struct Conn {
 impl Conn {
     pub fn open(addr: &str) -> std::io::Result<Conn> {
         let stream = TcpStream::connect(addr)?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
         stream.set_nodelay(true)?;
         Ok(Conn {
             reader: BufReader::new(stream),

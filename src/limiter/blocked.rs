@@ -1,0 +1,276 @@
+//! Remembers keys that Redis found over their limit, so that further requests for them are
+//! answered from this node's memory until a slot frees — with no Redis call.
+//!
+//! This is exact, not a cache that may drift: while a key is full, blocked requests are not
+//! recorded and no slot can free before the time the script reported, so Redis would answer
+//! "blocked" to every one of them. The only other way out is a reset, which every node hears
+//! at once through Redis pub/sub ([`RESET_CHANNEL`]); when that subscription drops (Redis
+//! restarted, and may have lost its data) the whole memory is forgotten. The expiry is taken
+//! from the moment the call was *sent*, so it can only end early (and ask Redis again), never
+//! late. What it cannot see: an operator deleting keys in Redis by hand (not through the admin
+//! API); such keys stay blocked here for at most the time a slot would have taken to free.
+
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::window::Decision;
+use crate::config::Quota;
+
+/// The pub/sub channel that carries reset keys to every node.
+pub const RESET_CHANNEL: &str = "ratelimiter:resets";
+
+const SHARDS: usize = 64;
+/// Upper bound on remembered keys; past it, blocked keys simply go to Redis every time.
+const MAX_ENTRIES: usize = 100_000;
+
+struct Entry {
+    limit: u32,
+    window_ms: u64,
+    count: u64,
+    until: Instant,
+}
+
+type Shard = HashMap<Box<str>, Vec<Entry>>;
+
+pub struct BlockedKeys {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: RandomState,
+    entries: AtomicUsize,
+    /// Whether resets are being heard; nothing is remembered while they may be missed.
+    live: AtomicBool,
+    /// Every reset heard on the channel, for a resetting caller waiting to hear its own.
+    heard: tokio::sync::broadcast::Sender<Arc<str>>,
+}
+
+impl Default for BlockedKeys {
+    fn default() -> Self {
+        BlockedKeys {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            entries: AtomicUsize::new(0),
+            live: AtomicBool::new(false),
+            heard: tokio::sync::broadcast::channel(1024).0,
+        }
+    }
+}
+
+impl BlockedKeys {
+    fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
+        let i = (self.hasher.hash_one(key) as usize) % self.shards.len();
+        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The decision for a key still known to be full under this quota.
+    pub fn get(&self, key: &str, quota: Quota, now: Instant) -> Option<Decision> {
+        let mut shard = self.shard(key);
+        let entries = shard.get_mut(key)?;
+        let before = entries.len();
+        entries.retain(|e| e.until > now);
+        let removed = before - entries.len();
+        let found = entries
+            .iter()
+            .find(|e| e.limit == quota.limit.get() && e.window_ms == quota.window_ms.get())
+            .map(|e| Decision {
+                allowed: false,
+                count: e.count,
+                limit: e.limit,
+                remaining: 0,
+                retry_after_ms: ceil_ms(e.until - now),
+            });
+        if entries.is_empty() {
+            shard.remove(key);
+        }
+        drop(shard);
+        if removed > 0 {
+            self.entries.fetch_sub(removed, Ordering::Relaxed);
+        }
+        found
+    }
+
+    /// Marks the reset subscription as up or down; going down forgets everything.
+    pub fn set_live(&self, live: bool) {
+        self.live.store(live, Ordering::SeqCst);
+        if !live {
+            self.clear();
+        }
+    }
+
+    /// Records a blocked decision from a call sent at `sent`.
+    pub fn remember(&self, key: &str, quota: Quota, d: &Decision, sent: Instant) {
+        if d.allowed
+            || !self.live.load(Ordering::SeqCst)
+            || self.entries.load(Ordering::Relaxed) >= MAX_ENTRIES
+        {
+            return;
+        }
+        let entry = Entry {
+            limit: quota.limit.get(),
+            window_ms: quota.window_ms.get(),
+            count: d.count,
+            until: sent + Duration::from_millis(d.retry_after_ms),
+        };
+        let mut shard = self.shard(key);
+        let list = shard.entry(key.into()).or_default();
+        match list
+            .iter_mut()
+            .find(|e| e.limit == entry.limit && e.window_ms == entry.window_ms)
+        {
+            Some(e) => *e = entry,
+            None => {
+                list.push(entry);
+                self.entries.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Forgets a key (it was reset).
+    pub fn forget(&self, key: &str) {
+        if let Some(list) = self.shard(key).remove(key) {
+            self.entries.fetch_sub(list.len(), Ordering::Relaxed);
+        }
+    }
+
+    /// A reset arrived on the channel: forget the key, and tell any waiting caller.
+    pub fn heard_reset(&self, key: &str) {
+        self.forget(key);
+        let _ = self.heard.send(key.into());
+    }
+
+    /// Waits (up to `limit`) until this node hears the reset of `key` come back through Redis.
+    /// Every node subscribed gets the message at the same moment, so once this node has it,
+    /// the others have had the same chance: a reset answered to the caller is in force
+    /// everywhere, not merely on its way.
+    pub async fn await_reset(
+        &self,
+        key: &str,
+        mut heard: tokio::sync::broadcast::Receiver<Arc<str>>,
+        limit: Duration,
+    ) {
+        if !self.live.load(Ordering::SeqCst) {
+            return;
+        }
+        let wait = async {
+            loop {
+                match heard.recv().await {
+                    Ok(k) if &*k == key => return,
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(limit, wait).await;
+    }
+
+    /// A receiver of heard resets; take it before publishing, so the echo cannot be missed.
+    pub fn listen(&self) -> tokio::sync::broadcast::Receiver<Arc<str>> {
+        self.heard.subscribe()
+    }
+
+    /// Forgets everything (resets may have been missed).
+    pub fn clear(&self) {
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            let n: usize = shard.values().map(Vec::len).sum();
+            shard.clear();
+            self.entries.fetch_sub(n, Ordering::Relaxed);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn ceil_ms(d: Duration) -> u64 {
+    (d.as_micros().div_ceil(1000) as u64).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::num::{NonZeroU32, NonZeroU64};
+
+    fn q(limit: u32) -> Quota {
+        Quota {
+            limit: NonZeroU32::new(limit).unwrap(),
+            window_ms: NonZeroU64::new(1000).unwrap(),
+        }
+    }
+
+    fn blocked(retry_after_ms: u64) -> Decision {
+        Decision {
+            allowed: false,
+            count: 3,
+            limit: 3,
+            remaining: 0,
+            retry_after_ms,
+        }
+    }
+
+    fn live() -> BlockedKeys {
+        let b = BlockedKeys::default();
+        b.set_live(true);
+        b
+    }
+
+    #[test]
+    fn nothing_is_remembered_while_resets_may_be_missed() {
+        let b = BlockedKeys::default();
+        b.remember("k", q(3), &blocked(500), Instant::now());
+        assert!(b.is_empty());
+        let b = live();
+        b.remember("k", q(3), &blocked(500), Instant::now());
+        b.set_live(false);
+        assert!(b.get("k", q(3), Instant::now()).is_none());
+    }
+
+    #[test]
+    fn answers_until_the_slot_frees_then_forgets() {
+        let b = live();
+        let t0 = Instant::now();
+        b.remember("k", q(3), &blocked(500), t0);
+        let d = b.get("k", q(3), t0 + Duration::from_millis(100)).unwrap();
+        assert_eq!((d.allowed, d.count, d.retry_after_ms), (false, 3, 400));
+        assert!(b.get("k", q(3), t0 + Duration::from_millis(500)).is_none());
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn another_quota_is_not_answered() {
+        let b = live();
+        let t0 = Instant::now();
+        b.remember("k", q(3), &blocked(500), t0);
+        assert!(b.get("k", q(4), t0).is_none());
+    }
+
+    #[test]
+    fn forget_and_clear() {
+        let b = live();
+        let t0 = Instant::now();
+        b.remember("a", q(3), &blocked(500), t0);
+        b.remember("b", q(3), &blocked(500), t0);
+        b.forget("a");
+        assert!(b.get("a", q(3), t0).is_none());
+        assert_eq!(b.len(), 1);
+        b.clear();
+        assert!(b.get("b", q(3), t0).is_none());
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn allowed_decisions_are_not_remembered() {
+        let b = live();
+        let mut d = blocked(500);
+        d.allowed = true;
+        b.remember("k", q(3), &d, Instant::now());
+        assert!(b.is_empty());
+    }
+}
