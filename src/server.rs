@@ -81,6 +81,14 @@ pub fn run(config: Config) -> Result<(), String> {
         None => log::info!("store: embedded in-memory (single node)"),
     }
 
+    if !config.admin.listen.ip().is_loopback() && config.admin.token.is_none() {
+        log::warn!(
+            "the admin port {} listens beyond loopback without [admin] token: anyone who can \
+             reach it can reset counters; set a token or bind it to 127.0.0.1",
+            config.admin.listen
+        );
+    }
+
     let mut server = Server::new_with_opt_and_conf(None, server_conf(config));
     server.bootstrap();
 

@@ -62,6 +62,10 @@ fn serve(stream: TcpStream, name: &str, served: &AtomicUsize) {
         if reader.read_exact(&mut body).is_err() {
             return;
         }
+        // `/sleep/<ms>` answers after a delay: a request that stays in flight.
+        if let Some(ms) = path.strip_prefix("/sleep/").and_then(|m| m.parse().ok()) {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
         served.fetch_add(1, Ordering::SeqCst);
         let reply = format!("upstream {name} {path}");
         let response = format!(
