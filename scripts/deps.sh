@@ -27,6 +27,19 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# schemathesis (PyPI) drives the admin API from its OpenAPI document in the tests; it goes
+# into a virtualenv under target/tools so no system Python is touched.
+if [ "${1:-test}" = test ] && ! command -v st >/dev/null 2>&1 && [ ! -x target/tools/bin/st ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  if ! python3 -m venv --help >/dev/null 2>&1; then
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+  fi
+  python3 -m venv target/tools
+  target/tools/bin/pip install --quiet schemathesis
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo not found: install a Rust toolchain (1.83 or newer) first, e.g. with rustup" >&2
   exit 1

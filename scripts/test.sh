@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh test
+export PATH="$PWD/target/tools/bin:$PATH"
 start=$(date +%s)
 cargo test --locked --all-targets
 echo "test suite finished in $(( $(date +%s) - start ))s"
