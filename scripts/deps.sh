@@ -4,6 +4,7 @@
 # ones) and prometheus (promtool checks /metrics; a real Prometheus runs the monitor's queries).
 # Usage: scripts/deps.sh [build|test]   (default: test)
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 want=(cmake)
 command -v cc >/dev/null 2>&1 || want+=(build-essential)
