@@ -92,7 +92,9 @@ gateway() {
   local name=$1 limits=$2 redis=${3:-} port admin
   port=$(free_port); admin=$(free_port)
   {
-    printf '[server]\nthreads = %s\ngrace_period_seconds = 0\n' "$THREADS"
+    # One single-threaded runtime per thread: faster than pingora's work-stealing default
+    # for a proxy (docs/PERFORMANCE.md).
+    printf '[server]\nthreads = %s\nwork_stealing = false\ngrace_period_seconds = 0\n' "$THREADS"
     printf '[proxy]\nlisten = "127.0.0.1:%s"\nupstreams = ["127.0.0.1:%s"]\n' "$port" "$UP"
     printf '[admin]\nlisten = "127.0.0.1:%s"\n[node]\nid = "%s"\n' "$admin" "$name"
     [ -n "$redis" ] && printf '[redis]\nurl = "redis://127.0.0.1:%s"\ntimeout_ms = 1000\n' "$redis"

@@ -3,6 +3,9 @@
 
 use std::process::ExitCode;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use ratelimiter::cli::{self, Command, USAGE};
 use ratelimiter::config::{Config, ConfigErrors};
 

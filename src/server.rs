@@ -65,6 +65,7 @@ impl Shared {
 fn server_conf(config: &Config) -> ServerConf {
     ServerConf {
         threads: config.server.threads,
+        work_stealing: config.server.work_stealing,
         grace_period_seconds: Some(config.server.grace_period.as_secs()),
         // In-flight work has had the grace period; do not wait on idle tasks after it.
         graceful_shutdown_timeout_seconds: Some(1),

@@ -50,6 +50,23 @@ struct Blocked<'a> {
     limit: u32,
 }
 
+// Lists serialize straight from these structs: going through `serde_json::Value` would build
+// a tree of 100,000 maps for a large counter listing.
+#[derive(Serialize)]
+struct NodesOut<'a> {
+    nodes: Vec<Node<'a>>,
+}
+
+#[derive(Serialize)]
+struct CountersOut<'a> {
+    counters: Vec<CounterOut<'a>>,
+}
+
+#[derive(Serialize)]
+struct BlocksOut<'a> {
+    blocked: Vec<Blocked<'a>>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CheckRequest {
@@ -142,7 +159,7 @@ impl AdminApp {
                         registered_at: &n.registered_at,
                     })
                     .collect();
-                json(200, to_json(&serde_json::json!({ "nodes": out })))
+                json(200, to_json(&NodesOut { nodes: out }))
             }
             Err(e) => self.store_down(&e),
         }
@@ -177,7 +194,7 @@ impl AdminApp {
                 remaining: u64::from(limit).saturating_sub(c.count),
             })
             .collect();
-        json(200, to_json(&serde_json::json!({ "counters": out })))
+        json(200, to_json(&CountersOut { counters: out }))
     }
 
     async fn blocks(&self) -> Response<Vec<u8>> {
@@ -195,7 +212,7 @@ impl AdminApp {
                 limit,
             })
             .collect();
-        json(200, to_json(&serde_json::json!({ "blocked": out })))
+        json(200, to_json(&BlocksOut { blocked: out }))
     }
 
     fn limits(&self) -> Response<Vec<u8>> {

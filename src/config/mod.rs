@@ -34,6 +34,9 @@ pub struct Config {
 pub struct ServerConfig {
     /// Worker threads of the proxy service.
     pub threads: usize,
+    /// One work-stealing runtime (pingora's default) or one single-threaded runtime per
+    /// thread, each serving the connections it accepted.
+    pub work_stealing: bool,
     /// How long SIGTERM waits for in-flight requests before the process exits.
     pub grace_period: Duration,
 }

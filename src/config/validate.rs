@@ -26,7 +26,11 @@ pub(super) fn build(path: &str, source: &str, env: Env) -> Result<Config, Config
     let root = Section::root(&doc, SECTIONS, &mut errors);
 
     let server = server(
-        &root.section("server", &["threads", "grace_period_seconds"], &mut errors),
+        &root.section(
+            "server",
+            &["threads", "work_stealing", "grace_period_seconds"],
+            &mut errors,
+        ),
         &mut errors,
     );
     let proxy = proxy(
@@ -118,6 +122,7 @@ fn server(s: &Section, errors: &mut Collector) -> ServerConfig {
         .map_or(5, |g| g.value as u64);
     ServerConfig {
         threads,
+        work_stealing: s.boolean("work_stealing", errors).is_none_or(|v| v.value),
         grace_period: Duration::from_secs(grace),
     }
 }

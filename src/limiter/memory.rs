@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 
-use super::window::{decide, is_expired, Decision};
+use super::window::{decide, decide_indexed, is_expired, Decision};
 use super::{Counter, Store, StoreError};
 use crate::config::Quota;
 
@@ -119,7 +119,8 @@ impl MemoryStore {
         if let Some(log) = shard.logs.get_mut(key) {
             log.window_ms = window_ms;
             log.prune(now);
-            let decision = decide(log.times.make_contiguous(), now, limit, window_ms);
+            let times = &log.times;
+            let decision = decide_indexed(times.len(), |i| times[i], now, limit, window_ms);
             if decision.allowed {
                 log.times.push_back(now);
             }

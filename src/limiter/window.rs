@@ -40,7 +40,19 @@ pub fn is_expired(t_ms: u64, now_ms: u64, window_ms: u64) -> bool {
 
 /// Decides on a log already pruned to the window and sorted oldest first.
 pub fn decide(log: &[u64], now_ms: u64, limit: u32, window_ms: u64) -> Decision {
-    let count = log.len() as u64;
+    decide_indexed(log.len(), |i| log[i], now_ms, limit, window_ms)
+}
+
+/// [`decide`] over any log that can be indexed (oldest first) without being copied: the
+/// decision reads its length and, when blocked, one entry.
+pub fn decide_indexed(
+    len: usize,
+    entry: impl FnOnce(usize) -> u64,
+    now_ms: u64,
+    limit: u32,
+    window_ms: u64,
+) -> Decision {
+    let count = len as u64;
     let limit64 = u64::from(limit);
     if count < limit64 {
         return Decision {
@@ -52,7 +64,7 @@ pub fn decide(log: &[u64], now_ms: u64, limit: u32, window_ms: u64) -> Decision 
         };
     }
     // The entry whose expiry brings the log below the limit.
-    let freeing = log[(count - limit64) as usize];
+    let freeing = entry((count - limit64) as usize);
     Decision {
         allowed: false,
         count,
