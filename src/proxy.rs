@@ -146,11 +146,15 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         // Tell the upstream who the client is, as every reverse proxy does.
         if let Some(ip) = Self::peer_ip(session) {
-            let forwarded = match upstream_request.headers.get("x-forwarded-for") {
-                Some(prior) => format!("{}, {ip}", String::from_utf8_lossy(prior.as_bytes())),
-                None => ip.to_string(),
-            };
-            upstream_request.insert_header("X-Forwarded-For", forwarded)?;
+            // Every X-Forwarded-For header the client sent is one list; keep it and append.
+            let mut hops: Vec<String> = upstream_request
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect();
+            hops.push(ip.to_string());
+            upstream_request.insert_header("X-Forwarded-For", hops.join(", "))?;
         }
         Ok(())
     }

@@ -491,3 +491,16 @@ fn listing_100k_counters_answers_while_the_proxy_serves() {
     assert!(list.iter().all(|c| c["count"].as_u64() >= Some(1)));
     eprintln!("GET /api/counters with {N} counters: {took:?}; {served} proxied requests meanwhile");
 }
+
+#[test]
+fn warns_when_the_admin_port_is_open_beyond_loopback_without_a_token() {
+    let port = common::free_port();
+    let open = Gateway::start_with_admin_listen(&format!("0.0.0.0:{port}"));
+    let log = open.log();
+    assert!(
+        log.contains("listens beyond loopback without [admin] token"),
+        "{log}"
+    );
+    let loopback = Gateway::start("", "");
+    assert!(!loopback.log().contains("beyond loopback"));
+}

@@ -275,3 +275,22 @@ fn the_readme_demo_config_works() {
     }
     assert_eq!(seen, [200, 200, 200, 200, 200, 429]);
 }
+
+#[test]
+fn the_upstream_sees_the_forwarded_chain_with_the_client_appended() {
+    let up = Upstream::start();
+    let gw = Gateway::start(&upstreams(&[&up]), "[limits]\ndefault_limit = 100\n");
+    let r = get(
+        &gw.proxy,
+        "/",
+        &[
+            ("X-Forwarded-For", "198.51.100.1"),
+            ("X-Forwarded-For", "203.0.113.5"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        r.header("X-Seen-Forwarded-For"),
+        Some("198.51.100.1, 203.0.113.5, 127.0.0.1")
+    );
+}

@@ -123,3 +123,88 @@ fn starts_with_redis_down_and_heals_when_it_comes() {
     redis.restart();
     assert_limiting_resumes(&gw, &redis);
 }
+
+/// Load from several clients while Redis is killed and brought back: with `allow` no request
+/// fails or waits past the timeout, and limiting resumes soon after Redis is back.
+#[test]
+fn redis_killed_under_load_fails_open_and_resumes() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let mut redis = RedisServer::start();
+    let up = Upstream::start();
+    let gw = Gateway::start(
+        &format!("upstreams = [\"{}\"]", up.addr),
+        &format!(
+            "[redis]\nurl = \"{}\"\ntimeout_ms = {TIMEOUT_MS}\non_error = \"allow\"\n[limits]\ndefault_limit = 1000000\nkey = \"header:X-Api-Key\"\n",
+            redis.url()
+        ),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let worst = Arc::new(Mutex::new(Duration::ZERO));
+    let clients: Vec<_> = (0..6)
+        .map(|i| {
+            let (addr, stop, failures, worst) = (
+                gw.proxy.clone(),
+                stop.clone(),
+                failures.clone(),
+                worst.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut conn = Conn::open(&addr).unwrap();
+                let key = format!("client-{i}");
+                while !stop.load(Ordering::SeqCst) {
+                    let t = Instant::now();
+                    match conn.get("/", &[("X-Api-Key", &key)]) {
+                        Ok(r) if r.status == 200 => {}
+                        _ => {
+                            failures.fetch_add(1, Ordering::SeqCst);
+                            conn = Conn::open(&addr).unwrap();
+                        }
+                    }
+                    let took = t.elapsed();
+                    let mut w = worst.lock().unwrap();
+                    *w = (*w).max(took);
+                }
+            })
+        })
+        .collect();
+    let until = Instant::now() + Duration::from_millis(500);
+    wait_for("load to run", Duration::from_secs(2), || {
+        (Instant::now() > until).then_some(())
+    });
+    redis.stop();
+    let until = Instant::now() + Duration::from_secs(1);
+    wait_for("a second without Redis", Duration::from_secs(3), || {
+        (Instant::now() > until).then_some(())
+    });
+    redis.restart();
+    let back = Instant::now();
+    wait_for("limiting to resume", Duration::from_secs(10), || {
+        get(&gw.proxy, "/", &[("X-Api-Key", "probe")])
+            .ok()?
+            .header("X-RateLimit-Limit")
+            .map(|_| ())
+    });
+    let resumed = back.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.join().unwrap();
+    }
+    eprintln!("limiting resumed {resumed:?} after Redis came back");
+    assert_eq!(
+        failures.load(Ordering::SeqCst),
+        0,
+        "no request failed while Redis was down"
+    );
+    let worst = *worst.lock().unwrap();
+    assert!(
+        worst < Duration::from_millis(TIMEOUT_MS) + MARGIN,
+        "a request waited {worst:?}"
+    );
+    assert!(
+        resumed < Duration::from_secs(2),
+        "limiting resumed only after {resumed:?}"
+    );
+}

@@ -142,6 +142,17 @@ impl Gateway {
         )
     }
 
+    /// A gateway whose admin port listens on `admin` (any address, e.g. `0.0.0.0:port`).
+    pub fn start_with_admin_listen(admin: &str) -> Gateway {
+        let proxy = format!("127.0.0.1:{}", free_port());
+        Gateway::spawn(
+            proxy.clone(),
+            admin.to_string(),
+            format!("[server]\ngrace_period_seconds = 1\n[proxy]\nlisten = \"{proxy}\"\n[admin]\nlisten = \"{admin}\"\n"),
+            &[],
+        )
+    }
+
     fn wait_ready(&mut self) {
         let addr = self.proxy.clone();
         let log = self.log_path.clone();
