@@ -14,6 +14,7 @@ use pingora::services::background::BackgroundService;
 use redis::aio::ConnectionManager;
 
 use crate::config::NodeConfig;
+use crate::limiter::scan::KeyScan;
 use crate::limiter::{Limiter, StoreError};
 use crate::metrics::Metrics;
 
@@ -109,23 +110,9 @@ impl Registry {
         };
         let mut conn = conn.clone();
         let mut keys = Vec::new();
-        let mut cursor = 0u64;
-        loop {
-            let (next, batch): (u64, Vec<String>) = bounded(
-                redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(format!("{KEY_PREFIX}*"))
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut conn),
-            )
-            .await?;
+        let mut scan = KeyScan::new(format!("{KEY_PREFIX}*"), CALL_TIMEOUT);
+        while let Some(batch) = scan.next(&mut conn).await? {
             keys.extend(batch);
-            if next == 0 {
-                break;
-            }
-            cursor = next;
         }
         keys.sort();
         keys.dedup();

@@ -7,6 +7,7 @@ pub mod blocked;
 pub mod memory;
 pub mod policy;
 pub mod redis;
+pub mod scan;
 pub mod window;
 
 use std::fmt;

@@ -18,6 +18,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 
 use super::blocked::{BlockedKeys, RESET_CHANNEL};
+use super::scan::KeyScan;
 use super::window::Decision;
 use super::{Counter, Store, StoreError};
 use crate::config::{Quota, RedisConfig};
@@ -30,9 +31,6 @@ const COUNT_SCRIPT: &str = include_str!("../../lua/count.lua");
 
 /// How long a reset waits to hear its own message back from Redis.
 const RESET_ECHO_WAIT: Duration = Duration::from_millis(200);
-
-/// Keys asked for per SCAN step, and counted per pipelined batch.
-const SCAN_BATCH: usize = 1000;
 
 /// Bound on each step of a counter listing (one SCAN, or one pipelined batch of counts).
 const LIST_STEP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -206,42 +204,27 @@ impl Store for RedisStore {
     async fn counters(&self) -> Result<Vec<Counter>, StoreError> {
         let mut conn = self.conn.clone();
         step(self.count_script.load_async(&mut conn)).await?;
-        let pattern = format!("{KEY_PREFIX}*");
-        let mut cursor: u64 = 0;
+        let mut scan = KeyScan::new(format!("{KEY_PREFIX}*"), LIST_STEP_TIMEOUT);
         let mut out = Vec::new();
-        loop {
-            let (next, keys): (u64, Vec<String>) = step(
-                redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(SCAN_BATCH)
-                    .query_async(&mut conn),
-            )
-            .await?;
-            if !keys.is_empty() {
-                let mut pipe = redis::pipe();
-                for key in &keys {
-                    pipe.cmd("EVALSHA")
-                        .arg(self.count_script.get_hash())
-                        .arg(1)
-                        .arg(key);
-                }
-                let counts: Vec<u64> = step(pipe.query_async(&mut conn)).await?;
-                for (key, count) in keys.into_iter().zip(counts) {
-                    if count > 0 {
-                        let key = key[KEY_PREFIX.len()..].to_string();
-                        out.push(Counter { key, count });
-                    }
+        while let Some(keys) = scan.next(&mut conn).await? {
+            if keys.is_empty() {
+                continue;
+            }
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                pipe.cmd("EVALSHA")
+                    .arg(self.count_script.get_hash())
+                    .arg(1)
+                    .arg(key);
+            }
+            let counts: Vec<u64> = step(pipe.query_async(&mut conn)).await?;
+            for (key, count) in keys.into_iter().zip(counts) {
+                if count > 0 {
+                    let key = key[KEY_PREFIX.len()..].to_string();
+                    out.push(Counter { key, count });
                 }
             }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
         }
-        // SCAN may return a key twice; list each once.
         out.sort_by(|a, b| a.key.cmp(&b.key));
         out.dedup_by(|a, b| a.key == b.key);
         Ok(out)
@@ -251,25 +234,12 @@ impl Store for RedisStore {
         // A counter key expires one window after its newest entry, so every key that exists
         // holds at least one live entry: counting keys counts live counters.
         let mut conn = self.conn.clone();
-        let pattern = format!("{KEY_PREFIX}*");
-        let (mut cursor, mut total) = (0u64, 0u64);
-        loop {
-            let (next, keys): (u64, Vec<String>) = step(
-                redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(SCAN_BATCH)
-                    .query_async(&mut conn),
-            )
-            .await?;
+        let mut scan = KeyScan::new(format!("{KEY_PREFIX}*"), LIST_STEP_TIMEOUT);
+        let mut total = 0;
+        while let Some(keys) = scan.next(&mut conn).await? {
             total += keys.len() as u64;
-            if next == 0 {
-                return Ok(total);
-            }
-            cursor = next;
         }
+        Ok(total)
     }
 
     /// Deletes the key and tells every node (this one included) to forget it as blocked.
