@@ -74,8 +74,14 @@ fn slow_redis_is_bounded_by_the_timeout() {
             .header("X-RateLimit-Limit"),
         Some("1000")
     );
+    let before = process_stats(gw.pid());
     // Redis stops answering for 3 s; 40 requests from 8 clients meanwhile.
     let mut conn = redis.conn();
+    let redis_clients = |conn: &mut redis::Connection| -> usize {
+        let list: String = redis::cmd("CLIENT").arg("LIST").query(conn).unwrap();
+        list.lines().count()
+    };
+    let clients_before = redis_clients(&mut conn);
     let _: () = redis::cmd("CLIENT")
         .arg("PAUSE")
         .arg(3000)
@@ -124,6 +130,83 @@ fn slow_redis_is_bounded_by_the_timeout() {
             .header("X-RateLimit-Limit")
             .map(|_| ())
     });
+    // No pile-up: no extra Redis connections, no descriptors or memory left behind.
+    assert!(
+        redis_clients(&mut conn) <= clients_before,
+        "Redis connections grew"
+    );
+    let after = process_stats(gw.pid());
+    // Up to one pooled upstream connection per concurrent client is expected; a pile-up of
+    // waiting requests would hold far more.
+    assert!(
+        after.fds <= before.fds + 8 + 4,
+        "fds {} -> {}",
+        before.fds,
+        after.fds
+    );
+    assert!(
+        after.rss_kb < before.rss_kb * 3 / 2 + 2048,
+        "rss {} -> {} kB",
+        before.rss_kb,
+        after.rss_kb
+    );
+}
+
+struct ProcessStats {
+    rss_kb: u64,
+    fds: usize,
+}
+
+fn process_stats(pid: u32) -> ProcessStats {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss_kb = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    ProcessStats { rss_kb, fds }
+}
+
+#[test]
+fn a_redis_password_is_never_printed() {
+    let redis = RedisServer::start();
+    let url = format!(
+        "redis://ratelimiter:hunter2-secret@127.0.0.1:{}/0",
+        redis.port
+    );
+    let gw = Gateway::start(
+        "[proxy.direct_response]\nbody = \"ok\"",
+        &format!("[redis]\nurl = \"{url}\"\ntimeout_ms = 200\n"),
+    );
+    // The password is wrong for this Redis, so calls fail and get logged.
+    for _ in 0..3 {
+        get(&gw.proxy, "/", &[]).unwrap();
+    }
+    let mut seen = gw.log();
+    for path in [
+        "/api/limits",
+        "/api/nodes",
+        "/health",
+        "/api/counters",
+        "/metrics",
+    ] {
+        seen.push_str(&get(&gw.admin, path, &[]).unwrap().body);
+    }
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_ratelimiter"))
+        .args(["-t", "-c"])
+        .arg(&gw.config_path)
+        .output()
+        .unwrap();
+    seen.push_str(&String::from_utf8_lossy(&check.stdout));
+    assert!(
+        seen.contains("rate-limit store failed"),
+        "the failure was logged: {seen}"
+    );
+    assert!(!seen.contains("hunter2"), "the password leaked: {seen}");
 }
 
 #[test]

@@ -113,6 +113,11 @@ fn starts_with_redis_down_and_heals_when_it_comes() {
     redis.stop();
     let up = Upstream::start();
     let gw = gateway(&redis, &up, "allow");
+    assert_eq!(
+        get(&gw.admin, "/health", &[]).unwrap().status,
+        503,
+        "unhealthy at start"
+    );
     let mut conn = Conn::open(&gw.proxy).unwrap();
     let (status, limited, took) = timed(&mut conn);
     assert_eq!((status, limited), (200, false));
@@ -122,6 +127,11 @@ fn starts_with_redis_down_and_heals_when_it_comes() {
     );
     redis.restart();
     assert_limiting_resumes(&gw, &redis);
+    assert_eq!(
+        get(&gw.admin, "/health", &[]).unwrap().status,
+        200,
+        "healed"
+    );
 }
 
 /// Load from several clients while Redis is killed and brought back: with `allow` no request
