@@ -1,12 +1,13 @@
 //! Prometheus metrics (contract §6), in a registry of this node's own so every series
 //! carries `node_id`.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::RwLock;
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 /// The `key` label of decisions past the per-node cap on distinct keys.
@@ -25,8 +26,35 @@ pub struct Metrics {
     pub active_counters: IntGauge,
     store_errors: IntCounterVec,
     max_key_labels: usize,
-    /// Keys that have their own label; bounded by `max_key_labels`.
-    labelled: RwLock<HashSet<Box<str>>>,
+    /// The (allowed, blocked) counters of each key with its own label, bounded by
+    /// `max_key_labels`: one map lookup per decision instead of resolving labels each time.
+    labelled: RwLock<HashMap<Box<str>, Decisions>>,
+    other: Decisions,
+}
+
+/// A key's two decision counters. Both series exist from the key's first decision, so
+/// `increase()` over the blocked one starts from 0, not from its first blocked request.
+#[derive(Clone)]
+struct Decisions {
+    allowed: IntCounter,
+    blocked: IntCounter,
+}
+
+impl Decisions {
+    fn of(vec: &IntCounterVec, key: &str) -> Self {
+        Decisions {
+            allowed: vec.with_label_values(&["allowed", key]),
+            blocked: vec.with_label_values(&["blocked", key]),
+        }
+    }
+
+    fn count(&self, allowed: bool) {
+        if allowed {
+            self.allowed.inc();
+        } else {
+            self.blocked.inc();
+        }
+    }
 }
 
 impl Metrics {
@@ -68,15 +96,17 @@ impl Metrics {
         for kind in ["timeout", "connection", "reply"] {
             store_errors.with_label_values(&[kind]);
         }
+        let other = Decisions::of(&checked, OTHER_KEY);
         Ok(Metrics {
             registry,
             checked,
+            other,
             check_duration,
             node_up,
             active_counters,
             store_errors,
             max_key_labels,
-            labelled: RwLock::new(HashSet::new()),
+            labelled: RwLock::new(HashMap::new()),
         })
     }
 
@@ -85,35 +115,29 @@ impl Metrics {
     }
 
     pub fn count_decision(&self, key: &str, allowed: bool) {
-        let result = if allowed { "allowed" } else { "blocked" };
-        let label = self.key_label(key);
-        self.checked.with_label_values(&[result, label]).inc();
+        {
+            let map = self.labelled.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(d) = map.get(key) {
+                return d.count(allowed);
+            }
+            if map.len() >= self.max_key_labels {
+                return self.other.count(allowed);
+            }
+        }
+        let mut map = self.labelled.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(d) = map.get(key) {
+            d.count(allowed);
+        } else if map.len() < self.max_key_labels {
+            let d = Decisions::of(&self.checked, key);
+            d.count(allowed);
+            map.insert(key.into(), d);
+        } else {
+            self.other.count(allowed);
+        }
     }
 
     pub fn count_store_error(&self, kind: &str) {
         self.store_errors.with_label_values(&[kind]).inc();
-    }
-
-    /// The key itself while fewer than `max_key_labels` keys have a label, else `_other`.
-    fn key_label<'k>(&self, key: &'k str) -> &'k str {
-        {
-            let set = self.labelled.read().unwrap_or_else(|p| p.into_inner());
-            if set.contains(key) {
-                return key;
-            }
-            if set.len() >= self.max_key_labels {
-                return OTHER_KEY;
-            }
-        }
-        let mut set = self.labelled.write().unwrap_or_else(|p| p.into_inner());
-        if set.contains(key) {
-            key
-        } else if set.len() < self.max_key_labels {
-            set.insert(key.into());
-            key
-        } else {
-            OTHER_KEY
-        }
     }
 
     /// The text exposition format.
