@@ -71,6 +71,7 @@ async fn respond(
     content_type: &str,
     body: Bytes,
 ) -> Result<()> {
+    discard_request_body(session).await;
     let mut resp = ResponseHeader::build(status, Some(headers.len() + 2))?;
     for (name, value) in headers {
         resp.insert_header(*name, value.as_str())?;
@@ -84,6 +85,38 @@ async fn respond(
         session.write_response_body(Some(body), true).await?;
     }
     Ok(())
+}
+
+/// Largest request body read and dropped so that a connection answered by the gateway itself
+/// (429, 503, direct response) can carry the client's next request, as nginx does.
+const DISCARD_BODY_MAX: usize = 64 * 1024;
+/// How long that may take before the connection is closed instead.
+const DISCARD_BODY_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Reads and drops a small request body; a large or slow one closes the connection after the
+/// response instead, so a blocked client cannot make the gateway read for it.
+async fn discard_request_body(session: &mut Session) {
+    let downstream = session.as_downstream_mut();
+    if downstream.is_body_done() || downstream.is_body_empty() {
+        return;
+    }
+    let declared = downstream
+        .req_header()
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let drained = match declared {
+        Some(n) if n <= DISCARD_BODY_MAX => {
+            tokio::time::timeout(DISCARD_BODY_TIME, downstream.drain_request_body())
+                .await
+                .is_ok_and(|r| r.is_ok())
+        }
+        _ => false,
+    };
+    if !drained {
+        downstream.set_keepalive(None);
+    }
 }
 
 #[async_trait]

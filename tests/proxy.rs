@@ -294,3 +294,17 @@ fn the_upstream_sees_the_forwarded_chain_with_the_client_appended() {
         Some("198.51.100.1, 203.0.113.5, 127.0.0.1")
     );
 }
+
+#[test]
+fn keep_alive_survives_a_429_to_a_request_with_a_body() {
+    let up = Upstream::start();
+    let gw = Gateway::start(&upstreams(&[&up]), "[limits]\ndefault_limit = 1\n");
+    let mut conn = Conn::open(&gw.proxy).unwrap();
+    let body = "x".repeat(1000);
+    assert_eq!(conn.send("POST", "/", &[], &body).unwrap().status, 200);
+    // The gateway reads and drops the body of a request it answers itself, so the next
+    // request on the connection parses cleanly.
+    assert_eq!(conn.send("POST", "/", &[], &body).unwrap().status, 429);
+    assert_eq!(conn.send("POST", "/", &[], &body).unwrap().status, 429);
+    assert_eq!(conn.get("/", &[]).unwrap().status, 429);
+}
