@@ -100,12 +100,7 @@ async fn discard_request_body(session: &mut Session) {
     if downstream.is_body_done() || downstream.is_body_empty() {
         return;
     }
-    let declared = downstream
-        .req_header()
-        .headers
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
+    let declared = crate::response::declared_length(&downstream.req_header().headers);
     let drained = match declared {
         Some(n) if n <= DISCARD_BODY_MAX => {
             tokio::time::timeout(DISCARD_BODY_TIME, downstream.drain_request_body())

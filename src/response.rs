@@ -41,6 +41,14 @@ pub fn limit_headers(d: &Decision) -> Vec<(&'static str, String)> {
     headers
 }
 
+/// The request's declared body length, when it sends a valid `Content-Length`.
+pub fn declared_length(headers: &http::HeaderMap) -> Option<usize> {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
 /// The body of a decision, serialized.
 pub fn decision_json(d: &Decision) -> String {
     json(&DecisionBody::from(d))

@@ -80,12 +80,7 @@ pub(crate) fn error(status: u16, message: &str) -> Response<Vec<u8>> {
 
 /// Reads the whole body, or answers why not (413 too large, 408 too slow, 400 broken).
 async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, Response<Vec<u8>>> {
-    let declared = session
-        .req_header()
-        .headers
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
+    let declared = crate::response::declared_length(&session.req_header().headers);
     if declared.is_some_and(|n| n > MAX_BODY) {
         session.set_keepalive(None);
         return Err(error(413, &format!("request body over {MAX_BODY} bytes")));
