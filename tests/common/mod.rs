@@ -24,11 +24,25 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Optio
     }
 }
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago, from below the kernel's ephemeral range.
+///
+/// Asking the kernel for port 0 would hand out an ephemeral port, and until the process under
+/// test binds it, any outgoing connection of the suite may take the same port as its local
+/// end: the gateway then cannot listen, or a test talks to the wrong process. Ports below
+/// 32768 are never used for outgoing connections; each is handed out once per test process.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 12_000;
+    const SPAN: u32 = 20_000; // up to 31999, below the default ephemeral range (32768..)
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Test binaries run one after another, but start each at its own place in the range.
+    let start = std::process::id().wrapping_mul(7919) % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + (start + n) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {LOW}..{}", LOW + SPAN);
 }
