@@ -1,10 +1,12 @@
 //! Micro-benchmarks of the pure core and the embedded store, each beside a naive baseline
 //! measured in the same run:
 //!
-//! - window arithmetic (`decide`) on a full log, against summing the log (a lower bound on
+//! - window arithmetic (`peek`) on a full log, against summing the log (a lower bound on
 //!   any per-request work over it);
 //! - key extraction (ip, header, trusted X-Forwarded-For, over-long value digest), against
 //!   formatting the peer address alone;
+//! - rule selection with the default rule alone and with five path rules, against the key
+//!   extraction it includes;
 //! - the embedded store on one hot key, over 100,000 keys, and from two threads, against one
 //!   global mutex around a `HashMap` (the obvious first implementation).
 //!
@@ -16,11 +18,12 @@ use std::num::{NonZeroU32, NonZeroU64};
 use std::sync::{Arc, Mutex};
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use http::{HeaderMap, HeaderName, HeaderValue};
-use ratelimiter::config::{KeySource, Quota};
-use ratelimiter::key::request_key;
-use ratelimiter::limiter::memory::MemoryStore;
-use ratelimiter::limiter::window::decide;
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use ratelimiter::config::Config;
+use ratelimiter::key::{request_key, KeySource, RequestView};
+use ratelimiter::limiter::algo::sliding_log::peek;
+use ratelimiter::limiter::backend::memory::MemoryStore;
+use ratelimiter::limiter::{Check, Limit, Mode, Quota};
 
 fn quota(limit: u32) -> Quota {
     Quota {
@@ -29,11 +32,20 @@ fn quota(limit: u32) -> Quota {
     }
 }
 
+fn check(key: &str, limit: u32) -> Check {
+    Check {
+        rule: "default",
+        key: key.to_string(),
+        limit: Limit::sliding_log(quota(limit).limit, quota(limit).window_ms),
+        shadow: false,
+    }
+}
+
 fn window(c: &mut Criterion) {
     let log: Vec<u64> = (0..100).collect();
     let mut g = c.benchmark_group("window");
-    g.bench_function("decide_full_log_100", |b| {
-        b.iter(|| decide(black_box(&log), black_box(1_000), 100, 60_000))
+    g.bench_function("peek_full_log_100", |b| {
+        b.iter(|| peek(black_box(&log), black_box(1_000), quota(100)))
     });
     g.bench_function("baseline_sum_log_100", |b| {
         b.iter(|| black_box(&log).iter().sum::<u64>())
@@ -95,6 +107,45 @@ impl GlobalMutex {
     }
 }
 
+fn rules(c: &mut Criterion) {
+    let none = HeaderMap::new();
+    let view = |path| RequestView {
+        peer: Some("10.0.0.1".parse().unwrap()),
+        method: &Method::GET,
+        host: Some("api.example.com"),
+        path,
+        headers: &none,
+    };
+    let alone = Config::parse("b.toml", "", &|_| None).unwrap().rule_set();
+    let mut text = String::new();
+    for name in ["login", "search", "upload", "admin", "export"] {
+        text.push_str(&format!(
+            "[[rules]]\nname = \"{name}\"\npath_prefix = \"/{name}\"\nlimit = 10\n"
+        ));
+    }
+    let five = Config::parse("b.toml", &text, &|_| None)
+        .unwrap()
+        .rule_set();
+    let mut g = c.benchmark_group("rules");
+    g.bench_function("baseline_key_only", |b| {
+        b.iter(|| {
+            request_key(
+                &KeySource::Ip,
+                black_box(view("/search/x")).peer,
+                &none,
+                &[],
+            )
+        })
+    });
+    g.bench_function("default_alone", |b| {
+        b.iter(|| alone.select(black_box(&view("/search/x"))))
+    });
+    g.bench_function("five_rules_one_match", |b| {
+        b.iter(|| five.select(black_box(&view("/search/x"))))
+    });
+    g.finish();
+}
+
 fn store(c: &mut Criterion) {
     let keys: Vec<String> = (0..100_000)
         .map(|i| format!("ip:10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255))
@@ -103,8 +154,9 @@ fn store(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
 
     let s = MemoryStore::default();
+    let hot = [check("ip:10.0.0.1", 100)];
     g.bench_function("hot_key_blocked", |b| {
-        b.iter(|| s.check_now("ip:10.0.0.1", quota(100)))
+        b.iter(|| s.decide_now(&hot, Mode::Record))
     });
     let base = GlobalMutex::default();
     g.bench_function("baseline_global_mutex_hot_key", |b| {
@@ -112,11 +164,12 @@ fn store(c: &mut Criterion) {
     });
 
     let s = MemoryStore::default();
+    let checks: Vec<[Check; 1]> = keys.iter().map(|k| [check(k, 1_000_000)]).collect();
     let mut i = 0;
     g.bench_function("100k_keys", |b| {
         b.iter(|| {
-            i = (i + 1) % keys.len();
-            s.check_now(&keys[i], quota(1_000_000))
+            i = (i + 1) % checks.len();
+            s.decide_now(&checks[i], Mode::Record)
         })
     });
     let base = GlobalMutex::default();
@@ -137,7 +190,7 @@ fn store(c: &mut Criterion) {
     g.bench_function("sharded", |b| {
         b.iter(|| {
             two_threads(&keys, |k| {
-                sharded.check_now(k, quota(1_000_000));
+                sharded.decide_now(&[check(k, 1_000_000)], Mode::Record);
             })
         })
     });
@@ -166,5 +219,5 @@ fn two_threads(keys: &Arc<Vec<String>>, check: impl Fn(&str) + Sync) {
     });
 }
 
-criterion_group!(benches, window, keys, store);
+criterion_group!(benches, window, keys, rules, store);
 criterion_main!(benches);

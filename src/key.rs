@@ -9,17 +9,76 @@
 //! - A value longer than [`MAX_VALUE_LEN`] bytes, or one with bytes that are not visible ASCII,
 //!   is keyed by its SHA-256 digest (`<name>:sha256:<hex>`): a key's size is bounded and every
 //!   key is safe to print in JSON, logs and metric labels.
+//! - `global` keys every request alike (`global`): one counter for all of a rule's matches.
 
+use std::fmt;
 use std::net::IpAddr;
 
 use http::HeaderMap;
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 
-use crate::config::KeySource;
-
 /// Longest header value used verbatim in a key.
 pub const MAX_VALUE_LEN: usize = 256;
+
+/// The key of every request under `global`.
+pub const GLOBAL: &str = "global";
+
+/// What a request is keyed by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// `ip:<client-ip>`.
+    Ip,
+    /// `<lower-cased header name>:<value>`, falling back to the `ip:` key.
+    Header(http::HeaderName),
+    /// One key for every request: `global`.
+    Global,
+}
+
+impl KeySource {
+    /// Parses `ip`, `header:<Header-Name>` or `global`.
+    pub fn parse(s: &str) -> Option<KeySource> {
+        match s {
+            "ip" => Some(KeySource::Ip),
+            GLOBAL => Some(KeySource::Global),
+            _ => {
+                let name = s.strip_prefix("header:")?;
+                http::HeaderName::from_bytes(name.as_bytes())
+                    .ok()
+                    .map(KeySource::Header)
+            }
+        }
+    }
+}
+
+impl fmt::Display for KeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeySource::Ip => f.write_str("ip"),
+            KeySource::Header(h) => write!(f, "header:{h}"),
+            KeySource::Global => f.write_str(GLOBAL),
+        }
+    }
+}
+
+/// What a request offers to rules and keys, apart from any pingora type.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestView<'a> {
+    /// The TCP peer; `None` for a peer that is not an IP socket.
+    pub peer: Option<IpAddr>,
+    pub method: &'a http::Method,
+    /// The `Host` header (or the request target's authority), as sent.
+    pub host: Option<&'a str>,
+    /// The path of the request target, without the query, as sent.
+    pub path: &'a str,
+    pub headers: &'a HeaderMap,
+}
+
+/// The value part of a request key, which overrides are looked up by: `10.0.0.1` of
+/// `ip:10.0.0.1`, `premium-1` of `x-api-key:premium-1`; `None` for `global`.
+pub fn key_value(key: &str) -> Option<&str> {
+    key.split_once(':').map(|(_, value)| value)
+}
 
 /// The counter key of one request. `peer` is `None` for a peer that is not an IP socket
 /// (a Unix socket), keyed as `ip:unknown`.
@@ -29,13 +88,22 @@ pub fn request_key(
     headers: &HeaderMap,
     trusted: &[IpNet],
 ) -> String {
-    if let KeySource::Header(name) = source {
-        if let Some(value) = headers.get(name).map(|v| v.as_bytes()) {
-            if !value.is_empty() {
-                return header_key(name.as_str(), value);
+    match source {
+        KeySource::Global => return GLOBAL.to_string(),
+        KeySource::Header(name) => {
+            if let Some(value) = headers.get(name).map(|v| v.as_bytes()) {
+                if !value.is_empty() {
+                    return header_key(name.as_str(), value);
+                }
             }
         }
+        KeySource::Ip => {}
     }
+    ip_key(peer, headers, trusted)
+}
+
+/// `ip:<client-ip>` (`ip:unknown` for a peer that is not an IP socket).
+pub fn ip_key(peer: Option<IpAddr>, headers: &HeaderMap, trusted: &[IpNet]) -> String {
     match peer {
         Some(peer) => format!("ip:{}", client_ip(peer, headers, trusted)),
         None => "ip:unknown".to_string(),
@@ -269,6 +337,37 @@ mod tests {
         assert!(k.starts_with("x-api-key:sha256:"), "{k}");
         let k = header_key("x-api-key", b"a b");
         assert!(k.starts_with("x-api-key:sha256:"), "{k}");
+    }
+
+    #[test]
+    fn global_keys_every_request_alike() {
+        let h = headers(&[("x-api-key", b"abc")]);
+        assert_eq!(
+            request_key(&KeySource::Global, Some(ip("10.0.0.1")), &h, &[]),
+            "global"
+        );
+        assert_eq!(request_key(&KeySource::Global, None, &h, &[]), "global");
+    }
+
+    #[test]
+    fn key_sources_parse_and_print_alike() {
+        for text in ["ip", "global", "header:x-api-key"] {
+            assert_eq!(KeySource::parse(text).unwrap().to_string(), text);
+        }
+        assert_eq!(
+            KeySource::parse("header:X-Api-Key").unwrap().to_string(),
+            "header:x-api-key"
+        );
+        assert_eq!(KeySource::parse("header:X Api"), None);
+        assert_eq!(KeySource::parse("cookie"), None);
+    }
+
+    #[test]
+    fn key_values_are_what_overrides_match() {
+        assert_eq!(key_value("ip:10.0.0.1"), Some("10.0.0.1"));
+        assert_eq!(key_value("ip:2001:db8::1"), Some("2001:db8::1"));
+        assert_eq!(key_value("x-api-key:premium-1"), Some("premium-1"));
+        assert_eq!(key_value("global"), None);
     }
 
     #[test]

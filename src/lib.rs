@@ -2,13 +2,17 @@
 //!
 //! A request's path through the crate:
 //!
-//! 1. [`config`] — the TOML file, validated once into types that cannot hold a bad value;
-//! 2. [`key`] — the request's counter key (client IP, or a header with a fall-back to it);
-//! 3. [`limiter`] — the sliding-window decision: [`limiter::window`] is the arithmetic,
-//!    [`limiter::memory`] and [`limiter::redis`] the two stores, [`limiter::policy`] the time
-//!    bound and the fail-open/fail-closed policy;
-//! 4. [`proxy`] — the pingora `ProxyHttp`: proxies allowed requests, answers the rest with
-//!    [`response`];
+//! 1. [`config`] — the TOML file, validated once into types that cannot hold a bad value, and
+//!    [`live`], the config in force, swapped whole by [`reload`] on SIGHUP;
+//! 2. [`rules`] — which limits the request owes: a pure function of a [`key::RequestView`]
+//!    (method, host, path, headers, peer) to a list of checks, each a counter key ([`key`])
+//!    and a limit;
+//! 3. [`limiter`] — the decision over all of them at once: [`limiter::algo`] is the arithmetic
+//!    of each algorithm, [`limiter::backend`] the two stores (embedded memory, Redis),
+//!    [`limiter::outcome`] what the decisions mean together, [`limiter::policy`] the time bound
+//!    and the fail-open/fail-closed policy;
+//! 4. [`proxy`] — the pingora `ProxyHttp`: proxies allowed requests with [`headers`], answers
+//!    the rest with [`response`];
 //! 5. [`metrics`] — Prometheus counters and histograms of every decision.
 //!
 //! Beside the request path: [`admin`] serves the JSON admin API and `/metrics` on its own
@@ -19,11 +23,15 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod headers;
 pub mod key;
 pub mod limiter;
+pub mod live;
 pub mod metrics;
 pub mod proxy;
 pub mod registry;
+pub mod reload;
 pub mod response;
+pub mod rules;
 pub mod server;
 pub mod shutdown;

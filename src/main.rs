@@ -7,14 +7,7 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use ratelimiter::cli::{self, Command, USAGE};
-use ratelimiter::config::{Config, ConfigErrors};
-
-fn load(path: Option<&str>) -> Result<Config, ConfigErrors> {
-    match path {
-        Some(path) => Config::load(path),
-        None => Config::parse("<defaults>", "", &|var| std::env::var(var).ok()),
-    }
-}
+use ratelimiter::config::{Config, DEFAULTS_NAME};
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
@@ -36,9 +29,9 @@ fn main() -> ExitCode {
             println!("{USAGE}");
             ExitCode::SUCCESS
         }
-        Command::Test(path) => match load(path.as_deref()) {
+        Command::Test(path) => match Config::load_from(path.as_deref()) {
             Ok(config) => {
-                let name = path.as_deref().unwrap_or("<defaults>");
+                let name = path.as_deref().unwrap_or(DEFAULTS_NAME);
                 println!("{name}: ok: {}", config.summary());
                 ExitCode::SUCCESS
             }
@@ -48,14 +41,14 @@ fn main() -> ExitCode {
             }
         },
         Command::Run(path) => {
-            let config = match load(path.as_deref()) {
+            let config = match Config::load_from(path.as_deref()) {
                 Ok(c) => c,
                 Err(errors) => {
                     eprintln!("{errors}");
                     return ExitCode::FAILURE;
                 }
             };
-            match ratelimiter::server::run(config) {
+            match ratelimiter::server::run(config, path) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("ratelimiter: {e}");

@@ -1,14 +1,21 @@
-//! Prometheus metrics (contract §6), in a registry of this node's own so every series
-//! carries `node_id`.
+//! Prometheus metrics (contract §6, §7 and §8), in a registry of this node's own so every
+//! series carries `node_id`.
+//!
+//! Decisions are counted per check: `rule` (bounded by the config) and `key` (the counter
+//! key, bounded by `metrics.max_key_labels` per node; past it a rule's further keys count
+//! under `key="_other"`).
 
 use std::collections::HashMap;
 use std::sync::RwLock;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
 };
+
+use crate::limiter::outcome::CheckResult;
+use crate::limiter::Check;
 
 /// The `key` label of decisions past the per-node cap on distinct keys.
 pub const OTHER_KEY: &str = "_other";
@@ -25,34 +32,54 @@ pub struct Metrics {
     pub node_up: IntGauge,
     pub active_counters: IntGauge,
     store_errors: IntCounterVec,
+    reloads: IntCounterVec,
+    config_loaded: Gauge,
     max_key_labels: usize,
-    /// The (allowed, blocked) counters of each key with its own label, bounded by
+    /// The decision counters of each (rule, key) with its own label, bounded by
     /// `max_key_labels`: one map lookup per decision instead of resolving labels each time.
-    labelled: RwLock<HashMap<Box<str>, Decisions>>,
-    other: Decisions,
+    labelled: RwLock<Labelled>,
 }
 
-/// A key's two decision counters. Both series exist from the key's first decision, so
+#[derive(Default)]
+struct Labelled {
+    /// rule → key → counters.
+    keys: HashMap<&'static str, HashMap<Box<str>, Decisions>>,
+    /// Keys with their own label, over every rule.
+    len: usize,
+    /// rule → the counters of its keys past the cap.
+    other: HashMap<&'static str, Decisions>,
+}
+
+/// A (rule, key)'s decision counters. Every series exists from the first decision, so
 /// `increase()` over the blocked one starts from 0, not from its first blocked request.
+/// `shadow_blocked` exists for shadow rules only.
 #[derive(Clone)]
 struct Decisions {
     allowed: IntCounter,
     blocked: IntCounter,
+    shadow_blocked: Option<IntCounter>,
 }
 
 impl Decisions {
-    fn of(vec: &IntCounterVec, key: &str) -> Self {
+    fn of(vec: &IntCounterVec, check: &Check, key: &str) -> Self {
+        let series =
+            |result: CheckResult| vec.with_label_values(&[result.label(), key, check.rule]);
         Decisions {
-            allowed: vec.with_label_values(&["allowed", key]),
-            blocked: vec.with_label_values(&["blocked", key]),
+            allowed: series(CheckResult::Allowed),
+            blocked: series(CheckResult::Blocked),
+            shadow_blocked: check.shadow.then(|| series(CheckResult::ShadowBlocked)),
         }
     }
 
-    fn count(&self, allowed: bool) {
-        if allowed {
-            self.allowed.inc();
-        } else {
-            self.blocked.inc();
+    fn count(&self, result: CheckResult) {
+        match result {
+            CheckResult::Allowed => self.allowed.inc(),
+            CheckResult::Blocked => self.blocked.inc(),
+            CheckResult::ShadowBlocked => match &self.shadow_blocked {
+                Some(c) => c.inc(),
+                // A rule that became a shadow on reload: its series appear now.
+                None => self.blocked.inc(),
+            },
         }
     }
 }
@@ -64,9 +91,9 @@ impl Metrics {
         let checked = IntCounterVec::new(
             Opts::new(
                 "ratelimiter_requests_checked_total",
-                "Rate-limit decisions, by result and counter key.",
+                "Rate-limit decisions, by result, counter key and rule.",
             ),
-            &["result", "key"],
+            &["result", "key", "rule"],
         )?;
         let check_duration = Histogram::with_opts(
             HistogramOpts::new(
@@ -87,26 +114,43 @@ impl Metrics {
             ),
             &["kind"],
         )?;
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "ratelimiter_config_reloads_total",
+                "Config reloads on SIGHUP, by result.",
+            ),
+            &["result"],
+        )?;
+        let config_loaded = Gauge::new(
+            "ratelimiter_config_loaded_timestamp_seconds",
+            "When the config in force was loaded, in seconds since the Unix epoch.",
+        )?;
         registry.register(Box::new(checked.clone()))?;
         registry.register(Box::new(check_duration.clone()))?;
         registry.register(Box::new(node_up.clone()))?;
         registry.register(Box::new(active_counters.clone()))?;
         registry.register(Box::new(store_errors.clone()))?;
-        // Each kind is present from the start, so `rate()` over it never starts mid-incident.
+        registry.register(Box::new(reloads.clone()))?;
+        registry.register(Box::new(config_loaded.clone()))?;
+        // Each label value is present from the start, so `rate()` over it never starts
+        // mid-incident.
         for kind in ["timeout", "connection", "reply"] {
             store_errors.with_label_values(&[kind]);
         }
-        let other = Decisions::of(&checked, OTHER_KEY);
+        for result in ["success", "failure"] {
+            reloads.with_label_values(&[result]);
+        }
         Ok(Metrics {
             registry,
             checked,
-            other,
             check_duration,
             node_up,
             active_counters,
             store_errors,
+            reloads,
+            config_loaded,
             max_key_labels,
-            labelled: RwLock::new(HashMap::new()),
+            labelled: RwLock::new(Labelled::default()),
         })
     }
 
@@ -114,26 +158,57 @@ impl Metrics {
         self.check_duration.observe(took.as_secs_f64());
     }
 
-    pub fn count_decision(&self, key: &str, allowed: bool) {
+    /// Counts one check's part in a decided request.
+    pub fn count_decision(&self, check: &Check, result: CheckResult) {
         {
             let map = self.labelled.read().unwrap_or_else(|p| p.into_inner());
-            if let Some(d) = map.get(key) {
-                return d.count(allowed);
+            if let Some(d) = map
+                .keys
+                .get(check.rule)
+                .and_then(|k| k.get(check.key.as_str()))
+            {
+                return d.count(result);
             }
-            if map.len() >= self.max_key_labels {
-                return self.other.count(allowed);
+            if map.len >= self.max_key_labels {
+                if let Some(d) = map.other.get(check.rule) {
+                    return d.count(result);
+                }
             }
         }
         let mut map = self.labelled.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(d) = map.get(key) {
-            d.count(allowed);
-        } else if map.len() < self.max_key_labels {
-            let d = Decisions::of(&self.checked, key);
-            d.count(allowed);
-            map.insert(key.into(), d);
+        let map = &mut *map;
+        if let Some(d) = map
+            .keys
+            .get(check.rule)
+            .and_then(|k| k.get(check.key.as_str()))
+        {
+            d.count(result);
+        } else if map.len < self.max_key_labels {
+            let d = Decisions::of(&self.checked, check, &check.key);
+            d.count(result);
+            let keys = map.keys.entry(check.rule).or_default();
+            keys.insert(check.key.as_str().into(), d);
+            map.len += 1;
         } else {
-            self.other.count(allowed);
+            map.other
+                .entry(check.rule)
+                .or_insert_with(|| Decisions::of(&self.checked, check, OTHER_KEY))
+                .count(result);
         }
+    }
+
+    /// Counts a reload; a successful one also sets when the config in force was loaded.
+    pub fn count_reload(&self, success: bool) {
+        let result = if success { "success" } else { "failure" };
+        self.reloads.with_label_values(&[result]).inc();
+    }
+
+    /// Records when the config in force was loaded.
+    pub fn config_loaded_at(&self, at: SystemTime) {
+        let secs = at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.config_loaded.set(secs);
     }
 
     pub fn count_store_error(&self, kind: &str) {
@@ -152,25 +227,69 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limiter::Limit;
+    use std::num::{NonZeroU32, NonZeroU64};
+
+    fn check(rule: &'static str, key: &str, shadow: bool) -> Check {
+        Check {
+            rule,
+            key: key.to_string(),
+            limit: Limit::sliding_log(NonZeroU32::new(5).unwrap(), NonZeroU64::new(1000).unwrap()),
+            shadow,
+        }
+    }
 
     #[test]
-    fn key_labels_are_capped() {
+    fn key_labels_are_capped_per_node_and_kept_apart_by_rule() {
         let m = Metrics::new("n1", 2).unwrap();
-        m.count_decision("a", true);
-        m.count_decision("b", false);
-        m.count_decision("c", true);
-        m.count_decision("a", true);
+        m.count_decision(&check("default", "a", false), CheckResult::Allowed);
+        m.count_decision(&check("default", "b", false), CheckResult::Blocked);
+        m.count_decision(&check("default", "c", false), CheckResult::Allowed);
+        m.count_decision(&check("login", "login/d", false), CheckResult::Allowed);
+        m.count_decision(&check("default", "a", false), CheckResult::Allowed);
         let text = m.render();
         assert!(
             text.contains(
-                r#"ratelimiter_requests_checked_total{key="a",result="allowed",node_id="n1"} 2"#
+                r#"ratelimiter_requests_checked_total{key="a",result="allowed",rule="default",node_id="n1"} 2"#
             ),
             "{text}"
         );
         assert!(
-            text.contains(r#"key="_other",result="allowed",node_id="n1"} 1"#),
+            text.contains(r#"key="_other",result="allowed",rule="default",node_id="n1"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"key="_other",result="allowed",rule="login",node_id="n1"} 1"#),
             "{text}"
         );
         assert!(!text.contains(r#"key="c""#));
+        assert!(!text.contains("shadow_blocked"));
+    }
+
+    #[test]
+    fn shadow_rules_have_a_shadow_blocked_series() {
+        let m = Metrics::new("n1", 10).unwrap();
+        let dry = check("dry", "dry/ip:10.0.0.1", true);
+        m.count_decision(&dry, CheckResult::Allowed);
+        m.count_decision(&dry, CheckResult::ShadowBlocked);
+        let text = m.render();
+        assert!(
+            text.contains(
+                r#"key="dry/ip:10.0.0.1",result="shadow_blocked",rule="dry",node_id="n1"} 1"#
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn reloads_are_counted_from_zero() {
+        let m = Metrics::new("n1", 10).unwrap();
+        assert!(m
+            .render()
+            .contains(r#"ratelimiter_config_reloads_total{result="failure",node_id="n1"} 0"#));
+        m.count_reload(true);
+        assert!(m
+            .render()
+            .contains(r#"ratelimiter_config_reloads_total{result="success",node_id="n1"} 1"#));
     }
 }

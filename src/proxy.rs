@@ -1,6 +1,7 @@
-//! The proxy path (contract §3), as a pingora `ProxyHttp`: key the request, decide, then
-//! either proxy it (round-robin over the upstreams) with the limit headers added, or answer
-//! 429 (blocked) or 503 (store down, fail closed) from the gateway itself.
+//! The proxy path (contract §3 and §7), as a pingora `ProxyHttp`: select the rules a request
+//! owes, decide them, then either proxy it (round-robin over the upstreams) with the limit
+//! headers added, or answer 429 (blocked) or 503 (store down, fail closed) from the gateway
+//! itself. The config is read once per request, so a reload never changes a request midway.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -11,46 +12,34 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
 
-use crate::config::{Config, DirectResponse, KeySource, Quota};
-use crate::key::request_key;
-use crate::limiter::{Decision, Limiter, Verdict};
-use crate::response::{decision_json, limit_headers, store_unavailable_json};
-use ipnet::IpNet;
+use crate::headers::limit_headers;
+use crate::key::RequestView;
+use crate::limiter::{Limiter, Outcome, Verdict};
+use crate::live::{Live, LiveConfig};
+use crate::response::{blocked_json, store_unavailable_json};
+use crate::rules::Selection;
 
 pub struct Gateway {
-    /// `None` when `limits.enabled = false`: a plain pass-through proxy.
-    limiter: Option<Arc<Limiter>>,
-    key_source: KeySource,
-    trusted_proxies: Vec<IpNet>,
-    quota: Quota,
-    peers: Vec<HttpPeer>,
+    live: Arc<LiveConfig>,
+    limiter: Arc<Limiter>,
     next_peer: AtomicUsize,
-    direct_response: Option<DirectResponse>,
 }
 
 /// Per-request state.
 #[derive(Default)]
 pub struct RequestCtx {
-    /// The decision of an allowed request, whose headers go on the response.
-    decision: Option<Decision>,
+    /// The config this request runs under, from its first phase to its last.
+    live: Option<Arc<Live>>,
+    /// The decisions of an allowed request, whose headers go on the response.
+    outcome: Option<Outcome>,
 }
 
 impl Gateway {
-    pub fn new(config: &Config, limiter: Option<Arc<Limiter>>) -> Self {
-        let peers = config
-            .proxy
-            .upstreams
-            .iter()
-            .map(|u| HttpPeer::new(u.addr, false, String::new()))
-            .collect();
+    pub fn new(live: Arc<LiveConfig>, limiter: Arc<Limiter>) -> Self {
         Gateway {
+            live,
             limiter,
-            key_source: config.limits.key.clone(),
-            trusted_proxies: config.limits.trusted_proxies.clone(),
-            quota: config.limits.default,
-            peers,
             next_peer: AtomicUsize::new(0),
-            direct_response: config.proxy.direct_response.clone(),
         }
     }
 
@@ -60,6 +49,52 @@ impl Gateway {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip())
     }
+
+    /// Decides the request, answering it when it may not go on.
+    async fn limit(&self, session: &mut Session, live: &Live) -> Result<Limited> {
+        let selection = {
+            let req = session.req_header();
+            let host = req
+                .headers
+                .get(http::header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .or_else(|| req.uri.authority().map(|a| a.as_str()));
+            live.rules.select(&RequestView {
+                peer: Self::peer_ip(session),
+                method: &req.method,
+                host,
+                path: req.uri.path(),
+                headers: &req.headers,
+            })
+        };
+        let checks = match selection {
+            Selection::Unlimited { .. } => return Ok(Limited::Proceed(None)),
+            Selection::Checks(checks) => checks,
+        };
+        match self.limiter.check(checks).await {
+            Verdict::Decided(outcome) if outcome.allowed() => Ok(Limited::Proceed(Some(outcome))),
+            Verdict::Decided(outcome) => {
+                let body = Bytes::from(blocked_json(&outcome));
+                let headers = limit_headers(&outcome, live.config.headers.style);
+                respond(session, 429, &headers, "application/json", body).await?;
+                Ok(Limited::Answered)
+            }
+            Verdict::FailOpen => Ok(Limited::Proceed(None)),
+            Verdict::FailClosed => {
+                let body = Bytes::from(store_unavailable_json());
+                respond(session, 503, &[], "application/json", body).await?;
+                Ok(Limited::Answered)
+            }
+        }
+    }
+}
+
+/// What limiting left to do.
+enum Limited {
+    /// The gateway answered (429, 503).
+    Answered,
+    /// Go on, with the decisions to show (none: unlimited, or the store failed open).
+    Proceed(Option<Outcome>),
 }
 
 /// Answers from the gateway itself, keeping the connection usable: a Content-Length is set,
@@ -123,30 +158,18 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
-        if let Some(limiter) = &self.limiter {
-            let key = request_key(
-                &self.key_source,
-                Self::peer_ip(session),
-                &session.req_header().headers,
-                &self.trusted_proxies,
-            );
-            match limiter.check(&key, self.quota).await {
-                Verdict::Decided(d) if d.allowed => ctx.decision = Some(d),
-                Verdict::Decided(d) => {
-                    let body = Bytes::from(decision_json(&d));
-                    respond(session, 429, &limit_headers(&d), "application/json", body).await?;
-                    return Ok(true);
-                }
-                Verdict::FailOpen => {}
-                Verdict::FailClosed => {
-                    let body = Bytes::from(store_unavailable_json());
-                    respond(session, 503, &[], "application/json", body).await?;
-                    return Ok(true);
-                }
+        let live: &Live = ctx.live.insert(self.live.load());
+        if live.config.limits.enabled {
+            match self.limit(session, live).await? {
+                Limited::Answered => return Ok(true),
+                Limited::Proceed(outcome) => ctx.outcome = outcome,
             }
         }
-        if let Some(direct) = &self.direct_response {
-            let headers = ctx.decision.as_ref().map(limit_headers).unwrap_or_default();
+        if let Some(direct) = &live.config.proxy.direct_response {
+            let headers = match &ctx.outcome {
+                Some(o) => limit_headers(o, live.config.headers.style),
+                None => Vec::new(),
+            };
             let body = Bytes::from(direct.body.clone());
             respond(session, direct.status, &headers, &direct.content_type, body).await?;
             return Ok(true);
@@ -157,13 +180,17 @@ impl ProxyHttp for Gateway {
     async fn upstream_peer(
         &self,
         _session: &mut Session,
-        _ctx: &mut Self::CTX,
+        ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
-        if self.peers.is_empty() {
+        let peers = match &ctx.live {
+            Some(live) => &live.peers,
+            None => return Error::e_explain(ErrorType::ConnectNoRoute, "no config"),
+        };
+        if peers.is_empty() {
             return Error::e_explain(ErrorType::ConnectNoRoute, "no upstream configured");
         }
-        let i = self.next_peer.fetch_add(1, Ordering::Relaxed) % self.peers.len();
-        Ok(Box::new(self.peers[i].clone()))
+        let i = self.next_peer.fetch_add(1, Ordering::Relaxed) % peers.len();
+        Ok(Box::new(peers[i].clone()))
     }
 
     async fn upstream_request_filter(
@@ -193,8 +220,8 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        if let Some(d) = &ctx.decision {
-            for (name, value) in limit_headers(d) {
+        if let (Some(outcome), Some(live)) = (&ctx.outcome, &ctx.live) {
+            for (name, value) in limit_headers(outcome, live.config.headers.style) {
                 upstream_response.insert_header(name, value)?;
             }
         }

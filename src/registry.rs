@@ -175,7 +175,7 @@ impl BackgroundService for Heartbeat {
                     was_failing = true;
                 }
             }
-            if let Ok(n) = self.limiter.store().active_counters().await {
+            if let Ok(n) = self.limiter.backend().active_counters().await {
                 self.metrics.active_counters.set(n as i64);
             }
             tokio::select! {

@@ -1,44 +1,33 @@
-//! The gateway's own answers (contract §3.3–3.5 and `POST /check`): limit headers, the 429
-//! body, and the 503 of a fail-closed store. One place, so the proxy and the admin API answer
-//! alike.
+//! The gateway's own answer bodies (contract §3.4–3.5, §7 and `POST /check`): the 429 body,
+//! the `/check` answer, and the 503 of a fail-closed store. One place, so the proxy and the
+//! admin API answer alike. The rate-limit header fields are [`crate::headers`].
 
 use serde::Serialize;
 
-use crate::limiter::Decision;
+use crate::limiter::{Decision, Outcome};
 
-/// The JSON body of a decision: the 429 body, and the `/check` answer.
+/// The JSON body of a decision: the `/check` answer, and (with `rule`) the 429 body.
 #[derive(Debug, Serialize)]
-pub struct DecisionBody {
+pub struct DecisionBody<'a> {
     pub allowed: bool,
     pub current_count: u64,
     pub remaining: u64,
     pub retry_after_seconds: u64,
+    /// The rule the 429 describes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<&'a str>,
 }
 
-impl From<&Decision> for DecisionBody {
+impl From<&Decision> for DecisionBody<'_> {
     fn from(d: &Decision) -> Self {
         DecisionBody {
             allowed: d.allowed,
             current_count: d.count,
             remaining: d.remaining,
             retry_after_seconds: d.retry_after_secs(),
+            rule: None,
         }
     }
-}
-
-/// `X-RateLimit-*` (and `Retry-After` when blocked) for a decision.
-pub fn limit_headers(d: &Decision) -> Vec<(&'static str, String)> {
-    let mut headers = vec![
-        ("X-RateLimit-Limit", d.limit.to_string()),
-        ("X-RateLimit-Remaining", d.remaining.to_string()),
-    ];
-    if !d.allowed {
-        // Seconds until a slot frees: both the reset of this key's limit and when to retry.
-        let secs = d.retry_after_secs().to_string();
-        headers.push(("X-RateLimit-Reset", secs.clone()));
-        headers.push(("Retry-After", secs));
-    }
-    headers
 }
 
 /// The request's declared body length, when it sends a valid `Content-Length`.
@@ -49,9 +38,24 @@ pub fn declared_length(headers: &http::HeaderMap) -> Option<usize> {
         .and_then(|v| v.parse().ok())
 }
 
-/// The body of a decision, serialized.
+/// The body of one decision (`/check`), serialized.
 pub fn decision_json(d: &Decision) -> String {
     json(&DecisionBody::from(d))
+}
+
+/// The body of a 429: the rule the headers describe, and the longest wait of the blocking
+/// rules.
+pub fn blocked_json(outcome: &Outcome) -> String {
+    let (rule, count) = outcome
+        .headline()
+        .map_or(("", 0), |(check, d)| (check.rule, d.count));
+    json(&DecisionBody {
+        allowed: false,
+        current_count: count,
+        remaining: 0,
+        retry_after_seconds: outcome.retry_after_secs(),
+        rule: Some(rule),
+    })
 }
 
 /// The body of the 503 a fail-closed gateway answers while its store is unreachable.
@@ -72,38 +76,35 @@ fn json<T: Serialize>(value: &T) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limiter::{Check, Limit};
+    use std::num::{NonZeroU32, NonZeroU64};
 
     #[test]
-    fn blocked_body_and_headers_match_the_contract() {
+    fn blocked_body_matches_the_contract() {
         let d = Decision {
             allowed: false,
             count: 5,
             limit: 5,
             remaining: 0,
             retry_after_ms: 1500,
+            reset_ms: 1500,
+        };
+        let check = Check {
+            rule: "login",
+            key: "login/ip:10.0.0.1".into(),
+            limit: Limit::sliding_log(
+                NonZeroU32::new(5).unwrap(),
+                NonZeroU64::new(60_000).unwrap(),
+            ),
+            shadow: false,
         };
         assert_eq!(
             decision_json(&d),
             r#"{"allowed":false,"current_count":5,"remaining":0,"retry_after_seconds":2}"#
         );
-        let h = limit_headers(&d);
-        assert!(h.contains(&("X-RateLimit-Limit", "5".into())));
-        assert!(h.contains(&("X-RateLimit-Remaining", "0".into())));
-        assert!(h.contains(&("X-RateLimit-Reset", "2".into())));
-        assert!(h.contains(&("Retry-After", "2".into())));
-    }
-
-    #[test]
-    fn allowed_headers_have_no_retry_after() {
-        let d = Decision {
-            allowed: true,
-            count: 1,
-            limit: 5,
-            remaining: 4,
-            retry_after_ms: 0,
-        };
-        let h = limit_headers(&d);
-        assert_eq!(h.len(), 2);
-        assert!(h.contains(&("X-RateLimit-Remaining", "4".into())));
+        assert_eq!(
+            blocked_json(&Outcome::new(vec![check], vec![Some(d)])),
+            r#"{"allowed":false,"current_count":5,"remaining":0,"retry_after_seconds":2,"rule":"login"}"#
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! The composition root: builds the store, the limiter and the pingora services from a
-//! validated [`Config`], and runs them until a signal stops the process.
+//! validated [`Config`], and runs them until a signal stops the process; SIGHUP reloads the
+//! config meanwhile ([`crate::reload`]).
 
 use std::sync::Arc;
 
@@ -11,17 +12,20 @@ use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
 use crate::config::Config;
-use crate::limiter::memory::MemoryStore;
-use crate::limiter::redis::RedisStore;
-use crate::limiter::{Limiter, Store};
+use crate::limiter::backend::memory::MemoryStore;
+use crate::limiter::backend::redis::RedisStore;
+use crate::limiter::{Backend, Limiter};
+use crate::live::LiveConfig;
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::registry::{Heartbeat, Registry};
+use crate::reload::Reloader;
 use crate::shutdown::Signals;
 
 /// Everything the services share, built once.
 pub struct Shared {
-    pub config: Config,
+    /// The config in force, swapped on reload.
+    pub live: Arc<LiveConfig>,
     pub metrics: Arc<Metrics>,
     pub limiter: Arc<Limiter>,
     pub registry: Arc<Registry>,
@@ -33,7 +37,8 @@ impl Shared {
             Metrics::new(&config.node.id, config.metrics.max_key_labels)
                 .map_err(|e| format!("cannot set up metrics: {e}"))?,
         );
-        let (store, registry, timeout, on_error): (Arc<dyn Store>, _, _, _) = match &config.redis {
+        let (store, registry, timeout, on_error): (Arc<dyn Backend>, _, _, _) = match &config.redis
+        {
             Some(redis) => {
                 let store =
                     RedisStore::new(redis).map_err(|e| format!("cannot set up Redis: {e}"))?;
@@ -53,8 +58,10 @@ impl Shared {
             ),
         };
         let limiter = Arc::new(Limiter::new(store, timeout, on_error, metrics.clone()));
+        let live = Arc::new(LiveConfig::new(config));
+        metrics.config_loaded_at(live.load().loaded_at);
         Ok(Shared {
-            config,
+            live,
             metrics,
             limiter,
             registry: Arc::new(registry),
@@ -73,10 +80,12 @@ fn server_conf(config: &Config) -> ServerConf {
     }
 }
 
-/// Runs the gateway until SIGTERM (drain) or SIGINT (fast stop).
-pub fn run(config: Config) -> Result<(), String> {
+/// Runs the gateway until SIGTERM (drain) or SIGINT (fast stop). `path` is the file given with
+/// `-c` (`None`: the built-in defaults), re-read on SIGHUP.
+pub fn run(config: Config, path: Option<String>) -> Result<(), String> {
     let shared = Shared::new(config)?;
-    let config = &shared.config;
+    let live = shared.live.load();
+    let config = &live.config;
     match &config.redis {
         Some(r) => log::info!("store: redis {} (timeout {:?})", r.url, r.timeout),
         None => log::info!("store: embedded in-memory (single node)"),
@@ -93,15 +102,15 @@ pub fn run(config: Config) -> Result<(), String> {
     let mut server = Server::new_with_opt_and_conf(None, server_conf(config));
     server.bootstrap();
 
-    let limiter = config.limits.enabled.then(|| shared.limiter.clone());
-    let mut proxy = http_proxy_service(&server.configuration, Gateway::new(config, limiter));
+    let gateway = Gateway::new(shared.live.clone(), shared.limiter.clone());
+    let mut proxy = http_proxy_service(&server.configuration, gateway);
     proxy.add_tcp(&config.proxy.listen.to_string());
     server.add_service(proxy);
 
     let mut admin = Service::new(
         "admin".to_string(),
         AdminApp {
-            config: config.clone(),
+            live: shared.live.clone(),
             limiter: shared.limiter.clone(),
             registry: shared.registry.clone(),
             metrics: shared.metrics.clone(),
@@ -118,6 +127,9 @@ pub fn run(config: Config) -> Result<(), String> {
             metrics: shared.metrics.clone(),
         },
     ));
+
+    // Before the listeners open, so a SIGHUP never finds the process without its handler.
+    Reloader::new(path, shared.live.clone(), shared.metrics.clone()).listen()?;
 
     shared.metrics.node_up.set(1);
     log::info!(

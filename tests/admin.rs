@@ -97,11 +97,11 @@ fn every_endpoint_has_the_contract_shape_embedded_store() {
     }
     assert_eq!(
         body(&get(a, "/api/counters", &[]).unwrap()),
-        json!({"counters": [{"key":"ip:127.0.0.1","count":2,"limit":2,"remaining":0}]})
+        json!({"counters": [{"key":"ip:127.0.0.1","count":2,"limit":2,"remaining":0,"rule":"default"}]})
     );
     assert_eq!(
         body(&get(a, "/api/blocks", &[]).unwrap()),
-        json!({"blocked": [{"key":"ip:127.0.0.1","current_count":2,"limit":2}]})
+        json!({"blocked": [{"key":"ip:127.0.0.1","current_count":2,"limit":2,"rule":"default"}]})
     );
 
     let r = post(a, "/api/counters/ip%3A127.0.0.1/reset", &[], "").unwrap();
@@ -317,13 +317,13 @@ fn counters_blocks_and_reset_across_nodes() {
         assert_eq!(
             body(&get(&n.admin, "/api/counters", &[]).unwrap()),
             json!({"counters": [
-                {"key":"x-api-key:alice","count":3,"limit":3,"remaining":0},
-                {"key":"x-api-key:bob","count":1,"limit":3,"remaining":2},
+                {"key":"x-api-key:alice","count":3,"limit":3,"remaining":0,"rule":"default"},
+                {"key":"x-api-key:bob","count":1,"limit":3,"remaining":2,"rule":"default"},
             ]})
         );
         assert_eq!(
             body(&get(&n.admin, "/api/blocks", &[]).unwrap()),
-            json!({"blocked": [{"key":"x-api-key:alice","current_count":3,"limit":3}]})
+            json!({"blocked": [{"key":"x-api-key:alice","current_count":3,"limit":3,"rule":"default"}]})
         );
     }
     // Blocked everywhere; a reset through n2 frees it on n1 and n3 at once.

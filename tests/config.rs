@@ -125,7 +125,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
     (
         "unknown_section",
         &[
-            r#"1:2: unknown section [proxies]; expected one of: server, proxy, admin, node, redis, limits, metrics"#,
+            r#"1:2: unknown section [proxies]; expected one of: server, proxy, admin, node, redis, limits, headers, metrics, rules"#,
         ],
     ),
     (

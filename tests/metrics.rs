@@ -62,7 +62,7 @@ fn metrics_count_decisions_per_key_with_node_id() {
         value(
             &s,
             checked,
-            r#"key="ip:127.0.0.1",node_id="m1",result="allowed""#
+            r#"key="ip:127.0.0.1",node_id="m1",result="allowed",rule="default""#
         ),
         Some(3.0)
     );
@@ -70,16 +70,24 @@ fn metrics_count_decisions_per_key_with_node_id() {
         value(
             &s,
             checked,
-            r#"key="ip:127.0.0.1",node_id="m1",result="blocked""#
+            r#"key="ip:127.0.0.1",node_id="m1",result="blocked",rule="default""#
         ),
         Some(2.0)
     );
     assert_eq!(
-        value(&s, checked, r#"key="user:1",node_id="m1",result="allowed""#),
+        value(
+            &s,
+            checked,
+            r#"key="user:1",node_id="m1",result="allowed",rule="/check""#
+        ),
         Some(1.0)
     );
     assert_eq!(
-        value(&s, checked, r#"key="user:1",node_id="m1",result="blocked""#),
+        value(
+            &s,
+            checked,
+            r#"key="user:1",node_id="m1",result="blocked",rule="/check""#
+        ),
         Some(1.0)
     );
     assert_eq!(
@@ -140,7 +148,7 @@ fn key_labels_are_capped_per_node() {
         value(
             &s,
             "ratelimiter_requests_checked_total",
-            &format!(r#"key="{key}",node_id="cap",result="allowed""#),
+            &format!(r#"key="{key}",node_id="cap",result="allowed",rule="default""#),
         )
     };
     assert_eq!(allowed("x-api-key:a"), Some(2.0));

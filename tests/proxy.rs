@@ -40,7 +40,7 @@ fn allows_then_blocks_with_headers_body_and_keep_alive() {
     assert_eq!(
         r.body,
         format!(
-            r#"{{"allowed":false,"current_count":3,"remaining":0,"retry_after_seconds":{retry}}}"#
+            r#"{{"allowed":false,"current_count":3,"remaining":0,"retry_after_seconds":{retry},"rule":"default"}}"#
         )
     );
     // The 429 left the connection usable.

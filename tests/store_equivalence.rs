@@ -1,5 +1,6 @@
-//! The Lua script and the embedded store implement one arithmetic (src/limiter/window.rs):
-//! the same request trace through both gives the same decisions.
+//! The Lua scripts and the embedded store implement one arithmetic (src/limiter/algo/): the
+//! same request trace through both gives the same decisions, for single checks and for
+//! requests with several checks (blocked by one, recorded in none; shadows never block).
 
 mod common;
 
@@ -7,44 +8,77 @@ use std::num::{NonZeroU32, NonZeroU64};
 use std::time::{Duration, Instant};
 
 use common::procs::RedisServer;
-use ratelimiter::config::{Config, Quota};
-use ratelimiter::limiter::memory::MemoryStore;
-use ratelimiter::limiter::redis::RedisStore;
-use ratelimiter::limiter::{Decision, Store};
+use ratelimiter::config::Config;
+use ratelimiter::limiter::backend::memory::MemoryStore;
+use ratelimiter::limiter::backend::redis::RedisStore;
+use ratelimiter::limiter::{Backend, Check, Limit, Mode};
 
-/// (time from start in ms, key, limit). Windows are 1200 ms; every event sits at least 100 ms
-/// away from any entry's expiry, so scheduling jitter cannot move it across one.
-const TRACE: &[(u64, &str, u32)] = &[
-    (0, "a", 3),
-    (0, "a", 3),
-    (0, "b", 1),
-    (300, "a", 3),
-    (300, "a", 3),  // blocked: 3 in the window
-    (300, "b", 1),  // blocked
-    (500, "a", 3),  // blocked again, and not recorded
-    (1400, "a", 3), // the two at 0 left (at 1200); the one at 300 is in until 1500: allowed
-    (1400, "a", 3), // allowed: 2 in the window before it
-    (1400, "a", 3), // blocked
-    (1600, "b", 1), // b's entry at 0 left
-    (1600, "c", 2),
-    (1600, "a", 2), // a lower limit for the same key: 2 in the window, blocked
-    (2800, "a", 3), // everything before 1600 left
+/// A check in the trace: (counter key, limit, shadow).
+type C = (&'static str, u32, bool);
+
+/// (time from start in ms, the request's checks, record or look only). Windows are 1200 ms;
+/// every event sits at least 100 ms away from any entry's expiry, so scheduling jitter cannot
+/// move it across one.
+const TRACE: &[(u64, &[C], Mode)] = &[
+    (0, &[("a", 3, false)], Mode::Record),
+    (0, &[("a", 3, false)], Mode::Record),
+    (0, &[("b", 1, false)], Mode::Record),
+    (300, &[("a", 3, false)], Mode::Record),
+    (300, &[("a", 3, false)], Mode::Record), // blocked: 3 in the window
+    (300, &[("b", 1, false)], Mode::Record), // blocked
+    (500, &[("a", 3, false)], Mode::Record), // blocked again, and not recorded
+    (500, &[("a", 3, false)], Mode::DryRun), // looked at only
+    (1400, &[("a", 3, false)], Mode::Record), // the two at 0 left (at 1200); allowed
+    (1400, &[("a", 3, false)], Mode::Record), // allowed: 2 in the window before it
+    (1400, &[("a", 3, false)], Mode::Record), // blocked
+    (1600, &[("b", 1, false)], Mode::Record), // b's entry at 0 left
+    (1600, &[("c", 2, false)], Mode::Record),
+    (1600, &[("a", 2, false)], Mode::Record), // a lower limit for the same key: blocked
+    // Several checks: c has one slot left, d is fresh; both record.
+    (1700, &[("c", 2, false), ("d", 5, false)], Mode::Record),
+    // c is full: the request is blocked and d is not charged.
+    (1700, &[("d", 5, false), ("c", 2, false)], Mode::Record),
+    // A shadow that is full never blocks; the enforced check records.
+    (1700, &[("d", 5, false), ("c", 2, true)], Mode::Record),
+    (1700, &[("e", 1, true), ("d", 5, false)], Mode::Record),
+    (1700, &[("e", 1, true), ("d", 5, false)], Mode::Record),
+    (1700, &[("d", 5, false), ("c", 2, false)], Mode::DryRun),
+    (2800, &[("a", 3, false)], Mode::Record), // everything before 1600 left
 ];
 
 const WINDOW_MS: u64 = 1200;
 
-async fn run(store: &dyn Store) -> Vec<(bool, u64, u64)> {
+/// Per event, per check: (allowed, count, remaining, retry_after > 0).
+type Seen = Vec<Vec<(bool, u64, u64, bool)>>;
+
+async fn run(store: &dyn Backend) -> Seen {
     let start = Instant::now();
     let mut out = Vec::new();
-    for (at, key, limit) in TRACE {
+    for (at, checks, mode) in TRACE {
         let due = start + Duration::from_millis(*at);
         tokio::time::sleep_until(due.into()).await;
-        let quota = Quota {
-            limit: NonZeroU32::new(*limit).unwrap(),
-            window_ms: NonZeroU64::new(WINDOW_MS).unwrap(),
-        };
-        let d: Decision = store.check(key, quota).await.unwrap();
-        out.push((d.allowed, d.count, d.remaining));
+        let checks: Vec<Check> = checks
+            .iter()
+            .map(|(key, limit, shadow)| Check {
+                rule: "default",
+                key: key.to_string(),
+                limit: Limit::sliding_log(
+                    NonZeroU32::new(*limit).unwrap(),
+                    NonZeroU64::new(WINDOW_MS).unwrap(),
+                ),
+                shadow: *shadow,
+            })
+            .collect();
+        let decisions = store.decide(&checks, *mode).await.unwrap();
+        out.push(
+            decisions
+                .into_iter()
+                .map(|d| {
+                    let d = d.expect("every check decided");
+                    (d.allowed, d.count, d.remaining, d.retry_after_ms > 0)
+                })
+                .collect(),
+        );
     }
     out
 }
@@ -63,9 +97,39 @@ async fn redis_and_embedded_stores_decide_alike() {
 
     let (from_redis, from_memory) = tokio::join!(run(&redis_store), run(&memory_store));
     assert_eq!(from_redis, from_memory);
-    let allowed: Vec<bool> = from_memory.iter().map(|d| d.0).collect();
+    let allowed: Vec<Vec<bool>> = from_memory
+        .iter()
+        .map(|e| e.iter().map(|d| d.0).collect())
+        .collect();
+    let (t, f) = (true, false);
     assert_eq!(
         allowed,
-        [true, true, true, true, false, false, false, true, true, false, true, true, false, true]
+        [
+            vec![t],
+            vec![t],
+            vec![t],
+            vec![t],
+            vec![f],
+            vec![f],
+            vec![f],
+            vec![f],
+            vec![t],
+            vec![t],
+            vec![f],
+            vec![t],
+            vec![t],
+            vec![f],
+            vec![t, t],
+            vec![t, f],
+            vec![t, f],
+            vec![t, t],
+            vec![f, t],
+            vec![t, f],
+            vec![t],
+        ]
     );
+    // Counts show who was charged: d took the first multi-check request, not the blocked one.
+    assert_eq!(from_memory[15][0], (true, 1, 4, false));
+    assert_eq!(from_memory[16][0].1, 2);
+    assert_eq!(from_memory[18][1].1, 4);
 }

@@ -3,8 +3,7 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
-use ratelimiter::config::KeySource;
-use ratelimiter::key::request_key;
+use ratelimiter::key::{request_key, KeySource};
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 5 {

@@ -1,15 +1,22 @@
 //! One function per admin endpoint.
 
+use std::num::{NonZeroU32, NonZeroU64};
+use std::sync::Arc;
+
 use http::Response;
 use pingora::protocols::http::ServerSession;
 use serde::{Deserialize, Serialize};
-use std::num::{NonZeroU32, NonZeroU64};
+use serde_json::{json, Map, Value};
 
 use super::router::Route;
-use super::{error, json, reply, AdminApp};
-use crate::config::{KeySource, OnError, Quota};
-use crate::limiter::{Counter, Verdict};
-use crate::response::{decision_json, limit_headers};
+use super::{error, json, reply, to_json, AdminApp};
+use crate::config::{OnError, MAX_WINDOW_MS};
+use crate::headers::limit_headers;
+use crate::limiter::{Check, Counter, Limit, Outcome, StoreError, Verdict};
+use crate::live::Live;
+use crate::registry::iso8601;
+use crate::response::{decision_json, error_json, store_unavailable_json};
+use crate::rules::Rule;
 
 /// The OpenAPI 3 description of this API.
 const OPENAPI: &str = include_str!("openapi.json");
@@ -20,6 +27,9 @@ const ADMIN_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2
 
 /// Longest key `/check` accepts; longer keys would only bloat the store.
 const MAX_CHECK_KEY: usize = 512;
+
+/// The `rule` label of decisions made by `/check` (a `/` cannot be in a rule's name).
+pub const CHECK_RULE: &str = "/check";
 
 #[derive(Serialize)]
 struct Health<'a> {
@@ -41,6 +51,7 @@ struct CounterOut<'a> {
     count: u64,
     limit: u32,
     remaining: u64,
+    rule: &'a str,
 }
 
 #[derive(Serialize)]
@@ -48,6 +59,7 @@ struct Blocked<'a> {
     key: &'a str,
     current_count: u64,
     limit: u32,
+    rule: &'a str,
 }
 
 // Lists serialize straight from these structs: going through `serde_json::Value` would build
@@ -75,13 +87,44 @@ struct CheckRequest {
     window_ms: Option<u64>,
 }
 
-fn to_json<T: Serialize>(value: &T) -> String {
-    serde_json::to_string(value).unwrap_or_else(|_| "{}".to_string())
-}
-
 /// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// One rule as `/api/limits` lists it.
+fn rule_json(rule: &Rule) -> Value {
+    let mut matcher = Map::new();
+    let m = &rule.matcher;
+    if !m.methods.is_empty() {
+        let methods: Vec<&str> = m.methods.iter().map(|m| m.as_str()).collect();
+        matcher.insert("methods".into(), json!(methods));
+    }
+    if let Some(path) = &m.path {
+        let (key, text) = path.describe();
+        matcher.insert(key.into(), json!(text));
+    }
+    if let Some(host) = &m.host {
+        matcher.insert("host".into(), json!(host.as_str()));
+    }
+    let mut overrides: Vec<(&String, &NonZeroU32)> = rule.overrides.iter().collect();
+    overrides.sort();
+    let overrides: Map<String, Value> = overrides
+        .into_iter()
+        .map(|(k, v)| (k.clone(), json!(v.get())))
+        .collect();
+    json!({
+        "name": rule.name,
+        "limit": rule.limit.map(|l| l.quota.limit.get()),
+        "window_ms": rule.limit.map(|l| l.quota.window_ms.get()),
+        "key": rule.key.to_string(),
+        "algorithm": rule.limit.map(|l| l.algorithm.name()),
+        "shadow": rule.shadow,
+        "skip_default": rule.skip_default,
+        "unlimited": rule.unlimited(),
+        "match": matcher,
+        "overrides": overrides,
+    })
 }
 
 impl AdminApp {
@@ -91,22 +134,17 @@ impl AdminApp {
         session: &mut ServerSession,
         body: &[u8],
     ) -> Response<Vec<u8>> {
+        let live = self.live.load();
         match route {
-            Route::Health => self.health().await,
+            Route::Health => self.health(&live).await,
             Route::Nodes => self.nodes().await,
-            Route::Counters => self.counters().await,
-            Route::Limits => self.limits(),
-            Route::Blocks => self.blocks().await,
-            Route::Reset(key) if self.authorized(session) => self.reset(&key).await,
-            Route::Reset(_) => reply(
-                401,
-                "application/json",
-                &[("WWW-Authenticate", "Bearer".to_string())],
-                crate::response::error_json(
-                    "this endpoint needs Authorization: Bearer <admin.token>",
-                ),
-            ),
-            Route::Check => self.check(body).await,
+            Route::Counters => self.counters(&live).await,
+            Route::Limits => self.limits(&live),
+            Route::Blocks => self.blocks(&live).await,
+            Route::Reset(_) | Route::Check if !authorized(&live, session) => unauthorized(),
+            Route::Reset(key) => self.reset(&key).await,
+            Route::Check => self.check(&live, body).await,
+            Route::Explain => self.explain(&live, body).await,
             Route::Metrics => reply(
                 200,
                 "text/plain; version=0.0.4; charset=utf-8",
@@ -117,22 +155,9 @@ impl AdminApp {
         }
     }
 
-    /// Whether the request may mutate: no token configured, or the right bearer token.
-    fn authorized(&self, session: &ServerSession) -> bool {
-        let Some(token) = &self.config.admin.token else {
-            return true;
-        };
-        session
-            .req_header()
-            .headers
-            .get("authorization")
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-            .is_some_and(|given| same(given, token.as_bytes()))
-    }
-
-    async fn health(&self) -> Response<Vec<u8>> {
-        let store = self.limiter.store();
-        let up = self.limiter.bounded(store.ping()).await.is_ok();
+    async fn health(&self, live: &Live) -> Response<Vec<u8>> {
+        let backend = self.limiter.backend();
+        let up = self.limiter.bounded(backend.ping()).await.is_ok();
         let (status, word) = if up {
             (200, "healthy")
         } else {
@@ -142,7 +167,7 @@ impl AdminApp {
             status,
             to_json(&Health {
                 status: word,
-                node_id: &self.config.node.id,
+                node_id: &live.config.node.id,
             }),
         )
     }
@@ -165,63 +190,65 @@ impl AdminApp {
         }
     }
 
-    async fn live_counters(&self) -> Result<Vec<Counter>, Response<Vec<u8>>> {
-        match self.limiter.store().counters().await {
+    /// Every live counter, with the rule it belongs to and the limit that rule gives it.
+    async fn live_counters(
+        &self,
+        live: &Live,
+    ) -> Result<Vec<(Counter, &'static str, u32)>, Response<Vec<u8>>> {
+        match self.limiter.backend().counters().await {
             Ok(c) => {
                 self.metrics.active_counters.set(c.len() as i64);
-                Ok(c)
+                Ok(c.into_iter()
+                    .map(|c| {
+                        let (rule, limit) = live.rules.describe(&c.key);
+                        (c, rule.name, limit.quota.limit.get())
+                    })
+                    .collect())
             }
             Err(e) => Err(self.store_down(&e)),
         }
     }
 
-    fn limit(&self) -> u32 {
-        self.config.limits.default.limit.get()
-    }
-
-    async fn counters(&self) -> Response<Vec<u8>> {
-        let counters = match self.live_counters().await {
+    async fn counters(&self, live: &Live) -> Response<Vec<u8>> {
+        let counters = match self.live_counters(live).await {
             Ok(c) => c,
             Err(resp) => return resp,
         };
-        let limit = self.limit();
         let out: Vec<CounterOut> = counters
             .iter()
-            .map(|c| CounterOut {
+            .map(|(c, rule, limit)| CounterOut {
                 key: &c.key,
                 count: c.count,
-                limit,
-                remaining: u64::from(limit).saturating_sub(c.count),
+                limit: *limit,
+                remaining: u64::from(*limit).saturating_sub(c.count),
+                rule,
             })
             .collect();
         json(200, to_json(&CountersOut { counters: out }))
     }
 
-    async fn blocks(&self) -> Response<Vec<u8>> {
-        let counters = match self.live_counters().await {
+    async fn blocks(&self, live: &Live) -> Response<Vec<u8>> {
+        let counters = match self.live_counters(live).await {
             Ok(c) => c,
             Err(resp) => return resp,
         };
-        let limit = self.limit();
         let out: Vec<Blocked> = counters
             .iter()
-            .filter(|c| c.count >= u64::from(limit))
-            .map(|c| Blocked {
+            .filter(|(c, _, limit)| c.count >= u64::from(*limit))
+            .map(|(c, rule, limit)| Blocked {
                 key: &c.key,
                 current_count: c.count,
-                limit,
+                limit: *limit,
+                rule,
             })
             .collect();
         json(200, to_json(&BlocksOut { blocked: out }))
     }
 
-    fn limits(&self) -> Response<Vec<u8>> {
-        let l = &self.config.limits;
-        let key = match &l.key {
-            KeySource::Ip => "ip".to_string(),
-            KeySource::Header(h) => format!("header:{h}"),
-        };
-        let (store, on_error) = match &self.config.redis {
+    fn limits(&self, live: &Live) -> Response<Vec<u8>> {
+        let config = &live.config;
+        let l = &config.limits;
+        let (store, on_error) = match &config.redis {
             Some(r) => (
                 "redis",
                 Some(match r.on_error {
@@ -231,35 +258,33 @@ impl AdminApp {
             ),
             None => ("memory", None),
         };
+        let rules: Vec<Value> = live.rules.iter().map(rule_json).collect();
         json(
             200,
-            to_json(&serde_json::json!({
+            to_json(&json!({
                 "default_limit": l.default.limit.get(),
                 "default_window_ms": l.default.window_ms.get(),
                 "enabled": l.enabled,
-                "key": key,
+                "key": l.key.to_string(),
                 "store": store,
                 "on_error": on_error,
+                "headers": config.headers.style.name(),
+                "config_loaded_at": iso8601(live.loaded_at),
+                "rules": rules,
             })),
         )
     }
 
     async fn reset(&self, key: &str) -> Response<Vec<u8>> {
-        let store = self.limiter.store();
-        let bounded = tokio::time::timeout(ADMIN_CALL_TIMEOUT, store.reset(key));
-        match bounded
-            .await
-            .unwrap_or(Err(crate::limiter::StoreError::Timeout))
-        {
-            Ok(_) => json(
-                200,
-                to_json(&serde_json::json!({ "key": key, "reset": true })),
-            ),
+        let backend = self.limiter.backend();
+        let bounded = tokio::time::timeout(ADMIN_CALL_TIMEOUT, backend.reset(key));
+        match bounded.await.unwrap_or(Err(StoreError::Timeout)) {
+            Ok(_) => json(200, to_json(&json!({ "key": key, "reset": true }))),
             Err(e) => self.store_down(&e),
         }
     }
 
-    async fn check(&self, body: &[u8]) -> Response<Vec<u8>> {
+    async fn check(&self, live: &Live, body: &[u8]) -> Response<Vec<u8>> {
         let req: CheckRequest = match serde_json::from_slice(body) {
             Ok(r) => r,
             Err(e) => return error(422, &format!("invalid body: {e}")),
@@ -273,7 +298,7 @@ impl AdminApp {
                 &format!("key: expected 1 to {MAX_CHECK_KEY} visible ASCII characters"),
             );
         }
-        let default = self.config.limits.default;
+        let default = live.config.limits.default;
         let limit = match req.limit {
             None => default.limit,
             Some(n) => match NonZeroU32::new(n) {
@@ -283,39 +308,83 @@ impl AdminApp {
         };
         let window_ms = match req.window_ms {
             None => default.window_ms,
-            Some(n) if n <= 365 * 24 * 3600 * 1000 => match NonZeroU64::new(n) {
+            Some(n) if n <= MAX_WINDOW_MS as u64 => match NonZeroU64::new(n) {
                 Some(n) => n,
                 None => return error(422, "window_ms: expected an integer > 0"),
             },
             Some(_) => return error(422, "window_ms: expected at most a year (31536000000)"),
         };
-        match self
-            .limiter
-            .check(&req.key, Quota { limit, window_ms })
-            .await
-        {
-            Verdict::Decided(d) => reply(
-                if d.allowed { 200 } else { 429 },
-                "application/json",
-                &limit_headers(&d),
-                decision_json(&d),
-            ),
+        let check = Check {
+            rule: CHECK_RULE,
+            key: req.key,
+            limit: Limit::sliding_log(limit, window_ms),
+            shadow: false,
+        };
+        match self.limiter.check(vec![check]).await {
+            Verdict::Decided(outcome) => check_reply(&outcome, live),
             // Fail open: allowed, without limit headers, as on the proxy path.
             Verdict::FailOpen => json(
                 200,
-                to_json(&serde_json::json!({
+                to_json(&json!({
                     "allowed": true,
                     "current_count": 0,
                     "remaining": limit.get(),
                     "retry_after_seconds": 0,
                 })),
             ),
-            Verdict::FailClosed => json(503, crate::response::store_unavailable_json()),
+            Verdict::FailClosed => json(503, store_unavailable_json()),
         }
     }
 
-    fn store_down(&self, e: &crate::limiter::StoreError) -> Response<Vec<u8>> {
+    async fn explain(&self, live: &Live, body: &[u8]) -> Response<Vec<u8>> {
+        let request = match super::explain::ExplainRequest::parse(body) {
+            Ok(r) => r,
+            Err(why) => return error(422, &why),
+        };
+        let plan = request.plan(&live.rules);
+        let decisions = match self.limiter.explain(&plan.checks).await {
+            Ok(d) => d,
+            Err(e) => return self.store_down(&e),
+        };
+        json(200, plan.answer(decisions))
+    }
+
+    fn store_down(&self, e: &StoreError) -> Response<Vec<u8>> {
         self.limiter.failed(e);
         error(503, &format!("rate limit store unavailable: {e}"))
     }
+}
+
+fn check_reply(outcome: &Outcome, live: &Live) -> Response<Vec<u8>> {
+    let Some((_, d)) = outcome.iter().next().and_then(|(c, d)| Some((c, d?))) else {
+        return error(500, "no decision");
+    };
+    reply(
+        if d.allowed { 200 } else { 429 },
+        "application/json",
+        &limit_headers(outcome, live.config.headers.style),
+        decision_json(d),
+    )
+}
+
+/// Whether the request may mutate: no token configured, or the right bearer token.
+fn authorized(live: &Arc<Live>, session: &ServerSession) -> bool {
+    let Some(token) = &live.config.admin.token else {
+        return true;
+    };
+    session
+        .req_header()
+        .headers
+        .get("authorization")
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .is_some_and(|given| same(given, token.as_bytes()))
+}
+
+fn unauthorized() -> Response<Vec<u8>> {
+    reply(
+        401,
+        "application/json",
+        &[("WWW-Authenticate", "Bearer".to_string())],
+        error_json("this endpoint needs Authorization: Bearer <admin.token>"),
+    )
 }

@@ -5,10 +5,11 @@
 //! | `GET /health` | 200 healthy, 503 while the store is unreachable |
 //! | `GET /api/nodes` | every live node in the registry |
 //! | `GET /api/counters` | every live counter, with its limit and remaining |
-//! | `GET /api/limits` | the limits in force |
+//! | `GET /api/limits` | the limits and rules in force, and when they were loaded |
 //! | `GET /api/blocks` | counters at or over their limit |
 //! | `POST /api/counters/{key}/reset` | forget a counter (bearer token when `admin.token` is set) |
-//! | `POST /check` | a decision as a service, with the proxy's headers; 429 when blocked |
+//! | `POST /check` | a decision as a service, with the proxy's headers; 429 when blocked (token) |
+//! | `POST /api/explain` | which rules a described request would meet, and their state; records nothing |
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /openapi.json` | an OpenAPI 3 description of this API |
 //!
@@ -16,6 +17,7 @@
 //! 405, each with `{"error":"..."}`. Request bodies are bounded in size and in time, so no
 //! client can stall or exhaust the node.
 
+mod explain;
 mod handlers;
 pub mod router;
 
@@ -28,8 +30,8 @@ use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
-use crate::config::Config;
 use crate::limiter::Limiter;
+use crate::live::LiveConfig;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::response::error_json;
@@ -41,7 +43,8 @@ const MAX_BODY: usize = 64 * 1024;
 const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct AdminApp {
-    pub config: Config,
+    /// The config in force: rules, limits and the token change on reload.
+    pub live: Arc<LiveConfig>,
     pub limiter: Arc<Limiter>,
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
@@ -68,6 +71,10 @@ pub(crate) fn reply(
         *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
         r
     })
+}
+
+pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "{}".to_string())
 }
 
 pub(crate) fn json(status: u16, body: String) -> Response<Vec<u8>> {

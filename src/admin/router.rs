@@ -12,6 +12,7 @@ pub enum Route {
     /// `POST /api/counters/{key}/reset`, with the key decoded.
     Reset(String),
     Check,
+    Explain,
     Metrics,
     OpenApi,
 }
@@ -37,6 +38,7 @@ pub fn route(method: &str, path_and_query: &str) -> Result<Route, Miss> {
         "/api/limits" => Some(("GET", Route::Limits)),
         "/api/blocks" => Some(("GET", Route::Blocks)),
         "/check" => Some(("POST", Route::Check)),
+        "/api/explain" => Some(("POST", Route::Explain)),
         "/metrics" => Some(("GET", Route::Metrics)),
         "/openapi.json" => Some(("GET", Route::OpenApi)),
         _ => None,
@@ -76,6 +78,7 @@ mod tests {
         assert_eq!(route("GET", "/health"), Ok(Route::Health));
         assert_eq!(route("GET", "/api/nodes?x=1"), Ok(Route::Nodes));
         assert_eq!(route("POST", "/check"), Ok(Route::Check));
+        assert_eq!(route("POST", "/api/explain"), Ok(Route::Explain));
         assert_eq!(route("GET", "/metrics"), Ok(Route::Metrics));
     }
 

@@ -4,18 +4,31 @@
 //! - `reader`: walks the spanned TOML tree, recording unknown keys and wrong types;
 //! - `validate`: turns each section into its validated type and applies `RATELIMITER_*`
 //!   environment overrides;
+//! - `rules`: the `[[rules]]` tables, into [`crate::rules::Rule`]s;
 //! - `error`: file:line:column errors, all of them at once.
 
 mod error;
 mod reader;
+mod rules;
 mod validate;
 
 use std::net::SocketAddr;
-use std::num::{NonZeroU32, NonZeroU64};
 use std::time::Duration;
 
 pub use error::{ConfigError, ConfigErrors, Origin};
 use ipnet::IpNet;
+
+use crate::headers::HeaderStyle;
+use crate::key::KeySource;
+use crate::limiter::{Algorithm, Limit, Quota};
+use crate::rules::{Rule, RuleSet};
+
+/// Longest window: a year, long enough for any quota, short enough that ms arithmetic cannot
+/// overflow.
+pub const MAX_WINDOW_MS: i64 = 365 * 24 * 3600 * 1000;
+
+/// How errors name the built-in defaults (no `-c`).
+pub const DEFAULTS_NAME: &str = "<defaults>";
 
 /// The whole validated configuration.
 #[derive(Debug, Clone)]
@@ -27,6 +40,9 @@ pub struct Config {
     /// `None`: the embedded in-memory store (single node).
     pub redis: Option<RedisConfig>,
     pub limits: LimitsConfig,
+    /// The named rules (`[[rules]]`), in file order.
+    pub rules: Vec<Rule>,
+    pub headers: HeadersConfig,
     pub metrics: MetricsConfig,
 }
 
@@ -81,7 +97,7 @@ pub struct NodeConfig {
     pub heartbeat: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisConfig {
     pub url: RedisUrl,
     /// Bound on every Redis call, connection included.
@@ -152,20 +168,9 @@ pub struct LimitsConfig {
     pub trusted_proxies: Vec<IpNet>,
 }
 
-/// A limit: at most `limit` allowed requests in any `window_ms`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Quota {
-    pub limit: NonZeroU32,
-    pub window_ms: NonZeroU64,
-}
-
-/// What a request is keyed by.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeySource {
-    /// `ip:<client-ip>`.
-    Ip,
-    /// `<lower-cased header name>:<value>`, falling back to the `ip:` key.
-    Header(http::HeaderName),
+pub struct HeadersConfig {
+    pub style: HeaderStyle,
 }
 
 #[derive(Debug, Clone)]
@@ -174,6 +179,15 @@ pub struct MetricsConfig {
 }
 
 impl Config {
+    /// Reads and validates the config file given with `-c` (`None`: the built-in defaults),
+    /// with `RATELIMITER_*` overrides from the process environment.
+    pub fn load_from(path: Option<&str>) -> Result<Config, ConfigErrors> {
+        match path {
+            Some(path) => Config::load(path),
+            None => Config::parse(DEFAULTS_NAME, "", &|var| std::env::var(var).ok()),
+        }
+    }
+
     /// Reads and validates a config file, with `RATELIMITER_*` overrides from the process
     /// environment.
     pub fn load(path: &str) -> Result<Config, ConfigErrors> {
@@ -195,6 +209,19 @@ impl Config {
         validate::build(path, source, env)
     }
 
+    /// The default rule and the named rules, with what keys need.
+    pub fn rule_set(&self) -> RuleSet {
+        RuleSet::new(
+            self.limits.key.clone(),
+            Limit {
+                algorithm: Algorithm::SlidingLog,
+                quota: self.limits.default,
+            },
+            self.rules.clone(),
+            self.limits.trusted_proxies.clone(),
+        )
+    }
+
     /// One line for `ratelimiter -t`.
     pub fn summary(&self) -> String {
         let store = match &self.redis {
@@ -204,21 +231,19 @@ impl Config {
             ),
             None => "embedded store".to_string(),
         };
-        let key = match &self.limits.key {
-            KeySource::Ip => "ip".to_string(),
-            KeySource::Header(h) => format!("header:{h}"),
-        };
+        let key = &self.limits.key;
         let target = match &self.proxy.direct_response {
             Some(d) => format!("direct response {}", d.status),
             None => format!("{} upstream(s)", self.proxy.upstreams.len()),
         };
         format!(
-            "node {} proxy {} -> {target}, admin {}, {store}, limit {} per {} ms by {key}{}",
+            "node {} proxy {} -> {target}, admin {}, {store}, limit {} per {} ms by {key}, {} rule(s){}",
             self.node.id,
             self.proxy.listen,
             self.admin.listen,
             self.limits.default.limit,
             self.limits.default.window_ms,
+            self.rules.len(),
             if self.limits.enabled {
                 ""
             } else {

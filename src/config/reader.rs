@@ -54,18 +54,37 @@ impl<'a, 'i> Section<'a, 'i> {
         Section { name, table }
     }
 
-    /// The root of the document, whose keys are the section names.
-    pub(crate) fn root(table: &'a DeTable<'i>, known: &[&str], errors: &mut Collector) -> Self {
-        let section = Section::new(ROOT, Some(table), known, errors);
+    /// The root of the document, whose keys are the section names: `tables` are written
+    /// `[name]`, `arrays` `[[name]]`.
+    pub(crate) fn root(
+        table: &'a DeTable<'i>,
+        tables: &[&str],
+        arrays: &[&str],
+        errors: &mut Collector,
+    ) -> Self {
+        let known: Vec<&str> = tables.iter().chain(arrays).copied().collect();
+        let section = Section::new(ROOT, Some(table), &known, errors);
         for (key, value) in table {
-            if known.contains(&key.get_ref().as_ref()) && value.get_ref().as_table().is_none() {
+            let name = key.get_ref().as_ref();
+            let v = value.get_ref();
+            if tables.contains(&name) && v.as_table().is_none() {
                 errors.at(
                     value.span(),
                     format!(
-                        "`{}` must be a table ([{}]), found {}",
-                        key.get_ref(),
-                        key.get_ref(),
-                        value.get_ref().type_str()
+                        "`{name}` must be a table ([{name}]), found {}",
+                        v.type_str()
+                    ),
+                );
+            }
+            let array_of_tables = v
+                .as_array()
+                .is_some_and(|a| a.iter().all(|t| t.get_ref().as_table().is_some()));
+            if arrays.contains(&name) && !array_of_tables {
+                errors.at(
+                    value.span(),
+                    format!(
+                        "`{name}` must be an array of tables ([[{name}]]), found {}",
+                        v.type_str()
                     ),
                 );
             }
@@ -106,6 +125,75 @@ impl<'a, 'i> Section<'a, 'i> {
                 None
             }
         }
+    }
+
+    /// The tables of an array of tables (`[[rules]]`), each read as a section named
+    /// `[[key]] #n` (from 1), with the span of its first key (or of the array when empty).
+    pub(crate) fn tables(
+        &self,
+        key: &str,
+        known: &[&str],
+        errors: &mut Collector,
+    ) -> Vec<(Section<'a, 'i>, Span)> {
+        let Some(items) = self.raw(key).and_then(|v| v.get_ref().as_array()) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let Some(table) = item.get_ref().as_table() else {
+                continue;
+            };
+            let span = table
+                .iter()
+                .map(|(k, _)| k.span())
+                .min_by_key(|s| s.start)
+                .unwrap_or_else(|| item.span());
+            let name = format!("[[{key}]] #{}", i + 1);
+            out.push((Section::new(name, Some(table), known, errors), span));
+        }
+        out
+    }
+
+    /// A table of string keys to integers in `min..=max` (`overrides = { "k" = 10 }`); each bad
+    /// value is reported on its own.
+    pub(crate) fn integer_table(
+        &self,
+        key: &str,
+        min: i64,
+        max: i64,
+        what: &str,
+        errors: &mut Collector,
+    ) -> Option<Vec<(At<String>, At<i64>)>> {
+        let raw = self.raw(key)?;
+        let Some(table) = raw.get_ref().as_table() else {
+            errors.at(raw.span(), self.expected(key, "a table", raw));
+            return None;
+        };
+        let mut out = Vec::with_capacity(table.len());
+        for (k, v) in table {
+            match integer_of(v.get_ref()) {
+                Some(n) if (min..=max).contains(&n) => out.push((
+                    At {
+                        value: k.get_ref().to_string(),
+                        span: k.span(),
+                    },
+                    At {
+                        value: n,
+                        span: v.span(),
+                    },
+                )),
+                _ => errors.at(
+                    v.span(),
+                    format!(
+                        "{} {key}: {:?}: expected {what}, found {}",
+                        self.name,
+                        k.get_ref(),
+                        describe(v.get_ref())
+                    ),
+                ),
+            }
+        }
+        Some(out)
     }
 
     /// A sub-section of the root (`[proxy]`); `None` in the file gives an empty section.
@@ -160,11 +248,7 @@ impl<'a, 'i> Section<'a, 'i> {
         errors: &mut Collector,
     ) -> Option<At<i64>> {
         let raw = self.raw(key)?;
-        let parsed = raw
-            .get_ref()
-            .as_integer()
-            .and_then(|i| i64::from_str_radix(i.as_str(), i.radix()).ok());
-        match parsed {
+        match integer_of(raw.get_ref()) {
             Some(n) if (min..=max).contains(&n) => Some(At {
                 value: n,
                 span: raw.span(),
@@ -202,6 +286,13 @@ impl<'a, 'i> Section<'a, 'i> {
         }
         Some(out)
     }
+}
+
+/// The value as an `i64`, when it is an integer that fits.
+fn integer_of(value: &DeValue) -> Option<i64> {
+    value
+        .as_integer()
+        .and_then(|i| i64::from_str_radix(i.as_str(), i.radix()).ok())
 }
 
 /// How a found value is named in messages: its type, and the value when it is short.

@@ -6,6 +6,9 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::num::{NonZeroU32, NonZeroU64};
 use std::time::Duration;
 
+use crate::headers::HeaderStyle;
+use crate::key::KeySource;
+
 use ipnet::IpNet;
 
 use super::error::{Collector, ConfigErrors};
@@ -14,16 +17,19 @@ use super::*;
 
 type Env<'e> = &'e dyn Fn(&str) -> Option<String>;
 
+/// The sections written `[name]`.
 const SECTIONS: &[&str] = &[
-    "server", "proxy", "admin", "node", "redis", "limits", "metrics",
+    "server", "proxy", "admin", "node", "redis", "limits", "headers", "metrics",
 ];
+/// The sections written `[[name]]`.
+const ARRAYS: &[&str] = &["rules"];
 
 pub(super) fn build(path: &str, source: &str, env: Env) -> Result<Config, ConfigErrors> {
     let mut errors = Collector::new(path, source);
     let Some(doc) = reader::parse(source, &mut errors) else {
         return Err(ConfigErrors(errors.into_sorted()));
     };
-    let root = Section::root(&doc, SECTIONS, &mut errors);
+    let root = Section::root(&doc, SECTIONS, ARRAYS, &mut errors);
 
     let server = server(
         &root.section(
@@ -76,6 +82,14 @@ pub(super) fn build(path: &str, source: &str, env: Env) -> Result<Config, Config
         env,
         &mut errors,
     );
+    let rules = limits
+        .as_ref()
+        .map(|l| super::rules::read(&root, l, &mut errors))
+        .unwrap_or_default();
+    let headers = headers(
+        &root.section("headers", &["style"], &mut errors),
+        &mut errors,
+    );
     let metrics = metrics(
         &root.section("metrics", &["max_key_labels"], &mut errors),
         &mut errors,
@@ -90,6 +104,8 @@ pub(super) fn build(path: &str, source: &str, env: Env) -> Result<Config, Config
                 node,
                 redis,
                 limits,
+                rules,
+                headers,
                 metrics,
             })
         }
@@ -501,8 +517,7 @@ fn limits(s: &Section, env: Env, errors: &mut Collector) -> Option<LimitsConfig>
         "default_window_ms",
         "RATELIMITER_DEFAULT_WINDOW_MS",
         1,
-        // A year: long enough for any quota, short enough that ms arithmetic cannot overflow.
-        365 * 24 * 3600 * 1000,
+        MAX_WINDOW_MS,
         60_000,
         env,
         errors,
@@ -510,9 +525,9 @@ fn limits(s: &Section, env: Env, errors: &mut Collector) -> Option<LimitsConfig>
     .and_then(|v| NonZeroU64::new(v.value as u64));
     let key = match s.string("key", errors) {
         None => Some(KeySource::Ip),
-        Some(At { value, span }) => match parse_key_source(&value) {
-            Some(k) => Some(k),
-            None => {
+        Some(At { value, span }) => match KeySource::parse(&value) {
+            Some(k) if k != KeySource::Global => Some(k),
+            _ => {
                 errors.at(
                     span,
                     format!(
@@ -544,21 +559,25 @@ fn limits(s: &Section, env: Env, errors: &mut Collector) -> Option<LimitsConfig>
     })
 }
 
-fn parse_key_source(s: &str) -> Option<KeySource> {
-    if s == "ip" {
-        return Some(KeySource::Ip);
-    }
-    let name = s.strip_prefix("header:")?;
-    http::HeaderName::from_bytes(name.as_bytes())
-        .ok()
-        .map(KeySource::Header)
-}
-
 fn parse_cidr(s: &str) -> Option<IpNet> {
     s.parse::<IpNet>()
         .ok()
         .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
         .map(|n| n.trunc())
+}
+
+fn headers(s: &Section, errors: &mut Collector) -> HeadersConfig {
+    let style = match s.string("style", errors) {
+        None => HeaderStyle::default(),
+        Some(At { value, span }) => match value.parse::<HeaderStyle>() {
+            Ok(style) => style,
+            Err(why) => {
+                errors.at(span, format!("{} style: {why}", s.name));
+                HeaderStyle::default()
+            }
+        },
+    };
+    HeadersConfig { style }
 }
 
 fn metrics(s: &Section, errors: &mut Collector) -> MetricsConfig {

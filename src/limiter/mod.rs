@@ -1,23 +1,48 @@
-//! Deciding: one [`Store`] trait with two implementations of the same sliding-window log
-//! ([`window`]): the embedded [`memory::MemoryStore`] for a single node, and
-//! [`redis::RedisStore`], shared by every node. [`policy::Limiter`] wraps either with the
-//! time bound and the fail-open/fail-closed policy.
+//! Deciding. A request owes a list of [`Check`]s (one per applied rule, from
+//! [`crate::rules`]); a [`Backend`] decides the whole list atomically, and [`Limiter`] wraps the
+//! backend with the time bound, the fail-open/fail-closed policy and the metrics.
+//!
+//! - [`algo`]: each algorithm's arithmetic, pure, apart from where its state lives;
+//! - [`backend::memory`]: the embedded store, a single node's own memory;
+//! - [`backend::redis`]: the shared store, one Lua script call per request;
+//! - [`outcome`]: what a list of decisions means for the request (allowed, which rule shows);
+//! - [`policy`]: the [`Limiter`].
 
-pub mod blocked;
-pub mod memory;
+pub mod algo;
+pub mod backend;
+pub mod outcome;
 pub mod policy;
-pub mod redis;
 pub mod scan;
-pub mod window;
 
 use std::fmt;
 
 use async_trait::async_trait;
 
+pub use algo::{Algorithm, Decision, Limit, Quota};
+pub use outcome::Outcome;
 pub use policy::{Limiter, Verdict};
-pub use window::Decision;
 
-use crate::config::Quota;
+/// One counter a request is checked against: the rule it comes from, its counter key and what
+/// it applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// The rule's name (`default` for `[limits]`).
+    pub rule: &'static str,
+    /// The counter key, without the store's `ratelimit:` prefix (`login/ip:10.0.0.1`).
+    pub key: String,
+    pub limit: Limit,
+    /// A dry-run rule: decided and counted, never blocking.
+    pub shadow: bool,
+}
+
+/// Whether a decision is recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Record the request where every enforced check has room (the proxy, `/check`).
+    Record,
+    /// Only look (`/api/explain`): nothing is recorded.
+    DryRun,
+}
 
 /// Why the store could not decide.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,26 +81,36 @@ impl std::error::Error for StoreError {}
 /// A live counter, as listed by the admin API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Counter {
-    /// The request key, without the `ratelimit:` prefix.
+    /// The counter key, without the `ratelimit:` prefix.
     pub key: String,
-    /// Entries in the window now (expired ones excluded).
+    /// Requests in its window now (expired ones excluded).
     pub count: u64,
 }
 
-/// Where the sliding-window logs live.
+/// Where counters live.
 #[async_trait]
-pub trait Store: Send + Sync {
-    /// Checks one request for `key` and records it when allowed, atomically.
-    async fn check(&self, key: &str, quota: Quota) -> Result<Decision, StoreError>;
+pub trait Backend: Send + Sync {
+    /// Decides a request's checks atomically: each check is peeked at; when every check that is
+    /// not a shadow has room (and `mode` records), each check with room records the request.
+    /// A request blocked by any check is recorded in none.
+    ///
+    /// Returns one entry per check, in order. An entry is `None` only when the backend knew
+    /// the request blocked without asking its store (a key remembered full): then at least one
+    /// entry is a blocked decision of an enforced check.
+    async fn decide(
+        &self,
+        checks: &[Check],
+        mode: Mode,
+    ) -> Result<Vec<Option<Decision>>, StoreError>;
 
-    /// Every key with at least one entry in its window.
+    /// Every key with at least one request in its window.
     async fn counters(&self) -> Result<Vec<Counter>, StoreError>;
 
     /// How many keys have a live entry (the `ratelimiter_active_counters` gauge). May count a
     /// key twice while Redis rehashes; never walks the entries themselves.
     async fn active_counters(&self) -> Result<u64, StoreError>;
 
-    /// Forgets a key's log; returns whether it existed.
+    /// Forgets a counter; returns whether it existed.
     async fn reset(&self, key: &str) -> Result<bool, StoreError>;
 
     /// Whether the store answers now.

@@ -1,20 +1,21 @@
-//! The one place where a store failure becomes a policy (contract §3.5): every check is
+//! The one place where a store failure becomes a policy (contract §3.5): every decision is
 //! bounded by the store's timeout, and a failure is counted, logged at most once a second,
-//! and turned into the configured fail-open or fail-closed verdict.
+//! and turned into the configured fail-open or fail-closed verdict. Every decision is also
+//! timed and counted here, per check.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Decision, Store, StoreError};
-use crate::config::{OnError, Quota};
+use super::{Backend, Check, Decision, Mode, Outcome, StoreError};
+use crate::config::OnError;
 use crate::metrics::Metrics;
 
 /// What the caller does with a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Verdict {
     /// The store decided (allowed or blocked).
-    Decided(Decision),
+    Decided(Outcome),
     /// The store failed: fail open, proxying without limit headers.
     FailOpen,
     /// The store failed: fail closed, 503.
@@ -22,7 +23,7 @@ pub enum Verdict {
 }
 
 pub struct Limiter {
-    store: Arc<dyn Store>,
+    backend: Arc<dyn Backend>,
     /// `None` for the embedded store, which cannot hang.
     timeout: Option<Duration>,
     on_error: OnError,
@@ -34,13 +35,13 @@ pub struct Limiter {
 
 impl Limiter {
     pub fn new(
-        store: Arc<dyn Store>,
+        backend: Arc<dyn Backend>,
         timeout: Option<Duration>,
         on_error: OnError,
         metrics: Arc<Metrics>,
     ) -> Self {
         Limiter {
-            store,
+            backend,
             timeout,
             on_error,
             metrics,
@@ -49,19 +50,25 @@ impl Limiter {
         }
     }
 
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
     }
 
-    /// Checks one request, timed and counted.
-    pub async fn check(&self, key: &str, quota: Quota) -> Verdict {
+    /// Decides and records a request's checks, timed and counted.
+    pub async fn check(&self, checks: Vec<Check>) -> Verdict {
         let start = Instant::now();
-        let result = self.bounded(self.store.check(key, quota)).await;
+        let result = self
+            .bounded(self.backend.decide(&checks, Mode::Record))
+            .await;
         self.metrics.observe_check(start.elapsed());
         match result {
-            Ok(decision) => {
-                self.metrics.count_decision(key, decision.allowed);
-                Verdict::Decided(decision)
+            Ok(decisions) => {
+                let outcome = Outcome::new(checks, decisions);
+                for (check, decision) in outcome.iter() {
+                    let result = outcome.result_of(check, decision);
+                    self.metrics.count_decision(check, result);
+                }
+                Verdict::Decided(outcome)
             }
             Err(e) => {
                 self.failed(&e);
@@ -71,6 +78,17 @@ impl Limiter {
                 }
             }
         }
+    }
+
+    /// What the checks would decide now, recording nothing and counting nothing.
+    pub async fn explain(&self, checks: &[Check]) -> Result<Vec<Option<Decision>>, StoreError> {
+        let result = self
+            .bounded(self.backend.decide(checks, Mode::DryRun))
+            .await;
+        if let Err(e) = &result {
+            self.failed(e);
+        }
+        result
     }
 
     /// Runs any store call under the store's time bound.

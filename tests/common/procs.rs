@@ -153,18 +153,21 @@ impl Gateway {
         )
     }
 
+    /// Waits until both the proxy and the admin port accept (they are separate services and
+    /// open in no fixed order).
     fn wait_ready(&mut self) {
-        let addr = self.proxy.clone();
+        let addrs = [self.proxy.clone(), self.admin.clone()];
         let log = self.log_path.clone();
         let child = self.child.as_mut().unwrap();
-        wait_for("the gateway's proxy port", Duration::from_secs(20), || {
+        wait_for("the gateway's ports", Duration::from_secs(20), || {
             if let Ok(Some(status)) = child.try_wait() {
                 panic!(
                     "gateway exited with {status}: {}",
                     fs::read_to_string(&log).unwrap_or_default()
                 );
             }
-            std::net::TcpStream::connect(&addr).ok()
+            let open = |a: &String| std::net::TcpStream::connect(a).is_ok();
+            addrs.iter().all(open).then_some(())
         });
     }
 

@@ -17,8 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::window::Decision;
-use crate::config::Quota;
+use crate::limiter::{Decision, Limit};
 
 /// The pub/sub channel that carries reset keys to every node.
 pub const RESET_CHANNEL: &str = "ratelimiter:resets";
@@ -28,8 +27,8 @@ const SHARDS: usize = 64;
 const MAX_ENTRIES: usize = 100_000;
 
 struct Entry {
-    limit: u32,
-    window_ms: u64,
+    /// The algorithm and quota the key was found full under; another one must ask Redis.
+    limit: Limit,
     count: u64,
     until: Instant,
 }
@@ -64,23 +63,24 @@ impl BlockedKeys {
         self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The decision for a key still known to be full under this quota.
-    pub fn get(&self, key: &str, quota: Quota, now: Instant) -> Option<Decision> {
+    /// The decision for a key still known to be full under this limit.
+    pub fn get(&self, key: &str, limit: Limit, now: Instant) -> Option<Decision> {
         let mut shard = self.shard(key);
         let entries = shard.get_mut(key)?;
         let before = entries.len();
         entries.retain(|e| e.until > now);
         let removed = before - entries.len();
-        let found = entries
-            .iter()
-            .find(|e| e.limit == quota.limit.get() && e.window_ms == quota.window_ms.get())
-            .map(|e| Decision {
+        let found = entries.iter().find(|e| e.limit == limit).map(|e| {
+            let wait = ceil_ms(e.until - now);
+            Decision {
                 allowed: false,
                 count: e.count,
-                limit: e.limit,
+                limit: e.limit.quota.limit.get(),
                 remaining: 0,
-                retry_after_ms: ceil_ms(e.until - now),
-            });
+                retry_after_ms: wait,
+                reset_ms: wait,
+            }
+        });
         if entries.is_empty() {
             shard.remove(key);
         }
@@ -100,7 +100,7 @@ impl BlockedKeys {
     }
 
     /// Records a blocked decision from a call sent at `sent`.
-    pub fn remember(&self, key: &str, quota: Quota, d: &Decision, sent: Instant) {
+    pub fn remember(&self, key: &str, limit: Limit, d: &Decision, sent: Instant) {
         if d.allowed
             || !self.live.load(Ordering::SeqCst)
             || self.entries.load(Ordering::Relaxed) >= MAX_ENTRIES
@@ -108,17 +108,13 @@ impl BlockedKeys {
             return;
         }
         let entry = Entry {
-            limit: quota.limit.get(),
-            window_ms: quota.window_ms.get(),
+            limit,
             count: d.count,
             until: sent + Duration::from_millis(d.retry_after_ms),
         };
         let mut shard = self.shard(key);
         let list = shard.entry(key.into()).or_default();
-        match list
-            .iter_mut()
-            .find(|e| e.limit == entry.limit && e.window_ms == entry.window_ms)
-        {
+        match list.iter_mut().find(|e| e.limit == entry.limit) {
             Some(e) => *e = entry,
             None => {
                 list.push(entry);
@@ -198,11 +194,11 @@ mod tests {
     use super::*;
     use std::num::{NonZeroU32, NonZeroU64};
 
-    fn q(limit: u32) -> Quota {
-        Quota {
-            limit: NonZeroU32::new(limit).unwrap(),
-            window_ms: NonZeroU64::new(1000).unwrap(),
-        }
+    fn q(limit: u32) -> Limit {
+        Limit::sliding_log(
+            NonZeroU32::new(limit).unwrap(),
+            NonZeroU64::new(1000).unwrap(),
+        )
     }
 
     fn blocked(retry_after_ms: u64) -> Decision {
@@ -212,6 +208,7 @@ mod tests {
             limit: 3,
             remaining: 0,
             retry_after_ms,
+            reset_ms: retry_after_ms,
         }
     }
 

@@ -1,5 +1,6 @@
-//! The shared store: the sliding-window log in Redis, one sorted set per key, checked by one
-//! Lua script (`lua/sliding_window.lua`) so the decision is atomic across every node.
+//! The shared store: counters in Redis, all of a request's checks decided by one Lua script
+//! call (`lua/check.lua` with the algorithm files before it), so the decision is atomic
+//! across every node and costs one round trip however many rules apply.
 //!
 //! All Redis I/O goes through one multiplexed connection (a `ConnectionManager`, which
 //! pipelines concurrent calls and reconnects by itself). Its driver tasks run on a small
@@ -18,16 +19,21 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 
 use super::blocked::{BlockedKeys, RESET_CHANNEL};
-use super::scan::KeyScan;
-use super::window::Decision;
-use super::{Counter, Store, StoreError};
-use crate::config::{Quota, RedisConfig};
+use crate::config::RedisConfig;
+use crate::limiter::scan::KeyScan;
+use crate::limiter::{Backend, Check, Counter, Decision, Mode, StoreError};
 
-/// The check script, embedded at build time.
-pub const SCRIPT: &str = include_str!("../../lua/sliding_window.lua");
+/// The check script, embedded at build time: the algorithms, then the driver that runs them.
+pub const SCRIPT: &str = concat!(
+    include_str!("../../../lua/sliding_log.lua"),
+    include_str!("../../../lua/check.lua"),
+);
+
+/// Integers per check in the script's reply.
+const REPLY_FIELDS: usize = 5;
 
 /// Counts one key's live entries, for listing counters.
-const COUNT_SCRIPT: &str = include_str!("../../lua/count.lua");
+const COUNT_SCRIPT: &str = include_str!("../../../lua/count.lua");
 
 /// How long a reset waits to hear its own message back from Redis.
 const RESET_ECHO_WAIT: Duration = Duration::from_millis(200);
@@ -164,39 +170,88 @@ fn store_error(e: redis::RedisError) -> StoreError {
     }
 }
 
+impl RedisStore {
+    /// A request remembered blocked: the decisions known without asking Redis, when at least
+    /// one enforced check is a key known to be full.
+    fn remembered_block(&self, checks: &[Check], now: Instant) -> Option<Vec<Option<Decision>>> {
+        let mut known: Option<Vec<Option<Decision>>> = None;
+        for (i, check) in checks.iter().enumerate() {
+            if check.shadow {
+                continue;
+            }
+            if let Some(d) = self.blocked.get(&check.key, check.limit, now) {
+                known.get_or_insert_with(|| vec![None; checks.len()])[i] = Some(d);
+            }
+        }
+        known
+    }
+}
+
+fn parse_reply(checks: &[Check], reply: &[i64]) -> Result<Vec<Option<Decision>>, StoreError> {
+    if reply.len() != checks.len() * REPLY_FIELDS {
+        return Err(StoreError::Reply(format!(
+            "unexpected script reply {reply:?} for {} checks",
+            checks.len()
+        )));
+    }
+    let n = |v: i64| v.max(0) as u64;
+    Ok(checks
+        .iter()
+        .zip(reply.chunks_exact(REPLY_FIELDS))
+        .map(|(check, r)| {
+            Some(Decision {
+                allowed: r[0] == 1,
+                count: n(r[1]),
+                limit: check.limit.quota.limit.get(),
+                remaining: n(r[2]),
+                retry_after_ms: n(r[3]),
+                reset_ms: n(r[4]),
+            })
+        })
+        .collect())
+}
+
 #[async_trait]
-impl Store for RedisStore {
-    async fn check(&self, key: &str, quota: Quota) -> Result<Decision, StoreError> {
+impl Backend for RedisStore {
+    async fn decide(
+        &self,
+        checks: &[Check],
+        mode: Mode,
+    ) -> Result<Vec<Option<Decision>>, StoreError> {
         let sent = Instant::now();
-        if let Some(d) = self.blocked.get(key, quota, sent) {
-            return Ok(d);
+        if mode == Mode::Record {
+            if let Some(known) = self.remembered_block(checks, sent) {
+                return Ok(known);
+            }
+        }
+        let mut invocation = self.script.prepare_invoke();
+        for check in checks {
+            invocation.key(format!("{KEY_PREFIX}{}", check.key));
+        }
+        invocation
+            .arg(u8::from(mode == Mode::Record))
+            .arg(self.member());
+        for check in checks {
+            invocation
+                .arg(check.limit.algorithm.script_id())
+                .arg(check.limit.quota.limit.get())
+                .arg(check.limit.quota.window_ms.get())
+                .arg(u8::from(check.shadow));
         }
         let mut conn = self.conn.clone();
-        let reply: Vec<i64> = self
-            .script
-            .key(format!("{KEY_PREFIX}{key}"))
-            .arg(quota.limit.get())
-            .arg(quota.window_ms.get())
-            .arg(self.member())
+        let reply: Vec<i64> = invocation
             .invoke_async(&mut conn)
             .await
             .map_err(store_error)?;
-        let decision = match reply[..] {
-            [allowed, count, remaining, retry_after_ms] => Decision {
-                allowed: allowed == 1,
-                count: count.max(0) as u64,
-                limit: quota.limit.get(),
-                remaining: remaining.max(0) as u64,
-                retry_after_ms: retry_after_ms.max(0) as u64,
-            },
-            _ => {
-                return Err(StoreError::Reply(format!(
-                    "unexpected script reply {reply:?}"
-                )))
+        let decisions = parse_reply(checks, &reply)?;
+        if mode == Mode::Record {
+            for (check, decision) in checks.iter().zip(&decisions) {
+                if let Some(d) = decision.as_ref().filter(|_| !check.shadow) {
+                    self.blocked.remember(&check.key, check.limit, d, sent);
+                }
             }
-        };
-        self.blocked.remember(key, quota, &decision, sent);
-        Ok(decision)
+        }
+        Ok(decisions)
     }
 
     /// Walks the keys with SCAN (never KEYS, which blocks Redis) and counts each batch in one

@@ -1,0 +1,357 @@
+//! `[[rules]]` (contract §7): each table into a [`Rule`], every mistake reported where it is
+//! written, all at once.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::num::{NonZeroU32, NonZeroU64};
+
+use http::Method;
+
+use super::error::Collector;
+use super::reader::{At, Section, Span};
+use super::{LimitsConfig, MAX_WINDOW_MS};
+use crate::key::{KeySource, MAX_VALUE_LEN};
+use crate::limiter::{Algorithm, Limit, Quota};
+use crate::rules::{
+    intern, valid_name, HostMatch, Matcher, PathMatch, Rule, DEFAULT_RULE, MAX_NAME_LEN,
+};
+
+const KEYS: &[&str] = &[
+    "name",
+    "methods",
+    "path",
+    "path_prefix",
+    "path_regex",
+    "host",
+    "key",
+    "limit",
+    "window_ms",
+    "algorithm",
+    "shadow",
+    "skip_default",
+    "unlimited",
+    "overrides",
+];
+
+/// Reads every `[[rules]]` table; defaults come from `[limits]`.
+pub(super) fn read(root: &Section, limits: &LimitsConfig, errors: &mut Collector) -> Vec<Rule> {
+    let mut rules = Vec::new();
+    let mut names: HashMap<String, usize> = HashMap::new();
+    for (index, (s, at)) in root.tables("rules", KEYS, errors).into_iter().enumerate() {
+        let name = name(&s, &at, index + 1, &mut names, errors);
+        let matcher = matcher(&s, errors);
+        let key = key(&s, limits, errors);
+        let unlimited = s.boolean("unlimited", errors);
+        let shadow = s.boolean("shadow", errors);
+        let skip_default = s.boolean("skip_default", errors);
+        if shadow.as_ref().is_some_and(|v| v.value) {
+            for (flag, set) in [("skip_default", &skip_default), ("unlimited", &unlimited)] {
+                if let Some(v) = set.as_ref().filter(|v| v.value) {
+                    errors.at(
+                        v.span.clone(),
+                        format!(
+                            "{} {flag}: a shadow rule never changes what is enforced; remove {flag} or shadow",
+                            s.name
+                        ),
+                    );
+                }
+            }
+        }
+        let unlimited = unlimited.is_some_and(|v| v.value);
+        let limit = limit(&s, &at, limits, unlimited, errors);
+        let overrides = overrides(&s, key.as_ref(), errors);
+        if let (Some(name), Some(key), Some(limit)) = (name, key, limit) {
+            rules.push(Rule {
+                name: intern(&name),
+                matcher: matcher.unwrap_or_default(),
+                key,
+                limit,
+                shadow: shadow.is_some_and(|v| v.value),
+                skip_default: skip_default.is_some_and(|v| v.value),
+                overrides: overrides.unwrap_or_default(),
+            });
+        }
+    }
+    rules
+}
+
+fn name(
+    s: &Section,
+    at: &Span,
+    number: usize,
+    seen: &mut HashMap<String, usize>,
+    errors: &mut Collector,
+) -> Option<String> {
+    let Some(At { value, span }) = s.string("name", errors) else {
+        if !s.has("name") {
+            errors.at(at.clone(), format!("{}: name is required", s.name));
+        }
+        return None;
+    };
+    if value == DEFAULT_RULE {
+        errors.at(
+            span,
+            format!(
+                "{} name: \"default\" is the rule [limits] defines; choose another name",
+                s.name
+            ),
+        );
+        return None;
+    }
+    if !valid_name(&value) {
+        errors.at(
+            span,
+            format!(
+                "{} name: expected 1 to {MAX_NAME_LEN} characters of a-z, 0-9, _ and -, found {value:?}",
+                s.name
+            ),
+        );
+        return None;
+    }
+    if let Some(first) = seen.get(&value) {
+        errors.at(
+            span,
+            format!(
+                "{} name: {value:?} is already the name of rule #{first}",
+                s.name
+            ),
+        );
+        return None;
+    }
+    seen.insert(value.clone(), number);
+    Some(value)
+}
+
+fn matcher(s: &Section, errors: &mut Collector) -> Option<Matcher> {
+    let mut ok = true;
+    let mut methods = Vec::new();
+    for At { value, span } in s.strings("methods", errors).unwrap_or_default() {
+        let token = !value.is_empty() && value.bytes().all(|b| b.is_ascii_uppercase());
+        match Method::from_bytes(value.as_bytes()) {
+            Ok(m) if token => methods.push(m),
+            _ => {
+                ok = false;
+                errors.at(
+                    span,
+                    format!(
+                        "{} methods: expected an upper-case HTTP method like \"GET\", found {value:?}",
+                        s.name
+                    ),
+                );
+            }
+        }
+    }
+
+    let written: Vec<(&str, At<String>)> = ["path", "path_prefix", "path_regex"]
+        .into_iter()
+        .filter_map(|k| s.string(k, errors).map(|v| (k, v)))
+        .collect();
+    let mut path = None;
+    if let [(first, _), rest @ ..] = &written[..] {
+        for (k, v) in rest {
+            ok = false;
+            errors.at(
+                v.span.clone(),
+                format!(
+                    "{} {k}: at most one of path, path_prefix and path_regex; {first} is set too",
+                    s.name
+                ),
+            );
+        }
+    }
+    if let Some((k, At { value, span })) = written.into_iter().next() {
+        path = match k {
+            "path_regex" => match regex::Regex::new(&value) {
+                Ok(r) => Some(PathMatch::Regex(r)),
+                Err(e) => {
+                    let why = e
+                        .to_string()
+                        .lines()
+                        .last()
+                        .unwrap_or("")
+                        .trim()
+                        .to_string();
+                    errors.at(
+                        span,
+                        format!("{} path_regex: invalid regex {value:?}: {why}", s.name),
+                    );
+                    None
+                }
+            },
+            _ if !value.starts_with('/') => {
+                errors.at(
+                    span,
+                    format!(
+                        "{} {k}: expected a path starting with \"/\", found {value:?}",
+                        s.name
+                    ),
+                );
+                None
+            }
+            "path" => Some(PathMatch::Exact(value)),
+            _ => Some(PathMatch::Prefix(value)),
+        };
+        ok &= path.is_some();
+    }
+
+    let host = match s.string("host", errors) {
+        None => None,
+        Some(At { value, span }) => match HostMatch::parse(&value) {
+            Some(h) => Some(h),
+            None => {
+                ok = false;
+                errors.at(
+                    span,
+                    format!(
+                        "{} host: expected a host name like \"api.example.com\" or \"*.example.com\", without a port, found {value:?}",
+                        s.name
+                    ),
+                );
+                None
+            }
+        },
+    };
+    ok.then_some(Matcher {
+        methods,
+        path,
+        host,
+    })
+}
+
+fn key(s: &Section, limits: &LimitsConfig, errors: &mut Collector) -> Option<KeySource> {
+    match s.string("key", errors) {
+        None => Some(limits.key.clone()),
+        Some(At { value, span }) => match KeySource::parse(&value) {
+            Some(k) => Some(k),
+            None => {
+                errors.at(
+                    span,
+                    format!(
+                        "{} key: expected \"ip\", \"header:<Header-Name>\" or \"global\", found {value:?}",
+                        s.name
+                    ),
+                );
+                None
+            }
+        },
+    }
+}
+
+/// `Some(None)` for an unlimited rule; `None` when something is wrong.
+fn limit(
+    s: &Section,
+    at: &Span,
+    limits: &LimitsConfig,
+    unlimited: bool,
+    errors: &mut Collector,
+) -> Option<Option<Limit>> {
+    let limit = s.integer(
+        "limit",
+        1,
+        u32::MAX as i64,
+        "an integer 1..=4294967295",
+        errors,
+    );
+    let window = s.integer(
+        "window_ms",
+        1,
+        MAX_WINDOW_MS,
+        &format!("an integer 1..={MAX_WINDOW_MS}"),
+        errors,
+    );
+    let algorithm = match s.string("algorithm", errors) {
+        None => Some(Algorithm::SlidingLog),
+        Some(At { value, span }) => match value.parse::<Algorithm>() {
+            Ok(a) => Some(a),
+            Err(why) => {
+                errors.at(span, format!("{} algorithm: {why}", s.name));
+                None
+            }
+        },
+    };
+    if unlimited {
+        return Some(None);
+    }
+    let limit = match limit {
+        Some(l) => NonZeroU32::new(l.value as u32)?,
+        None => {
+            if !s.has("limit") {
+                errors.at(
+                    at.clone(),
+                    format!("{}: limit is required (or unlimited = true)", s.name),
+                );
+            }
+            return None;
+        }
+    };
+    let window_ms = match window {
+        Some(w) => NonZeroU64::new(w.value as u64)?,
+        None if s.has("window_ms") => return None,
+        None => limits.default.window_ms,
+    };
+    Some(Some(Limit {
+        algorithm: algorithm?,
+        quota: Quota { limit, window_ms },
+    }))
+}
+
+fn overrides(
+    s: &Section,
+    key: Option<&KeySource>,
+    errors: &mut Collector,
+) -> Option<HashMap<String, NonZeroU32>> {
+    let entries = s.integer_table(
+        "overrides",
+        1,
+        u32::MAX as i64,
+        "an integer 1..=4294967295",
+        errors,
+    )?;
+    if key == Some(&KeySource::Global) {
+        if let Some(span) = s.span("overrides") {
+            errors.at(
+                span,
+                format!(
+                    "{} overrides: a rule keyed by \"global\" has one counter; overrides need key = \"ip\" or \"header:<Header-Name>\"",
+                    s.name
+                ),
+            );
+        }
+        return None;
+    }
+    let mut out = HashMap::with_capacity(entries.len());
+    for (k, limit) in entries {
+        let value = match key {
+            Some(KeySource::Ip) => match k.value.parse::<IpAddr>() {
+                // Written the way keys print it (`::1`, not `0::1`).
+                Ok(ip) => ip.to_string(),
+                Err(_) => {
+                    errors.at(
+                        k.span,
+                        format!(
+                            "{} overrides: {:?} is not an IP address, and this rule is keyed by ip",
+                            s.name, k.value
+                        ),
+                    );
+                    continue;
+                }
+            },
+            _ => k.value,
+        };
+        let printable = value.bytes().all(|b| b.is_ascii_graphic());
+        if value.is_empty() || value.len() > MAX_VALUE_LEN || !printable {
+            errors.at(
+                k.span,
+                format!(
+                    "{} overrides: {value:?}: expected 1 to {MAX_VALUE_LEN} visible ASCII characters (a key value as requests send it)",
+                    s.name
+                ),
+            );
+            continue;
+        }
+        if let Some(n) = NonZeroU32::new(limit.value as u32) {
+            out.insert(value, n);
+        }
+    }
+    Some(out)
+}

@@ -1,0 +1,208 @@
+//! The limiting algorithms, as pure arithmetic over one counter's state, apart from where that
+//! state is stored. Each algorithm is one module here and one Lua file in `lua/`, with the same
+//! two steps in both:
+//!
+//! 1. `peek`: the decision as if the request were *not* recorded (is there room, how much is
+//!    left, when does more free up). A request with several rules peeks at all of them first.
+//! 2. `record`: only when every enforced rule had room, each rule with room records the request
+//!    and its decision is updated to count it.
+//!
+//! The embedded store keeps a [`State`] per counter key and calls these functions under a lock;
+//! the Redis store runs the Lua twins inside one script call. `tests/store_equivalence.rs` runs
+//! one trace through both.
+
+pub mod sliding_log;
+
+use std::fmt;
+use std::num::{NonZeroU32, NonZeroU64};
+use std::str::FromStr;
+
+/// At most `limit` requests in any `window_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Quota {
+    pub limit: NonZeroU32,
+    pub window_ms: NonZeroU64,
+}
+
+/// How a counter decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    /// The exact sliding-window log: one entry per allowed request in the window.
+    SlidingLog,
+}
+
+impl Algorithm {
+    pub const ALL: &'static [Algorithm] = &[Algorithm::SlidingLog];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::SlidingLog => "sliding_log",
+        }
+    }
+
+    /// The number the Redis script dispatches on (`lua/check.lua`).
+    pub fn script_id(self) -> u8 {
+        match self {
+            Algorithm::SlidingLog => 1,
+        }
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Algorithm {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Algorithm::ALL
+            .iter()
+            .copied()
+            .find(|a| a.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<String> = Algorithm::ALL
+                    .iter()
+                    .map(|a| format!("{:?}", a.name()))
+                    .collect();
+                format!("expected {}, found {s:?}", names.join(" or "))
+            })
+    }
+}
+
+/// What one counter applies: an algorithm and its quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Limit {
+    pub algorithm: Algorithm,
+    pub quota: Quota,
+}
+
+impl Limit {
+    pub fn sliding_log(limit: NonZeroU32, window_ms: NonZeroU64) -> Limit {
+        Limit {
+            algorithm: Algorithm::SlidingLog,
+            quota: Quota { limit, window_ms },
+        }
+    }
+}
+
+/// One counter's answer to one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// Whether this counter had room for the request.
+    pub allowed: bool,
+    /// Requests in the window after this decision (counting this one when it was recorded).
+    pub count: u64,
+    pub limit: u32,
+    /// Further requests this counter would allow now.
+    pub remaining: u64,
+    /// Milliseconds until this counter has room again; 0 when it has room.
+    pub retry_after_ms: u64,
+    /// Milliseconds until more of the quota frees up (the next entry leaves the window); 0
+    /// when nothing is in use.
+    pub reset_ms: u64,
+}
+
+impl Decision {
+    /// `Retry-After`: whole seconds, rounded up, at least 1 when blocked (contract §3.4).
+    pub fn retry_after_secs(&self) -> u64 {
+        if self.allowed {
+            0
+        } else {
+            self.retry_after_ms.div_ceil(1000).max(1)
+        }
+    }
+
+    /// Whole seconds until more quota frees up, rounded up.
+    pub fn reset_secs(&self) -> u64 {
+        self.reset_ms.div_ceil(1000)
+    }
+}
+
+/// One counter's state in the embedded store.
+#[derive(Debug)]
+pub enum State {
+    Log(sliding_log::Log),
+}
+
+impl State {
+    pub fn new(algorithm: Algorithm) -> State {
+        match algorithm {
+            Algorithm::SlidingLog => State::Log(sliding_log::Log::default()),
+        }
+    }
+
+    pub fn algorithm(&self) -> Algorithm {
+        match self {
+            State::Log(_) => Algorithm::SlidingLog,
+        }
+    }
+
+    /// The decision as if the request were not recorded; may drop what has expired.
+    pub fn peek(&mut self, now_ms: u64, quota: Quota) -> Decision {
+        match self {
+            State::Log(log) => log.peek(now_ms, quota),
+        }
+    }
+
+    /// Records an allowed request and updates its decision to count it.
+    pub fn record(&mut self, now_ms: u64, quota: Quota, decision: &mut Decision) {
+        match self {
+            State::Log(log) => log.record(now_ms, quota, decision),
+        }
+    }
+
+    /// Requests in the window now, for listings.
+    pub fn count(&mut self, now_ms: u64) -> u64 {
+        match self {
+            State::Log(log) => log.count(now_ms),
+        }
+    }
+
+    /// Whether the state holds nothing that still matters (and may be dropped).
+    pub fn is_idle(&mut self, now_ms: u64) -> bool {
+        self.count(now_ms) == 0
+    }
+
+    /// Gives back spare memory after a burst.
+    pub fn shrink(&mut self) {
+        match self {
+            State::Log(log) => log.shrink(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn algorithm_names_round_trip() {
+        for a in Algorithm::ALL {
+            assert_eq!(a.name().parse::<Algorithm>(), Ok(*a));
+        }
+        assert_eq!(
+            "leaky".parse::<Algorithm>(),
+            Err(r#"expected "sliding_log", found "leaky""#.to_string())
+        );
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        let blocked = |ms| Decision {
+            allowed: false,
+            count: 1,
+            limit: 1,
+            remaining: 0,
+            retry_after_ms: ms,
+            reset_ms: ms,
+        };
+        assert_eq!(blocked(1).retry_after_secs(), 1);
+        assert_eq!(blocked(1000).retry_after_secs(), 1);
+        assert_eq!(blocked(1001).retry_after_secs(), 2);
+        assert_eq!(blocked(59_999).retry_after_secs(), 60);
+        assert_eq!(blocked(1001).reset_secs(), 2);
+    }
+}

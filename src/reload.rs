@@ -1,0 +1,167 @@
+//! Reload on SIGHUP (contract §8): the file given with `-c` is read again and, when valid, put
+//! in force for the next request; requests in flight finish under the config they started
+//! with. An invalid file changes nothing: every error is logged as file:line:col and the
+//! reload is counted as failed.
+//!
+//! Some keys are read once at start (the listeners, the Redis connection, the node's identity
+//! in the registry, the worker threads, the metric label cap). A reload that changes one of
+//! them names it in the log and keeps its running value; a restart applies it.
+
+use std::sync::Arc;
+
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::config::{Config, ConfigErrors, DEFAULTS_NAME};
+use crate::live::{Live, LiveConfig};
+use crate::metrics::Metrics;
+
+pub struct Reloader {
+    /// The `-c` file; `None`: the built-in defaults (and the environment) are read again.
+    path: Option<String>,
+    live: Arc<LiveConfig>,
+    metrics: Arc<Metrics>,
+}
+
+/// What a successful reload did.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Changed keys that need a restart, kept at their running values.
+    pub kept: Vec<&'static str>,
+}
+
+impl Reloader {
+    pub fn new(path: Option<String>, live: Arc<LiveConfig>, metrics: Arc<Metrics>) -> Self {
+        Reloader {
+            path,
+            live,
+            metrics,
+        }
+    }
+
+    fn name(&self) -> &str {
+        self.path.as_deref().unwrap_or(DEFAULTS_NAME)
+    }
+
+    /// Reads the config again and puts it in force when valid; counted and logged.
+    pub fn reload(&self) -> Result<Reloaded, ConfigErrors> {
+        let result = Config::load_from(self.path.as_deref()).map(|mut config| {
+            let running = self.live.load();
+            let kept = keep_restart_only(&running.config, &mut config);
+            let live = Live::new(config);
+            self.metrics.config_loaded_at(live.loaded_at);
+            self.live.store(live);
+            Reloaded { kept }
+        });
+        self.metrics.count_reload(result.is_ok());
+        match &result {
+            Ok(Reloaded { kept }) => {
+                for key in kept {
+                    log::warn!(
+                        "config reload: `{key}` changed, but takes effect only after a restart; \
+                         the running value stays"
+                    );
+                }
+                log::info!(
+                    "config reloaded from {}: {}",
+                    self.name(),
+                    self.live.load().config.summary()
+                );
+            }
+            Err(errors) => {
+                log::error!(
+                    "config reload from {} failed; the running config stays:",
+                    self.name()
+                );
+                for e in &errors.0 {
+                    log::error!("{e}");
+                }
+            }
+        }
+        result
+    }
+
+    /// Reloads on every SIGHUP, on a thread of its own, for the life of the process. The
+    /// handler is in place when this returns.
+    pub fn listen(self) -> Result<(), String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the reload thread: {e}"))?;
+        let mut hangups = {
+            let _in_runtime = runtime.enter();
+            signal(SignalKind::hangup()).map_err(|e| format!("cannot listen for SIGHUP: {e}"))?
+        };
+        std::thread::Builder::new()
+            .name("reload".into())
+            .spawn(move || {
+                runtime.block_on(async {
+                    while hangups.recv().await.is_some() {
+                        log::info!("SIGHUP: reloading {}", self.name());
+                        let _ = self.reload();
+                    }
+                })
+            })
+            .map_err(|e| format!("cannot start the reload thread: {e}"))?;
+        Ok(())
+    }
+}
+
+/// Puts the running value back into `new` for every key that needs a restart, and names the
+/// ones that changed.
+pub fn keep_restart_only(running: &Config, new: &mut Config) -> Vec<&'static str> {
+    let mut kept = Vec::new();
+    macro_rules! keep {
+        ($name:literal, $($field:ident).+) => {
+            if new.$($field).+ != running.$($field).+ {
+                kept.push($name);
+                new.$($field).+ = running.$($field).+.clone();
+            }
+        };
+    }
+    keep!("server.threads", server.threads);
+    keep!("server.work_stealing", server.work_stealing);
+    keep!("server.grace_period_seconds", server.grace_period);
+    keep!("proxy.listen", proxy.listen);
+    keep!("admin.listen", admin.listen);
+    keep!("node.id", node.id);
+    keep!("node.address", node.address);
+    keep!("node.ttl_seconds", node.ttl);
+    keep!("node.heartbeat_seconds", node.heartbeat);
+    keep!("redis", redis);
+    keep!("metrics.max_key_labels", metrics.max_key_labels);
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Config {
+        Config::parse("t.toml", text, &|_| None).unwrap()
+    }
+
+    #[test]
+    fn restart_only_keys_keep_their_running_values() {
+        let running = parse(
+            "[proxy]\nlisten = \"127.0.0.1:8080\"\n[node]\nid = \"a\"\n[limits]\ndefault_limit = 5\n",
+        );
+        let mut new = parse(
+            "[proxy]\nlisten = \"127.0.0.1:9999\"\n[node]\nid = \"b\"\n[redis]\nurl = \"redis://127.0.0.1:6379\"\n[limits]\ndefault_limit = 7\n",
+        );
+        let kept = keep_restart_only(&running, &mut new);
+        // The node's published address follows proxy.listen unless set.
+        assert_eq!(kept, ["proxy.listen", "node.id", "node.address", "redis"]);
+        assert_eq!(new.proxy.listen.port(), 8080);
+        assert_eq!(new.node.id, "a");
+        assert!(new.redis.is_none());
+        // What a reload is for goes through.
+        assert_eq!(new.limits.default.limit.get(), 7);
+    }
+
+    #[test]
+    fn nothing_is_named_when_nothing_that_needs_a_restart_changed() {
+        let running = parse("[limits]\ndefault_limit = 5\n");
+        let mut new = parse("[limits]\ndefault_limit = 6\n[[rules]]\nname = \"a\"\nlimit = 1\n");
+        assert!(keep_restart_only(&running, &mut new).is_empty());
+    }
+}
