@@ -152,6 +152,138 @@ const EXPECTED: &[(&str, &[&str])] = &[
             r#"2:21: [limits] default_window_ms: expected an integer 1..=31536000000, found integer 0"#,
         ],
     ),
+    (
+        "bad_header_style",
+        &[
+            r#"2:9: [headers] style: expected "x-ratelimit", "ietf", "both" or "none", found "draft-10""#,
+        ],
+    ),
+    (
+        "global_default_key",
+        &[r#"2:7: [limits] key: expected "ip" or "header:<Header-Name>", found "global""#],
+    ),
+    (
+        "rule_bad_host",
+        &[
+            r#"3:8: [[rules]] #1 host: expected a host name like "api.example.com" or "*.example.com", without a port, found "api.example.com:443""#,
+        ],
+    ),
+    (
+        "rule_bad_key",
+        &[
+            r#"3:7: [[rules]] #1 key: expected "ip", "header:<Header-Name>" or "global", found "cookie:session""#,
+        ],
+    ),
+    (
+        "rule_bad_method",
+        &[
+            r#"3:20: [[rules]] #1 methods: expected an upper-case HTTP method like "GET", found "get""#,
+        ],
+    ),
+    (
+        "rule_bad_name",
+        &[
+            r#"2:8: [[rules]] #1 name: expected 1 to 64 characters of a-z, 0-9, _ and -, found "Login!""#,
+        ],
+    ),
+    (
+        "rule_bad_path",
+        &[r#"3:8: [[rules]] #1 path: expected a path starting with "/", found "login""#],
+    ),
+    (
+        "rule_bad_regex",
+        &[r#"3:14: [[rules]] #1 path_regex: invalid regex "^/users/(\\d+": error: unclosed group"#],
+    ),
+    (
+        "rule_duplicate_name",
+        &[r#"6:8: [[rules]] #2 name: "login" is already the name of rule #1"#],
+    ),
+    (
+        "rule_missing_limit",
+        &[r#"1:1: [[rules]] #1: limit is required (or unlimited = true)"#],
+    ),
+    (
+        "rule_missing_name",
+        &[r#"1:1: [[rules]] #1: name is required"#],
+    ),
+    (
+        "rule_override_not_ip",
+        &[
+            r#"5:15: [[rules]] #1 overrides: "premium-1" is not an IP address, and this rule is keyed by ip"#,
+        ],
+    ),
+    (
+        "rule_override_on_global",
+        &[
+            r#"5:13: [[rules]] #1 overrides: a rule keyed by "global" has one counter; overrides need key = "ip" or "header:<Header-Name>""#,
+        ],
+    ),
+    (
+        "rule_override_zero",
+        &[
+            r#"5:24: [[rules]] #1 overrides: "free": expected an integer 1..=4294967295, found integer 0"#,
+        ],
+    ),
+    (
+        "rule_reserved_name",
+        &[r#"2:8: [[rules]] #1 name: "default" is the rule [limits] defines; choose another name"#],
+    ),
+    (
+        "rule_shadow_skip_default",
+        &[
+            r#"5:16: [[rules]] #1 skip_default: a shadow rule never changes what is enforced; remove skip_default or shadow"#,
+        ],
+    ),
+    (
+        "rule_two_paths",
+        &[
+            r#"4:15: [[rules]] #1 path_prefix: at most one of path, path_prefix and path_regex; path is set too"#,
+        ],
+    ),
+    (
+        "rule_unknown_algorithm",
+        &[r#"4:13: [[rules]] #1 algorithm: expected "sliding_log", found "leaky_bucket""#],
+    ),
+    (
+        "rule_unknown_key",
+        &[
+            r#"4:1: unknown key `burst` in [[rules]] #1; expected one of: name, methods, path, path_prefix, path_regex, host, key, limit, window_ms, algorithm, shadow, skip_default, unlimited, overrides"#,
+        ],
+    ),
+    (
+        "rule_zero_limit",
+        &[r#"3:9: [[rules]] #1 limit: expected an integer 1..=4294967295, found integer 0"#],
+    ),
+    (
+        "rule_zero_window",
+        &[r#"3:13: [[rules]] #1 window_ms: expected an integer 1..=31536000000, found integer 0"#],
+    ),
+    (
+        "rules_many_errors",
+        &[
+            r#"5:8: [[rules]] #1 name: expected 1 to 64 characters of a-z, 0-9, _ and -, found "Login!""#,
+            r#"9:8: [[rules]] #2 name: "default" is the rule [limits] defines; choose another name"#,
+            r#"15:15: [[rules]] #3 path_prefix: at most one of path, path_prefix and path_regex; path is set too"#,
+            r#"16:9: [[rules]] #3 limit: expected an integer 1..=4294967295, found integer 0"#,
+            r#"19:8: [[rules]] #4 name: "search" is already the name of rule #3"#,
+            r#"20:14: [[rules]] #4 path_regex: invalid regex "^/api/(v[0-9+": error: unclosed character class"#,
+            r#"21:13: [[rules]] #4 algorithm: expected "sliding_log", found "leaky""#,
+            r#"24:1: [[rules]] #5: name is required"#,
+            r#"24:1: [[rules]] #5: limit is required (or unlimited = true)"#,
+            r#"25:12: [[rules]] #5 methods: expected an upper-case HTTP method like "GET", found "get""#,
+            r#"26:8: [[rules]] #5 host: expected a host name like "api.example.com" or "*.example.com", without a port, found "api.example.com:80""#,
+            r#"27:7: [[rules]] #5 key: expected "ip", "header:<Header-Name>" or "global", found "cookie""#,
+            r#"33:15: [[rules]] #6 overrides: "premium-1" is not an IP address, and this rule is keyed by ip"#,
+            r#"33:47: [[rules]] #6 overrides: "10.0.0.7": expected an integer 1..=4294967295, found integer 0"#,
+            r#"39:13: [[rules]] #7 overrides: a rule keyed by "global" has one counter; overrides need key = "ip" or "header:<Header-Name>""#,
+            r#"45:16: [[rules]] #8 skip_default: a shadow rule never changes what is enforced; remove skip_default or shadow"#,
+            r#"46:1: unknown key `limt` in [[rules]] #8; expected one of: name, methods, path, path_prefix, path_regex, host, key, limit, window_ms, algorithm, shadow, skip_default, unlimited, overrides"#,
+        ],
+    ),
+    (
+        "rules_not_array",
+        &[r#"1:1: `rules` must be an array of tables ([[rules]]), found table"#],
+    ),
 ];
 
 fn fixture(name: &str) -> String {

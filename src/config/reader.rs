@@ -128,7 +128,7 @@ impl<'a, 'i> Section<'a, 'i> {
     }
 
     /// The tables of an array of tables (`[[rules]]`), each read as a section named
-    /// `[[key]] #n` (from 1), with the span of its first key (or of the array when empty).
+    /// `[[key]] #n` (from 1), with the span of its `[[key]]` header.
     pub(crate) fn tables(
         &self,
         key: &str,
@@ -143,13 +143,8 @@ impl<'a, 'i> Section<'a, 'i> {
             let Some(table) = item.get_ref().as_table() else {
                 continue;
             };
-            let span = table
-                .iter()
-                .map(|(k, _)| k.span())
-                .min_by_key(|s| s.start)
-                .unwrap_or_else(|| item.span());
             let name = format!("[[{key}]] #{}", i + 1);
-            out.push((Section::new(name, Some(table), known, errors), span));
+            out.push((Section::new(name, Some(table), known, errors), item.span()));
         }
         out
     }

@@ -9,7 +9,7 @@ use http::Method;
 
 use super::error::Collector;
 use super::reader::{At, Section, Span};
-use super::{LimitsConfig, MAX_WINDOW_MS};
+use super::MAX_WINDOW_MS;
 use crate::key::{KeySource, MAX_VALUE_LEN};
 use crate::limiter::{Algorithm, Limit, Quota};
 use crate::rules::{
@@ -33,8 +33,14 @@ const KEYS: &[&str] = &[
     "overrides",
 ];
 
-/// Reads every `[[rules]]` table; defaults come from `[limits]`.
-pub(super) fn read(root: &Section, limits: &LimitsConfig, errors: &mut Collector) -> Vec<Rule> {
+/// What a rule takes from `[limits]` when it does not say.
+pub(super) struct Defaults {
+    pub key: KeySource,
+    pub window_ms: NonZeroU64,
+}
+
+/// Reads every `[[rules]]` table.
+pub(super) fn read(root: &Section, limits: &Defaults, errors: &mut Collector) -> Vec<Rule> {
     let mut rules = Vec::new();
     let mut names: HashMap<String, usize> = HashMap::new();
     for (index, (s, at)) in root.tables("rules", KEYS, errors).into_iter().enumerate() {
@@ -218,7 +224,7 @@ fn matcher(s: &Section, errors: &mut Collector) -> Option<Matcher> {
     })
 }
 
-fn key(s: &Section, limits: &LimitsConfig, errors: &mut Collector) -> Option<KeySource> {
+fn key(s: &Section, limits: &Defaults, errors: &mut Collector) -> Option<KeySource> {
     match s.string("key", errors) {
         None => Some(limits.key.clone()),
         Some(At { value, span }) => match KeySource::parse(&value) {
@@ -241,7 +247,7 @@ fn key(s: &Section, limits: &LimitsConfig, errors: &mut Collector) -> Option<Key
 fn limit(
     s: &Section,
     at: &Span,
-    limits: &LimitsConfig,
+    limits: &Defaults,
     unlimited: bool,
     errors: &mut Collector,
 ) -> Option<Option<Limit>> {
@@ -287,7 +293,7 @@ fn limit(
     let window_ms = match window {
         Some(w) => NonZeroU64::new(w.value as u64)?,
         None if s.has("window_ms") => return None,
-        None => limits.default.window_ms,
+        None => limits.window_ms,
     };
     Some(Some(Limit {
         algorithm: algorithm?,

@@ -82,10 +82,19 @@ pub(super) fn build(path: &str, source: &str, env: Env) -> Result<Config, Config
         env,
         &mut errors,
     );
-    let rules = limits
-        .as_ref()
-        .map(|l| super::rules::read(&root, l, &mut errors))
-        .unwrap_or_default();
+    // Rules are read even when [limits] is bad, so every error shows at once; the config is
+    // rejected then anyway, so the stand-in defaults never reach a rule in force.
+    let rule_defaults = match &limits {
+        Some(l) => super::rules::Defaults {
+            key: l.key.clone(),
+            window_ms: l.default.window_ms,
+        },
+        None => super::rules::Defaults {
+            key: KeySource::Ip,
+            window_ms: NonZeroU64::MIN,
+        },
+    };
+    let rules = super::rules::read(&root, &rule_defaults, &mut errors);
     let headers = headers(
         &root.section("headers", &["style"], &mut errors),
         &mut errors,

@@ -44,7 +44,10 @@ impl Conn {
         headers: &[(&str, &str)],
         body: &str,
     ) -> std::io::Result<Response> {
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.host);
+        let mut req = format!("{method} {path} HTTP/1.1\r\n");
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            req.push_str(&format!("Host: {}\r\n", self.host));
+        }
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }

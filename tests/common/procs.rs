@@ -72,6 +72,14 @@ impl Drop for RedisServer {
     }
 }
 
+/// The config the harness writes: two threads, a short grace period, the given ports, then
+/// `proxy_extra` inside `[proxy]` and `body` after `[admin]`.
+pub fn config_text(proxy: &str, admin: &str, proxy_extra: &str, body: &str) -> String {
+    format!(
+        "[server]\nthreads = 2\ngrace_period_seconds = 1\n\n[proxy]\nlisten = \"{proxy}\"\n{proxy_extra}\n\n[admin]\nlisten = \"{admin}\"\n\n{body}\n"
+    )
+}
+
 /// A running gateway with its own config file and log.
 pub struct Gateway {
     pub proxy: String,
@@ -91,10 +99,22 @@ impl Gateway {
     pub fn start_with_env(proxy_extra: &str, body: &str, env: &[(&str, &str)]) -> Gateway {
         let proxy = format!("127.0.0.1:{}", free_port());
         let admin = format!("127.0.0.1:{}", free_port());
-        let config = format!(
-            "[server]\nthreads = 2\ngrace_period_seconds = 1\n\n[proxy]\nlisten = \"{proxy}\"\n{proxy_extra}\n\n[admin]\nlisten = \"{admin}\"\n\n{body}\n"
-        );
+        let config = config_text(&proxy, &admin, proxy_extra, body);
         Gateway::spawn(proxy, admin, config, env)
+    }
+
+    /// Writes a new config file for this gateway (same ports) and sends SIGHUP.
+    pub fn reload_with(&self, proxy_extra: &str, body: &str) {
+        self.reload_with_text(&config_text(&self.proxy, &self.admin, proxy_extra, body));
+    }
+
+    /// Writes `text` as this gateway's config file and sends SIGHUP.
+    pub fn reload_with_text(&self, text: &str) {
+        let tmp = self.config_path.with_extension("toml.new");
+        fs::write(&tmp, text).unwrap();
+        // A rename, so the gateway never reads a half-written file.
+        fs::rename(&tmp, &self.config_path).unwrap();
+        self.signal("HUP");
     }
 
     fn spawn(proxy: String, admin: String, config: String, env: &[(&str, &str)]) -> Gateway {
