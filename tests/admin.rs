@@ -161,8 +161,24 @@ fn bad_requests_get_json_errors_and_do_not_hurt_the_node() {
             "/check",
             r#"{"key":"a","limit":-1}"#,
             422,
-            "invalid value",
+            "limit: expected an integer 1..=4294967295",
         ),
+        ("POST", "/check", r#"{"key":"a","limit":2.5}"#, 422, "limit"),
+        (
+            "POST",
+            "/check",
+            r#"{"key":"a","window_ms":31536000001}"#,
+            422,
+            "a year at most",
+        ),
+        (
+            "POST",
+            "/api/explain",
+            r#"{"path":"/"}"#,
+            422,
+            "missing field `ip`",
+        ),
+        ("GET", "/api/explain", "", 405, "not allowed"),
         (
             "POST",
             "/check",
@@ -406,6 +422,29 @@ fn health_reports_the_store() {
     wait_for("re-registered", Duration::from_secs(5), || {
         (node_ids(&gw.admin) == ["h"]).then_some(())
     });
+}
+
+#[test]
+fn check_records_so_it_needs_the_token_too() {
+    let secured = Gateway::start_with_admin_token("s3cret");
+    let a = &secured.admin;
+    let r = post(a, "/check", &[], r#"{"key":"k"}"#).unwrap();
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("WWW-Authenticate"), Some("Bearer"));
+    let wrong = [("Authorization", "Bearer s3cre")];
+    assert_eq!(
+        post(a, "/check", &wrong, r#"{"key":"k"}"#).unwrap().status,
+        401
+    );
+    let right = [("Authorization", "Bearer s3cret")];
+    let r = post(a, "/check", &right, r#"{"key":"k"}"#).unwrap();
+    assert_eq!(
+        (r.status, body(&r)["current_count"].clone()),
+        (200, json!(1))
+    );
+    // Explaining records nothing, so it stays open like the other reads.
+    let r = post(a, "/api/explain", &[], r#"{"ip":"10.0.0.1"}"#).unwrap();
+    assert_eq!(r.status, 200);
 }
 
 #[test]

@@ -609,3 +609,55 @@ unlimited = true
     );
     assert!(limits["config_loaded_at"].as_str().unwrap().ends_with('Z'));
 }
+
+/// The README's walk through `conf/rules.toml`, as a newcomer would run it.
+#[test]
+fn the_shipped_rules_example_does_what_the_readme_says() {
+    let gw = Gateway::start_shipped("conf/rules.toml");
+    let p = &gw.proxy;
+    let mut c = Conn::open(p).unwrap();
+    // health: never limited, no limit fields.
+    for _ in 0..10 {
+        let r = c.get("/healthz", &[]).unwrap();
+        assert_eq!((r.status, r.header("RateLimit")), (200, None));
+    }
+    // login: the sixth POST in a minute is refused by the login rule.
+    let statuses: Vec<u16> = (0..6)
+        .map(|_| c.send("POST", "/login", &[], "").unwrap().status)
+        .collect();
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429]);
+    let r = c.send("POST", "/login", &[], "").unwrap();
+    assert_eq!(body(&r)["rule"], "login");
+    assert_eq!(
+        applied(&r),
+        ["default", "login"],
+        "both fields name the rules applied"
+    );
+    // search: one budget for every client.
+    let mut other = Conn::open(p).unwrap();
+    let mut allowed = 0;
+    for i in 0..25 {
+        let conn = if i % 2 == 0 { &mut c } else { &mut other };
+        if conn.get("/search?q=x", &[]).unwrap().status == 200 {
+            allowed += 1;
+        }
+    }
+    assert_eq!(allowed, 20);
+    // api: per key, premium keys get more, and the per-IP default does not apply.
+    let r = c
+        .get("/api/orders", &[("X-Api-Key", "premium-key-1")])
+        .unwrap();
+    assert_eq!(r.header("X-RateLimit-Limit"), Some("10000"));
+    assert_eq!(applied(&r), ["api"]);
+    // upload-trial: counted, never enforced.
+    for _ in 0..12 {
+        assert_eq!(c.send("POST", "/upload", &[], "").unwrap().status, 200);
+    }
+    let metrics = get(&gw.admin, "/metrics", &[]).unwrap().body;
+    assert!(
+        metrics.lines().any(
+            |l| l.contains(r#"result="shadow_blocked",rule="upload-trial""#) && l.ends_with(" 2")
+        ),
+        "{metrics}"
+    );
+}

@@ -8,6 +8,29 @@ use std::process::Command;
 
 use common::procs::{Gateway, RedisServer};
 
+/// Rules of every kind, so `/api/limits` and `/api/explain` have something to say.
+const RULES: &str = r#"
+[headers]
+style = "both"
+[[rules]]
+name = "login"
+methods = ["POST"]
+path_prefix = "/login"
+limit = 2
+overrides = { "10.0.0.7" = 20 }
+[[rules]]
+name = "search"
+path_regex = "^/search"
+host = "*.example.com"
+key = "global"
+limit = 3
+shadow = true
+[[rules]]
+name = "health"
+path = "/healthz"
+unlimited = true
+"#;
+
 fn schemathesis(admin: &str) {
     let out = Command::new("st")
         .args(["run", &format!("http://{admin}/openapi.json")])
@@ -29,7 +52,7 @@ fn schemathesis(admin: &str) {
 fn admin_api_survives_schemathesis_with_the_embedded_store() {
     let gw = Gateway::start(
         "[proxy.direct_response]\nbody = \"ok\"",
-        "[limits]\ndefault_limit = 5\n",
+        &format!("[limits]\ndefault_limit = 5\n{RULES}"),
     );
     schemathesis(&gw.admin);
     assert_eq!(
@@ -44,7 +67,7 @@ fn admin_api_survives_schemathesis_with_redis() {
     let gw = Gateway::start(
         "[proxy.direct_response]\nbody = \"ok\"",
         &format!(
-            "[redis]\nurl = \"{}\"\ntimeout_ms = 500\n[limits]\ndefault_limit = 5\n",
+            "[redis]\nurl = \"{}\"\ntimeout_ms = 500\n[limits]\ndefault_limit = 5\n{RULES}",
             redis.url()
         ),
     );

@@ -58,7 +58,7 @@ impl ExplainRequest {
     pub fn parse(body: &[u8]) -> Result<ExplainRequest, String> {
         let raw: Raw = serde_json::from_slice(body).map_err(|e| format!("invalid body: {e}"))?;
         let method = match raw.method.as_deref().unwrap_or("GET") {
-            m if !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase()) => {
+            m if !m.is_empty() && m.len() <= 32 && m.bytes().all(|b| b.is_ascii_uppercase()) => {
                 Method::from_bytes(m.as_bytes()).map_err(|e| format!("method: {e}"))?
             }
             m => {
@@ -69,9 +69,12 @@ impl ExplainRequest {
         };
         let target = raw.path.unwrap_or_else(|| "/".to_string());
         let path = target.split('?').next().unwrap_or("").to_string();
-        if !path.starts_with('/') || path.bytes().any(|b| !b.is_ascii_graphic()) {
+        if !path.starts_with('/')
+            || target.len() > 8192
+            || path.bytes().any(|b| !b.is_ascii_graphic())
+        {
             return Err(format!(
-                "path: expected a request path starting with \"/\", without spaces, found {target:?}"
+                "path: expected a request path starting with \"/\", without spaces, at most 8192 bytes, found {target:?}"
             ));
         }
         let ip: IpAddr = raw
@@ -86,12 +89,20 @@ impl ExplainRequest {
         for (name, value) in given {
             let n = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| format!("headers: {name:?} is not a header name"))?;
+            // Visible ASCII, spaces and tabs: what a request can carry and a key can be made of.
+            let printable = value
+                .bytes()
+                .all(|b| b == b'\t' || (b' '..=b'~').contains(&b));
             let v = HeaderValue::from_str(&value)
-                .map_err(|_| format!("headers: the value of {name:?} is not a header value"))?;
+                .ok()
+                .filter(|_| printable)
+                .ok_or_else(|| format!("headers: the value of {name:?} is not a header value"))?;
             headers.append(n, v);
         }
         let host = match raw.host {
-            Some(h) if h.is_empty() || h.bytes().any(|b| !b.is_ascii_graphic()) => {
+            Some(h)
+                if h.is_empty() || h.len() > 255 || h.bytes().any(|b| !b.is_ascii_graphic()) =>
+            {
                 return Err(format!("host: expected a host name, found {h:?}"))
             }
             Some(h) => Some(h),

@@ -83,8 +83,24 @@ struct BlocksOut<'a> {
 #[serde(deny_unknown_fields)]
 struct CheckRequest {
     key: String,
-    limit: Option<u32>,
-    window_ms: Option<u64>,
+    // JSON numbers: `10` and `10.0` are the same number.
+    limit: Option<serde_json::Number>,
+    window_ms: Option<serde_json::Number>,
+}
+
+/// A JSON number that is a whole number in `1..=max`.
+fn whole(n: &serde_json::Number, max: u64) -> Option<u64> {
+    let v = match n.as_u64() {
+        Some(v) => v,
+        None => {
+            let f = n.as_f64()?;
+            if f.fract() != 0.0 || !(0.0..=max as f64).contains(&f) {
+                return None;
+            }
+            f as u64
+        }
+    };
+    (1..=max).contains(&v).then_some(v)
 }
 
 /// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
@@ -299,20 +315,26 @@ impl AdminApp {
             );
         }
         let default = live.config.limits.default;
-        let limit = match req.limit {
+        let limit = match &req.limit {
             None => default.limit,
-            Some(n) => match NonZeroU32::new(n) {
-                Some(n) => n,
-                None => return error(422, "limit: expected an integer > 0"),
-            },
+            Some(n) => {
+                match whole(n, u64::from(u32::MAX)).and_then(|n| NonZeroU32::new(n as u32)) {
+                    Some(n) => n,
+                    None => return error(422, "limit: expected an integer 1..=4294967295"),
+                }
+            }
         };
-        let window_ms = match req.window_ms {
+        let window_ms = match &req.window_ms {
             None => default.window_ms,
-            Some(n) if n <= MAX_WINDOW_MS as u64 => match NonZeroU64::new(n) {
+            Some(n) => match whole(n, MAX_WINDOW_MS as u64).and_then(NonZeroU64::new) {
                 Some(n) => n,
-                None => return error(422, "window_ms: expected an integer > 0"),
+                None => {
+                    return error(
+                        422,
+                        "window_ms: expected an integer 1..=31536000000 (a year at most)",
+                    )
+                }
             },
-            Some(_) => return error(422, "window_ms: expected at most a year (31536000000)"),
         };
         let check = Check {
             rule: CHECK_RULE,

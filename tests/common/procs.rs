@@ -150,6 +150,18 @@ impl Gateway {
         gw
     }
 
+    /// A shipped config file (`conf/...`), run as written but on free ports instead of its
+    /// 127.0.0.1:8080 and 127.0.0.1:9090.
+    pub fn start_shipped(path: &str) -> Gateway {
+        let proxy = format!("127.0.0.1:{}", free_port());
+        let admin = format!("127.0.0.1:{}", free_port());
+        let text = fs::read_to_string(path)
+            .unwrap()
+            .replace("127.0.0.1:8080", &proxy)
+            .replace("127.0.0.1:9090", &admin);
+        Gateway::spawn(proxy, admin, text, &[])
+    }
+
     /// A gateway whose `[admin]` table sets a bearer token.
     pub fn start_with_admin_token(token: &str) -> Gateway {
         let proxy = format!("127.0.0.1:{}", free_port());
