@@ -156,7 +156,7 @@ fn store(c: &mut Criterion) {
     let s = MemoryStore::default();
     let hot = [check("ip:10.0.0.1", 100)];
     g.bench_function("hot_key_blocked", |b| {
-        b.iter(|| s.decide_now(&hot, Mode::Record))
+        b.iter(|| s.decide_now(&hot, Mode::RECORD))
     });
     let base = GlobalMutex::default();
     g.bench_function("baseline_global_mutex_hot_key", |b| {
@@ -169,7 +169,7 @@ fn store(c: &mut Criterion) {
     g.bench_function("100k_keys", |b| {
         b.iter(|| {
             i = (i + 1) % checks.len();
-            s.decide_now(&checks[i], Mode::Record)
+            s.decide_now(&checks[i], Mode::RECORD)
         })
     });
     let base = GlobalMutex::default();
@@ -190,7 +190,7 @@ fn store(c: &mut Criterion) {
     g.bench_function("sharded", |b| {
         b.iter(|| {
             two_threads(&keys, |k| {
-                sharded.decide_now(&[check(k, 1_000_000)], Mode::Record);
+                sharded.decide_now(&[check(k, 1_000_000)], Mode::RECORD);
             })
         })
     });

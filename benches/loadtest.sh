@@ -3,22 +3,30 @@
 #
 # Starts a static nginx upstream, Redis, nginx as the peer proxy (proxy_pass, and limit_req),
 # and the release gateway in each mode; drives each with wrk and with oha at $CONNS
-# connections for $DURATION; prints one table of requests/s, p50, p99, p99.9, and the ratio
-# to pass-through and to nginx proxy_pass measured in the same run; and reads Redis's command
-# statistics for Redis calls per request.
+# connections for $DURATION; prints one table of requests/s, p50, p99, p99.9, the ratio
+# to pass-through and to nginx proxy_pass measured in the same run, CPU time per request of
+# the proxy under test and of redis-server (schedstat of every thread, divided by the
+# requests served: far steadier than req/s on a shared machine), and Redis calls per
+# request from Redis's command statistics.
 #
 #   benches/loadtest.sh                 # defaults: CONNS=64 DURATION=10s THREADS=1
 #   CONNS=64 DURATION=20s THREADS=2 benches/loadtest.sh
+#   BASELINE=path/to/older/ratelimiter benches/loadtest.sh
 #
 # THREADS is the worker count of both the gateway and nginx, so the comparison is like for
-# like. Installs nginx, wrk and redis-server (Debian) and oha (crates.io) when missing.
-# Everything listens on 127.0.0.1 only.
+# like. BASELINE, a release binary of an earlier version, adds its pass-through, embedded
+# and Redis modes to the same run, each right after the current build's, so a change is
+# judged against its baseline under the same load. MODES (a space-separated list of mode
+# numbers, e.g. "3 4 5") runs only those. Installs nginx, wrk and redis-server (Debian) and
+# oha (crates.io) when missing. Everything listens on 127.0.0.1 only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CONNS=${CONNS:-64}
 DURATION=${DURATION:-10s}
 THREADS=${THREADS:-1}
+BASELINE=${BASELINE:-}
+MODES=${MODES:-}
 OUT=${OUT:-target/loadtest}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -57,19 +65,32 @@ wait_port() {
 }
 
 UP=$(free_port); NGX_PROXY=$(free_port); NGX_LIMIT=$(free_port); REDIS=$(free_port)
-mkdir -p "$OUT/nginx/logs"
-cat > "$OUT/nginx/nginx.conf" <<NGINX
+# Two nginx processes: the upstream, and the peer proxy under test, so the peer's CPU time
+# per request does not include serving the upstream.
+for role in upstream peer; do mkdir -p "$OUT/nginx-$role/logs"; done
+cat > "$OUT/nginx-upstream/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $OUT/nginx-upstream/nginx.pid;
+error_log $OUT/nginx-upstream/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$UP; location / { return 200 "ok\n"; } }
+}
+NGINX
+cat > "$OUT/nginx-peer/nginx.conf" <<NGINX
 worker_processes $THREADS;
 daemon off;
-pid $OUT/nginx/nginx.pid;
-error_log $OUT/nginx/logs/error.log warn;
+pid $OUT/nginx-peer/nginx.pid;
+error_log $OUT/nginx-peer/logs/error.log warn;
 events { worker_connections 4096; }
 http {
   access_log off;
   keepalive_requests 1000000;
   upstream app { server 127.0.0.1:$UP; keepalive 128; }
   limit_req_zone \$binary_remote_addr zone=peer:10m rate=1000000r/s;
-  server { listen 127.0.0.1:$UP; location / { return 200 "ok\n"; } }
   server {
     listen 127.0.0.1:$NGX_PROXY;
     location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
@@ -83,13 +104,17 @@ http {
   }
 }
 NGINX
-nginx -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf" & pids+=($!)
+nginx -p "$OUT/nginx-upstream" -c "$OUT/nginx-upstream/nginx.conf" & pids+=($!)
+nginx -p "$OUT/nginx-peer" -c "$OUT/nginx-peer/nginx.conf" & pids+=($!)
+NGINX_PID=$!
 redis-server --port "$REDIS" --bind 127.0.0.1 --save "" --appendonly no --loglevel warning >/dev/null & pids+=($!)
+REDIS_PID=$!
 wait_port "$UP"; wait_port "$NGX_PROXY"; wait_port "$NGX_LIMIT"; wait_port "$REDIS"
 
-# gateway NAME LIMITS_TOML [REDIS]: starts one gateway; its proxy port is left in $PORT.
+# gateway NAME LIMITS_TOML [REDIS] [EXTRA_TOML]: starts one gateway ($GW_BIN, default the
+# current build); its proxy port is left in $PORT and its pid in $GWPID.
 gateway() {
-  local name=$1 limits=$2 redis=${3:-} port admin
+  local name=$1 limits=$2 redis=${3:-} extra=${4:-} port admin
   port=$(free_port); admin=$(free_port)
   {
     # One single-threaded runtime per thread: faster than pingora's work-stealing default
@@ -98,11 +123,26 @@ gateway() {
     printf '[proxy]\nlisten = "127.0.0.1:%s"\nupstreams = ["127.0.0.1:%s"]\n' "$port" "$UP"
     printf '[admin]\nlisten = "127.0.0.1:%s"\n[node]\nid = "%s"\n' "$admin" "$name"
     [ -n "$redis" ] && printf '[redis]\nurl = "redis://127.0.0.1:%s"\ntimeout_ms = 1000\n' "$redis"
-    printf '[limits]\n%s\n' "$limits"
+    printf '[limits]\n%s\n%s\n' "$limits" "$extra"
   } > "$OUT/$name.toml"
-  RUST_LOG=warn "$GW" -c "$OUT/$name.toml" >/dev/null 2> "$OUT/$name.log" & pids+=($!)
+  RUST_LOG=warn "${GW_BIN:-$GW}" -c "$OUT/$name.toml" >/dev/null 2> "$OUT/$name.log" & pids+=($!)
+  GWPID=$!
   wait_port "$port"
   PORT=$port
+}
+
+# Stops the last gateway started (modes run one at a time, so they never share the cores).
+stop_gateway() { kill "$GWPID" 2>/dev/null || true; wait "$GWPID" 2>/dev/null || true; }
+
+# cpu_ns PID...: CPU time so far of every thread of these processes, in ns (schedstat).
+cpu_ns() {
+  local total=0 pid f ns
+  for pid in "$@"; do
+    for f in /proc/"$pid"/task/*/schedstat; do
+      read -r ns _ < "$f" 2>/dev/null && total=$((total + ns))
+    done
+  done
+  echo "$total"
 }
 
 # --- load --------------------------------------------------------------------------------
@@ -169,74 +209,125 @@ wait_jobs() {
 
 redis_calls() { redis-cli -p "$REDIS" info commandstats | awk -F'[=,]' '/^cmdstat_evalsha:/ { print $2 }'; }
 
-declare -A RESULT CALLS
-# measure LABEL TOOL PORT...: one row
+declare -A RESULT CALLS CPU RCPU
+LABELS=()
+# measure LABEL TOOL PORT...: one row. $CPU_PIDS are the processes whose CPU is charged to
+# the proxy under test (the gateways, or nginx and its workers).
 measure() {
   local label=$1 tool=$2; shift 2
+  case " ${LABELS[*]} " in *" $label "*) ;; *) LABELS+=("$label") ;; esac
   redis-cli -p "$REDIS" config resetstat >/dev/null
+  local pids="$CPU_PIDS"
+  [ "$pids" = nginx ] && pids="$NGINX_PID $(pgrep -P "$NGINX_PID" | tr '\n' ' ')"
+  local c0 r0; c0=$(cpu_ns $pids); r0=$(cpu_ns "$REDIS_PID")
   local r; r=$("run_$tool" "$@")
+  local c1 r1; c1=$(cpu_ns $pids); r1=$(cpu_ns "$REDIS_PID")
   RESULT["$label/$tool"]=$r
   local calls; calls=$(redis_calls); calls=${calls:-0}
   local reqs; reqs=$(echo "$r" | awk '{ print $5 }')
   CALLS["$label/$tool"]=$(awk -v c="$calls" -v r="$reqs" 'BEGIN { if (r > 0) printf "%.3f", c / r; else print "-" }')
-  echo "  $label/$tool: $r (evalsha $calls)" >&2
+  CPU["$label/$tool"]=$(awk -v a="$c0" -v b="$c1" -v r="$reqs" -v p="$pids" 'BEGIN { if (r > 0 && p != "") printf "%.1f", (b - a) / 1000 / r; else print "-" }')
+  RCPU["$label/$tool"]=$(awk -v a="$r0" -v b="$r1" -v r="$reqs" 'BEGIN { if (r > 0) printf "%.1f", (b - a) / 1000 / r; else print "-" }')
+  echo "  $label/$tool: $r (evalsha $calls, ${CPU["$label/$tool"]} µs/req, redis ${RCPU["$label/$tool"]} µs/req)" >&2
 }
+
+# wanted N: whether mode N is to run.
+wanted() { [ -z "$MODES" ] || case " $MODES " in *" $1 "*) true ;; *) false ;; esac; }
 
 ONE_KEY_OHA="-H X-Api-Key:bench"
 echo "load: $CONNS connections, $DURATION per run, $THREADS worker thread(s)" >&2
 
 OHA_ARGS=""
 export UNIQUE_KEYS=0
-for tool in wrk oha; do measure "1 upstream direct" "$tool" "$UP"; done
-for tool in wrk oha; do measure "2a nginx proxy_pass" "$tool" "$NGX_PROXY"; done
-for tool in wrk oha; do measure "2b nginx limit_req" "$tool" "$NGX_LIMIT"; done
+CPU_PIDS=""
+if wanted 1; then for tool in wrk oha; do measure "1 upstream direct" "$tool" "$UP"; done; fi
+CPU_PIDS=nginx
+if wanted 2; then
+  for tool in wrk oha; do measure "2a nginx proxy_pass" "$tool" "$NGX_PROXY"; done
+  for tool in wrk oha; do measure "2b nginx limit_req" "$tool" "$NGX_LIMIT"; done
+fi
 
 BY_KEY='default_limit = 1000000000
 default_window_ms = 1000
 key = "header:X-Api-Key"'
+# Two rules on every path beside the default: three counters per request (per key, per IP,
+# and one for all), none of them ever full.
+THREE_RULES='[[rules]]
+name = "per-ip"
+path_prefix = "/"
+key = "ip"
+limit = 1000000000
+window_ms = 1000
+[[rules]]
+name = "all"
+path_prefix = "/"
+key = "global"
+limit = 1000000000
+window_ms = 1000'
 
-gateway passthrough 'enabled = false'
-for tool in wrk oha; do measure "3 gateway pass-through" "$tool" "$PORT"; done
+# each_build LABEL LIMITS [REDIS] [EXTRA]: the mode with the current build, then (with
+# BASELINE) the same mode with the baseline binary, as rows "LABEL" and "LABEL (baseline)".
+each_build() {
+  local label=$1 limits=$2 redis=${3:-} extra=${4:-}
+  local builds=("$GW")
+  # A baseline from before rules would refuse a config with [[rules]].
+  [ -n "$BASELINE" ] && [ -z "$extra" ] && builds+=("$BASELINE")
+  for bin in "${builds[@]}"; do
+    local row=$label
+    [ "$bin" = "$GW" ] || row="$label (baseline)"
+    GW_BIN=$bin gateway "$(echo "$label" | tr -c 'a-z0-9\n' '-')" "$limits" "$redis" "$extra"
+    CPU_PIDS=$GWPID
+    if [ "$UNIQUE_KEYS" = 1 ]; then
+      measure "$row" wrk "$PORT"
+      OHA_ARGS=$ONE_KEY_OHA measure "$row" oha "$PORT"
+    else
+      for tool in wrk oha; do measure "$row" "$tool" "$PORT"; done
+    fi
+    stop_gateway
+  done
+}
 
+wanted 3 && each_build "3 gateway pass-through" 'enabled = false'
 export UNIQUE_KEYS=1
-gateway embedded "$BY_KEY"
-measure "4 gateway embedded store" wrk "$PORT"
-OHA_ARGS=$ONE_KEY_OHA measure "4 gateway embedded store" oha "$PORT"
-
-gateway redis-allowed "$BY_KEY" "$REDIS"
-measure "5 gateway redis allowed" wrk "$PORT"
-OHA_ARGS=$ONE_KEY_OHA measure "5 gateway redis allowed" oha "$PORT"
+wanted 4 && each_build "4 gateway embedded store" "$BY_KEY"
+wanted 5 && each_build "5 gateway redis allowed" "$BY_KEY" "$REDIS"
+wanted 8 && each_build "8 redis, three rules" "$BY_KEY" "$REDIS" "$THREE_RULES"
 UNIQUE_KEYS=0
-
-gateway redis-blocked 'default_limit = 10
+wanted 6 && each_build "6 gateway redis blocked" 'default_limit = 10
 default_window_ms = 3600000' "$REDIS"
-for tool in wrk oha; do measure "6 gateway redis blocked" "$tool" "$PORT"; done
 
-gateway node-1 "$BY_KEY" "$REDIS"; N1=$PORT
-gateway node-2 "$BY_KEY" "$REDIS"; N2=$PORT
-gateway node-3 "$BY_KEY" "$REDIS"; N3=$PORT
-UNIQUE_KEYS=1 measure "7 three nodes, one redis" wrk "$N1" "$N2" "$N3"
-OHA_ARGS=$ONE_KEY_OHA measure "7 three nodes, one redis" oha "$N1" "$N2" "$N3"
+if wanted 7; then
+  gateway node-1 "$BY_KEY" "$REDIS"; N1=$PORT; P1=$GWPID
+  gateway node-2 "$BY_KEY" "$REDIS"; N2=$PORT; P2=$GWPID
+  gateway node-3 "$BY_KEY" "$REDIS"; N3=$PORT; P3=$GWPID
+  CPU_PIDS="$P1 $P2 $P3"
+  UNIQUE_KEYS=1 measure "7 three nodes, one redis" wrk "$N1" "$N2" "$N3"
+  OHA_ARGS=$ONE_KEY_OHA measure "7 three nodes, one redis" oha "$N1" "$N2" "$N3"
+fi
 
 # --- table -------------------------------------------------------------------------------
 {
-  echo "| mode | tool | req/s | p50 ms | p99 ms | p99.9 ms | vs pass-through | vs nginx proxy_pass | Redis calls/req |"
-  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
-  for label in "1 upstream direct" "2a nginx proxy_pass" "2b nginx limit_req" "3 gateway pass-through" \
-               "4 gateway embedded store" "5 gateway redis allowed" "6 gateway redis blocked" \
-               "7 three nodes, one redis"; do
+  echo "| mode | tool | req/s | p50 ms | p99 ms | p99.9 ms | vs pass-through | vs nginx proxy_pass | CPU µs/req | Redis CPU µs/req | Redis calls/req |"
+  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  for label in "${LABELS[@]}"; do
     for tool in wrk oha; do
+      [ -n "${RESULT["$label/$tool"]:-}" ] || continue
       read -r rps p50 p99 p999 _ <<< "${RESULT["$label/$tool"]}"
-      read -r pass _ <<< "${RESULT["3 gateway pass-through/$tool"]}"
-      read -r ngx _ <<< "${RESULT["2a nginx proxy_pass/$tool"]}"
-      calls="-"
-      case "$label" in 5*|6*|7*) calls=${CALLS["$label/$tool"]} ;; esac
-      awk -v l="$label" -v t="$tool" -v r="$rps" -v a="$p50" -v b="$p99" -v c="$p999" -v p="$pass" -v n="$ngx" -v k="$calls" \
-        'BEGIN { printf "| %s | %s | %d | %.2f | %.2f | %.2f | %.2f | %.2f | %s |\n", l, t, r, a, b, c, r / p, r / n, k }'
+      pass=0; ngx=0
+      [ -n "${RESULT["3 gateway pass-through/$tool"]:-}" ] && read -r pass _ <<< "${RESULT["3 gateway pass-through/$tool"]}"
+      [ -n "${RESULT["2a nginx proxy_pass/$tool"]:-}" ] && read -r ngx _ <<< "${RESULT["2a nginx proxy_pass/$tool"]}"
+      calls="-"; rcpu="-"
+      case "$label" in 5*|6*|7*|8*) calls=${CALLS["$label/$tool"]}; rcpu=${RCPU["$label/$tool"]} ;; esac
+      awk -v l="$label" -v t="$tool" -v r="$rps" -v a="$p50" -v b="$p99" -v c="$p999" -v p="$pass" -v n="$ngx" \
+          -v k="$calls" -v u="${CPU["$label/$tool"]}" -v ru="$rcpu" \
+        'BEGIN { printf "| %s | %s | %d | %.2f | %.2f | %.2f | %s | %s | %s | %s | %s |\n", l, t, r, a, b, c,
+                 (p > 0 ? sprintf("%.2f", r / p) : "-"), (n > 0 ? sprintf("%.2f", r / n) : "-"), u, ru, k }'
     done
   done
   echo
-  echo "wrk: keys in 4, 5 and 7 are new per request (X-Api-Key from a Lua script); oha sends one"
-  echo "key whose limit is never reached. In 6 every request is blocked (limit 10 per hour)."
+  echo "wrk: keys in 4, 5, 7 and 8 are new per request (X-Api-Key from a Lua script); oha sends one"
+  echo "key whose limit is never reached. In 6 every request is blocked (limit 10 per hour). In 8"
+  echo "every request owes three rules (per key, per IP, global), decided in one script call."
+  echo "CPU µs/req: the proxy under test (the gateway, or nginx with its workers), all threads."
   echo "$CONNS connections, $DURATION per run, $THREADS worker thread(s) for the gateway and nginx, $(nproc) cores."
 } | tee "$OUT/table.md"

@@ -6,52 +6,63 @@
 -- The algorithm files in lua/ are prepended to this one (src/limiter/backend/redis.rs).
 --
 -- KEYS[i]   ratelimit:<counter key>, one per check
--- ARGV[1]   1: decide and record; 0: look only (/api/explain), writing nothing
+-- ARGV[1]   flags: 1 = decide and record (else look only, writing nothing, for /api/explain);
+--           2 = also work out reset_ms for requests with room (the IETF fields need it)
 -- ARGV[2]   a member id unique across every gateway node (node instance + sequence)
 -- ARGV[3..] four values per key: algorithm id, limit (> 0), window_ms (> 0), shadow (1|0)
 --
 -- Returns five integers per key, in order: room (1|0), count, remaining, retry_after_ms,
--- reset_ms (see src/limiter/algo/mod.rs, Decision).
-
-local algorithms = {[1] = sliding_log}
+-- reset_ms (see src/limiter/algo/mod.rs, Decision; reset_ms is 0 when not asked for).
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local record = ARGV[1] == '1'
+local flags = tonumber(ARGV[1])
+local record = flags % 2 == 1
+local want_reset = flags >= 2
 
-local checks, blocked = {}, false
-for i, key in ipairs(KEYS) do
+local function peek(i)
   local at = 3 + (i - 1) * 4
-  local algorithm = algorithms[tonumber(ARGV[at])]
-  if algorithm == nil then
-    return redis.error_reply('unknown algorithm id ' .. tostring(ARGV[at]))
+  local id = ARGV[at]
+  if id == '1' then
+    return sliding_log_peek(KEYS[i], now, tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2]),
+      not record, want_reset)
   end
-  local c = {
-    algorithm = algorithm,
-    limit = tonumber(ARGV[at + 1]),
-    window = tonumber(ARGV[at + 2]),
-    shadow = ARGV[at + 3] == '1',
-  }
-  c.result = algorithm.peek(key, now, c.limit, c.window, not record)
-  if c.result[1] == 0 and not c.shadow then
+  error('unknown algorithm id ' .. tostring(id))
+end
+
+local function record_one(i, count, remaining, reset)
+  local at = 3 + (i - 1) * 4
+  return sliding_log_record(KEYS[i], now, tonumber(ARGV[at + 2]), ARGV[2], count, remaining,
+    reset)
+end
+
+-- One check, the common case: no bookkeeping.
+if #KEYS == 1 and ARGV[3] == '1' then
+  local key, limit, window = KEYS[1], tonumber(ARGV[4]), tonumber(ARGV[5])
+  local room, count, remaining, retry, reset =
+    sliding_log_peek(key, now, limit, window, not record, want_reset)
+  if room == 1 and record then
+    count, remaining, reset = sliding_log_record(key, now, window, ARGV[2], count, remaining,
+      reset)
+  end
+  return {room, count, remaining, retry, reset}
+end
+
+local reply, blocked = {}, false
+for i = 1, #KEYS do
+  local b = (i - 1) * 5
+  reply[b + 1], reply[b + 2], reply[b + 3], reply[b + 4], reply[b + 5] = peek(i)
+  if reply[b + 1] == 0 and ARGV[3 + (i - 1) * 4 + 3] ~= '1' then
     blocked = true
   end
-  checks[i] = c
 end
-
 if record and not blocked then
-  for i, key in ipairs(KEYS) do
-    local c = checks[i]
-    if c.result[1] == 1 then
-      c.algorithm.record(key, now, c.limit, c.window, ARGV[2], c.result)
+  for i = 1, #KEYS do
+    local b = (i - 1) * 5
+    if reply[b + 1] == 1 then
+      reply[b + 2], reply[b + 3], reply[b + 5] = record_one(i, reply[b + 2], reply[b + 3],
+        reply[b + 5])
     end
-  end
-end
-
-local reply = {}
-for i = 1, #KEYS do
-  for j = 1, 5 do
-    reply[#reply + 1] = checks[i].result[j]
   end
 end
 return reply

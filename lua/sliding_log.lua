@@ -4,14 +4,15 @@
 -- has room when fewer than `limit` remain. Only recorded requests are added, and the key
 -- expires one window after its newest entry.
 --
--- This file defines the algorithm's two steps for lua/check.lua, which runs them.
+-- This file defines the algorithm's two steps for lua/check.lua, which runs them. They are
+-- plain local functions returning several values: no table or closure is made per call, so
+-- a one-rule check costs Redis what the single-purpose script of earlier versions did.
 
-local sliding_log = {}
-
--- The decision as if the request were not recorded:
--- {room (1|0), count, remaining, retry_after_ms, reset_ms}. A look-only call (`dry`) writes
--- nothing; a deciding call first drops what has left the window.
-function sliding_log.peek(key, now, limit, window, dry)
+-- The decision as if the request were not recorded: room (1|0), count, remaining,
+-- retry_after_ms, reset_ms. A look-only call (`dry`) writes nothing; a deciding call first
+-- drops what has left the window. `reset_ms` (when the oldest entry leaves) costs one more
+-- read, so it is worked out only when asked for (`want_reset`) or when full.
+local function sliding_log_peek(key, now, limit, window, dry, want_reset)
   local cutoff = now - window
   local count
   if dry then
@@ -20,43 +21,41 @@ function sliding_log.peek(key, now, limit, window, dry)
     redis.call('ZREMRANGEBYSCORE', key, '-inf', cutoff)
     count = redis.call('ZCARD', key)
   end
-  -- The time of the i-th live entry (from 0), oldest first.
-  local function entry(i)
-    local e
-    if dry then
-      e = redis.call('ZRANGEBYSCORE', key, '(' .. cutoff, '+inf', 'WITHSCORES', 'LIMIT', i, 1)
-    else
-      e = redis.call('ZRANGE', key, i, i, 'WITHSCORES')
-    end
-    return tonumber(e[2])
+  -- The i-th live entry (from 0, oldest first) is read only when needed.
+  local i
+  if count >= limit then
+    -- Full: a slot frees when the entry that keeps the log at `limit` leaves the window.
+    i = count - limit
+  elseif want_reset and count > 0 then
+    i = 0
+  else
+    return 1, count, limit - count, 0, 0
   end
-  local function until_leaves(t)
-    local d = t + window - now
-    if d < 1 then
-      d = 1
-    end
-    return d
+  local e
+  if dry then
+    e = redis.call('ZRANGEBYSCORE', key, '(' .. cutoff, '+inf', 'WITHSCORES', 'LIMIT', i, 1)
+  else
+    e = redis.call('ZRANGE', key, i, i, 'WITHSCORES')
   end
-  if count < limit then
-    local reset = 0
-    if count > 0 then
-      reset = until_leaves(entry(0))
-    end
-    return {1, count, limit - count, 0, reset}
+  local wait = tonumber(e[2]) + window - now
+  if wait < 1 then
+    wait = 1
   end
-  -- Full: a slot frees when the entry that keeps the log at `limit` leaves the window.
-  local wait = until_leaves(entry(count - limit))
-  return {0, count, 0, wait, wait}
+  if count >= limit then
+    return 0, count, 0, wait, wait
+  end
+  return 1, count, limit - count, 0, wait
 end
 
--- Records the request at `now` and updates its decision `r` to count it.
-function sliding_log.record(key, now, limit, window, member, r)
+-- Records the request at `now`; returns the decision's count, remaining and reset_ms
+-- counting it.
+local function sliding_log_record(key, now, window, member, count, remaining, reset)
   redis.call('ZADD', key, now, member)
   -- The newest entry is the last to expire: the key lives exactly as long as it matters.
   redis.call('PEXPIRE', key, window)
-  if r[2] == 0 then
-    r[5] = window
+  if count == 0 then
+    -- The new entry is the oldest: more quota frees when it leaves.
+    reset = window
   end
-  r[2] = r[2] + 1
-  r[3] = r[3] - 1
+  return count + 1, remaining - 1, reset
 end

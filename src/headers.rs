@@ -49,6 +49,11 @@ impl HeaderStyle {
     fn ietf(self) -> bool {
         matches!(self, HeaderStyle::Ietf | HeaderStyle::Both)
     }
+
+    /// Whether the fields show when more quota frees up for an allowed request (the IETF `t`).
+    pub fn shows_reset(self) -> bool {
+        self.ietf()
+    }
 }
 
 impl fmt::Display for HeaderStyle {

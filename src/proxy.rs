@@ -71,7 +71,8 @@ impl Gateway {
             Selection::Unlimited { .. } => return Ok(Limited::Proceed(None)),
             Selection::Checks(checks) => checks,
         };
-        match self.limiter.check(checks).await {
+        let reset = live.config.headers.style.shows_reset();
+        match self.limiter.check(checks, reset).await {
             Verdict::Decided(outcome) if outcome.allowed() => Ok(Limited::Proceed(Some(outcome))),
             Verdict::Decided(outcome) => {
                 let body = Bytes::from(blocked_json(&outcome));

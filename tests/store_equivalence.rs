@@ -20,36 +20,36 @@ type C = (&'static str, u32, bool);
 /// every event sits at least 100 ms away from any entry's expiry, so scheduling jitter cannot
 /// move it across one.
 const TRACE: &[(u64, &[C], Mode)] = &[
-    (0, &[("a", 3, false)], Mode::Record),
-    (0, &[("a", 3, false)], Mode::Record),
-    (0, &[("b", 1, false)], Mode::Record),
-    (300, &[("a", 3, false)], Mode::Record),
-    (300, &[("a", 3, false)], Mode::Record), // blocked: 3 in the window
-    (300, &[("b", 1, false)], Mode::Record), // blocked
-    (500, &[("a", 3, false)], Mode::Record), // blocked again, and not recorded
-    (500, &[("a", 3, false)], Mode::DryRun), // looked at only
-    (1400, &[("a", 3, false)], Mode::Record), // the two at 0 left (at 1200); allowed
-    (1400, &[("a", 3, false)], Mode::Record), // allowed: 2 in the window before it
-    (1400, &[("a", 3, false)], Mode::Record), // blocked
-    (1600, &[("b", 1, false)], Mode::Record), // b's entry at 0 left
-    (1600, &[("c", 2, false)], Mode::Record),
-    (1600, &[("a", 2, false)], Mode::Record), // a lower limit for the same key: blocked
+    (0, &[("a", 3, false)], Mode::RECORD),
+    (0, &[("a", 3, false)], Mode::RECORD),
+    (0, &[("b", 1, false)], Mode::RECORD),
+    (300, &[("a", 3, false)], Mode::RECORD),
+    (300, &[("a", 3, false)], Mode::RECORD), // blocked: 3 in the window
+    (300, &[("b", 1, false)], Mode::RECORD), // blocked
+    (500, &[("a", 3, false)], Mode::RECORD), // blocked again, and not recorded
+    (500, &[("a", 3, false)], Mode::DRY_RUN), // looked at only
+    (1400, &[("a", 3, false)], Mode::RECORD), // the two at 0 left (at 1200); allowed
+    (1400, &[("a", 3, false)], Mode::RECORD), // allowed: 2 in the window before it
+    (1400, &[("a", 3, false)], Mode::RECORD), // blocked
+    (1600, &[("b", 1, false)], Mode::RECORD), // b's entry at 0 left
+    (1600, &[("c", 2, false)], Mode::RECORD),
+    (1600, &[("a", 2, false)], Mode::RECORD), // a lower limit for the same key: blocked
     // Several checks: c has one slot left, d is fresh; both record.
-    (1700, &[("c", 2, false), ("d", 5, false)], Mode::Record),
+    (1700, &[("c", 2, false), ("d", 5, false)], Mode::RECORD),
     // c is full: the request is blocked and d is not charged.
-    (1700, &[("d", 5, false), ("c", 2, false)], Mode::Record),
+    (1700, &[("d", 5, false), ("c", 2, false)], Mode::RECORD),
     // A shadow that is full never blocks; the enforced check records.
-    (1700, &[("d", 5, false), ("c", 2, true)], Mode::Record),
-    (1700, &[("e", 1, true), ("d", 5, false)], Mode::Record),
-    (1700, &[("e", 1, true), ("d", 5, false)], Mode::Record),
-    (1700, &[("d", 5, false), ("c", 2, false)], Mode::DryRun),
-    (2800, &[("a", 3, false)], Mode::Record), // everything before 1600 left
+    (1700, &[("d", 5, false), ("c", 2, true)], Mode::RECORD),
+    (1700, &[("e", 1, true), ("d", 5, false)], Mode::RECORD),
+    (1700, &[("e", 1, true), ("d", 5, false)], Mode::RECORD),
+    (1700, &[("d", 5, false), ("c", 2, false)], Mode::DRY_RUN),
+    (2800, &[("a", 3, false)], Mode::RECORD), // everything before 1600 left
 ];
 
 const WINDOW_MS: u64 = 1200;
 
-/// Per event, per check: (allowed, count, remaining, retry_after > 0).
-type Seen = Vec<Vec<(bool, u64, u64, bool)>>;
+/// Per event, per check: (allowed, count, remaining, retry_after > 0, reset > 0).
+type Seen = Vec<Vec<(bool, u64, u64, bool, bool)>>;
 
 async fn run(store: &dyn Backend) -> Seen {
     let start = Instant::now();
@@ -69,13 +69,20 @@ async fn run(store: &dyn Backend) -> Seen {
                 shadow: *shadow,
             })
             .collect();
-        let decisions = store.decide(&checks, *mode).await.unwrap();
+        // Ask for reset_ms too, so the script's extra read is covered.
+        let decisions = store.decide(&checks, mode.with_reset(true)).await.unwrap();
         out.push(
             decisions
                 .into_iter()
                 .map(|d| {
                     let d = d.expect("every check decided");
-                    (d.allowed, d.count, d.remaining, d.retry_after_ms > 0)
+                    (
+                        d.allowed,
+                        d.count,
+                        d.remaining,
+                        d.retry_after_ms > 0,
+                        d.reset_ms > 0,
+                    )
                 })
                 .collect(),
         );
@@ -129,7 +136,7 @@ async fn redis_and_embedded_stores_decide_alike() {
         ]
     );
     // Counts show who was charged: d took the first multi-check request, not the blocked one.
-    assert_eq!(from_memory[15][0], (true, 1, 4, false));
+    assert_eq!(from_memory[15][0], (true, 1, 4, false, true));
     assert_eq!(from_memory[16][0].1, 2);
     assert_eq!(from_memory[18][1].1, 4);
 }

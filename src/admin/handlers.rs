@@ -342,7 +342,8 @@ impl AdminApp {
             limit: Limit::sliding_log(limit, window_ms),
             shadow: false,
         };
-        match self.limiter.check(vec![check]).await {
+        let reset = live.config.headers.style.shows_reset();
+        match self.limiter.check(vec![check], reset).await {
             Verdict::Decided(outcome) => check_reply(&outcome, live),
             // Fail open: allowed, without limit headers, as on the proxy path.
             Verdict::FailOpen => json(

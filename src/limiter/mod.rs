@@ -35,13 +35,30 @@ pub struct Check {
     pub shadow: bool,
 }
 
-/// Whether a decision is recorded.
+/// What a decision does beside deciding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Record the request where every enforced check has room (the proxy, `/check`).
-    Record,
-    /// Only look (`/api/explain`): nothing is recorded.
-    DryRun,
+pub struct Mode {
+    /// Record the request where every enforced check has room (the proxy, `/check`); `false`
+    /// only looks (`/api/explain`) and writes nothing.
+    pub record: bool,
+    /// Work out `reset_ms` for checks with room too (the IETF `t`); it costs the Redis store
+    /// one more read per check, so only the IETF header style asks for it.
+    pub reset: bool,
+}
+
+impl Mode {
+    pub const RECORD: Mode = Mode {
+        record: true,
+        reset: false,
+    };
+    pub const DRY_RUN: Mode = Mode {
+        record: false,
+        reset: false,
+    };
+
+    pub const fn with_reset(self, reset: bool) -> Mode {
+        Mode { reset, ..self }
+    }
 }
 
 /// Why the store could not decide.

@@ -54,12 +54,12 @@ impl Limiter {
         &self.backend
     }
 
-    /// Decides and records a request's checks, timed and counted.
-    pub async fn check(&self, checks: Vec<Check>) -> Verdict {
+    /// Decides and records a request's checks, timed and counted. `reset`: the caller shows
+    /// when more quota frees up for requests that are allowed (the IETF fields).
+    pub async fn check(&self, checks: Vec<Check>, reset: bool) -> Verdict {
         let start = Instant::now();
-        let result = self
-            .bounded(self.backend.decide(&checks, Mode::Record))
-            .await;
+        let mode = Mode::RECORD.with_reset(reset);
+        let result = self.bounded(self.backend.decide(&checks, mode)).await;
         self.metrics.observe_check(start.elapsed());
         match result {
             Ok(decisions) => {
@@ -83,7 +83,7 @@ impl Limiter {
     /// What the checks would decide now, recording nothing and counting nothing.
     pub async fn explain(&self, checks: &[Check]) -> Result<Vec<Option<Decision>>, StoreError> {
         let result = self
-            .bounded(self.backend.decide(checks, Mode::DryRun))
+            .bounded(self.backend.decide(checks, Mode::DRY_RUN))
             .await;
         if let Err(e) = &result {
             self.failed(e);

@@ -101,7 +101,8 @@ pub struct Decision {
     /// Milliseconds until this counter has room again; 0 when it has room.
     pub retry_after_ms: u64,
     /// Milliseconds until more of the quota frees up (the next entry leaves the window); 0
-    /// when nothing is in use.
+    /// when nothing is in use. For a check with room, the Redis store works it out only when
+    /// asked ([`crate::limiter::Mode::reset`]), and says 0 otherwise.
     pub reset_ms: u64,
 }
 

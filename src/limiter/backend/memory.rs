@@ -127,7 +127,7 @@ impl MemoryStore {
             let mut shard = lock(&self.shards[self.shard_of(&check.key)]);
             shard.sweep_if_due(now);
             let mut decision = shard.peek(check, now);
-            if mode == Mode::Record && decision.allowed {
+            if mode.record && decision.allowed {
                 shard.record(check, now, &mut decision);
             }
             return vec![Some(decision)];
@@ -153,7 +153,7 @@ impl MemoryStore {
             .iter()
             .zip(&decisions)
             .any(|(c, d)| !c.shadow && !d.allowed);
-        if mode == Mode::Record && !blocked {
+        if mode.record && !blocked {
             for (i, (check, decision)) in checks.iter().zip(decisions.iter_mut()).enumerate() {
                 if decision.allowed {
                     guards[slot(i)].record(check, now, decision);
@@ -264,7 +264,7 @@ mod tests {
     }
 
     fn one(store: &MemoryStore, c: &Check) -> Decision {
-        all(store, std::slice::from_ref(c), Mode::Record)[0]
+        all(store, std::slice::from_ref(c), Mode::RECORD)[0]
     }
 
     fn all(store: &MemoryStore, checks: &[Check], mode: Mode) -> Vec<Decision> {
@@ -299,9 +299,9 @@ mod tests {
         let store = MemoryStore::with_clock(clock.clone());
         let (wide, narrow) = (check("wide", 10, 1000), check("narrow", 1, 1000));
         let both = [wide.clone(), narrow.clone()];
-        let d = all(&store, &both, Mode::Record);
+        let d = all(&store, &both, Mode::RECORD);
         assert_eq!((d[0].count, d[1].count), (1, 1));
-        let d = all(&store, &both, Mode::Record);
+        let d = all(&store, &both, Mode::RECORD);
         assert!(d[0].allowed && !d[1].allowed);
         // The wide counter was not charged for the refused request.
         assert_eq!(d[0].count, 1);
@@ -316,7 +316,7 @@ mod tests {
         dry.shadow = true;
         let both = [check("real", 10, 1000), dry];
         for n in 1..=3 {
-            let d = all(&store, &both, Mode::Record);
+            let d = all(&store, &both, Mode::RECORD);
             assert_eq!(d[0].count, n, "the enforced check records every request");
             assert_eq!(d[1].allowed, n == 1);
             assert_eq!(d[1].count, 1);
@@ -328,7 +328,7 @@ mod tests {
         let store = MemoryStore::default();
         let c = check("k", 1, 60_000);
         for _ in 0..3 {
-            let d = all(&store, std::slice::from_ref(&c), Mode::DryRun);
+            let d = all(&store, std::slice::from_ref(&c), Mode::DRY_RUN);
             assert_eq!((d[0].allowed, d[0].count), (true, 0));
         }
         assert_eq!(store.held_keys(), 0);

@@ -219,7 +219,7 @@ impl Backend for RedisStore {
         mode: Mode,
     ) -> Result<Vec<Option<Decision>>, StoreError> {
         let sent = Instant::now();
-        if mode == Mode::Record {
+        if mode.record {
             if let Some(known) = self.remembered_block(checks, sent) {
                 return Ok(known);
             }
@@ -229,7 +229,7 @@ impl Backend for RedisStore {
             invocation.key(format!("{KEY_PREFIX}{}", check.key));
         }
         invocation
-            .arg(u8::from(mode == Mode::Record))
+            .arg(u8::from(mode.record) | (u8::from(mode.reset) << 1))
             .arg(self.member());
         for check in checks {
             invocation
@@ -244,7 +244,7 @@ impl Backend for RedisStore {
             .await
             .map_err(store_error)?;
         let decisions = parse_reply(checks, &reply)?;
-        if mode == Mode::Record {
+        if mode.record {
             for (check, decision) in checks.iter().zip(&decisions) {
                 if let Some(d) = decision.as_ref().filter(|_| !check.shadow) {
                     self.blocked.remember(&check.key, check.limit, d, sent);
