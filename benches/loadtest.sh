@@ -12,6 +12,7 @@
 #   benches/loadtest.sh                 # defaults: CONNS=64 DURATION=10s THREADS=1
 #   CONNS=64 DURATION=20s THREADS=2 benches/loadtest.sh
 #   BASELINE=path/to/older/ratelimiter benches/loadtest.sh
+#   GATEWAY=path/to/ratelimiter MODES="3 5 9 10" benches/loadtest.sh
 #
 # THREADS is the worker count of both the gateway and nginx, so the comparison is like for
 # like. BASELINE, a release binary of an earlier version, adds its pass-through, embedded
@@ -44,8 +45,13 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 export PATH="$HOME/.cargo/bin:$PATH"
 command -v oha >/dev/null || cargo install --locked oha
-cargo build --release --locked --quiet
-GW="$PWD/target/release/ratelimiter"
+# GATEWAY: a release binary to measure instead of building the working tree.
+if [ -n "${GATEWAY:-}" ]; then
+  GW=$(cd "$(dirname "$GATEWAY")" && pwd)/$(basename "$GATEWAY")
+else
+  cargo build --release --locked --quiet
+  GW="$PWD/target/release/ratelimiter"
+fi
 
 # --- processes ---------------------------------------------------------------------------
 pids=()
@@ -265,6 +271,11 @@ key = "global"
 limit = 1000000000
 window_ms = 1000'
 
+# One rule on every path in place of the default, with another algorithm (never full).
+algorithm_rule() {
+  printf '[[rules]]\nname = "api"\npath_prefix = "/"\nkey = "header:X-Api-Key"\nalgorithm = "%s"\nlimit = 1000000000\nwindow_ms = 1000\nskip_default = true\n' "$1"
+}
+
 # each_build LABEL LIMITS [REDIS] [EXTRA]: the mode with the current build, then (with
 # BASELINE) the same mode with the baseline binary, as rows "LABEL" and "LABEL (baseline)".
 each_build() {
@@ -292,6 +303,8 @@ export UNIQUE_KEYS=1
 wanted 4 && each_build "4 gateway embedded store" "$BY_KEY"
 wanted 5 && each_build "5 gateway redis allowed" "$BY_KEY" "$REDIS"
 wanted 8 && each_build "8 redis, three rules" "$BY_KEY" "$REDIS" "$THREE_RULES"
+wanted 9 && each_build "9 redis, gcra" "$BY_KEY" "$REDIS" "$(algorithm_rule gcra)"
+wanted 10 && each_build "10 redis, sliding_window" "$BY_KEY" "$REDIS" "$(algorithm_rule sliding_window)"
 UNIQUE_KEYS=0
 wanted 6 && each_build "6 gateway redis blocked" 'default_limit = 10
 default_window_ms = 3600000' "$REDIS"
@@ -317,7 +330,7 @@ fi
       [ -n "${RESULT["3 gateway pass-through/$tool"]:-}" ] && read -r pass _ <<< "${RESULT["3 gateway pass-through/$tool"]}"
       [ -n "${RESULT["2a nginx proxy_pass/$tool"]:-}" ] && read -r ngx _ <<< "${RESULT["2a nginx proxy_pass/$tool"]}"
       calls="-"; rcpu="-"
-      case "$label" in 5*|6*|7*|8*) calls=${CALLS["$label/$tool"]}; rcpu=${RCPU["$label/$tool"]} ;; esac
+      case "$label" in 5*|6*|7*|8*|9*|10*) calls=${CALLS["$label/$tool"]}; rcpu=${RCPU["$label/$tool"]} ;; esac
       awk -v l="$label" -v t="$tool" -v r="$rps" -v a="$p50" -v b="$p99" -v c="$p999" -v p="$pass" -v n="$ngx" \
           -v k="$calls" -v u="${CPU["$label/$tool"]}" -v ru="$rcpu" \
         'BEGIN { printf "| %s | %s | %d | %.2f | %.2f | %.2f | %s | %s | %s | %s | %s |\n", l, t, r, a, b, c,
@@ -325,9 +338,10 @@ fi
     done
   done
   echo
-  echo "wrk: keys in 4, 5, 7 and 8 are new per request (X-Api-Key from a Lua script); oha sends one"
+  echo "wrk: keys in 4, 5 and 7-10 are new per request (X-Api-Key from a Lua script); oha sends one"
   echo "key whose limit is never reached. In 6 every request is blocked (limit 10 per hour). In 8"
-  echo "every request owes three rules (per key, per IP, global), decided in one script call."
+  echo "every request owes three rules (per key, per IP, global), decided in one script call; 9"
+  echo "and 10 are 5 with one rule of another algorithm in place of the default."
   echo "CPU µs/req: the proxy under test (the gateway, or nginx with its workers), all threads."
   echo "$CONNS connections, $DURATION per run, $THREADS worker thread(s) for the gateway and nginx, $(nproc) cores."
 } | tee "$OUT/table.md"

@@ -1,19 +1,35 @@
--- Live entries of one counter, for the admin API (contract §5: `count` excludes expired
--- entries), without knowing the window the key was checked with.
+-- How many requests one counter holds now, for the admin API (contract §5: `count` excludes
+-- expired entries), as the algorithm's own estimate. The algorithm files in lua/ are
+-- prepended to this one.
 --
--- KEYS[1]  ratelimit:<key>
---
--- The check script sets the key's expiry to `window` after its newest entry, so
--- newest - PTTL = now - window: the cut-off below which entries have left the window.
+-- KEYS[1]  ratelimit:<counter key>
+-- ARGV[1]  algorithm id (1 sliding_log, 2 gcra, 3 sliding_window), from the key's rule
+-- ARGV[2]  limit, ARGV[3] window_ms: the rule's, as configured now
 
-local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-if #newest == 0 then
-  return 0
+local t = redis.call('TIME')
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = math.floor(now_us / 1000)
+local key, id = KEYS[1], ARGV[1]
+
+if id == '1' then
+  -- A log knows its own window, which /check may have set: the check sets the key's expiry
+  -- to `window` after its newest entry, so newest - PTTL = now - window is the cut-off.
+  local newest = redis.pcall('ZRANGE', key, -1, -1, 'WITHSCORES')
+  if type(newest) ~= 'table' or newest.err or #newest == 0 then
+    return 0
+  end
+  local pttl = redis.call('PTTL', key)
+  if pttl < 0 then
+    -- No expiry: not written by the check script; count what is there.
+    return redis.call('ZCARD', key)
+  end
+  local cutoff = tonumber(newest[2]) - pttl
+  return redis.call('ZCOUNT', key, '(' .. cutoff, '+inf')
 end
-local pttl = redis.call('PTTL', KEYS[1])
-if pttl < 0 then
-  -- No expiry: not written by the check script; count what is there.
-  return redis.call('ZCARD', KEYS[1])
+
+local peek = gcra_peek
+if id == '3' then
+  peek = sliding_window_peek
 end
-local cutoff = tonumber(newest[2]) - pttl
-return redis.call('ZCOUNT', KEYS[1], '(' .. cutoff, '+inf')
+local _, count = peek(key, now, now_us, tonumber(ARGV[2]), tonumber(ARGV[3]), true, false)
+return count

@@ -4,22 +4,34 @@
 -- has room when fewer than `limit` remain. Only recorded requests are added, and the key
 -- expires one window after its newest entry.
 --
--- This file defines the algorithm's two steps for lua/check.lua, which runs them. They are
--- plain local functions returning several values: no table or closure is made per call, so
--- a one-rule check costs Redis what the single-purpose script of earlier versions did.
+-- Defines the algorithm's two steps for lua/check.lua and lua/count.lua. Like every
+-- algorithm file: plain local functions returning several values, so no table or closure is
+-- made per call, with the same arguments (an algorithm ignores what it does not need):
+--   <name>_peek(key, now_ms, now_us, limit, window_ms, dry, want_reset)
+--     -> room (1|0), count, remaining, retry_after_ms, reset_ms, state
+--   <name>_record(key, now_ms, now_us, limit, window_ms, member, count, remaining, reset, state)
+--     -> count, remaining, reset_ms (counting the request)
 
--- The decision as if the request were not recorded: room (1|0), count, remaining,
--- retry_after_ms, reset_ms. A look-only call (`dry`) writes nothing; a deciding call first
--- drops what has left the window. `reset_ms` (when the oldest entry leaves) costs one more
--- read, so it is worked out only when asked for (`want_reset`) or when full.
-local function sliding_log_peek(key, now, limit, window, dry, want_reset)
+-- The decision as if the request were not recorded. A look-only call (`dry`) writes nothing;
+-- a deciding call first drops what has left the window. `reset_ms` (when the oldest entry
+-- leaves) costs one more read, so it is worked out only when asked for or when full.
+local function sliding_log_peek(key, now, _, limit, window, dry, want_reset)
   local cutoff = now - window
   local count
   if dry then
-    count = redis.call('ZCOUNT', key, '(' .. cutoff, '+inf')
+    count = redis.pcall('ZCOUNT', key, '(' .. cutoff, '+inf')
   else
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', cutoff)
-    count = redis.call('ZCARD', key)
+    count = redis.pcall('ZREMRANGEBYSCORE', key, '-inf', cutoff)
+    if type(count) == 'number' then
+      count = redis.call('ZCARD', key)
+    end
+  end
+  if type(count) ~= 'number' then
+    -- Another algorithm's state: a rule that changed algorithm on reload starts afresh.
+    if not dry then
+      redis.call('DEL', key)
+    end
+    return 1, 0, limit, 0, 0
   end
   -- The i-th live entry (from 0, oldest first) is read only when needed.
   local i
@@ -47,9 +59,8 @@ local function sliding_log_peek(key, now, limit, window, dry, want_reset)
   return 1, count, limit - count, 0, wait
 end
 
--- Records the request at `now`; returns the decision's count, remaining and reset_ms
--- counting it.
-local function sliding_log_record(key, now, window, member, count, remaining, reset)
+-- Records the request at `now`.
+local function sliding_log_record(key, now, _, _, window, member, count, remaining, reset)
   redis.call('ZADD', key, now, member)
   -- The newest entry is the last to expire: the key lives exactly as long as it matters.
   redis.call('PEXPIRE', key, window)

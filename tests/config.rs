@@ -242,7 +242,9 @@ const EXPECTED: &[(&str, &[&str])] = &[
     ),
     (
         "rule_unknown_algorithm",
-        &[r#"4:13: [[rules]] #1 algorithm: expected "sliding_log", found "leaky_bucket""#],
+        &[
+            r#"4:13: [[rules]] #1 algorithm: expected "sliding_log", "gcra" or "sliding_window", found "leaky_bucket""#,
+        ],
     ),
     (
         "rule_unknown_key",
@@ -267,7 +269,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
             r#"16:9: [[rules]] #3 limit: expected an integer 1..=4294967295, found integer 0"#,
             r#"19:8: [[rules]] #4 name: "search" is already the name of rule #3"#,
             r#"20:14: [[rules]] #4 path_regex: invalid regex "^/api/(v[0-9+": error: unclosed character class"#,
-            r#"21:13: [[rules]] #4 algorithm: expected "sliding_log", found "leaky""#,
+            r#"21:13: [[rules]] #4 algorithm: expected "sliding_log", "gcra" or "sliding_window", found "leaky""#,
             r#"24:1: [[rules]] #5: name is required"#,
             r#"24:1: [[rules]] #5: limit is required (or unlimited = true)"#,
             r#"25:12: [[rules]] #5 methods: expected an upper-case HTTP method like "GET", found "get""#,

@@ -1,88 +1,179 @@
 //! The Lua scripts and the embedded store implement one arithmetic (src/limiter/algo/): the
-//! same request trace through both gives the same decisions, for single checks and for
-//! requests with several checks (blocked by one, recorded in none; shadows never block).
+//! same request trace through both gives the same decisions, for every algorithm, for single
+//! checks and for requests with several checks (blocked by one, recorded in none; shadows
+//! never block), and for look-only calls.
 
 mod common;
 
 use std::num::{NonZeroU32, NonZeroU64};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::procs::RedisServer;
 use ratelimiter::config::Config;
 use ratelimiter::limiter::backend::memory::MemoryStore;
 use ratelimiter::limiter::backend::redis::RedisStore;
-use ratelimiter::limiter::{Backend, Check, Limit, Mode};
+use ratelimiter::limiter::{Algorithm, Backend, Check, Limit, Mode};
 
-/// A check in the trace: (counter key, limit, shadow).
-type C = (&'static str, u32, bool);
+use Algorithm::{Gcra, SlidingLog, SlidingWindow};
 
-/// (time from start in ms, the request's checks, record or look only). Windows are 1200 ms;
-/// every event sits at least 100 ms away from any entry's expiry, so scheduling jitter cannot
-/// move it across one.
-const TRACE: &[(u64, &[C], Mode)] = &[
-    (0, &[("a", 3, false)], Mode::RECORD),
-    (0, &[("a", 3, false)], Mode::RECORD),
-    (0, &[("b", 1, false)], Mode::RECORD),
-    (300, &[("a", 3, false)], Mode::RECORD),
-    (300, &[("a", 3, false)], Mode::RECORD), // blocked: 3 in the window
-    (300, &[("b", 1, false)], Mode::RECORD), // blocked
-    (500, &[("a", 3, false)], Mode::RECORD), // blocked again, and not recorded
-    (500, &[("a", 3, false)], Mode::DRY_RUN), // looked at only
-    (1400, &[("a", 3, false)], Mode::RECORD), // the two at 0 left (at 1200); allowed
-    (1400, &[("a", 3, false)], Mode::RECORD), // allowed: 2 in the window before it
-    (1400, &[("a", 3, false)], Mode::RECORD), // blocked
-    (1600, &[("b", 1, false)], Mode::RECORD), // b's entry at 0 left
-    (1600, &[("c", 2, false)], Mode::RECORD),
-    (1600, &[("a", 2, false)], Mode::RECORD), // a lower limit for the same key: blocked
+/// A check in a trace: (counter key, algorithm, limit, shadow).
+type C = (&'static str, Algorithm, u32, bool);
+
+/// (ms after the trace's start, the request's checks, record or look only).
+type Event = (u64, &'static [C], Mode);
+
+/// Every window is 1200 ms; every event sits at least 100 ms away from any expiry or
+/// threshold, so scheduling jitter cannot move a decision across one.
+const WINDOW_MS: u64 = 1200;
+
+const R: Mode = Mode::RECORD;
+const LOOK: Mode = Mode::DRY_RUN;
+
+/// The sliding log: an entry leaves exactly one window after it was recorded.
+const SLIDING_LOG: &[Event] = &[
+    (0, &[("a", SlidingLog, 3, false)], R),
+    (0, &[("a", SlidingLog, 3, false)], R),
+    (0, &[("b", SlidingLog, 1, false)], R),
+    (300, &[("a", SlidingLog, 3, false)], R),
+    (300, &[("a", SlidingLog, 3, false)], R), // blocked: 3 in the window
+    (300, &[("b", SlidingLog, 1, false)], R), // blocked
+    (500, &[("a", SlidingLog, 3, false)], R), // blocked again, and not recorded
+    (500, &[("a", SlidingLog, 3, false)], LOOK),
+    (1400, &[("a", SlidingLog, 3, false)], R), // the two at 0 left (at 1200): allowed
+    (1400, &[("a", SlidingLog, 3, false)], R),
+    (1400, &[("a", SlidingLog, 3, false)], R), // blocked
+    (1600, &[("b", SlidingLog, 1, false)], R), // b's entry at 0 left
+    (1600, &[("c", SlidingLog, 2, false)], R),
+    (1600, &[("a", SlidingLog, 2, false)], R), // a lower limit for the same key: blocked
     // Several checks: c has one slot left, d is fresh; both record.
-    (1700, &[("c", 2, false), ("d", 5, false)], Mode::RECORD),
+    (
+        1700,
+        &[("c", SlidingLog, 2, false), ("d", SlidingLog, 5, false)],
+        R,
+    ),
     // c is full: the request is blocked and d is not charged.
-    (1700, &[("d", 5, false), ("c", 2, false)], Mode::RECORD),
+    (
+        1700,
+        &[("d", SlidingLog, 5, false), ("c", SlidingLog, 2, false)],
+        R,
+    ),
     // A shadow that is full never blocks; the enforced check records.
-    (1700, &[("d", 5, false), ("c", 2, true)], Mode::RECORD),
-    (1700, &[("e", 1, true), ("d", 5, false)], Mode::RECORD),
-    (1700, &[("e", 1, true), ("d", 5, false)], Mode::RECORD),
-    (1700, &[("d", 5, false), ("c", 2, false)], Mode::DRY_RUN),
-    (2800, &[("a", 3, false)], Mode::RECORD), // everything before 1600 left
+    (
+        1700,
+        &[("d", SlidingLog, 5, false), ("c", SlidingLog, 2, true)],
+        R,
+    ),
+    (
+        1700,
+        &[("e", SlidingLog, 1, true), ("d", SlidingLog, 5, false)],
+        R,
+    ),
+    (
+        1700,
+        &[("e", SlidingLog, 1, true), ("d", SlidingLog, 5, false)],
+        R,
+    ),
+    (
+        1700,
+        &[("d", SlidingLog, 5, false), ("c", SlidingLog, 2, false)],
+        LOOK,
+    ),
+    (2800, &[("a", SlidingLog, 3, false)], R), // everything before 1600 left
 ];
 
-const WINDOW_MS: u64 = 1200;
+/// GCRA, limit 3 per 1200 ms: T = 400 ms, a burst of 3.
+const GCRA: &[Event] = &[
+    (0, &[("g", Gcra, 3, false)], R),
+    (0, &[("g", Gcra, 3, false)], R),
+    (0, &[("g", Gcra, 3, false)], R),
+    (0, &[("g", Gcra, 3, false)], R), // blocked: 1200 ms ahead, 800 tolerated
+    (500, &[("g", Gcra, 3, false)], R), // 700 ahead: allowed
+    (500, &[("g", Gcra, 3, false)], R), // blocked
+    (1300, &[("g", Gcra, 3, false)], LOOK),
+    (1300, &[("g", Gcra, 3, false)], R), // 300 ahead: 2 left
+    (1300, &[("g", Gcra, 3, false)], R),
+    // With a sliding log beside it: the log has room, GCRA does not; nothing recorded. (The
+    // first refusal of g since it filled, so Redis decides it, not the memory of full keys.)
+    (
+        1300,
+        &[("l", SlidingLog, 5, false), ("g", Gcra, 3, false)],
+        R,
+    ),
+    (
+        1300,
+        &[("l", SlidingLog, 5, false), ("g", Gcra, 3, true)],
+        R,
+    ),
+    (3100, &[("g", Gcra, 3, false)], R), // caught up: fresh again
+    (3100, &[("g", Gcra, 1, false)], R), // a lower limit on the same key: blocked
+];
+
+/// The sliding-window counter, limit 4, times from the start of a fixed window.
+const SLIDING_WINDOW: &[Event] = &[
+    (200, &[("w", SlidingWindow, 4, false)], R),
+    (200, &[("w", SlidingWindow, 4, false)], R),
+    (200, &[("w", SlidingWindow, 4, false)], R),
+    (200, &[("w", SlidingWindow, 4, false)], R),
+    (200, &[("w", SlidingWindow, 4, false)], R), // blocked: 4 in this window
+    // 100 ms into the next window: 4 × 1100/1200 = 3.67, floored 3: one more fits.
+    (1300, &[("w", SlidingWindow, 4, false)], R),
+    (1300, &[("w", SlidingWindow, 4, false)], R),
+    (1900, &[("w", SlidingWindow, 4, false)], LOOK),
+    // 1 + 4 × 500/1200 = 2.67: two more fit.
+    (1900, &[("w", SlidingWindow, 4, false)], R),
+    (1900, &[("w", SlidingWindow, 4, false)], R),
+    // Every algorithm in one request; the full window blocks it, the others keep their room.
+    // (The first refusal since w filled, so Redis decides it, not the memory of full keys.)
+    (
+        1900,
+        &[
+            ("x", Gcra, 2, false),
+            ("w", SlidingWindow, 4, false),
+            ("y", SlidingLog, 2, false),
+        ],
+        R,
+    ),
+    (
+        1900,
+        &[
+            ("x", Gcra, 2, false),
+            ("w", SlidingWindow, 4, true),
+            ("y", SlidingLog, 2, false),
+        ],
+        R,
+    ),
+    (3700, &[("w", SlidingWindow, 4, false)], R), // two windows on: empty
+];
 
 /// Per event, per check: (allowed, count, remaining, retry_after > 0, reset > 0).
 type Seen = Vec<Vec<(bool, u64, u64, bool, bool)>>;
 
-async fn run(store: &dyn Backend) -> Seen {
-    let start = Instant::now();
+async fn run(store: &dyn Backend, trace: &[Event], start: Instant) -> Seen {
     let mut out = Vec::new();
-    for (at, checks, mode) in TRACE {
-        let due = start + Duration::from_millis(*at);
-        tokio::time::sleep_until(due.into()).await;
+    for (at, checks, mode) in trace {
+        tokio::time::sleep_until((start + Duration::from_millis(*at)).into()).await;
         let checks: Vec<Check> = checks
             .iter()
-            .map(|(key, limit, shadow)| Check {
+            .map(|(key, algorithm, limit, shadow)| Check {
                 rule: "default",
                 key: key.to_string(),
-                limit: Limit::sliding_log(
+                limit: Limit::new(
+                    *algorithm,
                     NonZeroU32::new(*limit).unwrap(),
                     NonZeroU64::new(WINDOW_MS).unwrap(),
                 ),
                 shadow: *shadow,
             })
             .collect();
-        // Ask for reset_ms too, so the script's extra read is covered.
+        // Ask for reset_ms too, so the scripts' extra reads are covered.
         let decisions = store.decide(&checks, mode.with_reset(true)).await.unwrap();
         out.push(
             decisions
                 .into_iter()
                 .map(|d| {
                     let d = d.expect("every check decided");
-                    (
-                        d.allowed,
-                        d.count,
-                        d.remaining,
-                        d.retry_after_ms > 0,
-                        d.reset_ms > 0,
-                    )
+                    let retry = d.retry_after_ms > 0;
+                    (d.allowed, d.count, d.remaining, retry, d.reset_ms > 0)
                 })
                 .collect(),
         );
@@ -90,8 +181,21 @@ async fn run(store: &dyn Backend) -> Seen {
     out
 }
 
-#[tokio::test]
-async fn redis_and_embedded_stores_decide_alike() {
+/// When a trace starts: shortly, or (`aligned`) at the start of the next fixed window, which
+/// both stores count from the Unix epoch.
+fn start(aligned: bool) -> Instant {
+    if !aligned {
+        return Instant::now() + Duration::from_millis(100);
+    }
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    Instant::now() + Duration::from_millis(WINDOW_MS - now_ms % WINDOW_MS)
+}
+
+/// Runs a trace through Redis and memory at once; returns what both saw.
+async fn both(trace: &[Event], aligned: bool) -> Seen {
     let redis = RedisServer::start();
     let config = Config::parse(
         "t.toml",
@@ -101,16 +205,29 @@ async fn redis_and_embedded_stores_decide_alike() {
     .unwrap();
     let redis_store = RedisStore::new(config.redis.as_ref().unwrap()).unwrap();
     let memory_store = MemoryStore::default();
-
-    let (from_redis, from_memory) = tokio::join!(run(&redis_store), run(&memory_store));
+    // Connected before the trace starts.
+    redis_store.ping().await.unwrap();
+    let start = start(aligned);
+    let (from_redis, from_memory) = tokio::join!(
+        run(&redis_store, trace, start),
+        run(&memory_store, trace, start)
+    );
     assert_eq!(from_redis, from_memory);
-    let allowed: Vec<Vec<bool>> = from_memory
-        .iter()
+    from_memory
+}
+
+fn allowed(seen: &Seen) -> Vec<Vec<bool>> {
+    seen.iter()
         .map(|e| e.iter().map(|d| d.0).collect())
-        .collect();
+        .collect()
+}
+
+#[tokio::test]
+async fn sliding_log_decides_alike_in_redis_and_memory() {
+    let seen = both(SLIDING_LOG, false).await;
     let (t, f) = (true, false);
     assert_eq!(
-        allowed,
+        allowed(&seen),
         [
             vec![t],
             vec![t],
@@ -136,7 +253,74 @@ async fn redis_and_embedded_stores_decide_alike() {
         ]
     );
     // Counts show who was charged: d took the first multi-check request, not the blocked one.
-    assert_eq!(from_memory[15][0], (true, 1, 4, false, true));
-    assert_eq!(from_memory[16][0].1, 2);
-    assert_eq!(from_memory[18][1].1, 4);
+    assert_eq!(seen[15][0], (true, 1, 4, false, true));
+    assert_eq!(seen[16][0].1, 2);
+    assert_eq!(seen[18][1].1, 4);
+}
+
+#[tokio::test]
+async fn gcra_decides_alike_in_redis_and_memory() {
+    let seen = both(GCRA, false).await;
+    let (t, f) = (true, false);
+    assert_eq!(
+        allowed(&seen),
+        [
+            vec![t],
+            vec![t],
+            vec![t],
+            vec![f],
+            vec![t],
+            vec![f],
+            vec![t],
+            vec![t],
+            vec![t],
+            vec![t, f],
+            vec![t, f],
+            vec![t],
+            vec![f],
+        ]
+    );
+    // GCRA's own counts: the burst in use, and what is left of it.
+    assert_eq!(seen[0][0], (true, 1, 2, false, true));
+    assert_eq!(
+        seen[6][0],
+        (true, 1, 2, false, true),
+        "300 ms ahead: 2 left"
+    );
+    assert_eq!(seen[9][0].1, 0, "the log was not charged");
+    assert_eq!(seen[10][0].1, 1, "a shadow GCRA does not block the log");
+}
+
+#[tokio::test]
+async fn sliding_window_decides_alike_in_redis_and_memory() {
+    let seen = both(SLIDING_WINDOW, true).await;
+    let (t, f) = (true, false);
+    assert_eq!(
+        allowed(&seen),
+        [
+            vec![t],
+            vec![t],
+            vec![t],
+            vec![t],
+            vec![f],
+            vec![t],
+            vec![f],
+            vec![t],
+            vec![t],
+            vec![t],
+            vec![t, f, t],
+            vec![t, f, t],
+            vec![t],
+        ]
+    );
+    assert_eq!(seen[5][0].1, 4, "3 weighed from before, and this one");
+    assert_eq!(seen[7][0], (true, 2, 2, false, true), "1 + 1.67, floored");
+    assert_eq!(
+        seen[10][0].1, 0,
+        "GCRA was not charged for the blocked request"
+    );
+    assert_eq!(
+        seen[11][0].1, 1,
+        "a shadow window does not block the others"
+    );
 }

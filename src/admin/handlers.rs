@@ -12,7 +12,7 @@ use super::router::Route;
 use super::{error, json, reply, to_json, AdminApp};
 use crate::config::{OnError, MAX_WINDOW_MS};
 use crate::headers::limit_headers;
-use crate::limiter::{Check, Counter, Limit, Outcome, StoreError, Verdict};
+use crate::limiter::{Algorithm, Check, Counter, Limit, Outcome, StoreError, Verdict};
 use crate::live::Live;
 use crate::registry::iso8601;
 use crate::response::{decision_json, error_json, store_unavailable_json};
@@ -86,6 +86,8 @@ struct CheckRequest {
     // JSON numbers: `10` and `10.0` are the same number.
     limit: Option<serde_json::Number>,
     window_ms: Option<serde_json::Number>,
+    /// `sliding_log` (default), `gcra` or `sliding_window`.
+    algorithm: Option<String>,
 }
 
 /// A JSON number that is a whole number in `1..=max`.
@@ -211,7 +213,9 @@ impl AdminApp {
         &self,
         live: &Live,
     ) -> Result<Vec<(Counter, &'static str, u32)>, Response<Vec<u8>>> {
-        match self.limiter.backend().counters().await {
+        let rules = &live.rules;
+        let limit_of = |key: &str| rules.describe(key).1;
+        match self.limiter.backend().counters(&limit_of).await {
             Ok(c) => {
                 self.metrics.active_counters.set(c.len() as i64);
                 Ok(c.into_iter()
@@ -336,10 +340,15 @@ impl AdminApp {
                 }
             },
         };
+        let algorithm = match req.algorithm.as_deref().map(str::parse::<Algorithm>) {
+            None => Algorithm::SlidingLog,
+            Some(Ok(a)) => a,
+            Some(Err(why)) => return error(422, &format!("algorithm: {why}")),
+        };
         let check = Check {
             rule: CHECK_RULE,
             key: req.key,
-            limit: Limit::sliding_log(limit, window_ms),
+            limit: Limit::new(algorithm, limit, window_ms),
             shadow: false,
         };
         let reset = live.config.headers.style.shows_reset();

@@ -120,8 +120,12 @@ pub trait Backend: Send + Sync {
         mode: Mode,
     ) -> Result<Vec<Option<Decision>>, StoreError>;
 
-    /// Every key with at least one request in its window.
-    async fn counters(&self) -> Result<Vec<Counter>, StoreError>;
+    /// Every key with at least one request in its window, counted as the limit `limit_of` gives
+    /// it (its rule's, as configured now) counts: each algorithm reports its own estimate.
+    async fn counters(
+        &self,
+        limit_of: &(dyn for<'k> Fn(&'k str) -> Limit + Send + Sync),
+    ) -> Result<Vec<Counter>, StoreError>;
 
     /// How many keys have a live entry (the `ratelimiter_active_counters` gauge). May count a
     /// key twice while Redis rehashes; never walks the entries themselves.

@@ -9,9 +9,17 @@
 //!
 //! The embedded store keeps a [`State`] per counter key and calls these functions under a lock;
 //! the Redis store runs the Lua twins inside one script call. `tests/store_equivalence.rs` runs
-//! one trace through both.
+//! one trace through both, for every algorithm.
+//!
+//! | algorithm | state per key | exact? |
+//! |---|---|---|
+//! | [`sliding_log`] | one entry per allowed request in the window | yes: never more than `limit` in any window |
+//! | [`gcra`] | one timestamp | yes for its own rule: a burst of `limit`, then one per `window / limit` |
+//! | [`sliding_window`] | two counts | an estimate: at most `limit` per fixed window, `2 × limit` in any window |
 
+pub mod gcra;
 pub mod sliding_log;
+pub mod sliding_window;
 
 use std::fmt;
 use std::num::{NonZeroU32, NonZeroU64};
@@ -29,21 +37,33 @@ pub struct Quota {
 pub enum Algorithm {
     /// The exact sliding-window log: one entry per allowed request in the window.
     SlidingLog,
+    /// The generic cell rate algorithm: one timestamp per key.
+    Gcra,
+    /// The weighted two-window counter: two counts per key.
+    SlidingWindow,
 }
 
 impl Algorithm {
-    pub const ALL: &'static [Algorithm] = &[Algorithm::SlidingLog];
+    pub const ALL: &'static [Algorithm] = &[
+        Algorithm::SlidingLog,
+        Algorithm::Gcra,
+        Algorithm::SlidingWindow,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Algorithm::SlidingLog => "sliding_log",
+            Algorithm::Gcra => "gcra",
+            Algorithm::SlidingWindow => "sliding_window",
         }
     }
 
-    /// The number the Redis script dispatches on (`lua/check.lua`).
+    /// The number the Redis scripts dispatch on (`lua/check.lua`, `lua/count.lua`).
     pub fn script_id(self) -> u8 {
         match self {
             Algorithm::SlidingLog => 1,
+            Algorithm::Gcra => 2,
+            Algorithm::SlidingWindow => 3,
         }
     }
 }
@@ -67,7 +87,12 @@ impl FromStr for Algorithm {
                     .iter()
                     .map(|a| format!("{:?}", a.name()))
                     .collect();
-                format!("expected {}, found {s:?}", names.join(" or "))
+                let (last, rest) = names.split_last().expect("at least one algorithm");
+                let list = match rest {
+                    [] => last.clone(),
+                    _ => format!("{} or {last}", rest.join(", ")),
+                };
+                format!("expected {list}, found {s:?}")
             })
     }
 }
@@ -80,11 +105,15 @@ pub struct Limit {
 }
 
 impl Limit {
-    pub fn sliding_log(limit: NonZeroU32, window_ms: NonZeroU64) -> Limit {
+    pub fn new(algorithm: Algorithm, limit: NonZeroU32, window_ms: NonZeroU64) -> Limit {
         Limit {
-            algorithm: Algorithm::SlidingLog,
+            algorithm,
             quota: Quota { limit, window_ms },
         }
+    }
+
+    pub fn sliding_log(limit: NonZeroU32, window_ms: NonZeroU64) -> Limit {
+        Limit::new(Algorithm::SlidingLog, limit, window_ms)
     }
 }
 
@@ -122,55 +151,73 @@ impl Decision {
     }
 }
 
-/// One counter's state in the embedded store.
+/// One counter's state in the embedded store. Times are microseconds since the Unix epoch, as
+/// the Redis scripts see them (`TIME`).
 #[derive(Debug)]
 pub enum State {
     Log(sliding_log::Log),
+    Gcra(gcra::Gcra),
+    Window(sliding_window::SlidingWindow),
 }
 
 impl State {
     pub fn new(algorithm: Algorithm) -> State {
         match algorithm {
-            Algorithm::SlidingLog => State::Log(sliding_log::Log::default()),
+            Algorithm::SlidingLog => State::Log(Default::default()),
+            Algorithm::Gcra => State::Gcra(Default::default()),
+            Algorithm::SlidingWindow => State::Window(Default::default()),
         }
     }
 
     pub fn algorithm(&self) -> Algorithm {
         match self {
             State::Log(_) => Algorithm::SlidingLog,
+            State::Gcra(_) => Algorithm::Gcra,
+            State::Window(_) => Algorithm::SlidingWindow,
         }
     }
 
     /// The decision as if the request were not recorded; may drop what has expired.
-    pub fn peek(&mut self, now_ms: u64, quota: Quota) -> Decision {
+    pub fn peek(&mut self, now_us: u64, quota: Quota) -> Decision {
         match self {
-            State::Log(log) => log.peek(now_ms, quota),
+            State::Log(s) => s.peek(now_us / 1000, quota),
+            State::Gcra(s) => s.peek(now_us, quota),
+            State::Window(s) => s.peek(now_us / 1000, quota),
         }
     }
 
     /// Records an allowed request and updates its decision to count it.
-    pub fn record(&mut self, now_ms: u64, quota: Quota, decision: &mut Decision) {
+    pub fn record(&mut self, now_us: u64, quota: Quota, decision: &mut Decision) {
         match self {
-            State::Log(log) => log.record(now_ms, quota, decision),
+            State::Log(s) => s.record(now_us / 1000, quota, decision),
+            State::Gcra(s) => s.record(now_us, quota, decision),
+            State::Window(s) => s.record(now_us / 1000, quota, decision),
         }
     }
 
-    /// Requests in the window now, for listings.
-    pub fn count(&mut self, now_ms: u64) -> u64 {
+    /// Requests in the window now (the algorithm's own estimate), for listings.
+    pub fn count(&mut self, now_us: u64, quota: Quota) -> u64 {
         match self {
-            State::Log(log) => log.count(now_ms),
+            State::Log(s) => s.count(now_us / 1000),
+            State::Gcra(s) => s.count(now_us, quota),
+            State::Window(s) => s.count(now_us / 1000, quota),
         }
     }
 
-    /// Whether the state holds nothing that still matters (and may be dropped).
-    pub fn is_idle(&mut self, now_ms: u64) -> bool {
-        self.count(now_ms) == 0
+    /// Whether the state holds nothing that still matters (and may be dropped). Each state
+    /// knows the window it was last used with, so no limit is needed.
+    pub fn is_idle(&mut self, now_us: u64) -> bool {
+        match self {
+            State::Log(s) => s.count(now_us / 1000) == 0,
+            State::Gcra(s) => s.is_idle(now_us),
+            State::Window(s) => s.is_idle(now_us / 1000),
+        }
     }
 
     /// Gives back spare memory after a burst.
     pub fn shrink(&mut self) {
-        match self {
-            State::Log(log) => log.shrink(),
+        if let State::Log(log) = self {
+            log.shrink();
         }
     }
 }
@@ -186,7 +233,7 @@ mod tests {
         }
         assert_eq!(
             "leaky".parse::<Algorithm>(),
-            Err(r#"expected "sliding_log", found "leaky""#.to_string())
+            Err(r#"expected "sliding_log", "gcra" or "sliding_window", found "leaky""#.to_string())
         );
     }
 

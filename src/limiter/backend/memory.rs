@@ -12,35 +12,46 @@ use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
 use crate::limiter::algo::{Decision, State};
-use crate::limiter::{Backend, Check, Counter, Mode, StoreError};
+use crate::limiter::{Backend, Check, Counter, Limit, Mode, StoreError};
 
-/// A source of monotonic milliseconds; tests drive a manual one.
+/// A source of monotonic microseconds; tests drive a manual one.
 pub trait Clock: Send + Sync {
-    fn now_ms(&self) -> u64;
+    fn now_us(&self) -> u64;
 }
 
-/// Milliseconds since the store was created.
-pub struct MonotonicClock(Instant);
+/// Microseconds since the Unix epoch as of the store's creation, then counted by the
+/// monotonic clock: fixed windows line up with the epoch as Redis's do, and a step of the
+/// wall clock never moves time backwards for the counters.
+pub struct MonotonicClock {
+    start: Instant,
+    epoch_us: u64,
+}
 
 impl Default for MonotonicClock {
     fn default() -> Self {
-        MonotonicClock(Instant::now())
+        let epoch_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        MonotonicClock {
+            start: Instant::now(),
+            epoch_us,
+        }
     }
 }
 
 impl Clock for MonotonicClock {
-    fn now_ms(&self) -> u64 {
-        self.0.elapsed().as_millis() as u64
+    fn now_us(&self) -> u64 {
+        self.epoch_us + self.start.elapsed().as_micros() as u64
     }
 }
 
 const SHARDS: usize = 64;
-const SWEEP_EVERY_MS: u64 = 1000;
+const SWEEP_EVERY_US: u64 = 1_000_000;
 
 pub struct MemoryStore {
     shards: Box<[Mutex<Shard>]>,
@@ -51,38 +62,38 @@ pub struct MemoryStore {
 #[derive(Default)]
 struct Shard {
     counters: HashMap<Box<str>, State>,
-    next_sweep_ms: u64,
+    next_sweep_us: u64,
 }
 
 impl Shard {
     /// Drops idle keys and returns their memory, at most once a second.
-    fn sweep_if_due(&mut self, now_ms: u64) {
-        if now_ms >= self.next_sweep_ms {
-            self.sweep(now_ms);
+    fn sweep_if_due(&mut self, now_us: u64) {
+        if now_us >= self.next_sweep_us {
+            self.sweep(now_us);
         }
     }
 
-    fn sweep(&mut self, now_ms: u64) {
+    fn sweep(&mut self, now_us: u64) {
         self.counters.retain(|_, state| {
             state.shrink();
-            !state.is_idle(now_ms)
+            !state.is_idle(now_us)
         });
         if self.counters.capacity() > 2 * self.counters.len() + 64 {
             self.counters.shrink_to_fit();
         }
-        self.next_sweep_ms = now_ms + SWEEP_EVERY_MS;
+        self.next_sweep_us = now_us + SWEEP_EVERY_US;
     }
 
-    fn peek(&mut self, check: &Check, now_ms: u64) -> Decision {
+    fn peek(&mut self, check: &Check, now_us: u64) -> Decision {
         let quota = check.limit.quota;
         match self.counters.get_mut(check.key.as_str()) {
-            Some(state) if state.algorithm() == check.limit.algorithm => state.peek(now_ms, quota),
+            Some(state) if state.algorithm() == check.limit.algorithm => state.peek(now_us, quota),
             // New, or its rule changed algorithm on reload: it starts afresh.
-            _ => State::new(check.limit.algorithm).peek(now_ms, quota),
+            _ => State::new(check.limit.algorithm).peek(now_us, quota),
         }
     }
 
-    fn record(&mut self, check: &Check, now_ms: u64, decision: &mut Decision) {
+    fn record(&mut self, check: &Check, now_us: u64, decision: &mut Decision) {
         let algorithm = check.limit.algorithm;
         let state = match self.counters.get_mut(check.key.as_str()) {
             Some(state) if state.algorithm() == algorithm => state,
@@ -95,7 +106,7 @@ impl Shard {
                 .entry(check.key.as_str().into())
                 .or_insert_with(|| State::new(algorithm)),
         };
-        state.record(now_ms, check.limit.quota, decision);
+        state.record(now_us, check.limit.quota, decision);
     }
 }
 
@@ -121,7 +132,7 @@ impl MemoryStore {
     /// The decision itself, synchronous: it never waits on anything but shard locks. Every
     /// entry is `Some` (this store always knows).
     pub fn decide_now(&self, checks: &[Check], mode: Mode) -> Vec<Option<Decision>> {
-        let now = self.clock.now_ms();
+        let now = self.clock.now_us();
         if let [check] = checks {
             // One check, one lock: the common case, without the bookkeeping below.
             let mut shard = lock(&self.shards[self.shard_of(&check.key)]);
@@ -170,7 +181,7 @@ impl MemoryStore {
 
     /// Runs every shard's idle sweep now.
     pub fn sweep_all(&self) {
-        let now = self.clock.now_ms();
+        let now = self.clock.now_us();
         for shard in self.shards.iter() {
             lock(shard).sweep(now);
         }
@@ -193,13 +204,16 @@ impl Backend for MemoryStore {
         Ok(self.decide_now(checks, mode))
     }
 
-    async fn counters(&self) -> Result<Vec<Counter>, StoreError> {
-        let now = self.clock.now_ms();
+    async fn counters(
+        &self,
+        limit_of: &(dyn for<'k> Fn(&'k str) -> Limit + Send + Sync),
+    ) -> Result<Vec<Counter>, StoreError> {
+        let now = self.clock.now_us();
         let mut out = Vec::new();
         for shard in self.shards.iter() {
             let mut shard = lock(shard);
             for (key, state) in shard.counters.iter_mut() {
-                let count = state.count(now);
+                let count = state.count(now, limit_of(key).quota);
                 if count > 0 {
                     out.push(Counter {
                         key: key.to_string(),
@@ -213,7 +227,7 @@ impl Backend for MemoryStore {
     }
 
     async fn active_counters(&self) -> Result<u64, StoreError> {
-        let now = self.clock.now_ms();
+        let now = self.clock.now_us();
         let mut total = 0;
         for shard in self.shards.iter() {
             let mut shard = lock(shard);
@@ -243,11 +257,12 @@ mod tests {
     use std::num::{NonZeroU32, NonZeroU64};
     use std::sync::atomic::{AtomicU64, Ordering};
 
+    /// Milliseconds, set by the test.
     #[derive(Default)]
     struct ManualClock(AtomicU64);
     impl Clock for ManualClock {
-        fn now_ms(&self) -> u64 {
-            self.0.load(Ordering::SeqCst)
+        fn now_us(&self) -> u64 {
+            self.0.load(Ordering::SeqCst) * 1000
         }
     }
 
@@ -357,7 +372,8 @@ mod tests {
         one(&store, &check("a", 5, 100));
         one(&store, &check("b", 5, 100));
         clock.0.store(100, Ordering::SeqCst);
-        let counters = store.counters().await.unwrap();
+        let limit = check("a", 5, 100).limit;
+        let counters = store.counters(&move |_| limit).await.unwrap();
         let a = counters.iter().find(|c| c.key == "a").unwrap();
         assert_eq!(a.count, 1);
         assert!(store.reset("a").await.unwrap());

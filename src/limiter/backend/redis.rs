@@ -21,19 +21,26 @@ use redis::Script;
 use super::blocked::{BlockedKeys, RESET_CHANNEL};
 use crate::config::RedisConfig;
 use crate::limiter::scan::KeyScan;
-use crate::limiter::{Backend, Check, Counter, Decision, Mode, StoreError};
+use crate::limiter::{Backend, Check, Counter, Decision, Limit, Mode, StoreError};
 
 /// The check script, embedded at build time: the algorithms, then the driver that runs them.
 pub const SCRIPT: &str = concat!(
     include_str!("../../../lua/sliding_log.lua"),
+    include_str!("../../../lua/gcra.lua"),
+    include_str!("../../../lua/sliding_window.lua"),
     include_str!("../../../lua/check.lua"),
 );
 
 /// Integers per check in the script's reply.
 const REPLY_FIELDS: usize = 5;
 
-/// Counts one key's live entries, for listing counters.
-const COUNT_SCRIPT: &str = include_str!("../../../lua/count.lua");
+/// Counts one key's live entries, for listing counters: the algorithms, then the driver.
+const COUNT_SCRIPT: &str = concat!(
+    include_str!("../../../lua/sliding_log.lua"),
+    include_str!("../../../lua/gcra.lua"),
+    include_str!("../../../lua/sliding_window.lua"),
+    include_str!("../../../lua/count.lua"),
+);
 
 /// How long a reset waits to hear its own message back from Redis.
 const RESET_ECHO_WAIT: Duration = Duration::from_millis(200);
@@ -256,7 +263,10 @@ impl Backend for RedisStore {
 
     /// Walks the keys with SCAN (never KEYS, which blocks Redis) and counts each batch in one
     /// pipelined round trip, so listing 100,000 counters takes a few hundred round trips.
-    async fn counters(&self) -> Result<Vec<Counter>, StoreError> {
+    async fn counters(
+        &self,
+        limit_of: &(dyn for<'k> Fn(&'k str) -> Limit + Send + Sync),
+    ) -> Result<Vec<Counter>, StoreError> {
         let mut conn = self.conn.clone();
         step(self.count_script.load_async(&mut conn)).await?;
         let mut scan = KeyScan::new(format!("{KEY_PREFIX}*"), LIST_STEP_TIMEOUT);
@@ -267,10 +277,14 @@ impl Backend for RedisStore {
             }
             let mut pipe = redis::pipe();
             for key in &keys {
+                let limit = limit_of(key.strip_prefix(KEY_PREFIX).unwrap_or(key));
                 pipe.cmd("EVALSHA")
                     .arg(self.count_script.get_hash())
                     .arg(1)
-                    .arg(key);
+                    .arg(key)
+                    .arg(limit.algorithm.script_id())
+                    .arg(limit.quota.limit.get())
+                    .arg(limit.quota.window_ms.get());
             }
             let counts: Vec<u64> = step(pipe.query_async(&mut conn)).await?;
             for (key, count) in keys.into_iter().zip(counts) {
@@ -286,8 +300,8 @@ impl Backend for RedisStore {
     }
 
     async fn active_counters(&self) -> Result<u64, StoreError> {
-        // A counter key expires one window after its newest entry, so every key that exists
-        // holds at least one live entry: counting keys counts live counters.
+        // Every algorithm lets a key expire once it no longer limits anything, so counting
+        // keys counts live counters.
         let mut conn = self.conn.clone();
         let mut scan = KeyScan::new(format!("{KEY_PREFIX}*"), LIST_STEP_TIMEOUT);
         let mut total = 0;
