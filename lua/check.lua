@@ -23,37 +23,50 @@ local flags = tonumber(ARGV[1])
 local record = flags % 2 == 1
 local want_reset = flags >= 2
 
-local peeks = {sliding_log_peek, gcra_peek, sliding_window_peek}
-local records = {sliding_log_record, gcra_record, sliding_window_record}
-
-local function algorithm(i)
-  local id = tonumber(ARGV[3 + (i - 1) * 4])
-  if not peeks[id] then
-    error('unknown algorithm id ' .. tostring(ARGV[3 + (i - 1) * 4]))
-  end
-  return id
-end
-
--- One check, the common case: no bookkeeping.
+-- One check, the common case: only its algorithm's steps are made, and no bookkeeping.
 if #KEYS == 1 then
-  local id, key = algorithm(1), KEYS[1]
+  local id, key = ARGV[3], KEYS[1]
+  local peek, record_step
+  if id == '1' then
+    peek, record_step = sliding_log()
+  elseif id == '2' then
+    peek, record_step = gcra()
+  elseif id == '3' then
+    peek, record_step = sliding_window()
+  else
+    return redis.error_reply('unknown algorithm id ' .. tostring(id))
+  end
   local limit, window = tonumber(ARGV[4]), tonumber(ARGV[5])
   local room, count, remaining, retry, reset, state =
-    peeks[id](key, now, now_us, limit, window, not record, want_reset)
+    peek(key, now, now_us, limit, window, not record, want_reset)
   if room == 1 and record then
-    count, remaining, reset = records[id](key, now, now_us, limit, window, ARGV[2], count,
+    count, remaining, reset = record_step(key, now, now_us, limit, window, ARGV[2], count,
       remaining, reset, state)
   end
   return {room, count, remaining, retry, reset}
 end
 
+-- Several checks: the steps of each algorithm used, made once.
+local loaders = {sliding_log, gcra, sliding_window}
+local steps = {}
+local function steps_of(i)
+  local id = tonumber(ARGV[3 + (i - 1) * 4])
+  if not steps[id] then
+    if not loaders[id] then
+      error('unknown algorithm id ' .. tostring(ARGV[3 + (i - 1) * 4]))
+    end
+    steps[id] = {loaders[id]()}
+  end
+  return steps[id][1], steps[id][2]
+end
+
 local reply, states, blocked = {}, {}, false
 for i = 1, #KEYS do
   local at, b = 3 + (i - 1) * 4, (i - 1) * 5
-  local id = algorithm(i)
+  local peek = steps_of(i)
   reply[b + 1], reply[b + 2], reply[b + 3], reply[b + 4], reply[b + 5], states[i] =
-    peeks[id](KEYS[i], now, now_us, tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2]),
-      not record, want_reset)
+    peek(KEYS[i], now, now_us, tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2]), not record,
+      want_reset)
   if reply[b + 1] == 0 and ARGV[at + 3] ~= '1' then
     blocked = true
   end
@@ -62,7 +75,8 @@ if record and not blocked then
   for i = 1, #KEYS do
     local at, b = 3 + (i - 1) * 4, (i - 1) * 5
     if reply[b + 1] == 1 then
-      reply[b + 2], reply[b + 3], reply[b + 5] = records[algorithm(i)](KEYS[i], now, now_us,
+      local _, record_step = steps_of(i)
+      reply[b + 2], reply[b + 3], reply[b + 5] = record_step(KEYS[i], now, now_us,
         tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2]), ARGV[2], reply[b + 2], reply[b + 3],
         reply[b + 5], states[i])
     end

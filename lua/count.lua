@@ -27,9 +27,11 @@ if id == '1' then
   return redis.call('ZCOUNT', key, '(' .. cutoff, '+inf')
 end
 
-local peek = gcra_peek
+local peek
 if id == '3' then
-  peek = sliding_window_peek
+  peek = sliding_window()
+else
+  peek = gcra()
 end
 local _, count = peek(key, now, now_us, tonumber(ARGV[2]), tonumber(ARGV[3]), true, false)
 return count

@@ -6,54 +6,58 @@
 -- passes: from then on it is as good as fresh. Steps as in lua/sliding_log.lua; the state
 -- passed from peek to record is the TAT.
 
-local function gcra_params(limit, window)
-  local t = math.floor(window * 1000 / limit)
-  if t < 1 then
-    t = 1
-  end
-  return t, t * (limit - 1)
-end
-
-local function gcra_peek(key, _, now_us, limit, window)
-  local t, tau = gcra_params(limit, window)
-  -- Absent, or another algorithm's state (a rule that changed algorithm on reload): fresh.
-  local v = redis.pcall('GET', key)
-  local tat = 0
-  if type(v) == 'string' then
-    tat = tonumber(v) or 0
-  end
-  local d = tat - now_us
-  if d < 0 then
-    d = 0
-  end
-  if d <= tau then
-    local remaining = math.floor((tau - d) / t) + 1
-    local reset = 0
-    if d > 0 then
-      -- The next request's worth frees when d has fallen enough to raise `remaining`.
-      reset = math.ceil((d + remaining * t - tau) / 1000)
+local function gcra()
+  local function params(limit, window)
+    local t = math.floor(window * 1000 / limit)
+    if t < 1 then
+      t = 1
     end
-    return 1, limit - remaining, remaining, 0, reset, tat
+    return t, t * (limit - 1)
   end
-  local wait = math.ceil((d - tau) / 1000)
-  if wait < 1 then
-    wait = 1
-  end
-  return 0, limit, 0, wait, wait, tat
-end
 
-local function gcra_record(key, _, now_us, limit, window, _, count, remaining, _, tat)
-  local t, tau = gcra_params(limit, window)
-  local ahead = tat - now_us
-  if ahead < 0 then
-    ahead = 0
+  local function peek(key, _, now_us, limit, window)
+    local t, tau = params(limit, window)
+    -- Absent, or another algorithm's state (a rule that changed algorithm on reload): fresh.
+    local v = redis.pcall('GET', key)
+    local tat = 0
+    if type(v) == 'string' then
+      tat = tonumber(v) or 0
+    end
+    local d = tat - now_us
+    if d < 0 then
+      d = 0
+    end
+    if d <= tau then
+      local remaining = math.floor((tau - d) / t) + 1
+      local reset = 0
+      if d > 0 then
+        -- The next request's worth frees when d has fallen enough to raise `remaining`.
+        reset = math.ceil((d + remaining * t - tau) / 1000)
+      end
+      return 1, limit - remaining, remaining, 0, reset, tat
+    end
+    local wait = math.ceil((d - tau) / 1000)
+    if wait < 1 then
+      wait = 1
+    end
+    return 0, limit, 0, wait, wait, tat
   end
-  local reset = math.ceil((ahead + remaining * t - tau) / 1000)
-  if tat < now_us then
-    tat = now_us
+
+  local function record(key, _, now_us, limit, window, _, count, remaining, _, tat)
+    local t, tau = params(limit, window)
+    local ahead = tat - now_us
+    if ahead < 0 then
+      ahead = 0
+    end
+    local reset = math.ceil((ahead + remaining * t - tau) / 1000)
+    if tat < now_us then
+      tat = now_us
+    end
+    tat = tat + t
+    -- %.0f: the whole number, where tostring would switch to an exponent.
+    redis.call('SET', key, string.format('%.0f', tat), 'PX', math.ceil((tat - now_us) / 1000))
+    return count + 1, remaining - 1, reset
   end
-  tat = tat + t
-  -- %.0f: the whole number, where tostring would switch to an exponent.
-  redis.call('SET', key, string.format('%.0f', tat), 'PX', math.ceil((tat - now_us) / 1000))
-  return count + 1, remaining - 1, reset
+
+  return peek, record
 end

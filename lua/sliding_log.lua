@@ -4,69 +4,76 @@
 -- has room when fewer than `limit` remain. Only recorded requests are added, and the key
 -- expires one window after its newest entry.
 --
--- Defines the algorithm's two steps for lua/check.lua and lua/count.lua. Like every
--- algorithm file: plain local functions returning several values, so no table or closure is
--- made per call, with the same arguments (an algorithm ignores what it does not need):
---   <name>_peek(key, now_ms, now_us, limit, window_ms, dry, want_reset)
+-- Like every algorithm file, this defines one function for lua/check.lua and lua/count.lua,
+-- named after the algorithm, that returns the algorithm's two steps. Only the steps of the
+-- algorithms a call uses are made (a script's functions are made anew on every call), and
+-- they return several values rather than tables, so a one-rule check costs Redis little more
+-- than the bare commands. The steps take the same arguments (each ignores what it does not
+-- need):
+--   peek(key, now_ms, now_us, limit, window_ms, dry, want_reset)
 --     -> room (1|0), count, remaining, retry_after_ms, reset_ms, state
---   <name>_record(key, now_ms, now_us, limit, window_ms, member, count, remaining, reset, state)
+--   record(key, now_ms, now_us, limit, window_ms, member, count, remaining, reset, state)
 --     -> count, remaining, reset_ms (counting the request)
 
--- The decision as if the request were not recorded. A look-only call (`dry`) writes nothing;
--- a deciding call first drops what has left the window. `reset_ms` (when the oldest entry
--- leaves) costs one more read, so it is worked out only when asked for or when full.
-local function sliding_log_peek(key, now, _, limit, window, dry, want_reset)
-  local cutoff = now - window
-  local count
-  if dry then
-    count = redis.pcall('ZCOUNT', key, '(' .. cutoff, '+inf')
-  else
-    count = redis.pcall('ZREMRANGEBYSCORE', key, '-inf', cutoff)
-    if type(count) == 'number' then
-      count = redis.call('ZCARD', key)
+local function sliding_log()
+  -- The decision as if the request were not recorded. A look-only call (`dry`) writes nothing;
+  -- a deciding call first drops what has left the window. `reset_ms` (when the oldest entry
+  -- leaves) costs one more read, so it is worked out only when asked for or when full.
+  local function peek(key, now, _, limit, window, dry, want_reset)
+    local cutoff = now - window
+    local count
+    if dry then
+      count = redis.pcall('ZCOUNT', key, '(' .. cutoff, '+inf')
+    else
+      count = redis.pcall('ZREMRANGEBYSCORE', key, '-inf', cutoff)
+      if type(count) == 'number' then
+        count = redis.call('ZCARD', key)
+      end
     end
-  end
-  if type(count) ~= 'number' then
-    -- Another algorithm's state: a rule that changed algorithm on reload starts afresh.
-    if not dry then
-      redis.call('DEL', key)
+    if type(count) ~= 'number' then
+      -- Another algorithm's state: a rule that changed algorithm on reload starts afresh.
+      if not dry then
+        redis.call('DEL', key)
+      end
+      return 1, 0, limit, 0, 0
     end
-    return 1, 0, limit, 0, 0
+    -- The i-th live entry (from 0, oldest first) is read only when needed.
+    local i
+    if count >= limit then
+      -- Full: a slot frees when the entry that keeps the log at `limit` leaves the window.
+      i = count - limit
+    elseif want_reset and count > 0 then
+      i = 0
+    else
+      return 1, count, limit - count, 0, 0
+    end
+    local e
+    if dry then
+      e = redis.call('ZRANGEBYSCORE', key, '(' .. cutoff, '+inf', 'WITHSCORES', 'LIMIT', i, 1)
+    else
+      e = redis.call('ZRANGE', key, i, i, 'WITHSCORES')
+    end
+    local wait = tonumber(e[2]) + window - now
+    if wait < 1 then
+      wait = 1
+    end
+    if count >= limit then
+      return 0, count, 0, wait, wait
+    end
+    return 1, count, limit - count, 0, wait
   end
-  -- The i-th live entry (from 0, oldest first) is read only when needed.
-  local i
-  if count >= limit then
-    -- Full: a slot frees when the entry that keeps the log at `limit` leaves the window.
-    i = count - limit
-  elseif want_reset and count > 0 then
-    i = 0
-  else
-    return 1, count, limit - count, 0, 0
-  end
-  local e
-  if dry then
-    e = redis.call('ZRANGEBYSCORE', key, '(' .. cutoff, '+inf', 'WITHSCORES', 'LIMIT', i, 1)
-  else
-    e = redis.call('ZRANGE', key, i, i, 'WITHSCORES')
-  end
-  local wait = tonumber(e[2]) + window - now
-  if wait < 1 then
-    wait = 1
-  end
-  if count >= limit then
-    return 0, count, 0, wait, wait
-  end
-  return 1, count, limit - count, 0, wait
-end
 
--- Records the request at `now`.
-local function sliding_log_record(key, now, _, _, window, member, count, remaining, reset)
-  redis.call('ZADD', key, now, member)
-  -- The newest entry is the last to expire: the key lives exactly as long as it matters.
-  redis.call('PEXPIRE', key, window)
-  if count == 0 then
-    -- The new entry is the oldest: more quota frees when it leaves.
-    reset = window
+  -- Records the request at `now`.
+  local function record(key, now, _, _, window, member, count, remaining, reset)
+    redis.call('ZADD', key, now, member)
+    -- The newest entry is the last to expire: the key lives exactly as long as it matters.
+    redis.call('PEXPIRE', key, window)
+    if count == 0 then
+      -- The new entry is the oldest: more quota frees when it leaves.
+      reset = window
+    end
+    return count + 1, remaining - 1, reset
   end
-  return count + 1, remaining - 1, reset
+
+  return peek, record
 end

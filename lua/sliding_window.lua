@@ -6,78 +6,82 @@
 -- the one it counts. Steps as in lua/sliding_log.lua; the state passed from peek to record is
 -- the stored window index, or false for a key to write afresh.
 
--- Milliseconds until the estimate falls below `target`, rolling into the next window when
--- the current one alone holds it.
-local function sliding_window_until_below(target, elapsed, cur, prev, window)
-  if cur < target then
-    if prev == 0 then
-      return 1
+local function sliding_window()
+  -- Milliseconds until the estimate falls below `target`, rolling into the next window when
+  -- the current one alone holds it.
+  local function until_below(target, elapsed, cur, prev, window)
+    if cur < target then
+      if prev == 0 then
+        return 1
+      end
+      local e = math.floor(window - ((target - cur) * window) / prev) + 1
+      if e < 0 then
+        e = 0
+      end
+      local wait = e - elapsed
+      if wait < 1 then
+        wait = 1
+      end
+      return wait
     end
-    local e = math.floor(window - ((target - cur) * window) / prev) + 1
-    if e < 0 then
-      e = 0
+    local e = math.floor(window - (target * window) / cur) + 1
+    if e < 1 then
+      e = 1
     end
-    local wait = e - elapsed
-    if wait < 1 then
-      wait = 1
-    end
-    return wait
+    return (window - elapsed) + e
   end
-  local e = math.floor(window - (target * window) / cur) + 1
-  if e < 1 then
-    e = 1
-  end
-  return (window - elapsed) + e
-end
 
--- The counts at `now` (ms): window index, elapsed, current, previous, and the stored index
--- (false when the key is absent or holds another algorithm's state).
-local function sliding_window_counts(key, now, window)
-  local idx = math.floor(now / window)
-  local elapsed = now - idx * window
-  local v = redis.pcall('HMGET', key, 'w', 'c', 'p')
-  if type(v) ~= 'table' or v.err or not v[1] then
-    return idx, elapsed, 0, 0, false
-  end
-  local s, c, p = tonumber(v[1]), tonumber(v[2]) or 0, tonumber(v[3]) or 0
-  if s == idx then
-    return idx, elapsed, c, p, s
-  elseif s + 1 == idx then
-    return idx, elapsed, 0, c, s
-  elseif s > idx then
-    -- The clock went back: never forget what the later window counted.
-    return s, 0, c, p, s
-  end
-  return idx, elapsed, 0, 0, s
-end
-
-local function sliding_window_peek(key, now, _, limit, window)
-  local _, elapsed, cur, prev, stored = sliding_window_counts(key, now, window)
-  local n = math.floor(cur + (prev * (window - elapsed)) / window)
-  if n < limit then
-    local reset = 0
-    if n > 0 then
-      reset = sliding_window_until_below(n, elapsed, cur, prev, window)
+  -- The counts at `now` (ms): window index, elapsed, current, previous, and the stored index
+  -- (false when the key is absent or holds another algorithm's state).
+  local function counts(key, now, window)
+    local idx = math.floor(now / window)
+    local elapsed = now - idx * window
+    local v = redis.pcall('HMGET', key, 'w', 'c', 'p')
+    if type(v) ~= 'table' or v.err or not v[1] then
+      return idx, elapsed, 0, 0, false
     end
-    return 1, n, limit - n, 0, reset, stored
-  end
-  local wait = sliding_window_until_below(limit, elapsed, cur, prev, window)
-  return 0, n, 0, wait, wait, stored
-end
-
-local function sliding_window_record(key, now, _, _, window, _, count, remaining, _, stored)
-  local idx, elapsed, cur, prev = sliding_window_counts(key, now, window)
-  cur = cur + 1
-  if stored == idx then
-    redis.call('HINCRBY', key, 'c', 1)
-  else
-    -- A new window (or a new key): its expiry is the end of the next window.
-    if stored == false then
-      redis.call('DEL', key)
+    local s, c, p = tonumber(v[1]), tonumber(v[2]) or 0, tonumber(v[3]) or 0
+    if s == idx then
+      return idx, elapsed, c, p, s
+    elseif s + 1 == idx then
+      return idx, elapsed, 0, c, s
+    elseif s > idx then
+      -- The clock went back: never forget what the later window counted.
+      return s, 0, c, p, s
     end
-    redis.call('HSET', key, 'w', idx, 'c', cur, 'p', prev)
-    redis.call('PEXPIRE', key, (idx + 2) * window - now)
+    return idx, elapsed, 0, 0, s
   end
-  count = count + 1
-  return count, remaining - 1, sliding_window_until_below(count, elapsed, cur, prev, window)
+
+  local function peek(key, now, _, limit, window)
+    local _, elapsed, cur, prev, stored = counts(key, now, window)
+    local n = math.floor(cur + (prev * (window - elapsed)) / window)
+    if n < limit then
+      local reset = 0
+      if n > 0 then
+        reset = until_below(n, elapsed, cur, prev, window)
+      end
+      return 1, n, limit - n, 0, reset, stored
+    end
+    local wait = until_below(limit, elapsed, cur, prev, window)
+    return 0, n, 0, wait, wait, stored
+  end
+
+  local function record(key, now, _, _, window, _, count, remaining, _, stored)
+    local idx, elapsed, cur, prev = counts(key, now, window)
+    cur = cur + 1
+    if stored == idx then
+      redis.call('HINCRBY', key, 'c', 1)
+    else
+      -- A new window (or a new key): its expiry is the end of the next window.
+      if stored == false then
+        redis.call('DEL', key)
+      end
+      redis.call('HSET', key, 'w', idx, 'c', cur, 'p', prev)
+      redis.call('PEXPIRE', key, (idx + 2) * window - now)
+    end
+    count = count + 1
+    return count, remaining - 1, until_below(count, elapsed, cur, prev, window)
+  end
+
+  return peek, record
 end

@@ -159,13 +159,22 @@ fn key_labels_are_capped_per_node() {
 
 #[test]
 fn exposition_passes_promtool() {
+    // Rules of each kind, so every label and result is in the exposition.
     let gw = Gateway::start(
         "[proxy.direct_response]\nbody = \"ok\"",
-        "[limits]\ndefault_limit = 1\n",
+        "[limits]\ndefault_limit = 1\n[[rules]]\nname = \"dry\"\nlimit = 1\nshadow = true\n[[rules]]\nname = \"all\"\nkey = \"global\"\nalgorithm = \"gcra\"\nlimit = 5\n",
     );
     get(&gw.proxy, "/", &[]).unwrap();
     get(&gw.proxy, "/", &[]).unwrap();
     let text = scrape(&gw);
+    for want in [
+        r#"result="shadow_blocked",rule="dry""#,
+        r#"key="all/global",result="blocked",rule="all""#,
+        "ratelimiter_config_reloads_total",
+        "ratelimiter_config_loaded_timestamp_seconds",
+    ] {
+        assert!(text.contains(want), "{want} missing: {text}");
+    }
     let mut child = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())

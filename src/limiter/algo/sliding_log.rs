@@ -196,6 +196,16 @@ mod tests {
     }
 
     #[test]
+    fn the_clock_going_backwards_keeps_every_entry() {
+        // Entries "from the future" (the clock stepped back) are all still in the window, so
+        // the log stays full rather than letting a new burst through.
+        let d = peek(&[1000, 1010], 500, q(2, 100));
+        assert_eq!((d.allowed, d.count), (false, 2));
+        assert_eq!(d.retry_after_ms, 1000 + 100 - 500);
+        assert!(!is_expired(1010, 500, 100));
+    }
+
+    #[test]
     fn huge_limits_do_not_overflow() {
         let d = peek(&[], u64::MAX / 2, q(u32::MAX, u64::MAX / 4));
         assert_eq!(d.remaining, u64::from(u32::MAX));
