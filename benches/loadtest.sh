@@ -18,7 +18,8 @@
 # like. BASELINE, a release binary of an earlier version, adds its pass-through, embedded
 # and Redis modes to the same run, each right after the current build's, so a change is
 # judged against its baseline under the same load. MODES (a space-separated list of mode
-# numbers, e.g. "3 4 5") runs only those. Installs nginx, wrk and redis-server (Debian) and
+# numbers, e.g. "3 4 5") runs only those. RUNS=3 measures every mode three times, one round
+# after another, and reports medians (with the range of the CPU figures). Installs nginx, wrk and redis-server (Debian) and
 # oha (crates.io) when missing. Everything listens on 127.0.0.1 only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +29,7 @@ DURATION=${DURATION:-10s}
 THREADS=${THREADS:-1}
 BASELINE=${BASELINE:-}
 MODES=${MODES:-}
+RUNS=${RUNS:-1}
 OUT=${OUT:-target/loadtest}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -215,26 +217,26 @@ wait_jobs() {
 
 redis_calls() { redis-cli -p "$REDIS" info commandstats | awk -F'[=,]' '/^cmdstat_evalsha:/ { print $2 }'; }
 
-declare -A RESULT CALLS CPU RCPU
-LABELS=()
-# measure LABEL TOOL PORT...: one row. $CPU_PIDS are the processes whose CPU is charged to
-# the proxy under test (the gateways, or nginx and its workers).
+ROWS="$OUT/rows.tsv"
+: > "$ROWS"
+# measure LABEL TOOL PORT...: one row, appended to $ROWS. $CPU_PIDS are the processes whose
+# CPU is charged to the proxy under test (the gateways, or nginx and its workers).
 measure() {
   local label=$1 tool=$2; shift 2
-  case " ${LABELS[*]} " in *" $label "*) ;; *) LABELS+=("$label") ;; esac
   redis-cli -p "$REDIS" config resetstat >/dev/null
   local pids="$CPU_PIDS"
   [ "$pids" = nginx ] && pids="$NGINX_PID $(pgrep -P "$NGINX_PID" | tr '\n' ' ')"
   local c0 r0; c0=$(cpu_ns $pids); r0=$(cpu_ns "$REDIS_PID")
   local r; r=$("run_$tool" "$@")
   local c1 r1; c1=$(cpu_ns $pids); r1=$(cpu_ns "$REDIS_PID")
-  RESULT["$label/$tool"]=$r
   local calls; calls=$(redis_calls); calls=${calls:-0}
   local reqs; reqs=$(echo "$r" | awk '{ print $5 }')
-  CALLS["$label/$tool"]=$(awk -v c="$calls" -v r="$reqs" 'BEGIN { if (r > 0) printf "%.3f", c / r; else print "-" }')
-  CPU["$label/$tool"]=$(awk -v a="$c0" -v b="$c1" -v r="$reqs" -v p="$pids" 'BEGIN { if (r > 0 && p != "") printf "%.1f", (b - a) / 1000 / r; else print "-" }')
-  RCPU["$label/$tool"]=$(awk -v a="$r0" -v b="$r1" -v r="$reqs" 'BEGIN { if (r > 0) printf "%.1f", (b - a) / 1000 / r; else print "-" }')
-  echo "  $label/$tool: $r (evalsha $calls, ${CPU["$label/$tool"]} µs/req, redis ${RCPU["$label/$tool"]} µs/req)" >&2
+  local per_req cpu rcpu
+  per_req=$(awk -v c="$calls" -v r="$reqs" 'BEGIN { if (r > 0) printf "%.3f", c / r; else print "-" }')
+  cpu=$(awk -v a="$c0" -v b="$c1" -v r="$reqs" -v p="$pids" 'BEGIN { if (r > 0 && p != "") printf "%.1f", (b - a) / 1000 / r; else print "-" }')
+  rcpu=$(awk -v a="$r0" -v b="$r1" -v r="$reqs" 'BEGIN { if (r > 0) printf "%.1f", (b - a) / 1000 / r; else print "-" }')
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$tool" "$r" "$per_req" "$cpu" "$rcpu" >> "$ROWS"
+  echo "  $label/$tool: $r (evalsha $calls, $cpu µs/req, redis $rcpu µs/req)" >&2
 }
 
 # wanted N: whether mode N is to run.
@@ -243,6 +245,8 @@ wanted() { [ -z "$MODES" ] || case " $MODES " in *" $1 "*) true ;; *) false ;; e
 ONE_KEY_OHA="-H X-Api-Key:bench"
 echo "load: $CONNS connections, $DURATION per run, $THREADS worker thread(s)" >&2
 
+for RUN in $(seq 1 "$RUNS"); do
+[ "$RUNS" = 1 ] || echo "round $RUN of $RUNS" >&2
 OHA_ARGS=""
 export UNIQUE_KEYS=0
 CPU_PIDS=""
@@ -316,32 +320,57 @@ if wanted 7; then
   CPU_PIDS="$P1 $P2 $P3"
   UNIQUE_KEYS=1 measure "7 three nodes, one redis" wrk "$N1" "$N2" "$N3"
   OHA_ARGS=$ONE_KEY_OHA measure "7 three nodes, one redis" oha "$N1" "$N2" "$N3"
+  kill "$P1" "$P2" "$P3" 2>/dev/null || true
+  wait "$P1" "$P2" "$P3" 2>/dev/null || true
 fi
+done
 
 # --- table -------------------------------------------------------------------------------
+# Medians over the runs, in the order the modes first ran; the CPU columns give the range
+# when there were several runs.
 {
-  echo "| mode | tool | req/s | p50 ms | p99 ms | p99.9 ms | vs pass-through | vs nginx proxy_pass | CPU µs/req | Redis CPU µs/req | Redis calls/req |"
-  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-  for label in "${LABELS[@]}"; do
-    for tool in wrk oha; do
-      [ -n "${RESULT["$label/$tool"]:-}" ] || continue
-      read -r rps p50 p99 p999 _ <<< "${RESULT["$label/$tool"]}"
-      pass=0; ngx=0
-      [ -n "${RESULT["3 gateway pass-through/$tool"]:-}" ] && read -r pass _ <<< "${RESULT["3 gateway pass-through/$tool"]}"
-      [ -n "${RESULT["2a nginx proxy_pass/$tool"]:-}" ] && read -r ngx _ <<< "${RESULT["2a nginx proxy_pass/$tool"]}"
-      calls="-"; rcpu="-"
-      case "$label" in 5*|6*|7*|8*|9*|10*) calls=${CALLS["$label/$tool"]}; rcpu=${RCPU["$label/$tool"]} ;; esac
-      awk -v l="$label" -v t="$tool" -v r="$rps" -v a="$p50" -v b="$p99" -v c="$p999" -v p="$pass" -v n="$ngx" \
-          -v k="$calls" -v u="${CPU["$label/$tool"]}" -v ru="$rcpu" \
-        'BEGIN { printf "| %s | %s | %d | %.2f | %.2f | %.2f | %s | %s | %s | %s | %s |\n", l, t, r, a, b, c,
-                 (p > 0 ? sprintf("%.2f", r / p) : "-"), (n > 0 ? sprintf("%.2f", r / n) : "-"), u, ru, k }'
-    done
-  done
+  python3 - "$ROWS" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    label, tool, result, calls, cpu, rcpu = line.rstrip("\n").split("\t")
+    rps, p50, p99, p999, _ = result.split()
+    rows.setdefault((label, tool), []).append(
+        (float(rps), float(p50), float(p99), float(p999), calls, cpu, rcpu))
+
+def med(xs):
+    return statistics.median(xs) if xs else None
+
+def num(values, digits=1, spread=True):
+    xs = [float(v) for v in values if v not in ("-", "")]
+    if not xs:
+        return "-"
+    m = med(xs)
+    if len(xs) == 1 or not spread:
+        return f"{m:.{digits}f}"
+    return f"{m:.{digits}f} ({min(xs):.{digits}f}-{max(xs):.{digits}f})"
+
+def rps_of(label, tool):
+    r = rows.get((label, tool))
+    return med([x[0] for x in r]) if r else None
+
+print("| mode | tool | req/s | p50 ms | p99 ms | p99.9 ms | vs pass-through | vs nginx proxy_pass "
+      "| CPU µs/req | Redis CPU µs/req | Redis calls/req |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+for (label, tool), r in rows.items():
+    rps = med([x[0] for x in r])
+    ratio = lambda base: f"{rps / base:.2f}" if base else "-"
+    redis = label.split()[0] in ("5", "6", "7", "8", "9", "10")
+    print(f"| {label} | {tool} | {rps:.0f} | {med([x[1] for x in r]):.2f} | {med([x[2] for x in r]):.2f} "
+          f"| {med([x[3] for x in r]):.2f} | {ratio(rps_of('3 gateway pass-through', tool))} "
+          f"| {ratio(rps_of('2a nginx proxy_pass', tool))} | {num([x[5] for x in r])} "
+          f"| {num([x[6] for x in r]) if redis else '-'} | {num([x[4] for x in r], 3, False) if redis else '-'} |")
+PY
   echo
   echo "wrk: keys in 4, 5 and 7-10 are new per request (X-Api-Key from a Lua script); oha sends one"
   echo "key whose limit is never reached. In 6 every request is blocked (limit 10 per hour). In 8"
   echo "every request owes three rules (per key, per IP, global), decided in one script call; 9"
   echo "and 10 are 5 with one rule of another algorithm in place of the default."
   echo "CPU µs/req: the proxy under test (the gateway, or nginx with its workers), all threads."
-  echo "$CONNS connections, $DURATION per run, $THREADS worker thread(s) for the gateway and nginx, $(nproc) cores."
+  echo "$CONNS connections, $DURATION per run, $THREADS worker thread(s) for the gateway and nginx, $(nproc) cores, $RUNS run(s) per mode (medians)."
 } | tee "$OUT/table.md"
