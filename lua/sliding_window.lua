@@ -1,7 +1,8 @@
 -- The sliding-window counter for one counter key (contract §7); the same arithmetic, in the
 -- same floating-point order, as src/limiter/algo/sliding_window.rs. The key is a hash: w (the
--- index of a fixed window, now / window since the Unix epoch), c (its count) and p (the count
--- of the window before). The estimate is c + p x (window - elapsed) / window, floored; a
+-- index of a fixed window, now / window since the Unix epoch), c (its count), p (the count
+-- of the window before) and l (the window length they were counted in; under another length,
+-- after a reload changed the rule's window, the key starts afresh). The estimate is c + p x (window - elapsed) / window, floored; a
 -- request has room when it is below the limit. The key expires at the end of the window after
 -- the one it counts. Steps as in lua/sliding_log.lua; the state passed from peek to record is
 -- the stored window index, or false for a key to write afresh.
@@ -36,8 +37,8 @@ local function sliding_window()
   local function counts(key, now, window)
     local idx = math.floor(now / window)
     local elapsed = now - idx * window
-    local v = redis.pcall('HMGET', key, 'w', 'c', 'p')
-    if type(v) ~= 'table' or v.err or not v[1] then
+    local v = redis.pcall('HMGET', key, 'w', 'c', 'p', 'l')
+    if type(v) ~= 'table' or v.err or not v[1] or tonumber(v[4]) ~= window then
       return idx, elapsed, 0, 0, false
     end
     local s, c, p = tonumber(v[1]), tonumber(v[2]) or 0, tonumber(v[3]) or 0
@@ -76,7 +77,7 @@ local function sliding_window()
       if stored == false then
         redis.call('DEL', key)
       end
-      redis.call('HSET', key, 'w', idx, 'c', cur, 'p', prev)
+      redis.call('HSET', key, 'w', idx, 'c', cur, 'p', prev, 'l', window)
       redis.call('PEXPIRE', key, (idx + 2) * window - now)
     end
     count = count + 1

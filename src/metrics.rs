@@ -6,7 +6,8 @@
 //! under `key="_other"`).
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::{
@@ -34,7 +35,7 @@ pub struct Metrics {
     store_errors: IntCounterVec,
     reloads: IntCounterVec,
     config_loaded: Gauge,
-    max_key_labels: usize,
+    max_key_labels: AtomicUsize,
     /// The decision counters of each (rule, key) with its own label, bounded by
     /// `max_key_labels`: one map lookup per decision instead of resolving labels each time.
     labelled: RwLock<Labelled>,
@@ -52,34 +53,40 @@ struct Labelled {
 
 /// A (rule, key)'s decision counters. Every series exists from the first decision, so
 /// `increase()` over the blocked one starts from 0, not from its first blocked request.
-/// `shadow_blocked` exists for shadow rules only.
-#[derive(Clone)]
+/// `shadow_blocked` exists from the first decision of a shadow rule, and from its first
+/// would-be block for a rule that became a shadow on reload.
 struct Decisions {
     allowed: IntCounter,
     blocked: IntCounter,
-    shadow_blocked: Option<IntCounter>,
+    shadow_blocked: OnceLock<IntCounter>,
+    /// The `key` label, for a `shadow_blocked` series made late.
+    key: Box<str>,
 }
 
 impl Decisions {
     fn of(vec: &IntCounterVec, check: &Check, key: &str) -> Self {
         let series =
             |result: CheckResult| vec.with_label_values(&[result.label(), key, check.rule]);
+        let shadow_blocked = OnceLock::new();
+        if check.shadow {
+            let _ = shadow_blocked.set(series(CheckResult::ShadowBlocked));
+        }
         Decisions {
             allowed: series(CheckResult::Allowed),
             blocked: series(CheckResult::Blocked),
-            shadow_blocked: check.shadow.then(|| series(CheckResult::ShadowBlocked)),
+            shadow_blocked,
+            key: key.into(),
         }
     }
 
-    fn count(&self, result: CheckResult) {
+    fn count(&self, vec: &IntCounterVec, rule: &str, result: CheckResult) {
         match result {
             CheckResult::Allowed => self.allowed.inc(),
             CheckResult::Blocked => self.blocked.inc(),
-            CheckResult::ShadowBlocked => match &self.shadow_blocked {
-                Some(c) => c.inc(),
-                // A rule that became a shadow on reload: its series appear now.
-                None => self.blocked.inc(),
-            },
+            CheckResult::ShadowBlocked => self
+                .shadow_blocked
+                .get_or_init(|| vec.with_label_values(&[result.label(), &self.key, rule]))
+                .inc(),
         }
     }
 }
@@ -149,7 +156,7 @@ impl Metrics {
             store_errors,
             reloads,
             config_loaded,
-            max_key_labels,
+            max_key_labels: AtomicUsize::new(max_key_labels),
             labelled: RwLock::new(Labelled::default()),
         })
     }
@@ -160,41 +167,46 @@ impl Metrics {
 
     /// Counts one check's part in a decided request.
     pub fn count_decision(&self, check: &Check, result: CheckResult) {
+        let (vec, rule) = (&self.checked, check.rule);
         {
             let map = self.labelled.read().unwrap_or_else(|p| p.into_inner());
-            if let Some(d) = map
-                .keys
-                .get(check.rule)
-                .and_then(|k| k.get(check.key.as_str()))
-            {
-                return d.count(result);
+            if let Some(d) = map.keys.get(rule).and_then(|k| k.get(check.key.as_str())) {
+                return d.count(vec, rule, result);
             }
-            if map.len >= self.max_key_labels {
-                if let Some(d) = map.other.get(check.rule) {
-                    return d.count(result);
+            if map.len >= self.max_key_labels() {
+                if let Some(d) = map.other.get(rule) {
+                    return d.count(vec, rule, result);
                 }
             }
         }
         let mut map = self.labelled.write().unwrap_or_else(|p| p.into_inner());
         let map = &mut *map;
-        if let Some(d) = map
-            .keys
-            .get(check.rule)
-            .and_then(|k| k.get(check.key.as_str()))
-        {
-            d.count(result);
-        } else if map.len < self.max_key_labels {
-            let d = Decisions::of(&self.checked, check, &check.key);
-            d.count(result);
-            let keys = map.keys.entry(check.rule).or_default();
-            keys.insert(check.key.as_str().into(), d);
+        if let Some(d) = map.keys.get(rule).and_then(|k| k.get(check.key.as_str())) {
+            d.count(vec, rule, result);
+        } else if map.len < self.max_key_labels() {
+            let d = Decisions::of(vec, check, &check.key);
+            d.count(vec, rule, result);
+            map.keys
+                .entry(rule)
+                .or_default()
+                .insert(check.key.as_str().into(), d);
             map.len += 1;
         } else {
             map.other
-                .entry(check.rule)
-                .or_insert_with(|| Decisions::of(&self.checked, check, OTHER_KEY))
-                .count(result);
+                .entry(rule)
+                .or_insert_with(|| Decisions::of(vec, check, OTHER_KEY))
+                .count(vec, rule, result);
         }
+    }
+
+    fn max_key_labels(&self) -> usize {
+        self.max_key_labels.load(Ordering::Relaxed)
+    }
+
+    /// Sets `metrics.max_key_labels` (on reload). Keys that have their own label keep it when
+    /// the cap is lowered.
+    pub fn set_max_key_labels(&self, n: usize) {
+        self.max_key_labels.store(n, Ordering::Relaxed);
     }
 
     /// Counts a reload; a successful one also sets when the config in force was loaded.
@@ -277,6 +289,24 @@ mod tests {
             text.contains(
                 r#"key="dry/ip:10.0.0.1",result="shadow_blocked",rule="dry",node_id="n1"} 1"#
             ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_rule_that_becomes_a_shadow_gets_its_series() {
+        let m = Metrics::new("n1", 10).unwrap();
+        let mut c = check("trial", "trial/ip:10.0.0.1", false);
+        m.count_decision(&c, CheckResult::Blocked);
+        c.shadow = true;
+        m.count_decision(&c, CheckResult::ShadowBlocked);
+        let text = m.render();
+        assert!(
+            text.contains(r#"result="shadow_blocked",rule="trial",node_id="n1"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"result="blocked",rule="trial",node_id="n1"} 1"#),
             "{text}"
         );
     }

@@ -5,7 +5,7 @@
 //! node itself.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -24,6 +24,14 @@ pub const KEY_PREFIX: &str = "ratelimiter:nodes:";
 /// enough that shutdown is never held up for long.
 const CALL_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The node's registry settings that a reload may change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Settings {
+    address: String,
+    ttl: Duration,
+    heartbeat: Duration,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeInfo {
     pub id: String,
@@ -32,9 +40,10 @@ pub struct NodeInfo {
 }
 
 pub struct Registry {
+    /// The id is fixed for the life of the process; the rest follows reloads.
     me: NodeInfo,
-    ttl: Duration,
-    heartbeat: Duration,
+    /// What a reload may change: the published address, the TTL and the heartbeat.
+    settings: RwLock<Settings>,
     /// `None`: the embedded store, a registry of one.
     redis: Option<ConnectionManager>,
     /// Set once the node unregisters, so a late heartbeat cannot bring it back.
@@ -49,8 +58,11 @@ impl Registry {
                 address: node.address.clone(),
                 registered_at: iso8601(SystemTime::now()),
             },
-            ttl: node.ttl,
-            heartbeat: node.heartbeat,
+            settings: RwLock::new(Settings {
+                address: node.address.clone(),
+                ttl: node.ttl,
+                heartbeat: node.heartbeat,
+            }),
             redis,
             leaving: AtomicBool::new(false),
         }
@@ -58,6 +70,28 @@ impl Registry {
 
     pub fn me(&self) -> &NodeInfo {
         &self.me
+    }
+
+    fn settings(&self) -> Settings {
+        self.settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Takes a reloaded `[node]` (its id stays): the next heartbeat publishes the new address
+    /// and TTL, and the one after waits the new interval.
+    pub fn update(&self, node: &NodeConfig) {
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Settings {
+            address: node.address.clone(),
+            ttl: node.ttl,
+            heartbeat: node.heartbeat,
+        };
+    }
+
+    /// How long the heartbeat waits between beats.
+    pub fn heartbeat(&self) -> Duration {
+        self.settings().heartbeat
     }
 
     fn key(&self) -> String {
@@ -73,17 +107,18 @@ impl Registry {
             return Ok(());
         }
         let mut conn = conn.clone();
+        let settings = self.settings();
         let mut pipe = redis::pipe();
         pipe.atomic()
             .hset_multiple(
                 self.key(),
                 &[
-                    ("address", self.me.address.as_str()),
+                    ("address", settings.address.as_str()),
                     ("registered_at", self.me.registered_at.as_str()),
                 ],
             )
             .ignore()
-            .expire(self.key(), self.ttl.as_secs() as i64)
+            .expire(self.key(), settings.ttl.as_secs() as i64)
             .ignore();
         bounded(pipe.query_async::<()>(&mut conn)).await
     }
@@ -106,7 +141,10 @@ impl Registry {
     /// Every live node sharing this Redis, sorted by id.
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
         let Some(conn) = &self.redis else {
-            return Ok(vec![self.me.clone()]);
+            return Ok(vec![NodeInfo {
+                address: self.settings().address,
+                ..self.me.clone()
+            }]);
         };
         let mut conn = conn.clone();
         let mut keys = Vec::new();
@@ -179,7 +217,7 @@ impl BackgroundService for Heartbeat {
                 self.metrics.active_counters.set(n as i64);
             }
             tokio::select! {
-                _ = tokio::time::sleep(self.registry.heartbeat) => {}
+                _ = tokio::time::sleep(self.registry.heartbeat()) => {}
                 _ = shutdown.changed() => return,
             }
         }

@@ -3,9 +3,11 @@
 //! with. An invalid file changes nothing: every error is logged as file:line:col and the
 //! reload is counted as failed.
 //!
-//! Some keys are read once at start (the listeners, the Redis connection, the node's identity
-//! in the registry, the worker threads, the metric label cap). A reload that changes one of
-//! them names it in the log and keeps its running value; a restart applies it.
+//! Some keys are read once at start (contract §8: the listen addresses, `[redis]`, `[node]
+//! id` and `[server]`). A reload that changes one of them names it in the log and keeps its
+//! running value; a restart applies it. Everything else takes effect: the rules and limits for
+//! the next request, `[node]` address, TTL and heartbeat at the next heartbeat, and
+//! `metrics.max_key_labels` for keys not labelled yet.
 
 use std::sync::Arc;
 
@@ -14,12 +16,14 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::config::{Config, ConfigErrors, DEFAULTS_NAME};
 use crate::live::{Live, LiveConfig};
 use crate::metrics::Metrics;
+use crate::registry::Registry;
 
 pub struct Reloader {
     /// The `-c` file; `None`: the built-in defaults (and the environment) are read again.
     path: Option<String>,
     live: Arc<LiveConfig>,
     metrics: Arc<Metrics>,
+    registry: Arc<Registry>,
 }
 
 /// What a successful reload did.
@@ -30,11 +34,17 @@ pub struct Reloaded {
 }
 
 impl Reloader {
-    pub fn new(path: Option<String>, live: Arc<LiveConfig>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        path: Option<String>,
+        live: Arc<LiveConfig>,
+        metrics: Arc<Metrics>,
+        registry: Arc<Registry>,
+    ) -> Self {
         Reloader {
             path,
             live,
             metrics,
+            registry,
         }
     }
 
@@ -47,6 +57,9 @@ impl Reloader {
         let result = Config::load_from(self.path.as_deref()).map(|mut config| {
             let running = self.live.load();
             let kept = keep_restart_only(&running.config, &mut config);
+            self.registry.update(&config.node);
+            self.metrics
+                .set_max_key_labels(config.metrics.max_key_labels);
             let live = Live::new(config);
             self.metrics.config_loaded_at(live.loaded_at);
             self.live.store(live);
@@ -110,6 +123,12 @@ impl Reloader {
 /// ones that changed.
 pub fn keep_restart_only(running: &Config, new: &mut Config) -> Vec<&'static str> {
     let mut kept = Vec::new();
+    // `node.address` defaults to `proxy.listen`: when the listen address stays, so does an
+    // address that only followed it.
+    if new.proxy.listen != running.proxy.listen && new.node.address == new.proxy.listen.to_string()
+    {
+        new.node.address = running.node.address.clone();
+    }
     macro_rules! keep {
         ($name:literal, $($field:ident).+) => {
             if new.$($field).+ != running.$($field).+ {
@@ -124,11 +143,7 @@ pub fn keep_restart_only(running: &Config, new: &mut Config) -> Vec<&'static str
     keep!("proxy.listen", proxy.listen);
     keep!("admin.listen", admin.listen);
     keep!("node.id", node.id);
-    keep!("node.address", node.address);
-    keep!("node.ttl_seconds", node.ttl);
-    keep!("node.heartbeat_seconds", node.heartbeat);
     keep!("redis", redis);
-    keep!("metrics.max_key_labels", metrics.max_key_labels);
     kept
 }
 
@@ -149,13 +164,25 @@ mod tests {
             "[proxy]\nlisten = \"127.0.0.1:9999\"\n[node]\nid = \"b\"\n[redis]\nurl = \"redis://127.0.0.1:6379\"\n[limits]\ndefault_limit = 7\n",
         );
         let kept = keep_restart_only(&running, &mut new);
-        // The node's published address follows proxy.listen unless set.
-        assert_eq!(kept, ["proxy.listen", "node.id", "node.address", "redis"]);
+        assert_eq!(kept, ["proxy.listen", "node.id", "redis"]);
         assert_eq!(new.proxy.listen.port(), 8080);
+        // The published address followed the listen address, so it stays with it.
+        assert_eq!(new.node.address, "127.0.0.1:8080");
         assert_eq!(new.node.id, "a");
         assert!(new.redis.is_none());
         // What a reload is for goes through.
         assert_eq!(new.limits.default.limit.get(), 7);
+    }
+
+    #[test]
+    fn the_node_s_address_ttl_and_heartbeat_follow_a_reload() {
+        let running = parse("[node]\nttl_seconds = 30\n");
+        let mut new = parse(
+            "[node]\naddress = \"10.0.0.5:8080\"\nttl_seconds = 20\nheartbeat_seconds = 5\n[metrics]\nmax_key_labels = 10\n",
+        );
+        assert!(keep_restart_only(&running, &mut new).is_empty());
+        assert_eq!(new.node.address, "10.0.0.5:8080");
+        assert_eq!(new.node.ttl.as_secs(), 20);
     }
 
     #[test]

@@ -129,7 +129,13 @@ pub fn run(config: Config, path: Option<String>) -> Result<(), String> {
     ));
 
     // Before the listeners open, so a SIGHUP never finds the process without its handler.
-    Reloader::new(path, shared.live.clone(), shared.metrics.clone()).listen()?;
+    Reloader::new(
+        path,
+        shared.live.clone(),
+        shared.metrics.clone(),
+        shared.registry.clone(),
+    )
+    .listen()?;
 
     shared.metrics.node_up.set(1);
     log::info!(

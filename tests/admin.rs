@@ -442,6 +442,19 @@ fn check_records_so_it_needs_the_token_too() {
         (r.status, body(&r)["current_count"].clone()),
         (200, json!(1))
     );
+    // The scheme is case-insensitive, the token is not.
+    let lower = [("Authorization", "bearer s3cret")];
+    assert_eq!(
+        post(a, "/check", &lower, r#"{"key":"k"}"#).unwrap().status,
+        200
+    );
+    let wrong_case = [("Authorization", "Bearer S3CRET")];
+    assert_eq!(
+        post(a, "/check", &wrong_case, r#"{"key":"k"}"#)
+            .unwrap()
+            .status,
+        401
+    );
     // Explaining records nothing, so it stays open like the other reads.
     let r = post(a, "/api/explain", &[], r#"{"ip":"10.0.0.1"}"#).unwrap();
     assert_eq!(r.status, 200);

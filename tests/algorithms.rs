@@ -195,6 +195,33 @@ fn three_nodes(redis: &RedisServer, up: &Upstream, config: &str) -> Vec<Gateway>
         .collect()
 }
 
+/// A counter whose window changes (a reload, or /check with another window) starts afresh
+/// in both stores, instead of judging old window indexes by the new length.
+#[test]
+fn a_sliding_window_whose_window_changes_starts_afresh() {
+    let redis = RedisServer::start();
+    let embedded = Gateway::start("[proxy.direct_response]\nbody = \"ok\"", "");
+    let shared = Gateway::start(
+        "[proxy.direct_response]\nbody = \"ok\"",
+        &format!("[redis]\nurl = \"{}\"\ntimeout_ms = 1000\n", redis.url()),
+    );
+    for gw in [&embedded, &shared] {
+        let check = |window_ms: u64| {
+            let body = format!(
+                r#"{{"key":"w","limit":2,"window_ms":{window_ms},"algorithm":"sliding_window"}}"#
+            );
+            post(&gw.admin, "/check", &[], &body).unwrap().status
+        };
+        // Ten-second windows, so the three calls fall in one of them.
+        assert_eq!(
+            [check(10_000), check(10_000), check(10_000)],
+            [200, 200, 429]
+        );
+        let hour = 3_600_000;
+        assert_eq!([check(hour), check(hour), check(hour)], [200, 200, 429]);
+    }
+}
+
 #[test]
 fn gcra_allows_exactly_its_burst_across_three_nodes() {
     let redis = RedisServer::start();
@@ -240,12 +267,18 @@ fn sliding_window_stays_within_its_bounds_across_three_nodes() {
     // Into the next window, 100 ms past the boundary.
     std::thread::sleep(Duration::from_millis(boundary + 100));
     let second = burst(&nodes, "edge");
+    let elapsed = epoch_ms() % window;
     assert_eq!(
         first, LIMIT,
         "the first fixed window takes exactly the limit"
     );
-    assert!(second < LIMIT, "the previous window still weighs: {second}");
-    assert!(first + second <= 2 * LIMIT, "{first} + {second}");
+    // The previous window's 30 still weigh 30 × (window − elapsed) / window: by the end of
+    // the second burst at most 30 × elapsed / window (+1 for the floor) can have gone through.
+    let bound = (LIMIT as u64 * elapsed).div_ceil(window) as usize + 1;
+    assert!(
+        second <= bound,
+        "{second} through, {elapsed} ms into the window"
+    );
     let (c, p): (u64, u64) = redis::cmd("HMGET")
         .arg("ratelimit:api/x-api-key:edge")
         .arg("c")

@@ -158,6 +158,40 @@ fn keys_that_need_a_restart_are_named_and_kept() {
 }
 
 #[test]
+fn the_registry_entry_follows_a_reload() {
+    let redis = RedisServer::start();
+    let node = |address: &str, ttl: u32, heartbeat: u32| {
+        format!(
+            "[node]\nid = \"n1\"\naddress = \"{address}\"\nttl_seconds = {ttl}\nheartbeat_seconds = {heartbeat}\n[redis]\nurl = \"{}\"\n",
+            redis.url()
+        )
+    };
+    let gw = Gateway::start(DIRECT, &node("10.0.0.1:8080", 30, 2));
+    let entry = |field: &str| -> Option<String> {
+        redis::cmd("HGET")
+            .arg("ratelimiter:nodes:n1")
+            .arg(field)
+            .query(&mut redis.conn())
+            .unwrap()
+    };
+    wait_for("the node registered", Duration::from_secs(10), || {
+        entry("address").filter(|a| a == "10.0.0.1:8080")
+    });
+    gw.reload_with(DIRECT, &node("10.0.0.2:9000", 4, 1));
+    wait_reloads(&gw, "success", 1);
+    // The next heartbeat (at most 2 s away, then every second) publishes the new values.
+    wait_for("the new address", Duration::from_secs(15), || {
+        entry("address").filter(|a| a == "10.0.0.2:9000")
+    });
+    let ttl: i64 = redis::cmd("TTL")
+        .arg("ratelimiter:nodes:n1")
+        .query(&mut redis.conn())
+        .unwrap();
+    assert!((1..=4).contains(&ttl), "TTL {ttl}");
+    assert!(!gw.log().contains("takes effect only after a restart"));
+}
+
+#[test]
 fn reloads_under_load_fail_no_request() {
     let gw = Gateway::start(DIRECT, "[limits]\ndefault_limit = 1000000\n");
     let stop = Arc::new(AtomicBool::new(false));

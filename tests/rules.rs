@@ -342,10 +342,13 @@ shadow = true
     assert_eq!(count("/api/a", &[], 5), [200, 200, 200, 200, 429]);
     let r = get(p, "/api/a", &premium).unwrap();
     assert_eq!(r.header("X-RateLimit-Limit"), Some("6"));
+    // Sending the IP as the key does not claim the IP's override (it is 4, the rule 3).
+    let r = get(p, "/api/a", &[("X-Api-Key", "127.0.0.1")]).unwrap();
+    assert_eq!(r.header("X-RateLimit-Limit"), Some("3"));
     // Shadow: the trial rule (1) never blocks; the default (2) does. The default was not
     // charged by the unlimited or the skipping requests, so it has both its slots.
     assert_eq!(count("/trial", &[], 3), [200, 200, 429]);
-    assert_eq!(up.served(), 10 + 3 + 6 + 4 + 2);
+    assert_eq!(up.served(), 10 + 3 + 6 + 4 + 1 + 2);
 
     // Counters carry their rule and the limit that applies to them.
     let counters = body(&get(&gw.admin, "/api/counters", &[]).unwrap());

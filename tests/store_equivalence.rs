@@ -145,8 +145,11 @@ const SLIDING_WINDOW: &[Event] = &[
     (3700, &[("w", SlidingWindow, 4, false)], R), // two windows on: empty
 ];
 
-/// Per event, per check: (allowed, count, remaining, retry_after > 0, reset > 0).
-type Seen = Vec<Vec<(bool, u64, u64, bool, bool)>>;
+/// Per event, per check: (allowed, count, remaining, retry_after_ms, reset_ms).
+type Seen = Vec<Vec<(bool, u64, u64, u64, u64)>>;
+
+/// How far the two stores' waits may differ: they read their clocks a moment apart.
+const CLOCK_SLACK_MS: u64 = 30;
 
 async fn run(store: &dyn Backend, trace: &[Event], start: Instant) -> Seen {
     let mut out = Vec::new();
@@ -172,8 +175,13 @@ async fn run(store: &dyn Backend, trace: &[Event], start: Instant) -> Seen {
                 .into_iter()
                 .map(|d| {
                     let d = d.expect("every check decided");
-                    let retry = d.retry_after_ms > 0;
-                    (d.allowed, d.count, d.remaining, retry, d.reset_ms > 0)
+                    (
+                        d.allowed,
+                        d.count,
+                        d.remaining,
+                        d.retry_after_ms,
+                        d.reset_ms,
+                    )
                 })
                 .collect(),
         );
@@ -212,8 +220,29 @@ async fn both(trace: &[Event], aligned: bool) -> Seen {
         run(&redis_store, trace, start),
         run(&memory_store, trace, start)
     );
-    assert_eq!(from_redis, from_memory);
+    // The same decisions, counts and remaining; the same waits to within the slack.
+    let exact = |seen: &Seen| -> Vec<Vec<(bool, u64, u64)>> {
+        seen.iter()
+            .map(|e| e.iter().map(|d| (d.0, d.1, d.2)).collect())
+            .collect()
+    };
+    assert_eq!(exact(&from_redis), exact(&from_memory));
+    for (i, (r, m)) in from_redis.iter().zip(&from_memory).enumerate() {
+        for (a, b) in r.iter().zip(m) {
+            for (what, x, y) in [("retry_after_ms", a.3, b.3), ("reset_ms", a.4, b.4)] {
+                assert!(
+                    x.abs_diff(y) <= CLOCK_SLACK_MS && (x == 0) == (y == 0),
+                    "event {i}: {what} {x} in Redis, {y} in memory"
+                );
+            }
+        }
+    }
     from_memory
+}
+
+/// The first three fields and whether the waits are set: what the traces below assert.
+fn shape(d: (bool, u64, u64, u64, u64)) -> (bool, u64, u64, bool, bool) {
+    (d.0, d.1, d.2, d.3 > 0, d.4 > 0)
 }
 
 fn allowed(seen: &Seen) -> Vec<Vec<bool>> {
@@ -253,7 +282,7 @@ async fn sliding_log_decides_alike_in_redis_and_memory() {
         ]
     );
     // Counts show who was charged: d took the first multi-check request, not the blocked one.
-    assert_eq!(seen[15][0], (true, 1, 4, false, true));
+    assert_eq!(shape(seen[15][0]), (true, 1, 4, false, true));
     assert_eq!(seen[16][0].1, 2);
     assert_eq!(seen[18][1].1, 4);
 }
@@ -281,9 +310,21 @@ async fn gcra_decides_alike_in_redis_and_memory() {
         ]
     );
     // GCRA's own counts: the burst in use, and what is left of it.
-    assert_eq!(seen[0][0], (true, 1, 2, false, true));
+    assert_eq!(shape(seen[0][0]), (true, 1, 2, false, true));
+    // T = 400 ms: the used slot is back 400 ms after it was taken.
+    assert!(
+        seen[0][0].4.abs_diff(400) <= CLOCK_SLACK_MS,
+        "{:?}",
+        seen[0][0]
+    );
+    // Blocked at 1200 ms ahead with 800 tolerated: 400 ms to wait.
+    assert!(
+        seen[3][0].3.abs_diff(400) <= CLOCK_SLACK_MS,
+        "{:?}",
+        seen[3][0]
+    );
     assert_eq!(
-        seen[6][0],
+        shape(seen[6][0]),
         (true, 1, 2, false, true),
         "300 ms ahead: 2 left"
     );
@@ -314,7 +355,17 @@ async fn sliding_window_decides_alike_in_redis_and_memory() {
         ]
     );
     assert_eq!(seen[5][0].1, 4, "3 weighed from before, and this one");
-    assert_eq!(seen[7][0], (true, 2, 2, false, true), "1 + 1.67, floored");
+    assert_eq!(
+        shape(seen[7][0]),
+        (true, 2, 2, false, true),
+        "1 + 1.67, floored"
+    );
+    // Full at 200 ms into the window: room again 1 ms into the next one.
+    assert!(
+        seen[4][0].3.abs_diff(1001) <= CLOCK_SLACK_MS,
+        "{:?}",
+        seen[4][0]
+    );
     assert_eq!(
         seen[10][0].1, 0,
         "GCRA was not charged for the blocked request"

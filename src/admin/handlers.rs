@@ -125,11 +125,11 @@ fn rule_json(rule: &Rule) -> Value {
     if let Some(host) = &m.host {
         matcher.insert("host".into(), json!(host.as_str()));
     }
-    let mut overrides: Vec<(&String, &NonZeroU32)> = rule.overrides.iter().collect();
-    overrides.sort();
-    let overrides: Map<String, Value> = overrides
+    let overrides: Map<String, Value> = rule
+        .overrides
+        .entries()
         .into_iter()
-        .map(|(k, v)| (k.clone(), json!(v.get())))
+        .map(|(k, v)| (k.to_string(), json!(v.get())))
         .collect();
     json!({
         "name": rule.name,
@@ -408,8 +408,10 @@ fn authorized(live: &Arc<Live>, session: &ServerSession) -> bool {
         .req_header()
         .headers
         .get("authorization")
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-        .is_some_and(|given| same(given, token.as_bytes()))
+        .map(|v| v.as_bytes())
+        // The scheme is case-insensitive (RFC 9110 §11.1); the token is not.
+        .filter(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer "))
+        .is_some_and(|v| same(&v[7..], token.as_bytes()))
 }
 
 fn unauthorized() -> Response<Vec<u8>> {

@@ -13,7 +13,7 @@ use super::MAX_WINDOW_MS;
 use crate::key::{KeySource, MAX_VALUE_LEN};
 use crate::limiter::{Algorithm, Limit, Quota};
 use crate::rules::{
-    intern, valid_name, HostMatch, Matcher, PathMatch, Rule, DEFAULT_RULE, MAX_NAME_LEN,
+    intern, valid_name, HostMatch, Matcher, Overrides, PathMatch, Rule, DEFAULT_RULE, MAX_NAME_LEN,
 };
 
 const KEYS: &[&str] = &[
@@ -301,11 +301,7 @@ fn limit(
     }))
 }
 
-fn overrides(
-    s: &Section,
-    key: Option<&KeySource>,
-    errors: &mut Collector,
-) -> Option<HashMap<String, NonZeroU32>> {
+fn overrides(s: &Section, key: Option<&KeySource>, errors: &mut Collector) -> Option<Overrides> {
     let entries = s.integer_table(
         "overrides",
         1,
@@ -325,7 +321,7 @@ fn overrides(
         }
         return None;
     }
-    let mut out = HashMap::with_capacity(entries.len());
+    let mut out = Overrides::default();
     for (k, limit) in entries {
         let value = match key {
             Some(KeySource::Ip) => match k.value.parse::<IpAddr>() {
@@ -356,7 +352,7 @@ fn overrides(
             continue;
         }
         if let Some(n) = NonZeroU32::new(limit.value as u32) {
-            out.insert(value, n);
+            out.insert(&value, n);
         }
     }
     Some(out)

@@ -13,6 +13,7 @@
 pub mod matcher;
 
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Mutex;
 
@@ -67,7 +68,55 @@ pub struct Rule {
     /// Requests this rule matches skip the default rule.
     pub skip_default: bool,
     /// Key value (`10.0.0.7`, `premium-1`) → its own limit.
-    pub overrides: HashMap<String, NonZeroU32>,
+    pub overrides: Overrides,
+}
+
+/// Per-key limits (tiers, allow-lists), looked up by the value part of a request key. An
+/// entry that is an IP address applies only to requests keyed by that IP (`ip:` keys,
+/// including a header rule's fall-back); any other entry only to requests that send it as
+/// their header value. So a client cannot claim an IP's override by sending the IP as its
+/// header value.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    by_ip: HashMap<String, NonZeroU32>,
+    by_value: HashMap<String, NonZeroU32>,
+}
+
+impl Overrides {
+    /// Adds an entry; an IP address is kept the way keys print it (`::1`, not `0::1`).
+    pub fn insert(&mut self, value: &str, limit: NonZeroU32) {
+        match value.parse::<IpAddr>() {
+            Ok(ip) => self.by_ip.insert(ip.to_string(), limit),
+            Err(_) => self.by_value.insert(value.to_string(), limit),
+        };
+    }
+
+    /// The override for a request key, if any.
+    pub fn get(&self, request_key: &str) -> Option<NonZeroU32> {
+        let value = key_value(request_key)?;
+        let map = if request_key.starts_with("ip:") {
+            &self.by_ip
+        } else {
+            &self.by_value
+        };
+        map.get(value).copied()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_ip.is_empty() && self.by_value.is_empty()
+    }
+
+    /// Every entry, sorted by value.
+    pub fn entries(&self) -> Vec<(&str, NonZeroU32)> {
+        let mut all: Vec<(&str, NonZeroU32)> = self
+            .by_ip
+            .iter()
+            .chain(&self.by_value)
+            .map(|(k, v)| (k.as_str(), *v))
+            .collect();
+        all.sort();
+        all
+    }
 }
 
 impl Rule {
@@ -80,7 +129,7 @@ impl Rule {
             limit: Some(limit),
             shadow: false,
             skip_default: false,
-            overrides: HashMap::new(),
+            overrides: Overrides::default(),
         }
     }
 
@@ -109,8 +158,8 @@ impl Rule {
     pub fn limit_for(&self, request_key: &str) -> Option<Limit> {
         let mut limit = self.limit?;
         if !self.overrides.is_empty() {
-            if let Some(n) = key_value(request_key).and_then(|v| self.overrides.get(v)) {
-                limit.quota.limit = *n;
+            if let Some(n) = self.overrides.get(request_key) {
+                limit.quota.limit = n;
             }
         }
         Some(limit)
@@ -292,7 +341,7 @@ mod tests {
             limit: n.map(limit),
             shadow: false,
             skip_default: false,
-            overrides: HashMap::new(),
+            overrides: Overrides::default(),
         }
     }
 
@@ -409,10 +458,10 @@ mod tests {
         let mut tiers = rule("tiers", api_key, Some(10));
         tiers
             .overrides
-            .insert("premium-1".into(), NonZeroU32::new(10_000).unwrap());
+            .insert("premium-1", NonZeroU32::new(10_000).unwrap());
         tiers
             .overrides
-            .insert("10.0.0.1".into(), NonZeroU32::new(1000).unwrap());
+            .insert("10.0.0.1", NonZeroU32::new(1000).unwrap());
         let s = set(vec![tiers]);
         let mut h = HeaderMap::new();
         h.insert("x-api-key", HeaderValue::from_static("premium-1"));
@@ -427,6 +476,12 @@ mod tests {
             keys(&select(&s, &Method::GET, "/", &HeaderMap::new()))[1],
             ("tiers", "tiers/ip:10.0.0.1", 1000)
         );
+        // Sending that IP as the header value does not claim the IP's override.
+        h.insert("x-api-key", HeaderValue::from_static("10.0.0.1"));
+        assert_eq!(
+            keys(&select(&s, &Method::GET, "/", &h))[1],
+            ("tiers", "tiers/x-api-key:10.0.0.1", 10)
+        );
     }
 
     #[test]
@@ -434,7 +489,7 @@ mod tests {
         let mut login = rule("login", KeySource::Ip, Some(5));
         login
             .overrides
-            .insert("10.0.0.7".into(), NonZeroU32::new(50).unwrap());
+            .insert("10.0.0.7", NonZeroU32::new(50).unwrap());
         let s = set(vec![login]);
         let (r, l) = s.describe("login/ip:10.0.0.7");
         assert_eq!((r.name, l.quota.limit.get()), ("login", 50));

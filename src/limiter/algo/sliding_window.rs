@@ -126,24 +126,29 @@ pub struct SlidingWindow {
 }
 
 impl SlidingWindow {
+    /// The stored counts, if they were counted in windows of `window_ms`: a window index
+    /// means nothing under another length (the rule's window changed on reload), so such a
+    /// key starts afresh.
+    fn stored_for(&self, window_ms: u64) -> Option<(u64, u64, u64)> {
+        self.stored.filter(|_| self.window_ms == window_ms)
+    }
+
     pub fn peek(&mut self, now_ms: u64, quota: Quota) -> Decision {
-        peek(counts(self.stored, now_ms, quota.window_ms.get()), quota)
+        let w = quota.window_ms.get();
+        peek(counts(self.stored_for(w), now_ms, w), quota)
     }
 
     pub fn record(&mut self, now_ms: u64, quota: Quota, decision: &mut Decision) {
-        self.window_ms = quota.window_ms.get();
-        let c = record(
-            counts(self.stored, now_ms, quota.window_ms.get()),
-            quota,
-            decision,
-        );
+        let w = quota.window_ms.get();
+        let c = record(counts(self.stored_for(w), now_ms, w), quota, decision);
+        self.window_ms = w;
         self.stored = Some((c.idx, c.cur, c.prev));
     }
 
     /// The estimate now.
     pub fn count(&self, now_ms: u64, quota: Quota) -> u64 {
         let w = quota.window_ms.get();
-        count(counts(self.stored, now_ms, w), w)
+        count(counts(self.stored_for(w), now_ms, w), w)
     }
 
     /// Both windows empty.
@@ -282,6 +287,21 @@ mod tests {
         let c = counts(s.stored, 8_900, 1000);
         assert_eq!((c.idx, c.cur), (9, 3));
         assert!(!send(&mut s, 8_900, quota).allowed);
+    }
+
+    #[test]
+    fn a_changed_window_starts_the_counts_afresh() {
+        let mut s = SlidingWindow::default();
+        for _ in 0..3 {
+            send(&mut s, 1_000_000, q(3, 1000));
+        }
+        assert!(!send(&mut s, 1_000_000, q(3, 1000)).allowed);
+        // Window index 1000 of 1 s windows would be "in the future" for 60 s windows (index
+        // 16): without starting afresh the key would stay full for ever.
+        let d = send(&mut s, 1_000_100, q(3, 60_000));
+        assert_eq!((d.allowed, d.count), (true, 1));
+        assert!(!s.is_idle(1_000_100));
+        assert!(s.is_idle(1_000_100 + 2 * 60_000));
     }
 
     #[test]
