@@ -12,9 +12,9 @@
 -- ARGV[3..] four values per key: algorithm id (1 sliding_log, 2 gcra, 3 sliding_window),
 --           limit (> 0), window_ms (> 0), shadow (1|0)
 --
--- Returns five integers per key, in order: room (1|0), count, remaining, retry_after_ms,
+-- Returns six integers per key, in order: room (1|0), count, remaining, retry_after_ms,
 -- reset_ms (see src/limiter/algo/mod.rs, Decision; a sliding log's reset_ms is 0 for a
--- request with room unless asked for).
+-- request with room unless asked for), and a mark for lua/release.lua (0 unless recorded).
 
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -39,11 +39,12 @@ if #KEYS == 1 then
   local limit, window = tonumber(ARGV[4]), tonumber(ARGV[5])
   local room, count, remaining, retry, reset, state =
     peek(key, now, now_us, limit, window, not record, want_reset)
+  local mark = 0
   if room == 1 and record then
-    count, remaining, reset = record_step(key, now, now_us, limit, window, ARGV[2], count,
+    count, remaining, reset, mark = record_step(key, now, now_us, limit, window, ARGV[2], count,
       remaining, reset, state)
   end
-  return {room, count, remaining, retry, reset}
+  return {room, count, remaining, retry, reset, mark}
 end
 
 -- Several checks: the steps of each algorithm used, made once.
@@ -62,23 +63,24 @@ end
 
 local reply, states, blocked = {}, {}, false
 for i = 1, #KEYS do
-  local at, b = 3 + (i - 1) * 4, (i - 1) * 5
+  local at, b = 3 + (i - 1) * 4, (i - 1) * 6
   local peek = steps_of(i)
   reply[b + 1], reply[b + 2], reply[b + 3], reply[b + 4], reply[b + 5], states[i] =
     peek(KEYS[i], now, now_us, tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2]), not record,
       want_reset)
+  reply[b + 6] = 0
   if reply[b + 1] == 0 and ARGV[at + 3] ~= '1' then
     blocked = true
   end
 end
 if record and not blocked then
   for i = 1, #KEYS do
-    local at, b = 3 + (i - 1) * 4, (i - 1) * 5
+    local at, b = 3 + (i - 1) * 4, (i - 1) * 6
     if reply[b + 1] == 1 then
       local _, record_step = steps_of(i)
-      reply[b + 2], reply[b + 3], reply[b + 5] = record_step(KEYS[i], now, now_us,
-        tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2]), ARGV[2], reply[b + 2], reply[b + 3],
-        reply[b + 5], states[i])
+      reply[b + 2], reply[b + 3], reply[b + 5], reply[b + 6] = record_step(KEYS[i], now,
+        now_us, tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2]), ARGV[2], reply[b + 2],
+        reply[b + 3], reply[b + 5], states[i])
     end
   end
 end

@@ -56,8 +56,24 @@ local function gcra()
     tat = tat + t
     -- %.0f: the whole number, where tostring would switch to an exponent.
     redis.call('SET', key, string.format('%.0f', tat), 'PX', math.ceil((tat - now_us) / 1000))
-    return count + 1, remaining - 1, reset
+    return count + 1, remaining - 1, reset, 0
   end
 
-  return peek, record
+  -- Moves the TAT back by one interval: the state as if the request had not been recorded
+  -- (or later, never earlier, when the TAT had already passed at the record).
+  local function release(key, _, now_us, limit, window)
+    local t = params(limit, window)
+    local v = redis.pcall('GET', key)
+    if type(v) ~= 'string' or not tonumber(v) then
+      return
+    end
+    local tat = tonumber(v) - t
+    if tat <= now_us then
+      redis.call('DEL', key)
+    else
+      redis.call('SET', key, string.format('%.0f', tat), 'PX', math.ceil((tat - now_us) / 1000))
+    end
+  end
+
+  return peek, record, release
 end

@@ -13,7 +13,10 @@
 --   peek(key, now_ms, now_us, limit, window_ms, dry, want_reset)
 --     -> room (1|0), count, remaining, retry_after_ms, reset_ms, state
 --   record(key, now_ms, now_us, limit, window_ms, member, count, remaining, reset, state)
---     -> count, remaining, reset_ms (counting the request)
+--     -> count, remaining, reset_ms (counting the request), mark
+--   release(key, now_ms, now_us, limit, window_ms, member, mark)
+--     takes a recorded request back (lua/release.lua: Redis Cluster, when another slot's rule
+--     refused the request); `mark` is what record returned.
 
 local function sliding_log()
   -- The decision as if the request were not recorded. A look-only call (`dry`) writes nothing;
@@ -72,8 +75,12 @@ local function sliding_log()
       -- The new entry is the oldest: more quota frees when it leaves.
       reset = window
     end
-    return count + 1, remaining - 1, reset
+    return count + 1, remaining - 1, reset, 0
   end
 
-  return peek, record
+  local function release(key, _, _, _, _, member)
+    redis.call('ZREM', key, member)
+  end
+
+  return peek, record, release
 end

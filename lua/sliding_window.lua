@@ -81,8 +81,23 @@ local function sliding_window()
       redis.call('PEXPIRE', key, (idx + 2) * window - now)
     end
     count = count + 1
-    return count, remaining - 1, until_below(count, elapsed, cur, prev, window)
+    return count, remaining - 1, until_below(count, elapsed, cur, prev, window), idx
   end
 
-  return peek, record
+  -- Takes the request back from the window it was counted in (`mark`): still the current one,
+  -- or by now the previous one.
+  local function release(key, _, _, _, window, _, mark)
+    local v = redis.pcall('HMGET', key, 'w', 'c', 'p', 'l')
+    if type(v) ~= 'table' or v.err or not v[1] or tonumber(v[4]) ~= window then
+      return
+    end
+    local w = tonumber(v[1])
+    if w == mark and (tonumber(v[2]) or 0) > 0 then
+      redis.call('HINCRBY', key, 'c', -1)
+    elseif w == mark + 1 and (tonumber(v[3]) or 0) > 0 then
+      redis.call('HINCRBY', key, 'p', -1)
+    end
+  end
+
+  return peek, record, release
 end

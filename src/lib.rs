@@ -15,8 +15,10 @@
 //!    the rest with [`response`];
 //! 5. [`metrics`] — Prometheus counters and histograms of every decision.
 //!
-//! Beside the request path: [`admin`] serves the JSON admin API and `/metrics` on its own
-//! port; [`registry`] keeps this node listed in Redis with a heartbeat; [`shutdown`] turns
+//! Beside the request path: [`redis`] is the one Redis layer (standalone, Sentinel, Cluster;
+//! TLS) that the store, the registry and the admin API share; [`admin`] serves the JSON admin
+//! API and `/metrics` on its own port; [`registry`] keeps this node listed in Redis with a
+//! heartbeat; [`shutdown`] turns
 //! signals into a drain or a fast stop. [`server`] wires them all into pingora services;
 //! [`cli`] and `main.rs` are the thin binary.
 
@@ -29,6 +31,7 @@ pub mod limiter;
 pub mod live;
 pub mod metrics;
 pub mod proxy;
+pub mod redis;
 pub mod registry;
 pub mod reload;
 pub mod response;

@@ -8,21 +8,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::config::NodeConfig;
+use crate::limiter::{Limiter, StoreError};
+use crate::metrics::Metrics;
+use crate::redis::scan::Scan;
+use crate::redis::Redis;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use redis::aio::ConnectionManager;
-
-use crate::config::NodeConfig;
-use crate::limiter::scan::KeyScan;
-use crate::limiter::{Limiter, StoreError};
-use crate::metrics::Metrics;
 
 pub const KEY_PREFIX: &str = "ratelimiter:nodes:";
-
-/// How long a registry call may take: longer than a check (it is off the request path), short
-/// enough that shutdown is never held up for long.
-const CALL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The node's registry settings that a reload may change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,13 +40,13 @@ pub struct Registry {
     /// What a reload may change: the published address, the TTL and the heartbeat.
     settings: RwLock<Settings>,
     /// `None`: the embedded store, a registry of one.
-    redis: Option<ConnectionManager>,
+    redis: Option<Arc<Redis>>,
     /// Set once the node unregisters, so a late heartbeat cannot bring it back.
     leaving: AtomicBool,
 }
 
 impl Registry {
-    pub fn new(node: &NodeConfig, redis: Option<ConnectionManager>) -> Self {
+    pub fn new(node: &NodeConfig, redis: Option<Arc<Redis>>) -> Self {
         Registry {
             me: NodeInfo {
                 id: node.id.clone(),
@@ -100,13 +95,12 @@ impl Registry {
 
     /// Writes (or re-writes, after a Redis restart) this node's entry and its TTL, atomically.
     pub async fn register(&self) -> Result<(), StoreError> {
-        let Some(conn) = &self.redis else {
+        let Some(redis) = &self.redis else {
             return Ok(());
         };
         if self.leaving.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let mut conn = conn.clone();
         let settings = self.settings();
         let mut pipe = redis::pipe();
         pipe.atomic()
@@ -120,70 +114,66 @@ impl Registry {
             .ignore()
             .expire(self.key(), settings.ttl.as_secs() as i64)
             .ignore();
-        bounded(pipe.query_async::<()>(&mut conn)).await
+        let pipe = &pipe;
+        redis
+            .retried(redis.slow_timeout(), |mut c| async move {
+                pipe.query_async::<()>(&mut c).await
+            })
+            .await
     }
 
     /// Deletes this node's entry (best effort) and stops further heartbeats.
     pub async fn unregister(&self) -> Result<(), StoreError> {
         self.leaving.store(true, Ordering::SeqCst);
-        let Some(conn) = &self.redis else {
+        let Some(redis) = &self.redis else {
             return Ok(());
         };
-        let mut conn = conn.clone();
-        bounded(
-            redis::cmd("DEL")
-                .arg(self.key())
-                .query_async::<()>(&mut conn),
-        )
-        .await
+        let key = self.key();
+        let key = &key;
+        redis
+            .retried(redis.slow_timeout(), |mut c| async move {
+                redis::cmd("DEL").arg(key).query_async::<()>(&mut c).await
+            })
+            .await
     }
 
     /// Every live node sharing this Redis, sorted by id.
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
-        let Some(conn) = &self.redis else {
+        let Some(redis) = &self.redis else {
             return Ok(vec![NodeInfo {
                 address: self.settings().address,
                 ..self.me.clone()
             }]);
         };
-        let mut conn = conn.clone();
-        let mut keys = Vec::new();
-        let mut scan = KeyScan::new(format!("{KEY_PREFIX}*"), CALL_TIMEOUT);
-        while let Some(batch) = scan.next(&mut conn).await? {
-            keys.extend(batch);
+        // Each master's entries, read from that master in one pipelined round trip.
+        let mut found: Vec<(String, std::collections::HashMap<String, String>)> = Vec::new();
+        let mut scan = Scan::new(redis, format!("{KEY_PREFIX}*")).await?;
+        while let Some((node, keys)) = scan.next().await? {
+            if keys.is_empty() {
+                continue;
+            }
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                pipe.hgetall(key);
+            }
+            let hashes: Vec<std::collections::HashMap<String, String>> =
+                redis.pipeline_on(&node, &pipe).await?;
+            found.extend(keys.into_iter().zip(hashes));
         }
-        keys.sort();
-        keys.dedup();
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        for key in &keys {
-            pipe.hgetall(key);
-        }
-        let hashes: Vec<std::collections::HashMap<String, String>> =
-            bounded(pipe.query_async(&mut conn)).await?;
-        Ok(keys
-            .iter()
-            .zip(hashes)
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        found.dedup_by(|a, b| a.0 == b.0);
+        Ok(found
+            .into_iter()
             // A key that expired between SCAN and HGETALL comes back empty: not live.
             .filter(|(_, h)| !h.is_empty())
-            .map(|(key, mut h)| NodeInfo {
-                id: key[KEY_PREFIX.len()..].to_string(),
-                address: h.remove("address").unwrap_or_default(),
-                registered_at: h.remove("registered_at").unwrap_or_default(),
-            })
+            .map(
+                |(key, mut h): (String, std::collections::HashMap<String, String>)| NodeInfo {
+                    id: key[KEY_PREFIX.len()..].to_string(),
+                    address: h.remove("address").unwrap_or_default(),
+                    registered_at: h.remove("registered_at").unwrap_or_default(),
+                },
+            )
             .collect())
-    }
-}
-
-async fn bounded<T>(
-    call: impl std::future::Future<Output = redis::RedisResult<T>>,
-) -> Result<T, StoreError> {
-    match tokio::time::timeout(CALL_TIMEOUT, call).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(StoreError::Connection(e.to_string())),
-        Err(_) => Err(StoreError::Timeout),
     }
 }
 

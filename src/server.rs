@@ -42,7 +42,7 @@ impl Shared {
             Some(redis) => {
                 let store =
                     RedisStore::new(redis).map_err(|e| format!("cannot set up Redis: {e}"))?;
-                let registry = Registry::new(&config.node, Some(store.connection()));
+                let registry = Registry::new(&config.node, Some(store.redis()));
                 (
                     Arc::new(store),
                     registry,
@@ -87,7 +87,15 @@ pub fn run(config: Config, path: Option<String>) -> Result<(), String> {
     let live = shared.live.load();
     let config = &live.config;
     match &config.redis {
-        Some(r) => log::info!("store: redis {} (timeout {:?})", r.url, r.timeout),
+        Some(r) => {
+            log::info!("store: redis {} (timeout {:?})", r.topology, r.timeout);
+            if r.tls.insecure {
+                log::warn!(
+                    "Redis TLS certificates are not verified ([redis] tls_insecure = true): \
+                     for testing only; anyone on the path can read and change the counters"
+                );
+            }
+        }
         None => log::info!("store: embedded in-memory (single node)"),
     }
 

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 
-use ratelimiter::config::{Config, OnError};
+use ratelimiter::config::{Config, OnError, RedisTopology};
 
 /// Fixture name → the errors after `<path>:`.
 const EXPECTED: &[(&str, &[&str])] = &[
@@ -339,7 +339,11 @@ fn empty_file_is_the_contract_defaults() {
 fn redis_table_defaults() {
     let c = Config::parse("r.toml", "[redis]\n", &|_| None).unwrap();
     let r = c.redis.unwrap();
-    assert_eq!(r.url.expose(), "redis://127.0.0.1:6379");
+    assert_eq!(
+        r.topology,
+        RedisTopology::Standalone(r.topology.urls()[0].clone())
+    );
+    assert_eq!(r.topology.urls()[0].expose(), "redis://127.0.0.1:6379");
     assert_eq!(r.timeout.as_millis(), 50);
     assert_eq!(r.on_error, OnError::Allow);
 }
@@ -369,9 +373,9 @@ fn environment_overrides_the_file() {
     let r = c
         .redis
         .expect("RATELIMITER_REDIS_URL selects the Redis store");
-    assert_eq!(r.url.expose(), "redis://:pw@10.1.1.1:6380/2");
+    assert_eq!(r.topology.urls()[0].expose(), "redis://:pw@10.1.1.1:6380/2");
     assert_eq!(
-        r.url.to_string(),
+        r.topology.urls()[0].to_string(),
         "redis://:***@10.1.1.1:6380/2",
         "never print the password"
     );

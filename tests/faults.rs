@@ -130,9 +130,10 @@ fn slow_redis_is_bounded_by_the_timeout() {
             .header("X-RateLimit-Limit")
             .map(|_| ())
     });
-    // No pile-up: no extra Redis connections, no descriptors or memory left behind.
+    // No pile-up: at most one Redis connection per proxy worker thread (the first request
+    // made one of the two), no descriptors or memory left behind.
     assert!(
-        redis_clients(&mut conn) <= clients_before,
+        redis_clients(&mut conn) <= clients_before + 1,
         "Redis connections grew"
     );
     let after = process_stats(gw.pid());

@@ -237,7 +237,7 @@ fn reloads_under_load_fail_no_request() {
         c.join().expect("no client saw a failure");
     }
     assert_eq!(failed.load(Ordering::SeqCst), 0);
-    assert!(served_during > 500, "only {served_during} requests served");
+    assert!(served_during > 100, "only {served_during} requests served");
     assert_eq!(
         limits(&gw)["rules"][1]["name"],
         format!("r{RELOADS}"),

@@ -9,6 +9,7 @@
 
 mod error;
 mod reader;
+mod redis;
 mod rules;
 mod validate;
 
@@ -99,10 +100,71 @@ pub struct NodeConfig {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisConfig {
-    pub url: RedisUrl,
-    /// Bound on every Redis call, connection included.
+    pub topology: RedisTopology,
+    pub tls: RedisTls,
+    /// Bound on every Redis call of a check; other calls get a multiple of it.
     pub timeout: Duration,
     pub on_error: OnError,
+}
+
+/// Where the Redis data lives (contract §9): exactly one of these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTopology {
+    /// One server (or a proxy in front of several).
+    Standalone(RedisUrl),
+    /// Redis Cluster, found through these seed nodes.
+    Cluster(Vec<RedisUrl>),
+    /// The master the sentinels monitor under `master`, followed after a failover.
+    Sentinel {
+        sentinels: Vec<RedisUrl>,
+        master: String,
+    },
+}
+
+impl RedisTopology {
+    /// The URLs it names (one for a standalone server).
+    pub fn urls(&self) -> &[RedisUrl] {
+        match self {
+            RedisTopology::Standalone(url) => std::slice::from_ref(url),
+            RedisTopology::Cluster(urls) => urls,
+            RedisTopology::Sentinel { sentinels, .. } => sentinels,
+        }
+    }
+
+    /// Whether it is reached over TLS (`rediss://`; one scheme for all its URLs).
+    pub fn is_tls(&self) -> bool {
+        self.urls().iter().any(RedisUrl::is_tls)
+    }
+}
+
+impl std::fmt::Display for RedisTopology {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |urls: &[RedisUrl]| {
+            urls.iter()
+                .map(RedisUrl::redacted)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match self {
+            RedisTopology::Standalone(url) => write!(f, "{url}"),
+            RedisTopology::Cluster(urls) => write!(f, "cluster via {}", list(urls)),
+            RedisTopology::Sentinel { sentinels, master } => {
+                write!(f, "sentinel master {master:?} via {}", list(sentinels))
+            }
+        }
+    }
+}
+
+/// TLS to Redis beyond what the URL says: whom to trust, and a client certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedisTls {
+    /// Trust this CA (PEM) instead of the system roots.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// A client certificate and its key (PEM), for mutual TLS.
+    pub cert_file: Option<std::path::PathBuf>,
+    pub key_file: Option<std::path::PathBuf>,
+    /// Skip certificate verification (testing only; warned at start).
+    pub insecure: bool,
 }
 
 /// A Redis URL that never prints its password.
@@ -110,6 +172,11 @@ pub struct RedisConfig {
 pub struct RedisUrl(String);
 
 impl RedisUrl {
+    /// Whether the URL asks for TLS (`rediss://`).
+    pub fn is_tls(&self) -> bool {
+        self.0.starts_with("rediss://")
+    }
+
     /// The URL with its secret, for the client only.
     pub fn expose(&self) -> &str {
         &self.0
@@ -227,7 +294,7 @@ impl Config {
         let store = match &self.redis {
             Some(r) => format!(
                 "redis {} (timeout {:?}, on_error {:?})",
-                r.url, r.timeout, r.on_error
+                r.topology, r.timeout, r.on_error
             ),
             None => "embedded store".to_string(),
         };

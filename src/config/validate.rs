@@ -61,9 +61,9 @@ pub(super) fn build(path: &str, source: &str, env: Env) -> Result<Config, Config
         env,
         &mut errors,
     );
-    let redis = redis(
+    let redis = super::redis::read(
         root.has("redis"),
-        &root.section("redis", &["url", "timeout_ms", "on_error"], &mut errors),
+        &root.section("redis", super::redis::KEYS, &mut errors),
         env,
         &mut errors,
     );
@@ -443,69 +443,6 @@ fn env_int(
         }
     }
     out
-}
-
-fn redis(present: bool, s: &Section, env: Env, errors: &mut Collector) -> Option<RedisConfig> {
-    let from_env = env("RATELIMITER_REDIS_URL");
-    if !present && from_env.is_none() {
-        return None;
-    }
-    let mut url = match s.string("url", errors) {
-        Some(At { value, span }) => match check_redis_url(&value) {
-            Ok(()) => Some(value),
-            Err(why) => {
-                errors.at(span, format!("{} url: {why}", s.name));
-                None
-            }
-        },
-        None => Some("redis://127.0.0.1:6379".to_string()),
-    };
-    if let Some(v) = from_env {
-        match check_redis_url(&v) {
-            Ok(()) => url = Some(v),
-            Err(why) => errors.env("RATELIMITER_REDIS_URL", why),
-        }
-    }
-    let timeout = s
-        .integer("timeout_ms", 1, 60_000, "an integer 1..=60000", errors)
-        .map_or(50, |v| v.value as u64);
-    let on_error = match s.string("on_error", errors) {
-        None => OnError::Allow,
-        Some(At { value, span }) => match value.as_str() {
-            "allow" => OnError::Allow,
-            "deny" => OnError::Deny,
-            _ => {
-                errors.at(
-                    span,
-                    format!(
-                        "{} on_error: expected \"allow\" or \"deny\", found {value:?}",
-                        s.name
-                    ),
-                );
-                OnError::Allow
-            }
-        },
-    };
-    Some(RedisConfig {
-        url: RedisUrl(url?),
-        timeout: Duration::from_millis(timeout),
-        on_error,
-    })
-}
-
-fn check_redis_url(url: &str) -> Result<(), String> {
-    let shown = RedisUrl(url.to_string()).redacted();
-    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-        return Err(format!(
-            "expected a redis:// or rediss:// URL, found {shown:?}"
-        ));
-    }
-    redis::Client::open(url).map(|_| ()).map_err(|e| {
-        format!(
-            "invalid Redis URL {shown:?}: {}",
-            e.detail().unwrap_or("malformed")
-        )
-    })
 }
 
 fn limits(s: &Section, env: Env, errors: &mut Collector) -> Option<LimitsConfig> {

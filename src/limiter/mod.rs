@@ -12,7 +12,6 @@ pub mod algo;
 pub mod backend;
 pub mod outcome;
 pub mod policy;
-pub mod scan;
 
 use std::fmt;
 

@@ -185,6 +185,17 @@ impl BlockedKeys {
     }
 }
 
+/// The subscription to resets tells the memory what it hears.
+impl crate::redis::pubsub::Listener for BlockedKeys {
+    fn live(&self, live: bool) {
+        self.set_live(live);
+    }
+
+    fn message(&self, key: &str) {
+        self.heard_reset(key);
+    }
+}
+
 fn ceil_ms(d: Duration) -> u64 {
     (d.as_micros().div_ceil(1000) as u64).max(1)
 }

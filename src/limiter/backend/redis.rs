@@ -2,11 +2,14 @@
 //! call (`lua/check.lua` with the algorithm files before it), so the decision is atomic
 //! across every node and costs one round trip however many rules apply.
 //!
-//! All Redis I/O goes through one multiplexed connection (a `ConnectionManager`, which
-//! pipelines concurrent calls and reconnects by itself). Its driver tasks run on a small
-//! runtime of their own, owned by the store, so the connection outlives no runtime and serves
-//! the proxy and admin services alike. The connection is made lazily: the gateway starts even
-//! when Redis is down, and heals when it returns.
+//! Every call goes through the Redis layer ([`crate::redis`]): the calling thread's own
+//! connection, to a standalone server, a Sentinel's master or a Redis Cluster. On a cluster a
+//! request's keys may live on several slots, and one script can only touch one: each slot's
+//! checks are then decided by their own call, all at once, and when one slot refuses the
+//! request the others' records are taken back right after (`lua/release.lua`). Every limit
+//! holds throughout, since each slot's call enforces its own atomically.
+//!
+//! The subscription to resets runs on a small runtime of its own, owned by the store.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -15,52 +18,56 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_routing::Slot;
 use redis::Script;
 
 use super::blocked::{BlockedKeys, RESET_CHANNEL};
 use crate::config::RedisConfig;
-use crate::limiter::scan::KeyScan;
 use crate::limiter::{Backend, Check, Counter, Decision, Limit, Mode, StoreError};
+use crate::redis::scan::Scan;
+use crate::redis::{pubsub, Redis};
+
+/// The algorithm files every script starts with.
+macro_rules! with_algorithms {
+    ($driver:literal) => {
+        concat!(
+            include_str!("../../../lua/sliding_log.lua"),
+            include_str!("../../../lua/gcra.lua"),
+            include_str!("../../../lua/sliding_window.lua"),
+            include_str!($driver),
+        )
+    };
+}
 
 /// The check script, embedded at build time: the algorithms, then the driver that runs them.
-pub const SCRIPT: &str = concat!(
-    include_str!("../../../lua/sliding_log.lua"),
-    include_str!("../../../lua/gcra.lua"),
-    include_str!("../../../lua/sliding_window.lua"),
-    include_str!("../../../lua/check.lua"),
-);
+pub const SCRIPT: &str = with_algorithms!("../../../lua/check.lua");
 
-/// Integers per check in the script's reply.
-const REPLY_FIELDS: usize = 5;
+/// Counts one key's live entries, for listing counters.
+const COUNT_SCRIPT: &str = with_algorithms!("../../../lua/count.lua");
 
-/// Counts one key's live entries, for listing counters: the algorithms, then the driver.
-const COUNT_SCRIPT: &str = concat!(
-    include_str!("../../../lua/sliding_log.lua"),
-    include_str!("../../../lua/gcra.lua"),
-    include_str!("../../../lua/sliding_window.lua"),
-    include_str!("../../../lua/count.lua"),
-);
+/// Takes back a request's records on the slots that allowed it, when another refused it.
+const RELEASE_SCRIPT: &str = with_algorithms!("../../../lua/release.lua");
+
+/// Integers per check in the check script's reply.
+const REPLY_FIELDS: usize = 6;
 
 /// How long a reset waits to hear its own message back from Redis.
 const RESET_ECHO_WAIT: Duration = Duration::from_millis(200);
-
-/// Bound on each step of a counter listing (one SCAN, or one pipelined batch of counts).
-const LIST_STEP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Prefix of every counter key in Redis (contract §4).
 pub const KEY_PREFIX: &str = "ratelimit:";
 
 pub struct RedisStore {
-    conn: ConnectionManager,
+    redis: Arc<Redis>,
     /// Keys known to be full, answered without Redis until a slot frees.
     blocked: Arc<BlockedKeys>,
     script: Script,
     count_script: Script,
+    release_script: Script,
     /// Unique per process: with `seq`, makes every sorted-set member unique across nodes.
     instance: String,
     seq: AtomicU64,
-    /// Keeps the connection's driver tasks alive; `None` only while dropping.
+    /// Runs the subscription to resets; `None` only while dropping.
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -75,109 +82,45 @@ impl Drop for RedisStore {
 }
 
 impl RedisStore {
-    /// Prepares the connection without connecting: callable with Redis down.
+    /// Prepares the clients without connecting: callable with Redis down.
     pub fn new(config: &RedisConfig) -> Result<RedisStore, StoreError> {
-        let client = redis::Client::open(config.url.expose())
-            .map_err(|e| StoreError::Connection(e.to_string()))?;
+        let redis = Arc::new(Redis::new(config)?);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
-            .thread_name("redis-io")
+            .thread_name("redis-resets")
             .enable_all()
             .build()
             .map_err(|e| StoreError::Connection(format!("cannot start the Redis runtime: {e}")))?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(connect_timeout(config.timeout)))
-            // Each caller bounds its own calls: the proxy path by `timeout_ms`, the admin
-            // listing by a longer step bound.
-            .set_response_timeout(None)
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(10))
-            .set_max_delay(Duration::from_millis(500));
-        let conn = {
-            let _in_runtime = runtime.enter();
-            ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
-                .map_err(|e| StoreError::Connection(e.to_string()))?
-        };
         let blocked = Arc::new(BlockedKeys::default());
-        runtime.spawn(follow_resets(client, blocked.clone()));
+        runtime.spawn(pubsub::follow(
+            redis.clone(),
+            RESET_CHANNEL,
+            blocked.clone(),
+        ));
         let mut h = RandomState::new().build_hasher();
         h.write_u32(std::process::id());
         Ok(RedisStore {
-            conn,
+            redis,
             blocked,
             script: Script::new(SCRIPT),
             count_script: Script::new(COUNT_SCRIPT),
+            release_script: Script::new(RELEASE_SCRIPT),
             instance: format!("{:016x}", h.finish()),
             seq: AtomicU64::new(0),
             runtime: Some(runtime),
         })
     }
 
-    /// The shared multiplexed connection, for other users of this Redis (the node registry).
-    pub fn connection(&self) -> ConnectionManager {
-        self.conn.clone()
+    /// The Redis layer, for the other users of this Redis (the node registry).
+    pub fn redis(&self) -> Arc<Redis> {
+        self.redis.clone()
     }
 
     fn member(&self) -> String {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
         format!("{}-{n:x}", self.instance)
     }
-}
 
-/// Listens for resets on [`RESET_CHANNEL`] for as long as the store lives, reconnecting with
-/// back-off. While not subscribed, nothing is remembered as blocked.
-async fn follow_resets(client: redis::Client, blocked: Arc<BlockedKeys>) {
-    use futures_util::StreamExt;
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        let subscribed = async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(RESET_CHANNEL).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        };
-        if let Ok(Ok(pubsub)) = tokio::time::timeout(Duration::from_secs(2), subscribed).await {
-            backoff = Duration::from_millis(50);
-            blocked.set_live(true);
-            let mut messages = pubsub.into_on_message();
-            while let Some(msg) = messages.next().await {
-                if let Ok(key) = msg.get_payload::<String>() {
-                    blocked.heard_reset(&key);
-                }
-            }
-            log::warn!("lost the Redis subscription to resets; reconnecting");
-        }
-        blocked.set_live(false);
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
-    }
-}
-
-/// Connecting takes a few round trips, so it gets more time than one call.
-fn connect_timeout(call: Duration) -> Duration {
-    (call * 4).max(Duration::from_millis(250))
-}
-
-/// One step of a listing, bounded by [`LIST_STEP_TIMEOUT`].
-async fn step<T>(
-    call: impl std::future::Future<Output = redis::RedisResult<T>>,
-) -> Result<T, StoreError> {
-    tokio::time::timeout(LIST_STEP_TIMEOUT, call)
-        .await
-        .map_err(|_| StoreError::Timeout)?
-        .map_err(store_error)
-}
-
-fn store_error(e: redis::RedisError) -> StoreError {
-    if e.is_timeout() {
-        StoreError::Timeout
-    } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
-        StoreError::Connection(e.to_string())
-    } else {
-        StoreError::Reply(e.to_string())
-    }
-}
-
-impl RedisStore {
     /// A request remembered blocked: the decisions known without asking Redis, when at least
     /// one enforced check is a key known to be full.
     fn remembered_block(&self, checks: &[Check], now: Instant) -> Option<Vec<Option<Decision>>> {
@@ -194,7 +137,14 @@ impl RedisStore {
     }
 }
 
-fn parse_reply(checks: &[Check], reply: &[i64]) -> Result<Vec<Option<Decision>>, StoreError> {
+/// One script call's answer for its checks: the decisions, and each check's mark for a
+/// release.
+struct Reply {
+    decisions: Vec<Decision>,
+    marks: Vec<i64>,
+}
+
+fn parse_reply(checks: &[&Check], reply: &[i64]) -> Result<Reply, StoreError> {
     if reply.len() != checks.len() * REPLY_FIELDS {
         return Err(StoreError::Reply(format!(
             "unexpected script reply {reply:?} for {} checks",
@@ -202,20 +152,186 @@ fn parse_reply(checks: &[Check], reply: &[i64]) -> Result<Vec<Option<Decision>>,
         )));
     }
     let n = |v: i64| v.max(0) as u64;
-    Ok(checks
-        .iter()
-        .zip(reply.chunks_exact(REPLY_FIELDS))
-        .map(|(check, r)| {
-            Some(Decision {
-                allowed: r[0] == 1,
-                count: n(r[1]),
-                limit: check.limit.quota.limit.get(),
-                remaining: n(r[2]),
-                retry_after_ms: n(r[3]),
-                reset_ms: n(r[4]),
+    let mut out = Reply {
+        decisions: Vec::with_capacity(checks.len()),
+        marks: Vec::with_capacity(checks.len()),
+    };
+    for (check, r) in checks.iter().zip(reply.chunks_exact(REPLY_FIELDS)) {
+        out.decisions.push(Decision {
+            allowed: r[0] == 1,
+            count: n(r[1]),
+            limit: check.limit.quota.limit.get(),
+            remaining: n(r[2]),
+            retry_after_ms: n(r[3]),
+            reset_ms: n(r[4]),
+        });
+        out.marks.push(r[5]);
+    }
+    Ok(out)
+}
+
+impl RedisStore {
+    /// One script call over these checks (all in one slot on a cluster).
+    async fn call(&self, checks: &[&Check], mode: Mode, member: &str) -> Result<Reply, StoreError> {
+        let mut invocation = self.script.prepare_invoke();
+        for check in checks {
+            invocation.key(format!("{KEY_PREFIX}{}", check.key));
+        }
+        invocation
+            .arg(u8::from(mode.record) | (u8::from(mode.reset) << 1))
+            .arg(member);
+        for check in checks {
+            invocation
+                .arg(check.limit.algorithm.script_id())
+                .arg(check.limit.quota.limit.get())
+                .arg(check.limit.quota.window_ms.get())
+                .arg(u8::from(check.shadow));
+        }
+        // Once more on a broken connection: after an outage each thread's connection heals on
+        // its next call, and this way that call is not lost. (A script that ran before the
+        // connection broke may then count twice: never more than the limit, only less.)
+        let invocation = &invocation;
+        let reply: Vec<i64> = self
+            .redis
+            .retried(self.redis.timeout(), |mut conn| async move {
+                invocation.invoke_async(&mut conn).await
             })
-        })
-        .collect())
+            .await?;
+        parse_reply(checks, &reply)
+    }
+
+    /// Takes back the records of checks that allowed a request another slot refused.
+    async fn release(
+        &self,
+        checks: &[&Check],
+        marks: &[i64],
+        member: &str,
+    ) -> Result<(), StoreError> {
+        let mut invocation = self.release_script.prepare_invoke();
+        for check in checks {
+            invocation.key(format!("{KEY_PREFIX}{}", check.key));
+        }
+        invocation.arg(member);
+        for (check, mark) in checks.iter().zip(marks) {
+            invocation
+                .arg(check.limit.algorithm.script_id())
+                .arg(check.limit.quota.limit.get())
+                .arg(check.limit.quota.window_ms.get())
+                .arg(mark);
+        }
+        let invocation = &invocation;
+        self.redis
+            .retried(self.redis.timeout(), |mut conn| async move {
+                invocation.invoke_async::<i64>(&mut conn).await
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// A request whose keys live on several cluster slots: each slot's checks in their own
+    /// call, all at once; if any enforced check refused, the slots that recorded take it back.
+    async fn decide_across_slots(
+        &self,
+        checks: &[Check],
+        groups: Vec<Vec<usize>>,
+        mode: Mode,
+        member: &str,
+    ) -> Result<Vec<Decision>, StoreError> {
+        let calls = groups.iter().map(|group| {
+            let part: Vec<&Check> = group.iter().map(|&i| &checks[i]).collect();
+            async move { self.call(&part, mode, member).await }
+        });
+        let replies = futures_util::future::join_all(calls).await;
+        let mut decisions: Vec<Option<Decision>> = vec![None; checks.len()];
+        let mut marks = vec![0; checks.len()];
+        let mut failure = None;
+        for (group, reply) in groups.iter().zip(replies) {
+            match reply {
+                Ok(reply) => {
+                    for (k, &i) in group.iter().enumerate() {
+                        decisions[i] = Some(reply.decisions[k]);
+                        marks[i] = reply.marks[k];
+                    }
+                }
+                Err(e) => failure = Some(e),
+            }
+        }
+        let refused = checks
+            .iter()
+            .zip(&decisions)
+            .any(|(c, d)| !c.shadow && d.is_some_and(|d| !d.allowed));
+        if mode.record && (refused || failure.is_some()) {
+            // Every group that answered without an enforced refusal recorded its checks with
+            // room: take those back.
+            let mut back: Vec<&Check> = Vec::new();
+            let mut back_marks = Vec::new();
+            let mut back_idx = Vec::new();
+            for group in &groups {
+                let answered = group.iter().all(|&i| decisions[i].is_some());
+                let group_refused = group
+                    .iter()
+                    .any(|&i| !checks[i].shadow && decisions[i].is_some_and(|d| !d.allowed));
+                if !answered || group_refused {
+                    continue;
+                }
+                for &i in group {
+                    if decisions[i].is_some_and(|d| d.allowed) {
+                        back.push(&checks[i]);
+                        back_marks.push(marks[i]);
+                        back_idx.push(i);
+                    }
+                }
+            }
+            // One release call per slot, as the check calls were.
+            let mut by_slot: Vec<(Slot, Vec<usize>)> = Vec::new();
+            for (k, check) in back.iter().enumerate() {
+                let slot = slot_of(&check.key);
+                match by_slot.iter_mut().find(|(s, _)| *s == slot) {
+                    Some((_, ks)) => ks.push(k),
+                    None => by_slot.push((slot, vec![k])),
+                }
+            }
+            let releases = by_slot.iter().map(|(_, ks)| {
+                let part: Vec<&Check> = ks.iter().map(|&k| back[k]).collect();
+                let part_marks: Vec<i64> = ks.iter().map(|&k| back_marks[k]).collect();
+                async move { self.release(&part, &part_marks, member).await }
+            });
+            for result in futures_util::future::join_all(releases).await {
+                if let Err(e) = result {
+                    // The record stays: the limit holds, the client is counted once too often.
+                    log::warn!("could not take back a refused request's record: {e}");
+                }
+            }
+            for &i in &back_idx {
+                if let Some(d) = decisions[i].as_mut() {
+                    d.count = d.count.saturating_sub(1);
+                    d.remaining += 1;
+                }
+            }
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        Ok(decisions.into_iter().flatten().collect())
+    }
+}
+
+/// A counter key's cluster slot.
+fn slot_of(key: &str) -> Slot {
+    Slot::for_key(format!("{KEY_PREFIX}{key}"))
+}
+
+/// Checks grouped by cluster slot, in the order their slots first appear.
+fn by_slot(checks: &[Check]) -> Vec<Vec<usize>> {
+    let mut groups: Vec<(Slot, Vec<usize>)> = Vec::new();
+    for (i, check) in checks.iter().enumerate() {
+        let slot = slot_of(&check.key);
+        match groups.iter_mut().find(|(s, _)| *s == slot) {
+            Some((_, g)) => g.push(i),
+            None => groups.push((slot, vec![i])),
+        }
+    }
+    groups.into_iter().map(|(_, g)| g).collect()
 }
 
 #[async_trait]
@@ -231,51 +347,52 @@ impl Backend for RedisStore {
                 return Ok(known);
             }
         }
-        let mut invocation = self.script.prepare_invoke();
-        for check in checks {
-            invocation.key(format!("{KEY_PREFIX}{}", check.key));
-        }
-        invocation
-            .arg(u8::from(mode.record) | (u8::from(mode.reset) << 1))
-            .arg(self.member());
-        for check in checks {
-            invocation
-                .arg(check.limit.algorithm.script_id())
-                .arg(check.limit.quota.limit.get())
-                .arg(check.limit.quota.window_ms.get())
-                .arg(u8::from(check.shadow));
-        }
-        let mut conn = self.conn.clone();
-        let reply: Vec<i64> = invocation
-            .invoke_async(&mut conn)
-            .await
-            .map_err(store_error)?;
-        let decisions = parse_reply(checks, &reply)?;
+        let member = self.member();
+        let groups = if self.redis.is_cluster() && checks.len() > 1 {
+            by_slot(checks)
+        } else {
+            Vec::new()
+        };
+        let decisions = if groups.len() > 1 {
+            self.decide_across_slots(checks, groups, mode, &member)
+                .await?
+        } else {
+            let all: Vec<&Check> = checks.iter().collect();
+            self.call(&all, mode, &member).await?.decisions
+        };
         if mode.record {
-            for (check, decision) in checks.iter().zip(&decisions) {
-                if let Some(d) = decision.as_ref().filter(|_| !check.shadow) {
+            for (check, d) in checks.iter().zip(&decisions) {
+                if !check.shadow {
                     self.blocked.remember(&check.key, check.limit, d, sent);
                 }
             }
         }
-        Ok(decisions)
+        Ok(decisions.into_iter().map(Some).collect())
     }
 
-    /// Walks the keys with SCAN (never KEYS, which blocks Redis) and counts each batch in one
-    /// pipelined round trip, so listing 100,000 counters takes a few hundred round trips.
+    /// Walks the keys of every master with SCAN (never KEYS, which blocks Redis) and counts
+    /// each batch in one pipelined round trip on its master, so listing 100,000 counters takes
+    /// a few hundred round trips. A key that is not a counter (another service's, under the
+    /// same prefix) counts 0 and is left out.
     async fn counters(
         &self,
         limit_of: &(dyn for<'k> Fn(&'k str) -> Limit + Send + Sync),
     ) -> Result<Vec<Counter>, StoreError> {
-        let mut conn = self.conn.clone();
-        step(self.count_script.load_async(&mut conn)).await?;
-        let mut scan = KeyScan::new(format!("{KEY_PREFIX}*"), LIST_STEP_TIMEOUT);
+        let redis = &self.redis;
+        let script = &self.count_script;
+        redis
+            .retried(redis.slow_timeout(), |mut c| async move {
+                script.load_async(&mut c).await
+            })
+            .await?;
+        let mut scan = Scan::new(redis, format!("{KEY_PREFIX}*")).await?;
         let mut out = Vec::new();
-        while let Some(keys) = scan.next(&mut conn).await? {
+        while let Some((node, keys)) = scan.next().await? {
             if keys.is_empty() {
                 continue;
             }
             let mut pipe = redis::pipe();
+            pipe.ignore_errors();
             for key in &keys {
                 let limit = limit_of(key.strip_prefix(KEY_PREFIX).unwrap_or(key));
                 pipe.cmd("EVALSHA")
@@ -286,12 +403,14 @@ impl Backend for RedisStore {
                     .arg(limit.quota.limit.get())
                     .arg(limit.quota.window_ms.get());
             }
-            let counts: Vec<u64> = step(pipe.query_async(&mut conn)).await?;
+            let counts: Vec<redis::Value> = redis.pipeline_on(&node, &pipe).await?;
             for (key, count) in keys.into_iter().zip(counts) {
-                if count > 0 {
-                    let key = key[KEY_PREFIX.len()..].to_string();
-                    out.push(Counter { key, count });
-                }
+                let count = match count {
+                    redis::Value::Int(n) if n > 0 => n as u64,
+                    _ => continue,
+                };
+                let key = key[KEY_PREFIX.len()..].to_string();
+                out.push(Counter { key, count });
             }
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
@@ -302,37 +421,40 @@ impl Backend for RedisStore {
     async fn active_counters(&self) -> Result<u64, StoreError> {
         // Every algorithm lets a key expire once it no longer limits anything, so counting
         // keys counts live counters.
-        let mut conn = self.conn.clone();
-        let mut scan = KeyScan::new(format!("{KEY_PREFIX}*"), LIST_STEP_TIMEOUT);
+        let mut scan = Scan::new(&self.redis, format!("{KEY_PREFIX}*")).await?;
         let mut total = 0;
-        while let Some(keys) = scan.next(&mut conn).await? {
+        while let Some((_, keys)) = scan.next().await? {
             total += keys.len() as u64;
         }
         Ok(total)
     }
 
-    /// Deletes the key and tells every node (this one included) to forget it as blocked.
+    /// Deletes the key, then tells every node (this one included) to forget it as blocked.
     async fn reset(&self, key: &str) -> Result<bool, StoreError> {
-        let mut conn = self.conn.clone();
+        let redis = &self.redis;
         let echo = self.blocked.listen();
-        let (removed, _): (u64, u64) = redis::pipe()
-            .atomic()
-            .del(format!("{KEY_PREFIX}{key}"))
-            .publish(RESET_CHANNEL, key)
-            .query_async(&mut conn)
-            .await
-            .map_err(store_error)?;
+        let counter = format!("{KEY_PREFIX}{key}");
+        let counter = &counter;
+        let removed: u64 = redis
+            .retried(redis.slow_timeout(), |mut c| async move {
+                redis::cmd("DEL").arg(counter).query_async(&mut c).await
+            })
+            .await?;
+        redis
+            .retried(redis.slow_timeout(), |mut c| async move {
+                redis::cmd("PUBLISH")
+                    .arg(RESET_CHANNEL)
+                    .arg(key)
+                    .query_async::<u64>(&mut c)
+                    .await
+            })
+            .await?;
         self.blocked.forget(key);
         self.blocked.await_reset(key, echo, RESET_ECHO_WAIT).await;
         Ok(removed > 0)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        redis::cmd("PING")
-            .query_async::<String>(&mut conn)
-            .await
-            .map(|_| ())
-            .map_err(store_error)
+        self.redis.ping().await
     }
 }

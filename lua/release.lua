@@ -1,0 +1,29 @@
+-- Takes back what lua/check.lua recorded for a request that was refused after all: on Redis
+-- Cluster a request's keys may live on several slots, each decided by its own script call;
+-- when one slot's rules refuse the request, the others' records are taken back right after,
+-- so the request ends up recorded in none (contract §7). Each slot's call enforced its own
+-- limits atomically, so no limit is ever exceeded meanwhile; the price is that a request
+-- racing this one may be refused for a moment by a record about to be taken back.
+--
+-- The algorithm files in lua/ are prepended to this one.
+--
+-- KEYS[i]   ratelimit:<counter key>, the keys whose checks recorded the request
+-- ARGV[1]   the member id the request was recorded under
+-- ARGV[2..] four values per key: algorithm id, limit, window_ms, and the mark check.lua
+--           returned for it
+
+local t = redis.call('TIME')
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = math.floor(now_us / 1000)
+local loaders = {sliding_log, gcra, sliding_window}
+
+for i = 1, #KEYS do
+  local at = 2 + (i - 1) * 4
+  local loader = loaders[tonumber(ARGV[at])]
+  if loader then
+    local _, _, release = loader()
+    release(KEYS[i], now, now_us, tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2]), ARGV[1],
+      tonumber(ARGV[at + 3]))
+  end
+end
+return #KEYS

@@ -1,0 +1,280 @@
+//! `[redis]` (contract §2 and §9): one topology (a URL, Cluster seeds or Sentinels), TLS
+//! files, the call timeout and the failure policy.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::error::Collector;
+use super::reader::{At, Section};
+use super::{OnError, RedisConfig, RedisTls, RedisTopology, RedisUrl};
+
+type Env<'e> = &'e dyn Fn(&str) -> Option<String>;
+
+pub(super) const KEYS: &[&str] = &[
+    "url",
+    "cluster",
+    "sentinels",
+    "sentinel_master",
+    "tls_ca_file",
+    "tls_cert_file",
+    "tls_key_file",
+    "tls_insecure",
+    "timeout_ms",
+    "on_error",
+];
+
+/// The default when `[redis]` names no topology.
+const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
+
+pub(super) fn read(
+    present: bool,
+    s: &Section,
+    env: Env,
+    errors: &mut Collector,
+) -> Option<RedisConfig> {
+    let from_env = env("RATELIMITER_REDIS_URL");
+    if !present && from_env.is_none() {
+        return None;
+    }
+    let topology = topology(s, from_env, errors);
+    let tls = tls(s, errors);
+    let timeout = s
+        .integer("timeout_ms", 1, 60_000, "an integer 1..=60000", errors)
+        .map_or(50, |v| v.value as u64);
+    let on_error = match s.string("on_error", errors) {
+        None => OnError::Allow,
+        Some(At { value, span }) => match value.as_str() {
+            "allow" => OnError::Allow,
+            "deny" => OnError::Deny,
+            _ => {
+                errors.at(
+                    span,
+                    format!(
+                        "{} on_error: expected \"allow\" or \"deny\", found {value:?}",
+                        s.name
+                    ),
+                );
+                OnError::Allow
+            }
+        },
+    };
+    let (topology, tls) = (topology?, tls?);
+    if !topology.is_tls() {
+        for key in [
+            "tls_ca_file",
+            "tls_cert_file",
+            "tls_key_file",
+            "tls_insecure",
+        ] {
+            if let Some(span) = s.span(key) {
+                errors.at(
+                    span,
+                    format!("{} {key}: TLS settings need rediss:// URLs", s.name),
+                );
+            }
+        }
+    }
+    Some(RedisConfig {
+        topology,
+        tls,
+        timeout: Duration::from_millis(timeout),
+        on_error,
+    })
+}
+
+/// Exactly one of `url`, `cluster`, `sentinels` (none: the default URL);
+/// `RATELIMITER_REDIS_URL` replaces whichever the file names.
+fn topology(
+    s: &Section,
+    from_env: Option<String>,
+    errors: &mut Collector,
+) -> Option<RedisTopology> {
+    let written: Vec<&str> = ["url", "cluster", "sentinels"]
+        .into_iter()
+        .filter(|k| s.has(k))
+        .collect();
+    if let [first, rest @ ..] = &written[..] {
+        for k in rest {
+            if let Some(span) = s.span(k) {
+                errors.at(
+                    span,
+                    format!(
+                        "{} {k}: exactly one of url, cluster and sentinels; {first} is set too",
+                        s.name
+                    ),
+                );
+            }
+        }
+    }
+    let master = s.string("sentinel_master", errors);
+    if let Some(v) = from_env {
+        return match check_url(&v) {
+            Ok(()) => Some(RedisTopology::Standalone(RedisUrl(v))),
+            Err(why) => {
+                errors.env("RATELIMITER_REDIS_URL", why);
+                None
+            }
+        };
+    }
+    let topology = match written.first().copied() {
+        None | Some("url") => {
+            let url = match s.string("url", errors) {
+                Some(At { value, span }) => match check_url(&value) {
+                    Ok(()) => value,
+                    Err(why) => {
+                        errors.at(span, format!("{} url: {why}", s.name));
+                        return None;
+                    }
+                },
+                None if s.has("url") => return None,
+                None => DEFAULT_URL.to_string(),
+            };
+            RedisTopology::Standalone(RedisUrl(url))
+        }
+        Some("cluster") => RedisTopology::Cluster(urls(s, "cluster", errors)?),
+        _ => {
+            let sentinels = urls(s, "sentinels", errors)?;
+            let Some(At { value, span }) = master else {
+                errors.at(
+                    s.span("sentinels").unwrap_or(0..0),
+                    format!(
+                        "{} sentinels: sentinel_master is required with sentinels (the name the sentinels monitor)",
+                        s.name
+                    ),
+                );
+                return None;
+            };
+            if value.is_empty() || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                errors.at(
+                    span,
+                    format!(
+                        "{} sentinel_master: expected the monitored master's name, found {value:?}",
+                        s.name
+                    ),
+                );
+                return None;
+            }
+            return Some(RedisTopology::Sentinel {
+                sentinels,
+                master: value,
+            });
+        }
+    };
+    if let Some(At { span, .. }) = master {
+        errors.at(
+            span,
+            format!("{} sentinel_master: only with sentinels", s.name),
+        );
+    }
+    Some(topology)
+}
+
+/// A non-empty list of URLs, all with the same scheme.
+fn urls(s: &Section, key: &str, errors: &mut Collector) -> Option<Vec<RedisUrl>> {
+    let list = s.strings(key, errors)?;
+    if list.is_empty() {
+        errors.at(
+            s.span(key).unwrap_or(0..0),
+            format!(
+                "{} {key}: expected at least one redis:// or rediss:// URL",
+                s.name
+            ),
+        );
+        return None;
+    }
+    let mut out = Vec::with_capacity(list.len());
+    let mut ok = true;
+    for At { value, span } in list {
+        match check_url(&value) {
+            Ok(()) => out.push(RedisUrl(value)),
+            Err(why) => {
+                ok = false;
+                errors.at(span, format!("{} {key}: {why}", s.name));
+            }
+        }
+    }
+    let tls = out.iter().filter(|u| u.is_tls()).count();
+    if ok && tls != 0 && tls != out.len() {
+        errors.at(
+            s.span(key).unwrap_or(0..0),
+            format!(
+                "{} {key}: mixes redis:// and rediss:// URLs; use one scheme for every node",
+                s.name
+            ),
+        );
+        return None;
+    }
+    ok.then_some(out)
+}
+
+fn check_url(url: &str) -> Result<(), String> {
+    let shown = RedisUrl(url.to_string()).redacted();
+    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        return Err(format!(
+            "expected a redis:// or rediss:// URL, found {shown:?}"
+        ));
+    }
+    redis::Client::open(url).map(|_| ()).map_err(|e| {
+        format!(
+            "invalid Redis URL {shown:?}: {}",
+            e.detail().unwrap_or("malformed")
+        )
+    })
+}
+
+/// The TLS files, each read now so a missing or wrong file is a config error, not a failure
+/// at the first connection.
+fn tls(s: &Section, errors: &mut Collector) -> Option<RedisTls> {
+    let mut ok = true;
+    let mut file = |key: &str, marker: &str, what: &str| -> Option<PathBuf> {
+        let At { value, span } = s.string(key, errors)?;
+        match std::fs::read_to_string(&value) {
+            Ok(text) if text.contains(marker) => Some(PathBuf::from(value)),
+            Ok(_) => {
+                ok = false;
+                errors.at(
+                    span,
+                    format!("{} {key}: {value:?} holds no PEM {what} ({marker})", s.name),
+                );
+                None
+            }
+            Err(e) => {
+                ok = false;
+                errors.at(
+                    span,
+                    format!("{} {key}: cannot read {value:?}: {e}", s.name),
+                );
+                None
+            }
+        }
+    };
+    let ca_file = file("tls_ca_file", "-----BEGIN CERTIFICATE-----", "certificate");
+    let cert_file = file(
+        "tls_cert_file",
+        "-----BEGIN CERTIFICATE-----",
+        "certificate",
+    );
+    let key_file = file("tls_key_file", "PRIVATE KEY-----", "private key");
+    for (set, other) in [
+        ("tls_cert_file", "tls_key_file"),
+        ("tls_key_file", "tls_cert_file"),
+    ] {
+        if s.has(set) && !s.has(other) {
+            ok = false;
+            errors.at(
+                s.span(set).unwrap_or(0..0),
+                format!(
+                    "{} {set}: a client certificate needs both tls_cert_file and tls_key_file; {other} is missing",
+                    s.name
+                ),
+            );
+        }
+    }
+    let insecure = s.boolean("tls_insecure", errors).is_some_and(|v| v.value);
+    ok.then_some(RedisTls {
+        ca_file,
+        cert_file,
+        key_file,
+        insecure,
+    })
+}
