@@ -103,14 +103,14 @@ impl Registry {
         }
         let settings = self.settings();
         let mut pipe = redis::pipe();
+        // HSET with several fields, not the deprecated HMSET: one command less for the ACL.
         pipe.atomic()
-            .hset_multiple(
-                self.key(),
-                &[
-                    ("address", settings.address.as_str()),
-                    ("registered_at", self.me.registered_at.as_str()),
-                ],
-            )
+            .cmd("HSET")
+            .arg(self.key())
+            .arg("address")
+            .arg(&settings.address)
+            .arg("registered_at")
+            .arg(&self.me.registered_at)
             .ignore()
             .expire(self.key(), settings.ttl.as_secs() as i64)
             .ignore();

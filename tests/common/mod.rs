@@ -6,6 +6,7 @@
 
 pub mod http;
 pub mod procs;
+pub mod topologies;
 pub mod upstream;
 
 use std::time::{Duration, Instant};

@@ -1,0 +1,206 @@
+//! Redis over TLS and with ACL users (contract §9), on real processes: a TLS redis-server with
+//! a CA made by the suite, trusted through `tls_ca_file`; mutual TLS with a client
+//! certificate; a wrong CA refused with a clear log line; an ACL user allowed only the
+//! commands, keys and channel the gateway needs.
+
+mod common;
+
+use std::time::Duration;
+
+use common::http::{get, post, Conn};
+use common::procs::{Gateway, RedisServer};
+use common::topologies::{Certs, TlsServer};
+use common::wait_for;
+
+const DIRECT: &str = "[proxy.direct_response]\nbody = \"ok\"";
+
+/// Limits, the registry, listing and reset all work through this store.
+fn works_end_to_end(gw: &Gateway) {
+    let mut c = Conn::open(&gw.proxy).unwrap();
+    let statuses: Vec<u16> = (0..3).map(|_| c.get("/", &[]).unwrap().status).collect();
+    assert_eq!(statuses, [200, 200, 429], "{}", gw.log());
+    assert_eq!(get(&gw.admin, "/health", &[]).unwrap().status, 200);
+    let counters = get(&gw.admin, "/api/counters", &[]).unwrap().body;
+    assert!(
+        counters.contains(r#""key":"ip:127.0.0.1","count":2"#),
+        "{counters}"
+    );
+    wait_for("the node in the registry", Duration::from_secs(10), || {
+        let nodes = get(&gw.admin, "/api/nodes", &[]).ok()?.body;
+        nodes.contains("\"id\":\"gw\"").then_some(())
+    });
+    let r = post(&gw.admin, "/api/counters/ip:127.0.0.1/reset", &[], "").unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(c.get("/", &[]).unwrap().status, 200);
+}
+
+fn tls_gateway(server: &TlsServer, tls: &str) -> Gateway {
+    Gateway::start(
+        DIRECT,
+        &format!(
+            "[node]\nid = \"gw\"\n[redis]\nurl = \"{}\"\ntimeout_ms = 1000\n{tls}\n[limits]\ndefault_limit = 2\n",
+            server.url()
+        ),
+    )
+}
+
+#[test]
+fn tls_verified_against_the_suite_s_ca() {
+    let certs = Certs::generate();
+    let server = TlsServer::start(&certs, false);
+    let gw = tls_gateway(
+        &server,
+        &format!("tls_ca_file = \"{}\"", certs.file("ca.pem")),
+    );
+    works_end_to_end(&gw);
+    assert_eq!(
+        server.cli(&["EXISTS", "ratelimit:ip:127.0.0.1"]).trim(),
+        "1"
+    );
+}
+
+#[test]
+fn mutual_tls_with_a_client_certificate() {
+    let certs = Certs::generate();
+    let server = TlsServer::start(&certs, true);
+    let gw = tls_gateway(
+        &server,
+        &format!(
+            "tls_ca_file = \"{}\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"",
+            certs.file("ca.pem"),
+            certs.file("client.pem"),
+            certs.file("client.key")
+        ),
+    );
+    works_end_to_end(&gw);
+
+    // Without the certificate, the server refuses the gateway: no decision, unhealthy.
+    let without = tls_gateway(
+        &server,
+        &format!("tls_ca_file = \"{}\"", certs.file("ca.pem")),
+    );
+    let r = get(&without.proxy, "/", &[]).unwrap();
+    assert_eq!(
+        (r.status, r.header("X-RateLimit-Limit")),
+        (200, None),
+        "fails open"
+    );
+    assert_eq!(get(&without.admin, "/health", &[]).unwrap().status, 503);
+}
+
+#[test]
+fn a_server_signed_by_another_ca_is_refused_with_a_clear_log_line() {
+    let certs = Certs::generate();
+    let server = TlsServer::start(&certs, false);
+    let gw = tls_gateway(
+        &server,
+        &format!(
+            "tls_ca_file = \"{}\"\non_error = \"deny\"",
+            certs.file("other-ca.pem")
+        ),
+    );
+    assert_eq!(get(&gw.proxy, "/", &[]).unwrap().status, 503);
+    assert_eq!(get(&gw.admin, "/health", &[]).unwrap().status, 503);
+    wait_for("the refusal in the log", Duration::from_secs(5), || {
+        let log = gw.log();
+        (log.contains("rate-limit store failed") && log.contains("certificate")).then_some(())
+    });
+    let log = gw.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("rate-limit store failed"))
+        .unwrap();
+    assert!(
+        line.contains("UnknownIssuer") || line.contains("unknown issuer"),
+        "{line}"
+    );
+}
+
+#[test]
+fn tls_insecure_skips_verification_and_is_warned() {
+    let certs = Certs::generate();
+    let server = TlsServer::start(&certs, false);
+    let gw = tls_gateway(
+        &server,
+        &format!(
+            "tls_ca_file = \"{}\"\ntls_insecure = true",
+            certs.file("other-ca.pem")
+        ),
+    );
+    works_end_to_end(&gw);
+    assert!(gw.log().contains("tls_insecure = true"), "{}", gw.log());
+}
+
+/// The ACL rule the README gives for the gateway's user.
+pub const ACL: &[&str] = &[
+    "on",
+    ">gw-secret",
+    "resetkeys",
+    "~ratelimit:*",
+    "~ratelimiter:nodes:*",
+    "resetchannels",
+    "&ratelimiter:resets",
+    "-@all",
+    "+evalsha",
+    "+eval",
+    "+script|load",
+    "+scan",
+    "+del",
+    "+hset",
+    "+hgetall",
+    "+expire",
+    "+publish",
+    "+subscribe",
+    "+ping",
+    "+multi",
+    "+exec",
+    "+cluster|nodes",
+    "+cluster|info",
+    "+role",
+    "+zremrangebyscore",
+    "+zcard",
+    "+zcount",
+    "+zrange",
+    "+zrangebyscore",
+    "+zadd",
+    "+zrem",
+    "+pexpire",
+    "+pttl",
+    "+get",
+    "+set",
+    "+hmget",
+    "+hincrby",
+    "+time",
+];
+
+#[test]
+fn an_acl_user_with_only_the_needed_commands_keys_and_channel() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    let mut setuser = redis::cmd("ACL");
+    setuser.arg("SETUSER").arg("gw");
+    for rule in ACL {
+        setuser.arg(*rule);
+    }
+    setuser.query::<()>(&mut conn).unwrap();
+    let gw = Gateway::start(
+        DIRECT,
+        &format!(
+            "[node]\nid = \"gw\"\n[redis]\nurl = \"redis://gw:gw-secret@127.0.0.1:{}\"\ntimeout_ms = 1000\n[limits]\ndefault_limit = 2\n",
+            redis.port
+        ),
+    );
+    works_end_to_end(&gw);
+    // Every algorithm's script runs under the user too.
+    for algorithm in ["gcra", "sliding_window"] {
+        let body = format!(r#"{{"key":"svc-{algorithm}","limit":1,"algorithm":"{algorithm}"}}"#);
+        let statuses: Vec<u16> = (0..2)
+            .map(|_| post(&gw.admin, "/check", &[], &body).unwrap().status)
+            .collect();
+        assert_eq!(statuses, [200, 429], "{algorithm}: {}", gw.log());
+    }
+    // Nothing was refused by the ACL.
+    let log: Vec<Vec<redis::Value>> = redis::cmd("ACL").arg("LOG").query(&mut conn).unwrap();
+    assert!(log.is_empty(), "the ACL refused: {log:?}");
+    assert!(!gw.log().contains("NOPERM"), "{}", gw.log());
+}
