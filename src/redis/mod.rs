@@ -10,6 +10,9 @@
 //! - Connections are per thread ([`Redis::conn`]): a check runs on a connection whose driver
 //!   lives on the runtime of the worker that handles the request, never crossing to another
 //!   runtime's thread. Every connection multiplexes and pipelines the calls of its thread.
+//! - [`topology`] watches who serves the data (a cluster's masters, the sentinels' master)
+//!   and, when that changes, has every thread replace its connection: a master that hangs
+//!   rather than dies is noticed by no call, since calls to it only time out.
 //! - [`tls`] builds the clients: `rediss://`, a CA file, a client certificate, `tls_insecure`,
 //!   ACL users and passwords from the URLs.
 //! - [`scan`] walks keys on every master; [`pubsub`] follows a channel wherever it can be
@@ -19,10 +22,12 @@ pub mod pubsub;
 pub mod scan;
 pub mod sentinel;
 pub mod tls;
+pub mod topology;
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::future::BoxFuture;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
@@ -31,13 +36,14 @@ use redis::cluster_routing::{
 };
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
 use thread_local::ThreadLocal;
+use tokio::sync::watch;
 
 use crate::config::{RedisConfig, RedisTopology};
 use crate::limiter::StoreError;
 use sentinel::{SentinelConn, Sentinels};
 
-/// How soon a thread tries again to connect after a failed attempt (cluster, whose first
-/// connection must reach a seed node): until then its calls fail at once.
+/// How soon a thread tries again to connect after a failed attempt: until then its calls
+/// fail at once (or go to the connection it already has).
 const RECONNECT_PAUSE: Duration = Duration::from_millis(200);
 
 /// How to reach the data, built once from the config (its size does not matter).
@@ -50,8 +56,9 @@ enum Target {
 
 struct ClusterTarget {
     client: ClusterClient,
-    /// The first seed's settings, for a client to one node (the subscription).
-    seed: redis::ConnectionInfo,
+    /// The seeds' settings; the first one's also serve for a client to any node (the
+    /// subscription, the topology watch).
+    seeds: Vec<redis::ConnectionInfo>,
     tls: tls::Tls,
 }
 
@@ -101,18 +108,32 @@ pub enum Node {
     At { host: String, port: u16 },
 }
 
-/// This thread's connection, or when it last failed to connect.
+/// This thread's connection and how making one goes.
 #[derive(Default)]
 struct Slot {
-    conn: tokio::sync::OnceCell<Conn>,
-    failed_at: Mutex<Option<Instant>>,
+    state: Mutex<SlotState>,
+    /// Counts finished attempts to connect, for callers waiting on one.
+    made: watch::Sender<u64>,
+}
+
+#[derive(Default)]
+struct SlotState {
+    conn: Option<Conn>,
+    /// The topology epoch the connection was made in.
+    epoch: u64,
+    /// A connection is being made in the background.
+    connecting: bool,
+    failed_at: Option<Instant>,
 }
 
 pub struct Redis {
     target: Target,
     /// A check's bound.
     timeout: Duration,
-    conns: ThreadLocal<Slot>,
+    conns: ThreadLocal<Arc<Slot>>,
+    /// Bumped by [`topology`] when who serves the data changes: connections made before are
+    /// replaced.
+    epoch: watch::Sender<u64>,
 }
 
 impl Redis {
@@ -123,8 +144,8 @@ impl Redis {
         let target = match &config.topology {
             RedisTopology::Standalone(url) => Target::Standalone(tls.client(tls::info(url)?)?),
             RedisTopology::Cluster(seeds) => Target::Cluster(Box::new(ClusterTarget {
-                client: tls::cluster_client(seeds, &tls, connect)?,
-                seed: tls::info(&seeds[0])?,
+                client: tls::cluster_client(seeds, &tls, connect, slow_timeout(config.timeout))?,
+                seeds: seeds.iter().map(tls::info).collect::<Result<_, _>>()?,
                 tls,
             })),
             RedisTopology::Sentinel { sentinels, master } => {
@@ -135,6 +156,7 @@ impl Redis {
             target,
             timeout: config.timeout,
             conns: ThreadLocal::new(),
+            epoch: watch::channel(0).0,
         })
     }
 
@@ -150,31 +172,67 @@ impl Redis {
     /// The bound on calls off the request path (listings, registry, resets, health): longer
     /// than a check's, short enough that nothing stalls for long.
     pub fn slow_timeout(&self) -> Duration {
-        (self.timeout * 10).clamp(Duration::from_secs(1), Duration::from_secs(5))
+        slow_timeout(self.timeout)
     }
 
-    /// This thread's connection, made on first use on this thread's runtime.
+    /// This thread's connection, made on first use on this thread's runtime (so its driver
+    /// lives there too). A connection from before a topology change is replaced in the
+    /// background and used until its successor is ready; a first connection is waited for,
+    /// within the caller's own bound.
     pub async fn conn(&self) -> Result<Conn, StoreError> {
-        let slot = self.conns.get_or_default();
-        if let Some(conn) = slot.conn.get() {
-            return Ok(conn.clone());
-        }
-        if let Some(at) = *lock(&slot.failed_at) {
-            if at.elapsed() < RECONNECT_PAUSE {
+        let slot = self.conns.get_or_default().clone();
+        let epoch = *self.epoch.borrow();
+        let mut made = {
+            let mut state = lock(&slot.state);
+            let stale = state.conn.is_none() || state.epoch < epoch;
+            let paused = state
+                .failed_at
+                .is_some_and(|at| at.elapsed() < RECONNECT_PAUSE);
+            if stale && !state.connecting && !paused {
+                state.connecting = true;
+                self.connect_in_background(slot.clone(), epoch);
+            }
+            if let Some(conn) = &state.conn {
+                return Ok(conn.clone());
+            }
+            if !state.connecting {
                 return Err(StoreError::Connection("not connected".into()));
             }
-        }
-        let made = slot.conn.get_or_try_init(|| self.connect()).await;
-        match made {
-            Ok(conn) => Ok(conn.clone()),
-            Err(e) => {
-                *lock(&slot.failed_at) = Some(Instant::now());
-                Err(e)
-            }
-        }
+            slot.made.subscribe()
+        };
+        let _ = made.changed().await;
+        let state = lock(&slot.state);
+        state
+            .conn
+            .clone()
+            .ok_or_else(|| StoreError::Connection("not connected".into()))
     }
 
-    async fn connect(&self) -> Result<Conn, StoreError> {
+    /// Makes a connection on this thread's runtime and puts it in `slot`.
+    fn connect_in_background(&self, slot: Arc<Slot>, epoch: u64) {
+        let connecting = self.connector();
+        tokio::spawn(async move {
+            let made = connecting.await;
+            let mut state = lock(&slot.state);
+            state.connecting = false;
+            match made {
+                Ok(conn) => {
+                    state.conn = Some(conn);
+                    state.epoch = epoch;
+                    state.failed_at = None;
+                }
+                Err(e) => {
+                    log::debug!("cannot connect to Redis: {e}");
+                    state.failed_at = Some(Instant::now());
+                }
+            }
+            drop(state);
+            slot.made.send_modify(|n| *n += 1);
+        });
+    }
+
+    /// Connecting, as a future that owns what it needs.
+    fn connector(&self) -> BoxFuture<'static, Result<Conn, StoreError>> {
         match &self.target {
             Target::Standalone(client) => {
                 let config = ConnectionManagerConfig::new()
@@ -185,17 +243,43 @@ impl Redis {
                     .set_number_of_retries(1)
                     .set_min_delay(Duration::from_millis(10))
                     .set_max_delay(Duration::from_millis(500));
-                ConnectionManager::new_lazy_with_config(client.clone(), config)
-                    .map(Conn::Standalone)
-                    .map_err(store_error)
+                let client = client.clone();
+                Box::pin(async move {
+                    ConnectionManager::new_lazy_with_config(client, config)
+                        .map(Conn::Standalone)
+                        .map_err(store_error)
+                })
             }
-            Target::Cluster(cluster) => cluster
-                .client
-                .get_async_connection()
-                .await
-                .map(Conn::Cluster)
-                .map_err(store_error),
-            Target::Sentinel(sentinels) => Ok(Conn::Sentinel(sentinels.connection())),
+            Target::Cluster(cluster) => {
+                let client = cluster.client.clone();
+                Box::pin(async move {
+                    client
+                        .get_async_connection()
+                        .await
+                        .map(Conn::Cluster)
+                        .map_err(store_error)
+                })
+            }
+            Target::Sentinel(sentinels) => {
+                let conn = sentinels.connection();
+                Box::pin(async move {
+                    conn.ready().await?;
+                    Ok(Conn::Sentinel(conn))
+                })
+            }
+        }
+    }
+
+    /// Has every thread replace its connection (who serves the data changed).
+    pub fn topology_changed(&self) {
+        self.epoch.send_modify(|e| *e += 1);
+    }
+
+    /// Resolves when the topology changes after this call.
+    pub fn on_topology_change(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut epoch = self.epoch.subscribe();
+        async move {
+            let _ = epoch.changed().await;
         }
     }
 
@@ -252,7 +336,7 @@ impl Redis {
                 redis::cmd("CLUSTER").arg("NODES").query_async(&mut c).await
             })
             .await?;
-        let masters = scan::cluster_masters(&text);
+        let masters = topology::cluster_masters(&text);
         if masters.is_empty() {
             return Err(StoreError::Reply(
                 "the cluster lists no master with slots".into(),
@@ -348,13 +432,18 @@ impl Redis {
                 let nodes = self.masters().await?;
                 match &nodes[attempt % nodes.len()] {
                     Node::At { host, port } => {
-                        cluster.tls.client(tls::at(&cluster.seed, host, *port))
+                        cluster.tls.client(tls::at(&cluster.seeds[0], host, *port))
                     }
                     Node::Only => Err(StoreError::Reply("no cluster node".into())),
                 }
             }
         }
     }
+}
+
+/// The bound on calls off the request path, for a check bound of `timeout`.
+fn slow_timeout(timeout: Duration) -> Duration {
+    (timeout * 10).clamp(Duration::from_secs(1), Duration::from_secs(5))
 }
 
 /// Connecting takes a few round trips, so it gets more time than one call.

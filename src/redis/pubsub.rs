@@ -1,6 +1,7 @@
 //! Following one pub/sub channel for as long as its owner lives: subscribed on a node that
 //! hears every publication (the server, the Sentinel's master, any cluster node), and
-//! subscribed again, elsewhere if need be, whenever the subscription drops.
+//! subscribed again, elsewhere if need be, whenever the subscription drops or the topology
+//! changes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,12 +37,29 @@ pub async fn follow(redis: Arc<Redis>, channel: &'static str, listener: Arc<dyn 
                 backoff = Duration::from_millis(50);
                 listener.live(true);
                 let mut messages = pubsub.into_on_message();
-                while let Some(msg) = messages.next().await {
-                    if let Ok(payload) = msg.get_payload::<String>() {
-                        listener.message(&payload);
+                // A node that hangs keeps the subscription open and silent: leave it when
+                // the topology changes.
+                let moved = redis.on_topology_change();
+                tokio::pin!(moved);
+                loop {
+                    tokio::select! {
+                        msg = messages.next() => match msg {
+                            Some(msg) => {
+                                if let Ok(payload) = msg.get_payload::<String>() {
+                                    listener.message(&payload);
+                                }
+                            }
+                            None => {
+                                log::warn!("lost the Redis subscription to {channel}; subscribing again");
+                                break;
+                            }
+                        },
+                        _ = &mut moved => {
+                            log::info!("the Redis topology changed; subscribing to {channel} again");
+                            break;
+                        }
                     }
                 }
-                log::warn!("lost the Redis subscription to {channel}; subscribing again");
             }
             Ok(Err(e)) => log::debug!("cannot subscribe to {channel}: {e}"),
             Err(_) => log::debug!("subscribing to {channel} timed out"),

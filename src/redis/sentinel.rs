@@ -127,6 +127,15 @@ impl Sentinels {
         }
     }
 
+    /// The master's address as the first sentinel that answers names it, asked on `probe`'s
+    /// connections (for the topology watch).
+    pub async fn master_addr(&self, probe: &mut super::topology::Probe) -> Option<String> {
+        let mut ask = redis::cmd("SENTINEL");
+        ask.arg("GET-MASTER-ADDR-BY-NAME").arg(&self.inner.master);
+        let (host, port): (String, u16) = probe.ask(&self.inner.sentinels, &ask).await?;
+        Some(format!("{host}:{port}"))
+    }
+
     /// A client for the master now (for the subscription to resets).
     pub async fn master_client(&self) -> Result<redis::Client, StoreError> {
         self.find().await.map(|(client, _)| client)
@@ -180,6 +189,11 @@ impl SentinelConn {
             .map_err(|_| not_connected())?
             .clone();
         found.ok_or_else(not_connected)
+    }
+
+    /// Resolves once the master is found (it may take as long as the sentinels do).
+    pub async fn ready(&self) -> Result<(), StoreError> {
+        self.master().await.map(|_| ()).map_err(store_error)
     }
 
     fn find_in_background(&self) {

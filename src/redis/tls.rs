@@ -93,10 +93,13 @@ pub fn at(base: &ConnectionInfo, host: &str, port: u16) -> ConnectionInfo {
 
 /// A Redis Cluster client over these seeds, with one attempt per call (the caller bounds
 /// and retries; a cluster client's own retries would outlive the caller's time bound).
+/// `response` bounds what no caller bounds: the client's own slot refreshes and checks of
+/// new connections, which would otherwise wait forever on a node that hangs.
 pub fn cluster_client(
     seeds: &[RedisUrl],
     tls: &Tls,
     connect: Duration,
+    response: Duration,
 ) -> Result<ClusterClient, StoreError> {
     let infos: Vec<ConnectionInfo> = seeds.iter().map(info).collect::<Result<_, _>>()?;
     let secure = infos
@@ -104,6 +107,7 @@ pub fn cluster_client(
         .any(|i| matches!(i.addr(), ConnectionAddr::TcpTls { .. }));
     let mut builder = ClusterClientBuilder::new(infos)
         .connection_timeout(connect)
+        .response_timeout(response)
         .retries(1)
         .min_retry_wait(10)
         .max_retry_wait(100);

@@ -4,12 +4,15 @@
 //!
 //! Every call goes through the Redis layer ([`crate::redis`]): the calling thread's own
 //! connection, to a standalone server, a Sentinel's master or a Redis Cluster. On a cluster a
-//! request's keys may live on several slots, and one script can only touch one: each slot's
-//! checks are then decided by their own call, all at once, and when one slot refuses the
-//! request the others' records are taken back right after (`lua/release.lua`). Every limit
-//! holds throughout, since each slot's call enforces its own atomically.
+//! request's keys may live on several slots, and one script can only touch one. Such a request
+//! is first looked at on every slot at once, writing nothing: if a slot refuses it, it is
+//! refused and holds no place anywhere. Otherwise every slot records it, all at once, and if a
+//! slot refuses now (another request took the last place in between), the others' records are
+//! taken back right after (`lua/release.lua`). Every limit holds throughout, since each slot's
+//! call enforces its own atomically.
 //!
-//! The subscription to resets runs on a small runtime of its own, owned by the store.
+//! The subscription to resets and the watch on the topology run on a small runtime of their
+//! own, owned by the store.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -25,7 +28,7 @@ use super::blocked::{BlockedKeys, RESET_CHANNEL};
 use crate::config::RedisConfig;
 use crate::limiter::{Backend, Check, Counter, Decision, Limit, Mode, StoreError};
 use crate::redis::scan::Scan;
-use crate::redis::{pubsub, Redis};
+use crate::redis::{pubsub, topology, Redis};
 
 /// The algorithm files every script starts with.
 macro_rules! with_algorithms {
@@ -97,6 +100,7 @@ impl RedisStore {
             RESET_CHANNEL,
             blocked.clone(),
         ));
+        runtime.spawn(topology::follow(redis.clone()));
         let mut h = RandomState::new().build_hasher();
         h.write_u32(std::process::id());
         Ok(RedisStore {
@@ -200,7 +204,9 @@ impl RedisStore {
         parse_reply(checks, &reply)
     }
 
-    /// Takes back the records of checks that allowed a request another slot refused.
+    /// Takes back the records of checks that allowed a request another slot refused, and
+    /// tells every node to forget those keys as blocked (a request racing this one may have
+    /// been refused by the record being taken back).
     async fn release(
         &self,
         checks: &[&Check],
@@ -211,7 +217,7 @@ impl RedisStore {
         for check in checks {
             invocation.key(format!("{KEY_PREFIX}{}", check.key));
         }
-        invocation.arg(member);
+        invocation.arg(member).arg(RESET_CHANNEL).arg(KEY_PREFIX);
         for (check, mark) in checks.iter().zip(marks) {
             invocation
                 .arg(check.limit.algorithm.script_id())
@@ -228,15 +234,15 @@ impl RedisStore {
             .map(|_| ())
     }
 
-    /// A request whose keys live on several cluster slots: each slot's checks in their own
-    /// call, all at once; if any enforced check refused, the slots that recorded take it back.
-    async fn decide_across_slots(
+    /// Each slot's checks in their own call, all at once: every check's decision (`None`
+    /// where its slot's call failed), its mark for a release, and the last failure.
+    async fn call_slots(
         &self,
         checks: &[Check],
-        groups: Vec<Vec<usize>>,
+        groups: &[Vec<usize>],
         mode: Mode,
         member: &str,
-    ) -> Result<Vec<Decision>, StoreError> {
+    ) -> (Vec<Option<Decision>>, Vec<i64>, Option<StoreError>) {
         let calls = groups.iter().map(|group| {
             let part: Vec<&Check> = group.iter().map(|&i| &checks[i]).collect();
             async move { self.call(&part, mode, member).await }
@@ -256,11 +262,41 @@ impl RedisStore {
                 Err(e) => failure = Some(e),
             }
         }
-        let refused = checks
-            .iter()
-            .zip(&decisions)
-            .any(|(c, d)| !c.shadow && d.is_some_and(|d| !d.allowed));
-        if mode.record && (refused || failure.is_some()) {
+        (decisions, marks, failure)
+    }
+
+    /// A request whose keys live on several cluster slots. Recording, it is looked at first
+    /// without writing: a request one slot refuses never holds a place on another, where it
+    /// could turn away a request with room and leave that key remembered as full. Then each
+    /// slot records it; if one refuses now, the slots that recorded take it back.
+    async fn decide_across_slots(
+        &self,
+        checks: &[Check],
+        groups: Vec<Vec<usize>>,
+        mode: Mode,
+        member: &str,
+    ) -> Result<Vec<Decision>, StoreError> {
+        let refused = |decisions: &[Option<Decision>]| {
+            checks
+                .iter()
+                .zip(decisions)
+                .any(|(c, d)| !c.shadow && d.is_some_and(|d| !d.allowed))
+        };
+        if mode.record {
+            let look = Mode {
+                record: false,
+                ..mode
+            };
+            let (decisions, _, failure) = self.call_slots(checks, &groups, look, member).await;
+            if let Some(e) = failure {
+                return Err(e);
+            }
+            if refused(&decisions) {
+                return Ok(decisions.into_iter().flatten().collect());
+            }
+        }
+        let (mut decisions, marks, failure) = self.call_slots(checks, &groups, mode, member).await;
+        if mode.record && (refused(&decisions) || failure.is_some()) {
             // Every group that answered without an enforced refusal recorded its checks with
             // room: take those back.
             let mut back: Vec<&Check> = Vec::new();
