@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod failover;
 pub mod http;
 pub mod procs;
 pub mod topologies;

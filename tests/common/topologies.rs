@@ -123,6 +123,8 @@ pub struct Server {
     pub port: u16,
     child: Option<Child>,
     args: Vec<String>,
+    /// Stopped with SIGSTOP: its connections stay open and nothing answers.
+    frozen: bool,
 }
 
 impl Server {
@@ -131,6 +133,7 @@ impl Server {
             port,
             child: None,
             args,
+            frozen: false,
         };
         s.start();
         s
@@ -143,6 +146,19 @@ impl Server {
             .spawn()
             .expect("redis-server must be installed (the test script installs it)");
         self.child = Some(child);
+    }
+
+    /// Running and not frozen.
+    pub fn answers(&self) -> bool {
+        self.child.is_some() && !self.frozen
+    }
+
+    /// Stops the process with SIGSTOP, as a hung machine or a network partition would look:
+    /// connections stay open and nothing answers.
+    pub fn freeze(&mut self) {
+        let pid = self.child.as_ref().expect("a running server").id();
+        run(Command::new("kill").args(["-STOP", &pid.to_string()]));
+        self.frozen = true;
     }
 
     /// Kills the process, as a crash would.
@@ -160,7 +176,9 @@ impl Drop for Server {
     }
 }
 
-fn base_args(port: u16) -> Vec<String> {
+/// A server's arguments: no persistence, and whatever a replica writes on a full sync kept in
+/// `dir` under a name of its own.
+fn base_args(port: u16, dir: &Scratch) -> Vec<String> {
     [
         "--bind",
         "127.0.0.1",
@@ -175,7 +193,14 @@ fn base_args(port: u16) -> Vec<String> {
     ]
     .iter()
     .map(|s| s.to_string())
-    .chain(["--port".to_string(), port.to_string()])
+    .chain([
+        "--port".to_string(),
+        port.to_string(),
+        "--dir".to_string(),
+        dir.0.display().to_string(),
+        "--dbfilename".to_string(),
+        format!("dump-{port}.rdb"),
+    ])
     .collect()
 }
 
@@ -198,7 +223,7 @@ impl TlsServer {
     /// `clients_need_certs`: mutual TLS (`tls-auth-clients yes`).
     pub fn start(certs: &Certs, clients_need_certs: bool) -> TlsServer {
         let port = free_port();
-        let mut args = base_args(0);
+        let mut args = base_args(0, &certs.dir);
         args.extend(
             [
                 "--tls-port",
@@ -266,11 +291,16 @@ impl Cluster {
         let nodes: Vec<Server> = (0..masters * 2)
             .map(|_| {
                 let port = free_port();
-                let mut args = base_args(port);
+                // The bus port too comes from the suite's free ports (by default it is
+                // port + 10000, which another test may hold).
+                let bus = free_port().to_string();
+                let mut args = base_args(port, &dir);
                 args.extend(
                     [
                         "--cluster-enabled",
                         "yes",
+                        "--cluster-port",
+                        &bus,
                         "--cluster-config-file",
                         &dir.path(&format!("nodes-{port}.conf")),
                         "--cluster-node-timeout",
@@ -311,7 +341,7 @@ impl Cluster {
     /// Until every running node sees the cluster as ok, with every master's replica known.
     pub fn wait_ok(&self) {
         wait_for("the cluster to be ok", Duration::from_secs(30), || {
-            let ok = self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
+            let ok = self.nodes.iter().filter(|n| n.answers()).all(|n| {
                 let info = Command::new("redis-cli")
                     .args(["-p", &n.port.to_string(), "CLUSTER", "INFO"])
                     .output()
@@ -334,7 +364,7 @@ impl Cluster {
 
     /// The ports of the masters serving slots, as a running node sees them.
     pub fn masters(&self) -> Vec<u16> {
-        let live = self.nodes.iter().find(|n| n.child.is_some()).unwrap();
+        let live = self.nodes.iter().find(|n| n.answers()).unwrap();
         let text = cli(live.port, &[], &["CLUSTER", "NODES"]);
         text.lines()
             .filter(|l| l.contains("master") && !l.contains("fail") && l.split(' ').count() > 8)
@@ -353,7 +383,7 @@ impl Cluster {
 
     /// The port of the master serving a key.
     pub fn master_of(&self, key: &str) -> u16 {
-        let live = self.nodes.iter().find(|n| n.child.is_some()).unwrap();
+        let live = self.nodes.iter().find(|n| n.answers()).unwrap();
         let slot: u16 = cli(live.port, &[], &["CLUSTER", "KEYSLOT", key])
             .trim()
             .parse()
@@ -386,16 +416,12 @@ impl Cluster {
 
     /// A command on the master of its key (`-c` follows redirects).
     pub fn cmd(&self, args: &[&str]) -> String {
-        let live = self.nodes.iter().find(|n| n.child.is_some()).unwrap();
+        let live = self.nodes.iter().find(|n| n.answers()).unwrap();
         cli(live.port, &["-c"], args)
     }
 
-    pub fn kill(&mut self, port: u16) {
-        self.nodes
-            .iter_mut()
-            .find(|n| n.port == port)
-            .unwrap()
-            .kill();
+    pub fn node(&mut self, port: u16) -> &mut Server {
+        self.nodes.iter_mut().find(|n| n.port == port).unwrap()
     }
 }
 
@@ -412,9 +438,9 @@ impl Sentinels {
     pub fn start() -> Sentinels {
         let dir = Scratch::new("sentinel");
         let mport = free_port();
-        let master = Server::spawn(mport, base_args(mport));
+        let master = Server::spawn(mport, base_args(mport, &dir));
         let rport = free_port();
-        let mut rargs = base_args(rport);
+        let mut rargs = base_args(rport, &dir);
         rargs.extend([
             "--replicaof".to_string(),
             "127.0.0.1".into(),
