@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Installs what building and testing need on Debian, when missing: a C toolchain and cmake
 # (pingora builds zlib-ng and zstd from C); for tests also redis-server (the tests start real
-# ones) and prometheus (promtool checks /metrics; a real Prometheus runs the monitor's queries).
+# ones: standalone, TLS, a cluster and sentinels; redis-cli comes with it), openssl (the TLS
+# tests make their own CA and certificates) and prometheus (promtool checks /metrics; a real
+# Prometheus runs the monitor's queries).
 # Usage: scripts/deps.sh [build|test]   (default: test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want=(cmake)
 command -v cc >/dev/null 2>&1 || want+=(build-essential)
-[ "${1:-test}" = test ] && want+=(redis-server prometheus)
+[ "${1:-test}" = test ] && want+=(redis-server openssl prometheus)
 
 missing=()
 for pkg in "${want[@]}"; do

@@ -286,6 +286,53 @@ const EXPECTED: &[(&str, &[&str])] = &[
         "rules_not_array",
         &[r#"1:1: `rules` must be an array of tables ([[rules]]), found table"#],
     ),
+    (
+        "redis_cert_without_key",
+        &[
+            r#"3:17: [redis] tls_cert_file: cannot read "/nonexistent/client.pem": No such file or directory (os error 2)"#,
+            r#"3:17: [redis] tls_cert_file: a client certificate needs both tls_cert_file and tls_key_file; tls_key_file is missing"#,
+        ],
+    ),
+    (
+        "redis_empty_cluster",
+        &[r#"2:11: [redis] cluster: expected at least one redis:// or rediss:// URL"#],
+    ),
+    (
+        "redis_master_without_sentinels",
+        &[r#"3:19: [redis] sentinel_master: only with sentinels"#],
+    ),
+    (
+        "redis_mixed_schemes",
+        &[
+            r#"2:11: [redis] cluster: mixes redis:// and rediss:// URLs; use one scheme for every node"#,
+        ],
+    ),
+    (
+        "redis_sentinels_without_master",
+        &[
+            r#"2:13: [redis] sentinels: sentinel_master is required with sentinels (the name the sentinels monitor)"#,
+        ],
+    ),
+    (
+        "redis_tls_not_pem",
+        &[
+            r#"3:15: [redis] tls_ca_file: "Cargo.toml" holds no PEM certificate (-----BEGIN CERTIFICATE-----)"#,
+        ],
+    ),
+    (
+        "redis_tls_unreadable",
+        &[
+            r#"3:15: [redis] tls_ca_file: cannot read "/nonexistent/redis-ca.pem": No such file or directory (os error 2)"#,
+        ],
+    ),
+    (
+        "redis_tls_without_rediss",
+        &[r#"3:16: [redis] tls_insecure: TLS settings need rediss:// URLs"#],
+    ),
+    (
+        "redis_two_topologies",
+        &[r#"3:11: [redis] cluster: exactly one of url, cluster and sentinels; url is set too"#],
+    ),
 ];
 
 fn fixture(name: &str) -> String {
