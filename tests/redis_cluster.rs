@@ -14,7 +14,7 @@ use std::time::Duration;
 use common::failover::{check_and_report, first_decision, Load};
 use common::http::{get, post, Conn};
 use common::procs::Gateway;
-use common::topologies::Cluster;
+use common::topologies::{acl_refusals, add_gateway_user, Cluster};
 use common::upstream::Upstream;
 use common::wait_for;
 
@@ -120,10 +120,15 @@ fn every_shard_is_exact_from_several_gateways() {
 fn listings_blocks_registry_and_resets_cover_every_master() {
     const LIMIT: usize = 2;
     let cluster = Cluster::start(3);
+    // As the README's ACL user, which each node must know (ACLs are per node).
+    for node in &cluster.nodes {
+        add_gateway_user(node.port);
+    }
     let body = gateway_body(
         &cluster,
         &format!("timeout_ms = 1000\n[limits]\ndefault_limit = {LIMIT}\ndefault_window_ms = 60000\nkey = \"header:X-Api-Key\"\n[proxy.direct_response]\nbody = \"ok\""),
     );
+    let body = body.replace("redis://", "redis://gw:gw-secret@");
     let gws: Vec<Gateway> = (0..2)
         .map(|i| {
             Gateway::start(
@@ -209,6 +214,9 @@ fn listings_blocks_registry_and_resets_cover_every_master() {
         "41",
         "other keys are left alone"
     );
+    for node in &cluster.nodes {
+        assert_eq!(acl_refusals(node.port).trim(), "", "node {}", node.port);
+    }
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::http::{get, post, Conn};
 use common::procs::{Gateway, RedisServer};
-use common::topologies::{Certs, TlsServer};
+use common::topologies::{Certs, TlsServer, GATEWAY_ACL};
 use common::wait_for;
 
 const DIRECT: &str = "[proxy.direct_response]\nbody = \"ok\"";
@@ -131,55 +131,13 @@ fn tls_insecure_skips_verification_and_is_warned() {
     assert!(gw.log().contains("tls_insecure = true"), "{}", gw.log());
 }
 
-/// The ACL rule the README gives for the gateway's user.
-pub const ACL: &[&str] = &[
-    "on",
-    ">gw-secret",
-    "resetkeys",
-    "~ratelimit:*",
-    "~ratelimiter:nodes:*",
-    "resetchannels",
-    "&ratelimiter:resets",
-    "-@all",
-    "+evalsha",
-    "+eval",
-    "+script|load",
-    "+scan",
-    "+del",
-    "+hset",
-    "+hgetall",
-    "+expire",
-    "+publish",
-    "+subscribe",
-    "+ping",
-    "+multi",
-    "+exec",
-    "+cluster|nodes",
-    "+cluster|info",
-    "+role",
-    "+zremrangebyscore",
-    "+zcard",
-    "+zcount",
-    "+zrange",
-    "+zrangebyscore",
-    "+zadd",
-    "+zrem",
-    "+pexpire",
-    "+pttl",
-    "+get",
-    "+set",
-    "+hmget",
-    "+hincrby",
-    "+time",
-];
-
 #[test]
 fn an_acl_user_with_only_the_needed_commands_keys_and_channel() {
     let redis = RedisServer::start();
     let mut conn = redis.conn();
     let mut setuser = redis::cmd("ACL");
     setuser.arg("SETUSER").arg("gw");
-    for rule in ACL {
+    for rule in GATEWAY_ACL {
         setuser.arg(*rule);
     }
     setuser.query::<()>(&mut conn).unwrap();

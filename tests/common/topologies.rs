@@ -212,6 +212,62 @@ pub fn cli(port: u16, extra: &[&str], args: &[&str]) -> String {
         .args(args))
 }
 
+/// The ACL rule the README gives for the gateway's user `gw` (password `gw-secret`): only
+/// the commands, key patterns and channel the gateway needs, in every topology.
+pub const GATEWAY_ACL: &[&str] = &[
+    "on",
+    ">gw-secret",
+    "resetkeys",
+    "~ratelimit:*",
+    "~ratelimiter:nodes:*",
+    "resetchannels",
+    "&ratelimiter:resets",
+    "-@all",
+    "+evalsha",
+    "+eval",
+    "+script|load",
+    "+scan",
+    "+del",
+    "+hset",
+    "+hgetall",
+    "+expire",
+    "+publish",
+    "+subscribe",
+    "+ping",
+    "+multi",
+    "+exec",
+    "+cluster|nodes",
+    "+cluster|info",
+    "+cluster|slots",
+    "+role",
+    "+zremrangebyscore",
+    "+zcard",
+    "+zcount",
+    "+zrange",
+    "+zrangebyscore",
+    "+zadd",
+    "+zrem",
+    "+pexpire",
+    "+pttl",
+    "+get",
+    "+set",
+    "+hmget",
+    "+hincrby",
+    "+time",
+];
+
+/// Creates the gateway's ACL user on one server.
+pub fn add_gateway_user(port: u16) {
+    let mut args = vec!["ACL", "SETUSER", "gw"];
+    args.extend(GATEWAY_ACL);
+    assert_eq!(cli(port, &[], &args).trim(), "OK");
+}
+
+/// What the ACL refused on one server (`ACL LOG`), empty when nothing was.
+pub fn acl_refusals(port: u16) -> String {
+    cli(port, &[], &["ACL", "LOG"])
+}
+
 /// A TLS-only redis-server.
 pub struct TlsServer {
     pub server: Server,
