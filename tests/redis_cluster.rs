@@ -306,10 +306,10 @@ fn master_failure_under_load(fault: Fault, what: &str) {
         Fault::Freeze => cluster.node(victim).freeze(),
     }
     let at = load.now();
-    let resumed = first_decision(&load, &gws[0], &keys[0], Duration::from_secs(30));
+    let recovery = first_decision(&load, &gws[0], &keys[0], Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(500));
     let samples = load.finish();
-    check_and_report(what, &samples, at, resumed, TIMEOUT_MS);
+    check_and_report(what, &samples, at, &recovery, TIMEOUT_MS);
 
     // Exact again on the promoted master, from both gateways.
     cluster.wait_ok();

@@ -80,26 +80,44 @@ impl Load {
     }
 }
 
-/// Polls one key through a gateway until the store decides it again; returns when, on the
-/// load's clock.
-pub fn first_decision(load: &Load, gw: &Gateway, key: &str, limit: Duration) -> Duration {
-    let mut probe = Conn::open(&gw.proxy).unwrap();
-    wait_for("an exact decision again", limit, || {
-        let r = probe.get("/", &[("X-Api-Key", key)]).ok()?;
-        r.header("X-RateLimit-Limit").is_some().then(|| load.now())
-    })
+/// What the probe saw after the fault.
+pub struct Recovery {
+    /// When the store decided the probe's key again, on the load's clock.
+    pub resumed: Duration,
+    /// Whether the gateway's `/health` answered 503 meanwhile.
+    pub seen_unhealthy: bool,
 }
 
-/// Prints what a failover measured and checks the bound: every request was answered (200, as
-/// `on_error = "allow"` says) within `timeout_ms` and a margin, and requests were decided
-/// again after `resumed`.
+/// Polls one key through a gateway, and its `/health`, until the store decides the key again.
+pub fn first_decision(load: &Load, gw: &Gateway, key: &str, limit: Duration) -> Recovery {
+    let mut probe = Conn::open(&gw.proxy).unwrap();
+    let mut seen_unhealthy = false;
+    let resumed = wait_for("an exact decision again", limit, || {
+        let r = probe.get("/", &[("X-Api-Key", key)]).ok()?;
+        if r.header("X-RateLimit-Limit").is_some() {
+            return Some(load.now());
+        }
+        let health = super::http::get(&gw.admin, "/health", &[]).ok()?;
+        seen_unhealthy |= health.status == 503;
+        None
+    });
+    Recovery {
+        resumed,
+        seen_unhealthy,
+    }
+}
+
+/// Prints what a failover measured and checks it: every request was answered (200, as
+/// `on_error = "allow"` says) within `timeout_ms` and a margin, `/health` said 503 while the
+/// store could not decide, and requests were decided again after the recovery.
 pub fn check_and_report(
     what: &str,
     samples: &[Sample],
     fault: Duration,
-    resumed: Duration,
+    recovery: &Recovery,
     timeout_ms: u64,
 ) {
+    let resumed = recovery.resumed;
     let undecided = samples.iter().filter(|s| !s.decided).count();
     let slowest = samples.iter().map(|s| s.took).max().unwrap_or_default();
     eprintln!(
@@ -124,4 +142,5 @@ pub fn check_and_report(
         samples.iter().any(|s| s.at > resumed && s.decided),
         "no decision after the failover"
     );
+    assert!(recovery.seen_unhealthy, "/health never said 503");
 }
