@@ -1,6 +1,10 @@
 //! The two places counters live, behind [`crate::limiter::Backend`]: [`memory`] (this node
-//! only) and [`redis`] (shared by every node, with [`blocked`] remembering keys known full).
+//! only) and [`redis`] (shared by every node, with [`blocked`] remembering keys known full,
+//! [`scripts`] calling the Lua scripts, and [`cross_slot`] deciding requests whose keys live
+//! on several Redis Cluster slots).
 
 pub mod blocked;
+pub mod cross_slot;
 pub mod memory;
 pub mod redis;
+pub mod scripts;

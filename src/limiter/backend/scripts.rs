@@ -1,0 +1,151 @@
+//! The store's Lua scripts and their calls: `lua/check.lua` decides a set of checks in one
+//! call, `lua/release.lua` takes back what a check call recorded, `lua/count.lua` counts a
+//! key for listings. Each is the algorithm files followed by its driver, embedded at build
+//! time, sent with `EVALSHA` and loaded again on `NOSCRIPT`.
+
+use std::sync::Arc;
+
+use redis::Script;
+
+use super::blocked::RESET_CHANNEL;
+use super::redis::KEY_PREFIX;
+use crate::limiter::{Check, Decision, Mode, StoreError};
+use crate::redis::Redis;
+
+/// The algorithm files every script starts with.
+macro_rules! with_algorithms {
+    ($driver:literal) => {
+        concat!(
+            include_str!("../../../lua/sliding_log.lua"),
+            include_str!("../../../lua/gcra.lua"),
+            include_str!("../../../lua/sliding_window.lua"),
+            include_str!($driver),
+        )
+    };
+}
+
+/// The check script: the algorithms, then the driver that runs them.
+pub const SCRIPT: &str = with_algorithms!("../../../lua/check.lua");
+
+/// Counts one key's live entries, for listing counters.
+pub const COUNT_SCRIPT: &str = with_algorithms!("../../../lua/count.lua");
+
+/// Takes back a request's records on the slots that allowed it, when another refused it.
+const RELEASE_SCRIPT: &str = with_algorithms!("../../../lua/release.lua");
+
+/// Integers per check in the check script's reply.
+const REPLY_FIELDS: usize = 6;
+
+/// One script call's answer for its checks: the decisions, and each check's mark for a
+/// release.
+pub struct Reply {
+    pub decisions: Vec<Decision>,
+    pub marks: Vec<i64>,
+}
+
+/// The check and release calls, on the Redis layer; shared with tasks that outlive a request.
+pub struct Scripts {
+    pub redis: Arc<Redis>,
+    check: Script,
+    release: Script,
+}
+
+impl Scripts {
+    pub fn new(redis: Arc<Redis>) -> Scripts {
+        Scripts {
+            redis,
+            check: Script::new(SCRIPT),
+            release: Script::new(RELEASE_SCRIPT),
+        }
+    }
+
+    /// One script call over these checks (all in one slot on a cluster).
+    pub async fn call(
+        &self,
+        checks: &[&Check],
+        mode: Mode,
+        member: &str,
+    ) -> Result<Reply, StoreError> {
+        let mut invocation = self.check.prepare_invoke();
+        for check in checks {
+            invocation.key(format!("{KEY_PREFIX}{}", check.key));
+        }
+        invocation
+            .arg(u8::from(mode.record) | (u8::from(mode.reset) << 1))
+            .arg(member);
+        for check in checks {
+            invocation
+                .arg(check.limit.algorithm.script_id())
+                .arg(check.limit.quota.limit.get())
+                .arg(check.limit.quota.window_ms.get())
+                .arg(u8::from(check.shadow));
+        }
+        // Once more on a broken connection: after an outage each thread's connection heals on
+        // its next call, and this way that call is not lost. (A script that ran before the
+        // connection broke may then count twice: never more than the limit, only less.)
+        let invocation = &invocation;
+        let reply: Vec<i64> = self
+            .redis
+            .retried(self.redis.timeout(), |mut conn| async move {
+                invocation.invoke_async(&mut conn).await
+            })
+            .await?;
+        parse_reply(checks, &reply)
+    }
+
+    /// Takes back the records of checks that allowed a request another slot refused, and
+    /// tells every node to forget those keys as blocked (a request racing this one may have
+    /// been refused by the record being taken back).
+    pub async fn release(
+        &self,
+        checks: &[&Check],
+        marks: &[i64],
+        member: &str,
+    ) -> Result<(), StoreError> {
+        let mut invocation = self.release.prepare_invoke();
+        for check in checks {
+            invocation.key(format!("{KEY_PREFIX}{}", check.key));
+        }
+        invocation.arg(member).arg(RESET_CHANNEL).arg(KEY_PREFIX);
+        for (check, mark) in checks.iter().zip(marks) {
+            invocation
+                .arg(check.limit.algorithm.script_id())
+                .arg(check.limit.quota.limit.get())
+                .arg(check.limit.quota.window_ms.get())
+                .arg(mark);
+        }
+        let invocation = &invocation;
+        self.redis
+            .retried(self.redis.timeout(), |mut conn| async move {
+                invocation.invoke_async::<i64>(&mut conn).await
+            })
+            .await
+            .map(|_| ())
+    }
+}
+
+fn parse_reply(checks: &[&Check], reply: &[i64]) -> Result<Reply, StoreError> {
+    if reply.len() != checks.len() * REPLY_FIELDS {
+        return Err(StoreError::Reply(format!(
+            "unexpected script reply {reply:?} for {} checks",
+            checks.len()
+        )));
+    }
+    let n = |v: i64| v.max(0) as u64;
+    let mut out = Reply {
+        decisions: Vec::with_capacity(checks.len()),
+        marks: Vec::with_capacity(checks.len()),
+    };
+    for (check, r) in checks.iter().zip(reply.chunks_exact(REPLY_FIELDS)) {
+        out.decisions.push(Decision {
+            allowed: r[0] == 1,
+            count: n(r[1]),
+            limit: check.limit.quota.limit.get(),
+            remaining: n(r[2]),
+            retry_after_ms: n(r[3]),
+            reset_ms: n(r[4]),
+        });
+        out.marks.push(r[5]);
+    }
+    Ok(out)
+}
