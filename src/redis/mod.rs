@@ -126,6 +126,44 @@ struct SlotState {
     failed_at: Option<Instant>,
 }
 
+/// One attempt to connect a slot. However it ends (made, failed, or its task dropped with
+/// its runtime), the slot hears of it, so no caller waits on an attempt that will not finish.
+struct Attempt {
+    slot: Arc<Slot>,
+    finished: bool,
+}
+
+impl Attempt {
+    fn finish(mut self, made: Result<Conn, StoreError>, epoch: u64) {
+        let mut state = lock(&self.slot.state);
+        match made {
+            Ok(conn) => {
+                state.conn = Some(conn);
+                state.epoch = epoch;
+                state.failed_at = None;
+            }
+            Err(e) => {
+                log::debug!("cannot connect to Redis: {e}");
+                state.failed_at = Some(Instant::now());
+            }
+        }
+        drop(state);
+        self.finished = true;
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        let mut state = lock(&self.slot.state);
+        state.connecting = false;
+        if !self.finished {
+            state.failed_at = Some(Instant::now());
+        }
+        drop(state);
+        self.slot.made.send_modify(|n| *n += 1);
+    }
+}
+
 pub struct Redis {
     target: Target,
     /// A check's bound.
@@ -211,23 +249,13 @@ impl Redis {
     /// Makes a connection on this thread's runtime and puts it in `slot`.
     fn connect_in_background(&self, slot: Arc<Slot>, epoch: u64) {
         let connecting = self.connector();
+        let attempt = Attempt {
+            slot,
+            finished: false,
+        };
         tokio::spawn(async move {
             let made = connecting.await;
-            let mut state = lock(&slot.state);
-            state.connecting = false;
-            match made {
-                Ok(conn) => {
-                    state.conn = Some(conn);
-                    state.epoch = epoch;
-                    state.failed_at = None;
-                }
-                Err(e) => {
-                    log::debug!("cannot connect to Redis: {e}");
-                    state.failed_at = Some(Instant::now());
-                }
-            }
-            drop(state);
-            slot.made.send_modify(|n| *n += 1);
+            attempt.finish(made, epoch);
         });
     }
 

@@ -23,6 +23,9 @@ pub async fn follow(redis: Arc<Redis>, channel: &'static str, listener: Arc<dyn 
     let mut backoff = Duration::from_millis(50);
     let mut attempt = 0usize;
     loop {
+        // A node that hangs keeps the subscription open and silent: leave it when the
+        // topology changes (watched from before subscribing, so no change is missed).
+        let moved = redis.on_topology_change();
         let subscribed = async {
             let client = redis
                 .subscriber(attempt)
@@ -37,9 +40,6 @@ pub async fn follow(redis: Arc<Redis>, channel: &'static str, listener: Arc<dyn 
                 backoff = Duration::from_millis(50);
                 listener.live(true);
                 let mut messages = pubsub.into_on_message();
-                // A node that hangs keeps the subscription open and silent: leave it when
-                // the topology changes.
-                let moved = redis.on_topology_change();
                 tokio::pin!(moved);
                 loop {
                     tokio::select! {

@@ -4,10 +4,12 @@
 //! connections open and calls to it merely time out, which tells neither to look elsewhere.
 //!
 //! So every second a watcher asks who serves the data: a cluster node's `CLUSTER NODES`
-//! (reduced to the masters and their slots) or the sentinels' master address. When the
+//! (reduced to the masters that serve slots) or the sentinels' master address. When the
 //! answer changes, it bumps the layer's topology epoch; every thread then replaces its
 //! connection in the background and uses the old one until then, and the subscription to
-//! resets moves too. The watcher asks on plain connections of its own, one per node.
+//! resets moves too. Slots moving between masters (resharding) change nothing here: the
+//! cluster client follows those redirects by itself. The watcher asks on plain connections
+//! of its own, one per node.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,10 +37,7 @@ pub async fn follow(redis: Arc<Redis>) {
         };
         if let Some(now) = now {
             if last.as_ref().is_some_and(|last| *last != now) {
-                log::warn!(
-                    "Redis failover seen: now served by {}",
-                    now.replace('\n', ", ")
-                );
+                log::warn!("Redis failover seen: now served by {now}");
                 redis.topology_changed();
             }
             last = Some(now);
@@ -54,16 +53,20 @@ async fn cluster_view(
     probe: &mut Probe,
     known: &mut Vec<redis::Client>,
 ) -> Option<String> {
-    if known.is_empty() {
-        *known = cluster
+    let seeds = || -> Vec<redis::Client> {
+        cluster
             .seeds
             .iter()
             .filter_map(|seed| cluster.tls.client(seed.clone()).ok())
-            .collect();
-    }
+            .collect()
+    };
     let mut cmd = redis::cmd("CLUSTER");
     cmd.arg("NODES");
-    let text: String = probe.ask(known, &cmd).await?;
+    // The nodes listed last time, else (none answers: they may all have moved) the seeds.
+    let text: String = match probe.ask(known, &cmd).await {
+        Some(text) => text,
+        None => probe.ask(&seeds(), &cmd).await?,
+    };
     let nodes: Vec<redis::Client> = cluster_nodes(&text)
         .iter()
         .filter_map(|(host, port)| {
@@ -73,6 +76,7 @@ async fn cluster_view(
         .collect();
     if !nodes.is_empty() {
         *known = nodes;
+        probe.keep_only(known);
     }
     Some(fingerprint(&text))
 }
@@ -92,6 +96,12 @@ impl Probe {
             last: None,
             timeout,
         }
+    }
+
+    /// Closes the connections to nodes no longer listed.
+    fn keep_only(&mut self, nodes: &[redis::Client]) {
+        let listed: Vec<String> = nodes.iter().map(address).collect();
+        self.conns.retain(|addr, _| listed.contains(addr));
     }
 
     /// Asks each node in turn, the last to answer first, until one answers in time.
@@ -209,17 +219,17 @@ fn cluster_nodes(text: &str) -> Vec<(String, u16)> {
     nodes.into_iter().map(|(_, addr)| addr).collect()
 }
 
-/// The masters with their slots, sorted: equal for two answers of one topology, whichever
-/// node gave them and whatever their timings.
+/// The masters that serve slots, sorted: equal for two answers of one topology, whichever
+/// node gave them, whatever their timings and however the slots are spread.
 fn fingerprint(text: &str) -> String {
-    let mut lines: Vec<String> = text
+    let mut masters: Vec<String> = text
         .lines()
         .filter_map(NodeLine::parse)
         .filter(NodeLine::serving)
-        .map(|n| format!("{}:{} {}", n.host, n.port, n.slots.join(" ")))
+        .map(|n| format!("{}:{}", n.host, n.port))
         .collect();
-    lines.sort();
-    lines.join("\n")
+    masters.sort();
+    masters.join(" ")
 }
 
 #[cfg(test)]
@@ -261,6 +271,11 @@ e7d1 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-5460
             .replace("0 1426238316232 2", "0 1426238399999 2")
             .replace("myself,master", "master");
         assert_eq!(fingerprint(&elsewhere), before);
+        // Slots moved between masters (resharding): the cluster client follows that itself.
+        let resharded = NODES
+            .replace("connected 5461-10922", "connected 5000-10922")
+            .replace("connected 0-5460", "connected 0-4999");
+        assert_eq!(fingerprint(&resharded), before);
         // The replica took over the first master's slots.
         let promoted = NODES
             .replace(
@@ -272,6 +287,9 @@ e7d1 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-5460
                 "e7d1 127.0.0.1:30001@40001 master,fail - 0 0 1 connected",
             );
         assert_ne!(fingerprint(&promoted), before);
-        assert!(fingerprint(&promoted).starts_with("127.0.0.1:30002"));
+        assert_eq!(
+            fingerprint(&promoted),
+            "127.0.0.1:30002 127.0.0.1:30003 127.0.0.1:30004"
+        );
     }
 }
