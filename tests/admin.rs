@@ -404,6 +404,60 @@ fn counters_exclude_expired_entries() {
 }
 
 #[test]
+fn keys_of_other_services_under_the_prefix_are_skipped_by_listings() {
+    let redis = RedisServer::start();
+    let up = Upstream::start();
+    let gw = redis_node(
+        &redis,
+        &up,
+        "x",
+        "default_limit = 1\nkey = \"header:X-Api-Key\"",
+    );
+    let mut conn = redis.conn();
+    // Another service's keys under `ratelimit:`, of every other type.
+    redis::cmd("SET")
+        .arg("ratelimit:orders:seq")
+        .arg(41)
+        .query::<()>(&mut conn)
+        .unwrap();
+    redis::cmd("HSET")
+        .arg("ratelimit:orders:meta")
+        .arg("owner")
+        .arg("billing")
+        .query::<()>(&mut conn)
+        .unwrap();
+    redis::cmd("RPUSH")
+        .arg("ratelimit:orders:queue")
+        .arg("job")
+        .query::<()>(&mut conn)
+        .unwrap();
+    let k = [("X-Api-Key", "alice")];
+    assert_eq!(get(&gw.proxy, "/", &k).unwrap().status, 200);
+    assert_eq!(get(&gw.proxy, "/", &k).unwrap().status, 429);
+
+    let counters = get(&gw.admin, "/api/counters", &[]).unwrap();
+    assert_eq!(counters.status, 200, "{}", counters.body);
+    let listed = body(&counters);
+    let keys: Vec<&str> = listed["counters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["x-api-key:alice"], "{}", counters.body);
+    let blocks = get(&gw.admin, "/api/blocks", &[]).unwrap();
+    assert_eq!(blocks.status, 200, "{}", blocks.body);
+    assert!(blocks.body.contains("x-api-key:alice"), "{}", blocks.body);
+    assert!(!blocks.body.contains("orders"), "{}", blocks.body);
+    // And they are left as they were.
+    let seq: i64 = redis::cmd("GET")
+        .arg("ratelimit:orders:seq")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(seq, 41);
+}
+
+#[test]
 fn health_reports_the_store() {
     let mut redis = RedisServer::start();
     let up = Upstream::start();
