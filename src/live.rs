@@ -26,7 +26,7 @@ impl Live {
             .proxy
             .upstreams
             .iter()
-            .map(|u| HttpPeer::new(u.addr, false, String::new()))
+            .map(|u| HttpPeer::new(u.addrs[0], false, String::new()))
             .collect();
         Live {
             rules: config.rule_set(),

@@ -141,9 +141,11 @@ pub fn keep_restart_only(running: &Config, new: &mut Config) -> Vec<&'static str
     keep!("server.work_stealing", server.work_stealing);
     keep!("server.grace_period_seconds", server.grace_period);
     keep!("proxy.listen", proxy.listen);
+    keep!("proxy.tls_listen", proxy.tls);
     keep!("admin.listen", admin.listen);
     keep!("node.id", node.id);
     keep!("redis", redis);
+    keep!("log", log);
     kept
 }
 

@@ -76,7 +76,9 @@ const EXPECTED: &[(&str, &[&str])] = &[
     ),
     (
         "bad_upstream",
-        &[r#"2:32: [proxy] upstreams: expected "host:port", found "no-port-here""#],
+        &[
+            r#"2:32: [proxy] upstreams: expected "host:port", "http://host[:port]" or "https://host[:port]" (port 1..=65535), found "no-port-here""#,
+        ],
     ),
     (
         "empty_token",
@@ -86,7 +88,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
     ),
     (
         "empty_upstreams",
-        &[r#"2:13: [proxy] upstreams: expected at least one "host:port""#],
+        &[r#"2:13: [proxy] upstreams: expected at least one "host:port" or "https://host:port""#],
     ),
     (
         "heartbeat_not_below_ttl",
@@ -119,13 +121,13 @@ const EXPECTED: &[(&str, &[&str])] = &[
     (
         "unknown_key",
         &[
-            r#"3:1: unknown key `listne` in [proxy]; expected one of: listen, upstreams, direct_response"#,
+            r#"3:1: unknown key `listne` in [proxy]; expected one of: listen, tls_listen, tls_cert_file, tls_key_file, upstreams, upstream_tls_ca_file, connect_timeout_ms, read_timeout_ms, write_timeout_ms, keepalive_timeout_seconds, retries, health_check, direct_response"#,
         ],
     ),
     (
         "unknown_section",
         &[
-            r#"1:2: unknown section [proxies]; expected one of: server, proxy, admin, node, redis, limits, headers, metrics, rules"#,
+            r#"1:2: unknown section [proxies]; expected one of: server, proxy, admin, node, redis, limits, headers, metrics, log, rules"#,
         ],
     ),
     (
@@ -287,6 +289,62 @@ const EXPECTED: &[(&str, &[&str])] = &[
         &[r#"1:1: `rules` must be an array of tables ([[rules]]), found table"#],
     ),
     (
+        "health_check_bad",
+        &[
+            r#"2:15: [proxy.health_check] interval_ms: expected an integer 100..=3600000 (ms), found integer 10"#,
+            r#"3:8: [proxy.health_check] path: expected a path starting with "/" (visible ASCII), found "health""#,
+            r#"4:14: [proxy.health_check] timeout_ms: expected an integer 1..=60000 (ms), found integer 0"#,
+        ],
+    ),
+    (
+        "log_bad",
+        &[
+            r#"2:10: [log] access: expected "off", "stderr" or a file path, found """#,
+            r#"3:10: [log] format: expected "text" or "json", found "xml""#,
+        ],
+    ),
+    (
+        "proxy_bad_numbers",
+        &[
+            r#"2:22: [proxy] connect_timeout_ms: expected an integer 1..=3600000 (ms), found integer 0"#,
+            r#"3:19: [proxy] read_timeout_ms: expected an integer 1..=3600000 (ms), found integer 3600001"#,
+            r#"4:29: [proxy] keepalive_timeout_seconds: expected an integer 0..=3600 (seconds; 0: no keep-alive), found integer -1"#,
+            r#"5:11: [proxy] retries: expected an integer 0..=10, found integer 11"#,
+        ],
+    ),
+    (
+        "proxy_bad_upstream_forms",
+        &[
+            r#"2:14: [proxy] upstreams: expected "host:port", "http://host[:port]" or "https://host[:port]" (port 1..=65535), found "ftp://files.example.com:21""#,
+            r#"2:44: [proxy] upstreams: an upstream is a server, without a path: found "https://api.example.com/v1""#,
+        ],
+    ),
+    (
+        "proxy_ca_without_https",
+        &[r#"3:24: [proxy] upstream_tls_ca_file: only for https:// upstreams, and none is listed"#],
+    ),
+    (
+        "proxy_cert_without_tls_listen",
+        &[
+            r#"2:17: [proxy] tls_cert_file: only with tls_listen"#,
+            r#"3:16: [proxy] tls_key_file: only with tls_listen"#,
+        ],
+    ),
+    (
+        "proxy_tls_bad_files",
+        &[
+            r#"3:17: [proxy] tls_cert_file: "tests/fixtures/tls/localhost.key" holds no PEM certificate (-----BEGIN CERTIFICATE-----)"#,
+            r#"4:16: [proxy] tls_key_file: cannot read "/nonexistent/key.pem": No such file or directory (os error 2)"#,
+        ],
+    ),
+    (
+        "proxy_tls_without_cert",
+        &[
+            r#"2:14: [proxy] tls_listen: needs tls_cert_file and tls_key_file; tls_cert_file is missing"#,
+            r#"2:14: [proxy] tls_listen: needs tls_cert_file and tls_key_file; tls_key_file is missing"#,
+        ],
+    ),
+    (
         "redis_cert_without_key",
         &[
             r#"3:17: [redis] tls_cert_file: cannot read "/nonexistent/client.pem": No such file or directory (os error 2)"#,
@@ -368,7 +426,7 @@ fn every_fixture_file_has_an_expectation() {
 fn empty_file_is_the_contract_defaults() {
     let c = Config::parse("empty.toml", "", &|_| None).unwrap();
     assert_eq!(c.proxy.listen.to_string(), "127.0.0.1:8080");
-    assert_eq!(c.proxy.upstreams[0].addr.to_string(), "127.0.0.1:3000");
+    assert_eq!(c.proxy.upstreams[0].addrs[0].to_string(), "127.0.0.1:3000");
     assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9090");
     assert!(c.admin.token.is_none());
     assert_eq!(c.node.address, "127.0.0.1:8080");

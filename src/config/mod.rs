@@ -8,12 +8,16 @@
 //! - `error`: file:line:column errors, all of them at once.
 
 mod error;
+mod log;
+mod pem;
+mod proxy;
 mod reader;
 mod redis;
 mod rules;
 mod validate;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub use error::{ConfigError, ConfigErrors, Origin};
@@ -45,6 +49,7 @@ pub struct Config {
     pub rules: Vec<Rule>,
     pub headers: HeadersConfig,
     pub metrics: MetricsConfig,
+    pub log: LogConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -61,18 +66,81 @@ pub struct ServerConfig {
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
     pub listen: SocketAddr,
-    /// Resolved once at start: pingora would otherwise resolve a name on every request.
+    /// An HTTPS listener beside `listen` (HTTP/1.1 and HTTP/2), sharing its limits.
+    pub tls: Option<TlsListener>,
     pub upstreams: Vec<Upstream>,
+    /// The CA that `https://` upstreams' certificates are checked against (else the system's
+    /// roots).
+    pub upstream_tls_ca_file: Option<PathBuf>,
+    pub timeouts: UpstreamTimeouts,
+    /// Idle client connections are closed after this; zero: no keep-alive.
+    pub keepalive_timeout: Duration,
+    /// How many other upstreams a request that could not be sent (connect failure) tries.
+    pub retries: usize,
+    /// Active health checks; `None`: every upstream is always tried.
+    pub health_check: Option<HealthCheck>,
     /// When set, allowed requests are answered by the gateway itself (Envoy's
     /// `direct_response`, nginx's `return`), and `upstreams` is not used.
     pub direct_response: Option<DirectResponse>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsListener {
+    pub listen: SocketAddr,
+    /// PEM certificate chain and private key.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// One upstream server, as written: `host:port`, `http://host[:port]` or
+/// `https://host[:port]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
-    /// As written in the config, used as the `Host` of proxied requests when it has a name.
+    /// `host:port`, without the scheme.
     pub name: String,
-    pub addr: SocketAddr,
+    pub host: String,
+    pub port: u16,
+    /// TLS to the upstream, verified, with the host name as SNI.
+    pub tls: bool,
+    /// The addresses the host resolved to when the config loaded (names are resolved again
+    /// while the gateway runs).
+    pub addrs: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamTimeouts {
+    pub connect: Duration,
+    /// No byte from the upstream for this long: 504.
+    pub read: Duration,
+    pub write: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub interval: Duration,
+    /// `GET` this path expecting 2xx or 3xx; `None`: a TCP connect check.
+    pub path: Option<String>,
+    pub timeout: Duration,
+}
+
+/// `[log]`: the access log and the format of every log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    pub access: AccessLog,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLog {
+    Off,
+    Stderr,
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

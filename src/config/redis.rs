@@ -1,10 +1,10 @@
 //! `[redis]` (contract §2 and §9): one topology (a URL, Cluster seeds or Sentinels), TLS
 //! files, the call timeout and the failure policy.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use super::error::Collector;
+use super::pem::{self, Pem};
 use super::reader::{At, Section};
 use super::{OnError, RedisConfig, RedisTls, RedisTopology, RedisUrl};
 
@@ -225,36 +225,12 @@ fn check_url(url: &str) -> Result<(), String> {
 /// The TLS files, each read now so a missing or wrong file is a config error, not a failure
 /// at the first connection.
 fn tls(s: &Section, errors: &mut Collector) -> Option<RedisTls> {
-    let mut ok = true;
-    let mut file = |key: &str, marker: &str, what: &str| -> Option<PathBuf> {
-        let At { value, span } = s.string(key, errors)?;
-        match std::fs::read_to_string(&value) {
-            Ok(text) if text.contains(marker) => Some(PathBuf::from(value)),
-            Ok(_) => {
-                ok = false;
-                errors.at(
-                    span,
-                    format!("{} {key}: {value:?} holds no PEM {what} ({marker})", s.name),
-                );
-                None
-            }
-            Err(e) => {
-                ok = false;
-                errors.at(
-                    span,
-                    format!("{} {key}: cannot read {value:?}: {e}", s.name),
-                );
-                None
-            }
-        }
-    };
-    let ca_file = file("tls_ca_file", "-----BEGIN CERTIFICATE-----", "certificate");
-    let cert_file = file(
-        "tls_cert_file",
-        "-----BEGIN CERTIFICATE-----",
-        "certificate",
-    );
-    let key_file = file("tls_key_file", "PRIVATE KEY-----", "private key");
+    let ca = pem::file(s, "tls_ca_file", Pem::Certificate, errors);
+    let cert = pem::file(s, "tls_cert_file", Pem::Certificate, errors);
+    let key = pem::file(s, "tls_key_file", Pem::PrivateKey, errors);
+    let mut ok = ca.is_ok() && cert.is_ok() && key.is_ok();
+    let (ca_file, cert_file, key_file) =
+        (ca.ok().flatten(), cert.ok().flatten(), key.ok().flatten());
     for (set, other) in [
         ("tls_cert_file", "tls_key_file"),
         ("tls_key_file", "tls_cert_file"),

@@ -2,7 +2,7 @@
 //! where it is read so the error points at it. Environment overrides are applied here too,
 //! with errors that name the variable.
 
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 use std::num::{NonZeroU32, NonZeroU64};
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ type Env<'e> = &'e dyn Fn(&str) -> Option<String>;
 
 /// The sections written `[name]`.
 const SECTIONS: &[&str] = &[
-    "server", "proxy", "admin", "node", "redis", "limits", "headers", "metrics",
+    "server", "proxy", "admin", "node", "redis", "limits", "headers", "metrics", "log",
 ];
 /// The sections written `[[name]]`.
 const ARRAYS: &[&str] = &["rules"];
@@ -39,12 +39,8 @@ pub(super) fn build(path: &str, source: &str, env: Env) -> Result<Config, Config
         ),
         &mut errors,
     );
-    let proxy = proxy(
-        &root.section(
-            "proxy",
-            &["listen", "upstreams", "direct_response"],
-            &mut errors,
-        ),
+    let proxy = super::proxy::read(
+        &root.section("proxy", super::proxy::KEYS, &mut errors),
         &mut errors,
     );
     let admin = admin(
@@ -103,6 +99,10 @@ pub(super) fn build(path: &str, source: &str, env: Env) -> Result<Config, Config
         &root.section("metrics", &["max_key_labels"], &mut errors),
         &mut errors,
     );
+    let log = super::log::read(
+        &root.section("log", super::log::KEYS, &mut errors),
+        &mut errors,
+    );
 
     match (proxy, admin, node, limits) {
         (Some(proxy), Some(admin), Some(node), Some(limits)) if errors.errors.is_empty() => {
@@ -116,6 +116,7 @@ pub(super) fn build(path: &str, source: &str, env: Env) -> Result<Config, Config
                 rules,
                 headers,
                 metrics,
+                log,
             })
         }
         _ => Err(ConfigErrors(errors.into_sorted())),
@@ -152,7 +153,7 @@ fn server(s: &Section, errors: &mut Collector) -> ServerConfig {
     }
 }
 
-fn socket_addr(
+pub(super) fn socket_addr(
     s: &Section,
     key: &str,
     default: &str,
@@ -170,77 +171,6 @@ fn socket_addr(
                 None
             }
         },
-    }
-}
-
-fn proxy(s: &Section, errors: &mut Collector) -> Option<ProxyConfig> {
-    let listen = socket_addr(s, "listen", "127.0.0.1:8080", errors);
-    let written = s.strings("upstreams", errors);
-    let mut upstreams = Vec::new();
-    match written {
-        None => upstreams.push(Upstream {
-            name: "127.0.0.1:3000".into(),
-            addr: "127.0.0.1:3000".parse().ok()?,
-        }),
-        Some(list) => {
-            if list.is_empty() && !s.has("direct_response") {
-                if let Some(span) = s.span("upstreams") {
-                    errors.at(
-                        span,
-                        format!("{} upstreams: expected at least one \"host:port\"", s.name),
-                    );
-                }
-            }
-            for At { value, span } in list {
-                match resolve(&value) {
-                    Ok(addr) => upstreams.push(Upstream { name: value, addr }),
-                    Err(why) => errors.at(span, format!("{} upstreams: {why}", s.name)),
-                }
-            }
-        }
-    }
-    let direct_response = s
-        .table(
-            "direct_response",
-            &["status", "content_type", "body"],
-            errors,
-        )
-        .map(|d| DirectResponse {
-            status: d
-                .integer("status", 100, 599, "an HTTP status 100..=599", errors)
-                .map_or(200, |v| v.value as u16),
-            content_type: d
-                .string("content_type", errors)
-                .map_or_else(|| "text/plain; charset=utf-8".to_string(), |v| v.value),
-            body: d
-                .string("body", errors)
-                .map_or_else(String::new, |v| v.value),
-        });
-    Some(ProxyConfig {
-        listen: listen?,
-        upstreams,
-        direct_response,
-    })
-}
-
-/// `host:port` to one address, resolved now (once) rather than per request.
-fn resolve(hostport: &str) -> Result<SocketAddr, String> {
-    if let Ok(addr) = hostport.parse::<SocketAddr>() {
-        return Ok(addr);
-    }
-    let Some((host, port)) = hostport.rsplit_once(':') else {
-        return Err(format!("expected \"host:port\", found {hostport:?}"));
-    };
-    if host.is_empty() || port.parse::<u16>().is_err() {
-        return Err(format!(
-            "expected \"host:port\" with a port 0..=65535, found {hostport:?}"
-        ));
-    }
-    match hostport.to_socket_addrs() {
-        Ok(mut addrs) => addrs
-            .next()
-            .ok_or_else(|| format!("{host:?} resolves to no address")),
-        Err(e) => Err(format!("cannot resolve {host:?}: {e}")),
     }
 }
 

@@ -1,0 +1,326 @@
+//! `[proxy]` (contract §2 and §10): the listeners (plain, and HTTPS with HTTP/2), the
+//! upstreams with their scheme, TLS trust, timeouts, retries and health checks, client
+//! keep-alive, and the direct response.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use super::error::Collector;
+use super::pem::{self, Pem};
+use super::reader::{At, Section};
+use super::{DirectResponse, HealthCheck, ProxyConfig, TlsListener, Upstream, UpstreamTimeouts};
+
+pub(super) const KEYS: &[&str] = &[
+    "listen",
+    "tls_listen",
+    "tls_cert_file",
+    "tls_key_file",
+    "upstreams",
+    "upstream_tls_ca_file",
+    "connect_timeout_ms",
+    "read_timeout_ms",
+    "write_timeout_ms",
+    "keepalive_timeout_seconds",
+    "retries",
+    "health_check",
+    "direct_response",
+];
+
+/// The upstream when none is written.
+const DEFAULT_UPSTREAM: &str = "127.0.0.1:3000";
+
+pub(super) fn read(s: &Section, errors: &mut Collector) -> Option<ProxyConfig> {
+    let listen = super::validate::socket_addr(s, "listen", "127.0.0.1:8080", errors);
+    let tls = tls_listener(s, errors);
+    let upstreams = upstreams(s, errors);
+    let upstream_tls_ca_file = pem::file(s, "upstream_tls_ca_file", Pem::Certificate, errors);
+    if let (Ok(Some(_)), Some(list)) = (&upstream_tls_ca_file, &upstreams) {
+        if !list.iter().any(|u| u.tls) {
+            errors.at(
+                s.span("upstream_tls_ca_file").unwrap_or(0..0),
+                format!(
+                    "{} upstream_tls_ca_file: only for https:// upstreams, and none is listed",
+                    s.name
+                ),
+            );
+        }
+    }
+    let ms = |key: &str, default: u64, errors: &mut Collector| {
+        s.integer(key, 1, 3_600_000, "an integer 1..=3600000 (ms)", errors)
+            .map_or(default, |v| v.value as u64)
+    };
+    let timeouts = UpstreamTimeouts {
+        connect: Duration::from_millis(ms("connect_timeout_ms", 2_000, errors)),
+        read: Duration::from_millis(ms("read_timeout_ms", 60_000, errors)),
+        write: Duration::from_millis(ms("write_timeout_ms", 60_000, errors)),
+    };
+    let keepalive_timeout = s
+        .integer(
+            "keepalive_timeout_seconds",
+            0,
+            3600,
+            "an integer 0..=3600 (seconds; 0: no keep-alive)",
+            errors,
+        )
+        .map_or(75, |v| v.value as u64);
+    let retries = s
+        .integer("retries", 0, 10, "an integer 0..=10", errors)
+        .map_or(1, |v| v.value as usize);
+    let health_check = s
+        .table(
+            "health_check",
+            &["interval_ms", "path", "timeout_ms"],
+            errors,
+        )
+        .map(|h| health(&h, errors));
+    let direct_response = s
+        .table(
+            "direct_response",
+            &["status", "content_type", "body"],
+            errors,
+        )
+        .map(|d| DirectResponse {
+            status: d
+                .integer("status", 100, 599, "an HTTP status 100..=599", errors)
+                .map_or(200, |v| v.value as u16),
+            content_type: d
+                .string("content_type", errors)
+                .map_or_else(|| "text/plain; charset=utf-8".to_string(), |v| v.value),
+            body: d
+                .string("body", errors)
+                .map_or_else(String::new, |v| v.value),
+        });
+    if let Some(list) = &upstreams {
+        if list.is_empty() && direct_response.is_none() {
+            errors.at(
+                s.span("upstreams").unwrap_or(0..0),
+                format!(
+                    "{} upstreams: expected at least one \"host:port\" or \"https://host:port\"",
+                    s.name
+                ),
+            );
+        }
+    }
+    Some(ProxyConfig {
+        listen: listen?,
+        tls: tls.ok()?,
+        upstreams: upstreams?,
+        upstream_tls_ca_file: upstream_tls_ca_file.ok()?,
+        timeouts,
+        keepalive_timeout: Duration::from_secs(keepalive_timeout),
+        retries,
+        health_check,
+        direct_response,
+    })
+}
+
+/// `tls_listen` with its certificate and key, all three or none. `Err(())`: bad (recorded).
+fn tls_listener(s: &Section, errors: &mut Collector) -> Result<Option<TlsListener>, ()> {
+    let listen = if s.has("tls_listen") {
+        super::validate::socket_addr(s, "tls_listen", "", errors).ok_or(())
+    } else {
+        Err(())
+    };
+    let cert = pem::file(s, "tls_cert_file", Pem::Certificate, errors);
+    let key = pem::file(s, "tls_key_file", Pem::PrivateKey, errors);
+    if !s.has("tls_listen") {
+        for k in ["tls_cert_file", "tls_key_file"] {
+            if let Some(span) = s.span(k) {
+                errors.at(span, format!("{} {k}: only with tls_listen", s.name));
+            }
+        }
+        return if s.has("tls_cert_file") || s.has("tls_key_file") {
+            Err(())
+        } else {
+            Ok(None)
+        };
+    }
+    let mut missing = false;
+    for k in ["tls_cert_file", "tls_key_file"] {
+        if !s.has(k) {
+            missing = true;
+            errors.at(
+                s.span("tls_listen").unwrap_or(0..0),
+                format!(
+                    "{} tls_listen: needs tls_cert_file and tls_key_file; {k} is missing",
+                    s.name
+                ),
+            );
+        }
+    }
+    match (listen, cert, key) {
+        (Ok(listen), Ok(Some(cert_file)), Ok(Some(key_file))) if !missing => {
+            Ok(Some(TlsListener {
+                listen,
+                cert_file,
+                key_file,
+            }))
+        }
+        _ => Err(()),
+    }
+}
+
+/// The upstreams, each resolved now (a name that does not resolve is an error here, as in
+/// nginx); `None` when one is bad.
+fn upstreams(s: &Section, errors: &mut Collector) -> Option<Vec<Upstream>> {
+    let Some(list) = s.strings("upstreams", errors) else {
+        if s.has("upstreams") {
+            return None;
+        }
+        return parse_upstream(DEFAULT_UPSTREAM).ok().map(|u| vec![u]);
+    };
+    let mut out = Vec::with_capacity(list.len());
+    let mut ok = true;
+    for At { value, span } in list {
+        match parse_upstream(&value) {
+            Ok(u) => out.push(u),
+            Err(why) => {
+                ok = false;
+                errors.at(span, format!("{} upstreams: {why}", s.name));
+            }
+        }
+    }
+    ok.then_some(out)
+}
+
+/// `host:port`, `http://host[:port]` or `https://host[:port]`, resolved.
+pub fn parse_upstream(written: &str) -> Result<Upstream, String> {
+    let (tls, rest, default_port) = if let Some(rest) = written.strip_prefix("https://") {
+        (true, rest, Some(443))
+    } else if let Some(rest) = written.strip_prefix("http://") {
+        (false, rest, Some(80))
+    } else if written.contains("://") {
+        return Err(shape(written));
+    } else {
+        (false, written, None)
+    };
+    let hostport = rest.strip_suffix('/').unwrap_or(rest);
+    if hostport.contains('/') || hostport.contains('?') {
+        return Err(format!(
+            "an upstream is a server, without a path: found {written:?}"
+        ));
+    }
+    let (host, port) = split_host_port(hostport, default_port).ok_or_else(|| shape(written))?;
+    let addrs: Vec<SocketAddr> = match (host.as_str(), port).to_socket_addrs() {
+        Ok(addrs) => addrs.collect(),
+        Err(e) => return Err(format!("cannot resolve {host:?}: {e}")),
+    };
+    if addrs.is_empty() {
+        return Err(format!("{host:?} resolves to no address"));
+    }
+    Ok(Upstream {
+        name: format!("{}:{port}", bracketed(&host)),
+        host,
+        port,
+        tls,
+        addrs,
+    })
+}
+
+fn shape(written: &str) -> String {
+    format!(
+        "expected \"host:port\", \"http://host[:port]\" or \"https://host[:port]\" (port 1..=65535), found {written:?}"
+    )
+}
+
+/// `host:port` or `[v6]:port`; the port may be left out when there is a default.
+fn split_host_port(s: &str, default_port: Option<u16>) -> Option<(String, u16)> {
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        match after.strip_prefix(':') {
+            Some(p) => (host, Some(p)),
+            None if after.is_empty() => (host, None),
+            None => return None,
+        }
+    } else {
+        match s.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') => (h, Some(p)),
+            Some(_) => return None,
+            None => (s, None),
+        }
+    };
+    let port = match port {
+        Some(p) => p.parse::<u16>().ok().filter(|&p| p > 0)?,
+        None => default_port?,
+    };
+    (!host.is_empty()).then(|| (host.to_string(), port))
+}
+
+fn bracketed(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
+}
+
+fn health(h: &Section, errors: &mut Collector) -> HealthCheck {
+    let interval = h
+        .integer(
+            "interval_ms",
+            100,
+            3_600_000,
+            "an integer 100..=3600000 (ms)",
+            errors,
+        )
+        .map_or(1_000, |v| v.value as u64);
+    let timeout = h
+        .integer("timeout_ms", 1, 60_000, "an integer 1..=60000 (ms)", errors)
+        .map_or(1_000, |v| v.value as u64);
+    let path = match h.string("path", errors) {
+        Some(At { value, span }) => {
+            let valid = value.starts_with('/')
+                && value.bytes().all(|b| b.is_ascii_graphic())
+                && !value.contains('#');
+            if !valid {
+                errors.at(
+                    span,
+                    format!(
+                        "{} path: expected a path starting with \"/\" (visible ASCII), found {value:?}",
+                        h.name
+                    ),
+                );
+            }
+            Some(value)
+        }
+        None => None,
+    };
+    HealthCheck {
+        interval: Duration::from_millis(interval),
+        path,
+        timeout: Duration::from_millis(timeout),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_forms() {
+        let u = parse_upstream("127.0.0.1:3000").unwrap();
+        assert_eq!(
+            (u.name.as_str(), u.tls, u.port),
+            ("127.0.0.1:3000", false, 3000)
+        );
+        let u = parse_upstream("https://127.0.0.1").unwrap();
+        assert_eq!(
+            (u.name.as_str(), u.tls, u.port),
+            ("127.0.0.1:443", true, 443)
+        );
+        let u = parse_upstream("http://localhost:8081/").unwrap();
+        assert_eq!((u.host.as_str(), u.tls, u.port), ("localhost", false, 8081));
+        let u = parse_upstream("https://[::1]:8443").unwrap();
+        assert_eq!((u.name.as_str(), u.host.as_str()), ("[::1]:8443", "::1"));
+        for bad in [
+            "127.0.0.1",
+            "127.0.0.1:0",
+            "ftp://x:1",
+            "https://api.internal:443/v1",
+            "::1:80",
+            ":80",
+        ] {
+            assert!(parse_upstream(bad).is_err(), "{bad}");
+        }
+    }
+}
