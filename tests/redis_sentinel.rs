@@ -122,9 +122,14 @@ fn master_failure_under_load(fault: Fault, what: &str) {
     );
     for gw in &gws {
         gw.reload_with("", &limited);
+        // Every worker thread decides again (each on its connection to the new master).
         wait_for("the new limit", Duration::from_secs(10), || {
-            let r = get(&gw.proxy, "/", &[("X-Api-Key", "probe")]).ok()?;
-            (r.header("X-RateLimit-Limit") == Some("15")).then_some(())
+            (0..10)
+                .all(|_| {
+                    get(&gw.proxy, "/", &[("X-Api-Key", "probe")])
+                        .is_ok_and(|r| r.header("X-RateLimit-Limit") == Some("15"))
+                })
+                .then_some(())
         });
     }
     let allowed = Arc::new(AtomicUsize::new(0));

@@ -214,9 +214,9 @@ impl Redis {
     }
 
     /// This thread's connection, made on first use on this thread's runtime (so its driver
-    /// lives there too). A connection from before a topology change is replaced in the
-    /// background and used until its successor is ready; a first connection is waited for,
-    /// within the caller's own bound.
+    /// lives there too). After a topology change the old connection may point at a master
+    /// that hangs, so the successor is waited for (within the caller's own bound) and the old
+    /// one is used only if making the successor fails.
     pub async fn conn(&self) -> Result<Conn, StoreError> {
         let slot = self.conns.get_or_default().clone();
         let epoch = *self.epoch.borrow();
@@ -230,13 +230,13 @@ impl Redis {
                 state.connecting = true;
                 self.connect_in_background(slot.clone(), epoch);
             }
-            if let Some(conn) = &state.conn {
-                return Ok(conn.clone());
+            match &state.conn {
+                Some(conn) if !stale || !state.connecting => return Ok(conn.clone()),
+                None if !state.connecting => {
+                    return Err(StoreError::Connection("not connected".into()))
+                }
+                _ => slot.made.subscribe(),
             }
-            if !state.connecting {
-                return Err(StoreError::Connection("not connected".into()));
-            }
-            slot.made.subscribe()
         };
         let _ = made.changed().await;
         let state = lock(&slot.state);

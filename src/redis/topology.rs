@@ -6,7 +6,7 @@
 //! So every second a watcher asks who serves the data: a cluster node's `CLUSTER NODES`
 //! (reduced to the masters that serve slots) or the sentinels' master address. When the
 //! answer changes, it bumps the layer's topology epoch; every thread then replaces its
-//! connection in the background and uses the old one until then, and the subscription to
+//! connection on its next call, which waits for the new one, and the subscription to
 //! resets moves too. Slots moving between masters (resharding) change nothing here: the
 //! cluster client follows those redirects by itself. The watcher asks on plain connections
 //! of its own, one per node.
