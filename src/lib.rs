@@ -22,13 +22,16 @@
 //! signals into a drain or a fast stop. [`server`] wires them all into pingora services;
 //! [`cli`] and `main.rs` are the thin binary.
 
+pub mod access_log;
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod forwarding;
 pub mod headers;
 pub mod key;
 pub mod limiter;
 pub mod live;
+pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod redis;
@@ -38,3 +41,5 @@ pub mod response;
 pub mod rules;
 pub mod server;
 pub mod shutdown;
+pub mod tls;
+pub mod upstreams;

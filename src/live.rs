@@ -6,34 +6,29 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
-use pingora::upstreams::peer::HttpPeer;
 
 use crate::config::Config;
 use crate::rules::RuleSet;
+use crate::upstreams::Pool;
 
 /// One loaded config with what is derived from it.
 pub struct Live {
     pub config: Config,
     pub rules: RuleSet,
-    /// The upstreams, ready for pingora (their addresses were resolved when the config loaded).
-    pub peers: Vec<HttpPeer>,
+    /// The upstreams, their health and how to connect to them.
+    pub pool: Pool,
     pub loaded_at: SystemTime,
 }
 
 impl Live {
-    pub fn new(config: Config) -> Live {
-        let peers = config
-            .proxy
-            .upstreams
-            .iter()
-            .map(|u| HttpPeer::new(u.addrs[0], false, String::new()))
-            .collect();
-        Live {
+    /// Fails only when the upstreams cannot be set up (an unusable CA file).
+    pub fn new(config: Config) -> Result<Live, String> {
+        Ok(Live {
             rules: config.rule_set(),
-            peers,
+            pool: Pool::new(&config.proxy)?,
             config,
             loaded_at: SystemTime::now(),
-        }
+        })
     }
 }
 
@@ -41,8 +36,8 @@ impl Live {
 pub struct LiveConfig(ArcSwap<Live>);
 
 impl LiveConfig {
-    pub fn new(config: Config) -> LiveConfig {
-        LiveConfig(ArcSwap::from_pointee(Live::new(config)))
+    pub fn new(config: Config) -> Result<LiveConfig, String> {
+        Ok(LiveConfig(ArcSwap::from_pointee(Live::new(config)?)))
     }
 
     /// The config in force now; holding it keeps it whole for as long as it is held.

@@ -1,5 +1,5 @@
-//! The `ratelimiter` binary: parses arguments, sets up logging, loads the config and hands
-//! over to the library.
+//! The `ratelimiter` binary: parses arguments, loads the config, sets up logging as it says
+//! and hands over to the library.
 
 use std::process::ExitCode;
 
@@ -10,9 +10,6 @@ use ratelimiter::cli::{self, Command, USAGE};
 use ratelimiter::config::{Config, DEFAULTS_NAME};
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .target(env_logger::Target::Stderr)
-        .init();
     let command = match cli::parse(std::env::args().skip(1)) {
         Ok(c) => c,
         Err(e) => {
@@ -48,6 +45,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            ratelimiter::logging::init(config.log.format);
             match ratelimiter::server::run(config, path) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

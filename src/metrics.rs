@@ -21,6 +21,11 @@ use crate::limiter::Check;
 /// The `key` label of decisions past the per-node cap on distinct keys.
 pub const OTHER_KEY: &str = "_other";
 
+/// Upstream-duration buckets, in seconds: from a fast local API to a slow report.
+const UPSTREAM_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
 /// Check-duration buckets, in seconds: fine below a millisecond, where both stores answer.
 const BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -35,6 +40,9 @@ pub struct Metrics {
     store_errors: IntCounterVec,
     reloads: IntCounterVec,
     config_loaded: Gauge,
+    /// Responses by status class, `1xx`..`5xx`.
+    responses: [IntCounter; 5],
+    upstream_duration: Histogram,
     max_key_labels: AtomicUsize,
     /// The decision counters of each (rule, key) with its own label, bounded by
     /// `max_key_labels`: one map lookup per decision instead of resolving labels each time.
@@ -132,6 +140,33 @@ impl Metrics {
             "ratelimiter_config_loaded_timestamp_seconds",
             "When the config in force was loaded, in seconds since the Unix epoch.",
         )?;
+        let responses_vec = IntCounterVec::new(
+            Opts::new(
+                "ratelimiter_responses_total",
+                "Responses sent to clients, by status class.",
+            ),
+            &["code"],
+        )?;
+        let class = |c: &str| responses_vec.with_label_values(&[c]);
+        let responses = [
+            class("1xx"),
+            class("2xx"),
+            class("3xx"),
+            class("4xx"),
+            class("5xx"),
+        ];
+        let upstream_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "ratelimiter_upstream_duration_seconds",
+                "Time from connecting to the upstream to the end of its response.",
+            )
+            .buckets(UPSTREAM_BUCKETS.to_vec()),
+        )?;
+        registry.register(Box::new(responses_vec))?;
+        registry.register(Box::new(upstream_duration.clone()))?;
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         registry.register(Box::new(checked.clone()))?;
         registry.register(Box::new(check_duration.clone()))?;
         registry.register(Box::new(node_up.clone()))?;
@@ -156,6 +191,8 @@ impl Metrics {
             store_errors,
             reloads,
             config_loaded,
+            responses,
+            upstream_duration,
             max_key_labels: AtomicUsize::new(max_key_labels),
             labelled: RwLock::new(Labelled::default()),
         })
@@ -221,6 +258,21 @@ impl Metrics {
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
         self.config_loaded.set(secs);
+    }
+
+    /// One response sent to a client.
+    pub fn count_response(&self, status: u16) {
+        if let Some(counter) = usize::from(status / 100)
+            .checked_sub(1)
+            .and_then(|i| self.responses.get(i))
+        {
+            counter.inc();
+        }
+    }
+
+    /// How long an upstream took, from connecting to the end of its response.
+    pub fn observe_upstream(&self, took: Duration) {
+        self.upstream_duration.observe(took.as_secs_f64());
     }
 
     pub fn count_store_error(&self, kind: &str) {

@@ -1,57 +1,99 @@
-//! The proxy path (contract §3 and §7), as a pingora `ProxyHttp`: select the rules a request
-//! owes, decide them, then either proxy it (round-robin over the upstreams) with the limit
-//! headers added, or answer 429 (blocked) or 503 (store down, fail closed) from the gateway
-//! itself. The config is read once per request, so a reload never changes a request midway.
+//! The proxy path (contract §3, §7 and §10), as a pingora `ProxyHttp`: refuse badly framed
+//! requests, select the rules a request owes and decide them, then either proxy it to a
+//! healthy upstream (another one if connecting fails) with the limit and forwarding headers,
+//! or answer 429 (blocked) or 503 (store down, fail closed) from the gateway itself. Upstream
+//! failures become 502, and 504 past the read or write timeout. Every request is counted
+//! and, when enabled, written to the access log. The config is read once per request, so a
+//! reload never changes a request midway.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use http::{Method, Version};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
-use pingora::proxy::{ProxyHttp, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
+use crate::access_log::{self, AccessLog, Entry};
+use crate::forwarding::{self, Refusal};
 use crate::headers::limit_headers;
-use crate::key::RequestView;
+use crate::key::{client_ip, RequestView};
 use crate::limiter::{Limiter, Outcome, Verdict};
 use crate::live::{Live, LiveConfig};
-use crate::response::{blocked_json, store_unavailable_json};
+use crate::metrics::Metrics;
+use crate::response::{blocked_json, error_json, store_unavailable_json};
 use crate::rules::Selection;
 
 pub struct Gateway {
     live: Arc<LiveConfig>,
     limiter: Arc<Limiter>,
-    next_peer: AtomicUsize,
+    metrics: Arc<Metrics>,
+    access: Arc<AccessLog>,
 }
 
 /// Per-request state.
-#[derive(Default)]
 pub struct RequestCtx {
     /// The config this request runs under, from its first phase to its last.
     live: Option<Arc<Live>>,
-    /// The decisions of an allowed request, whose headers go on the response.
+    /// When the request's header was read.
+    started: Instant,
+    /// The decisions, whose headers go on the response (allowed) or on a gateway error.
     outcome: Option<Outcome>,
+    /// What limiting made of the request, for the access log.
+    decision: &'static str,
+    /// Upstreams this request failed to connect to, skipped when it is tried again.
+    tried: Vec<SocketAddr>,
+    /// The upstream it went to, and when the connection was ready.
+    upstream: Option<(SocketAddr, Instant)>,
 }
 
 impl Gateway {
-    pub fn new(live: Arc<LiveConfig>, limiter: Arc<Limiter>) -> Self {
+    pub fn new(
+        live: Arc<LiveConfig>,
+        limiter: Arc<Limiter>,
+        metrics: Arc<Metrics>,
+        access: Arc<AccessLog>,
+    ) -> Self {
         Gateway {
             live,
             limiter,
-            next_peer: AtomicUsize::new(0),
+            metrics,
+            access,
         }
     }
 
-    fn peer_ip(session: &Session) -> Option<std::net::IpAddr> {
+    fn peer_ip(session: &Session) -> Option<IpAddr> {
         session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip())
     }
 
+    /// The client as the limits see it: the peer, or the address a trusted proxy forwarded.
+    fn client(session: &Session, live: &Live) -> Option<IpAddr> {
+        Self::peer_ip(session).map(|peer| {
+            client_ip(
+                peer,
+                &session.req_header().headers,
+                &live.config.limits.trusted_proxies,
+            )
+        })
+    }
+
+    fn is_tls(session: &Session) -> bool {
+        session.digest().is_some_and(|d| d.ssl_digest.is_some())
+    }
+
     /// Decides the request, answering it when it may not go on.
-    async fn limit(&self, session: &mut Session, live: &Live) -> Result<Limited> {
+    async fn limit(
+        &self,
+        session: &mut Session,
+        live: &Live,
+        ctx: &mut RequestCtx,
+    ) -> Result<bool> {
         let selection = {
             let req = session.req_header();
             let host = req
@@ -68,38 +110,51 @@ impl Gateway {
             })
         };
         let checks = match selection {
-            Selection::Unlimited { .. } => return Ok(Limited::Proceed(None)),
+            Selection::Unlimited { .. } => {
+                ctx.decision = "unlimited";
+                return Ok(false);
+            }
             Selection::Checks(checks) => checks,
         };
         let reset = live.config.headers.style.shows_reset();
         match self.limiter.check(checks, reset).await {
-            Verdict::Decided(outcome) if outcome.allowed() => Ok(Limited::Proceed(Some(outcome))),
+            Verdict::Decided(outcome) if outcome.allowed() => {
+                ctx.decision = "allowed";
+                ctx.outcome = Some(outcome);
+                Ok(false)
+            }
             Verdict::Decided(outcome) => {
+                ctx.decision = "blocked";
                 let body = Bytes::from(blocked_json(&outcome));
                 let headers = limit_headers(&outcome, live.config.headers.style);
+                ctx.outcome = Some(outcome);
                 respond(session, 429, &headers, "application/json", body).await?;
-                Ok(Limited::Answered)
+                Ok(true)
             }
-            Verdict::FailOpen => Ok(Limited::Proceed(None)),
+            Verdict::FailOpen => {
+                ctx.decision = "fail_open";
+                Ok(false)
+            }
             Verdict::FailClosed => {
+                ctx.decision = "fail_closed";
                 let body = Bytes::from(store_unavailable_json());
                 respond(session, 503, &[], "application/json", body).await?;
-                Ok(Limited::Answered)
+                Ok(true)
             }
+        }
+    }
+
+    fn limit_headers(ctx: &RequestCtx) -> Vec<(&'static str, String)> {
+        match (&ctx.outcome, &ctx.live) {
+            (Some(outcome), Some(live)) => limit_headers(outcome, live.config.headers.style),
+            _ => Vec::new(),
         }
     }
 }
 
-/// What limiting left to do.
-enum Limited {
-    /// The gateway answered (429, 503).
-    Answered,
-    /// Go on, with the decisions to show (none: unlimited, or the store failed open).
-    Proceed(Option<Outcome>),
-}
-
 /// Answers from the gateway itself, keeping the connection usable: a Content-Length is set,
-/// so the client's next request can follow on the same connection.
+/// so the client's next request can follow on the same connection. A `HEAD` gets the same
+/// header and no body.
 async fn respond(
     session: &mut Session,
     status: u16,
@@ -114,10 +169,11 @@ async fn respond(
     }
     resp.insert_header("Content-Type", content_type)?;
     resp.insert_header("Content-Length", body.len().to_string())?;
+    let no_body = body.is_empty() || session.req_header().method == Method::HEAD;
     session
-        .write_response_header(Box::new(resp), body.is_empty())
+        .write_response_header(Box::new(resp), no_body)
         .await?;
-    if !body.is_empty() {
+    if !no_body {
         session.write_response_body(Some(body), true).await?;
     }
     Ok(())
@@ -127,7 +183,7 @@ async fn respond(
 /// (429, 503, direct response) can carry the client's next request, as nginx does.
 const DISCARD_BODY_MAX: usize = 64 * 1024;
 /// How long that may take before the connection is closed instead.
-const DISCARD_BODY_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+const DISCARD_BODY_TIME: Duration = Duration::from_secs(1);
 
 /// Reads and drops a small request body; a large or slow one closes the connection after the
 /// response instead, so a blocked client cannot make the gateway read for it.
@@ -155,22 +211,41 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> Self::CTX {
-        RequestCtx::default()
+        RequestCtx {
+            live: None,
+            started: Instant::now(),
+            outcome: None,
+            decision: "off",
+            tried: Vec::new(),
+            upstream: None,
+        }
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<()> {
+        let live = ctx.live.insert(self.live.load());
+        // An idle client connection is closed after the keep-alive timeout (none: after this
+        // response); pipelined requests are answered in order.
+        let idle = live.config.proxy.keepalive_timeout.as_secs();
+        session.set_keepalive((idle > 0).then_some(idle));
+        session.set_pipelining_enabled(true);
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
-        let live: &Live = ctx.live.insert(self.live.load());
-        if live.config.limits.enabled {
-            match self.limit(session, live).await? {
-                Limited::Answered => return Ok(true),
-                Limited::Proceed(outcome) => ctx.outcome = outcome,
-            }
+        let live = match &ctx.live {
+            Some(live) => live.clone(),
+            None => ctx.live.insert(self.live.load()).clone(),
+        };
+        if let Some(refusal) = forwarding::refusal(session.req_header()) {
+            ctx.decision = "rejected";
+            refuse(session, refusal).await?;
+            return Ok(true);
+        }
+        if live.config.limits.enabled && self.limit(session, &live, ctx).await? {
+            return Ok(true);
         }
         if let Some(direct) = &live.config.proxy.direct_response {
-            let headers = match &ctx.outcome {
-                Some(o) => limit_headers(o, live.config.headers.style),
-                None => Vec::new(),
-            };
+            let headers = Self::limit_headers(ctx);
             let body = Bytes::from(direct.body.clone());
             respond(session, direct.status, &headers, &direct.content_type, body).await?;
             return Ok(true);
@@ -183,49 +258,185 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
-        let peers = match &ctx.live {
-            Some(live) => &live.peers,
-            None => return Error::e_explain(ErrorType::ConnectNoRoute, "no config"),
+        let Some(live) = &ctx.live else {
+            return Error::e_explain(ErrorType::ConnectNoRoute, "no config");
         };
-        if peers.is_empty() {
-            return Error::e_explain(ErrorType::ConnectNoRoute, "no upstream configured");
+        match live.pool.select(&ctx.tried) {
+            Some(peer) => Ok(peer),
+            // Answered 502, as nginx does when no upstream is live.
+            None => Err(Error::explain(
+                ErrorType::ConnectNoRoute,
+                "no healthy upstream (every one failed its health check)",
+            )
+            .into_up()),
         }
-        let i = self.next_peer.fetch_add(1, Ordering::Relaxed) % peers.len();
-        Ok(Box::new(peers[i].clone()))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut Self::CTX,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(addr) = peer._address.as_inet() {
+            ctx.tried.push(*addr);
+        }
+        // Nothing was sent: another upstream, if one is left, may take the request.
+        if let Some(live) = &ctx.live {
+            let retry = ctx.tried.len() <= live.config.proxy.retries
+                && live.pool.select(&ctx.tried).is_some();
+            e.set_retry(retry);
+        }
+        e
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if let Some(addr) = peer._address.as_inet() {
+            ctx.upstream = Some((*addr, Instant::now()));
+        }
+        Ok(())
     }
 
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
         upstream_request: &mut RequestHeader,
-        _ctx: &mut Self::CTX,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
-        // Tell the upstream who the client is, as every reverse proxy does.
-        if let Some(ip) = Self::peer_ip(session) {
-            // Every X-Forwarded-For header the client sent is one list; keep it and append.
-            let mut hops: Vec<String> = upstream_request
-                .headers
-                .get_all("x-forwarded-for")
-                .iter()
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                .collect();
-            hops.push(ip.to_string());
-            upstream_request.insert_header("X-Forwarded-For", hops.join(", "))?;
-        }
-        Ok(())
+        let client = ctx
+            .live
+            .as_ref()
+            .and_then(|live| Self::client(session, live));
+        let proto = forwarding::proto(Self::is_tls(session));
+        forwarding::set_forwarded(upstream_request, Self::peer_ip(session), client, proto)
     }
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        if let (Some(outcome), Some(live)) = (&ctx.outcome, &ctx.live) {
-            for (name, value) in limit_headers(outcome, live.config.headers.style) {
-                upstream_response.insert_header(name, value)?;
-            }
+        forwarding::strip_hop_by_hop(upstream_response);
+        for (name, value) in Self::limit_headers(ctx) {
+            upstream_response.insert_header(name, value)?;
+        }
+        // An HTTP/1.0 client cannot read chunked framing: without a length, the body ends
+        // when the connection closes.
+        if session.req_header().version == Version::HTTP_10
+            && !upstream_response
+                .headers
+                .contains_key(http::header::CONTENT_LENGTH)
+        {
+            upstream_response.remove_header(&http::header::TRANSFER_ENCODING);
+            session.set_keepalive(None);
         }
         Ok(())
     }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut Self::CTX,
+    ) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            // No byte from the upstream (or none taken) within the timeout.
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout
+                if e.esource() == &ErrorSource::Upstream =>
+            {
+                504
+            }
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if code > 0 && session.response_written().is_none() {
+            let message = match code {
+                502 => "bad gateway: the upstream could not be reached or failed",
+                504 => "gateway timeout: the upstream did not answer in time",
+                400 => "bad request",
+                _ => "internal error",
+            };
+            let headers = Self::limit_headers(ctx);
+            session.set_keepalive(None);
+            let body = Bytes::from(error_json(message));
+            if let Err(e) = respond(session, code, &headers, "application/json", body).await {
+                log::debug!("could not send the {code} response: {e}");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Self::CTX) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        if status > 0 {
+            self.metrics.count_response(status);
+        }
+        if let Some((_, connected)) = ctx.upstream {
+            self.metrics.observe_upstream(connected.elapsed());
+        }
+        if !self.access.enabled() {
+            return;
+        }
+        let upstream = match (&ctx.upstream, &ctx.live) {
+            (Some((addr, _)), Some(live)) => live.pool.name_of(addr),
+            _ => None,
+        };
+        let client = ctx
+            .live
+            .as_ref()
+            .and_then(|live| Self::client(session, live));
+        let req = session.req_header();
+        let rule = ctx
+            .outcome
+            .as_ref()
+            .and_then(|o| o.headline())
+            .map(|(check, _)| check.rule);
+        self.access.write(&Entry {
+            time: SystemTime::now(),
+            client,
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            status,
+            rule,
+            decision: ctx.decision,
+            upstream: upstream.as_deref(),
+            duration_ms: access_log::millis(ctx.started.elapsed()),
+            bytes: session.body_bytes_sent(),
+        });
+    }
+}
+
+/// Answers a badly framed request and closes the connection, whose framing cannot be
+/// trusted for a next request.
+async fn refuse(session: &mut Session, refusal: Refusal) -> Result<()> {
+    session.set_keepalive(None);
+    let mut resp = ResponseHeader::build(refusal.status(), Some(3))?;
+    let body = Bytes::from(error_json(refusal.message()));
+    resp.insert_header("Content-Type", "application/json")?;
+    resp.insert_header("Content-Length", body.len().to_string())?;
+    resp.insert_header("Connection", "close")?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(())
 }

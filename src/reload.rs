@@ -13,7 +13,8 @@ use std::sync::Arc;
 
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::config::{Config, ConfigErrors, DEFAULTS_NAME};
+use crate::access_log::AccessLog;
+use crate::config::{Config, ConfigError, ConfigErrors, Origin, DEFAULTS_NAME};
 use crate::live::{Live, LiveConfig};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -24,6 +25,8 @@ pub struct Reloader {
     live: Arc<LiveConfig>,
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
+    /// Opened again on every SIGHUP, so a rotated access log file is followed.
+    access: Arc<AccessLog>,
 }
 
 /// What a successful reload did.
@@ -39,12 +42,14 @@ impl Reloader {
         live: Arc<LiveConfig>,
         metrics: Arc<Metrics>,
         registry: Arc<Registry>,
+        access: Arc<AccessLog>,
     ) -> Self {
         Reloader {
             path,
             live,
             metrics,
             registry,
+            access,
         }
     }
 
@@ -54,16 +59,23 @@ impl Reloader {
 
     /// Reads the config again and puts it in force when valid; counted and logged.
     pub fn reload(&self) -> Result<Reloaded, ConfigErrors> {
-        let result = Config::load_from(self.path.as_deref()).map(|mut config| {
+        self.access.reopen();
+        let result = Config::load_from(self.path.as_deref()).and_then(|mut config| {
             let running = self.live.load();
             let kept = keep_restart_only(&running.config, &mut config);
-            self.registry.update(&config.node);
-            self.metrics
-                .set_max_key_labels(config.metrics.max_key_labels);
-            let live = Live::new(config);
+            let node = config.node.clone();
+            let max_key_labels = config.metrics.max_key_labels;
+            let live = Live::new(config).map_err(|message| {
+                ConfigErrors(vec![ConfigError {
+                    origin: Origin::Path(self.name().to_string()),
+                    message,
+                }])
+            })?;
+            self.registry.update(&node);
+            self.metrics.set_max_key_labels(max_key_labels);
             self.metrics.config_loaded_at(live.loaded_at);
             self.live.store(live);
-            Reloaded { kept }
+            Ok(Reloaded { kept })
         });
         self.metrics.count_reload(result.is_ok());
         match &result {

@@ -10,6 +10,7 @@ use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
+use crate::access_log::AccessLog;
 use crate::admin::AdminApp;
 use crate::config::Config;
 use crate::limiter::backend::memory::MemoryStore;
@@ -21,6 +22,7 @@ use crate::proxy::Gateway;
 use crate::registry::{Heartbeat, Registry};
 use crate::reload::Reloader;
 use crate::shutdown::Signals;
+use crate::upstreams;
 
 /// Everything the services share, built once.
 pub struct Shared {
@@ -29,6 +31,7 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub limiter: Arc<Limiter>,
     pub registry: Arc<Registry>,
+    pub access: Arc<AccessLog>,
 }
 
 impl Shared {
@@ -58,13 +61,15 @@ impl Shared {
             ),
         };
         let limiter = Arc::new(Limiter::new(store, timeout, on_error, metrics.clone()));
-        let live = Arc::new(LiveConfig::new(config));
+        let access = Arc::new(AccessLog::open(&config.log)?);
+        let live = Arc::new(LiveConfig::new(config)?);
         metrics.config_loaded_at(live.load().loaded_at);
         Ok(Shared {
             live,
             metrics,
             limiter,
             registry: Arc::new(registry),
+            access,
         })
     }
 }
@@ -83,6 +88,14 @@ fn server_conf(config: &Config) -> ServerConf {
 /// Runs the gateway until SIGTERM (drain) or SIGINT (fast stop). `path` is the file given with
 /// `-c` (`None`: the built-in defaults), re-read on SIGHUP.
 pub fn run(config: Config, path: Option<String>) -> Result<(), String> {
+    // Before anything registers this node: a listener that cannot open ends the process
+    // here, with the address named (pingora would retry, then panic inside its service).
+    check_listeners(&config)?;
+    let tls = match &config.proxy.tls {
+        Some(tls) => Some((tls.listen, crate::tls::listener_settings(tls)?)),
+        None => None,
+    };
+    exit_on_panic();
     let shared = Shared::new(config)?;
     let live = shared.live.load();
     let config = &live.config;
@@ -110,10 +123,25 @@ pub fn run(config: Config, path: Option<String>) -> Result<(), String> {
     let mut server = Server::new_with_opt_and_conf(None, server_conf(config));
     server.bootstrap();
 
-    let gateway = Gateway::new(shared.live.clone(), shared.limiter.clone());
+    let gateway = Gateway::new(
+        shared.live.clone(),
+        shared.limiter.clone(),
+        shared.metrics.clone(),
+        shared.access.clone(),
+    );
     let mut proxy = http_proxy_service(&server.configuration, gateway);
     proxy.add_tcp(&config.proxy.listen.to_string());
+    if let Some((listen, settings)) = tls {
+        proxy.add_tls_with_settings(&listen.to_string(), None, settings);
+    }
     server.add_service(proxy);
+
+    server.add_service(background_service(
+        "upstreams",
+        upstreams::Watch {
+            live: shared.live.clone(),
+        },
+    ));
 
     let mut admin = Service::new(
         "admin".to_string(),
@@ -142,12 +170,16 @@ pub fn run(config: Config, path: Option<String>) -> Result<(), String> {
         shared.live.clone(),
         shared.metrics.clone(),
         shared.registry.clone(),
+        shared.access.clone(),
     )
     .listen()?;
 
     shared.metrics.node_up.set(1);
+    let https = config.proxy.tls.as_ref().map_or_else(String::new, |t| {
+        format!(", HTTPS and HTTP/2 on {}", t.listen)
+    });
     log::info!(
-        "node {} proxying on {} (admin {})",
+        "node {} proxying on {}{https} (admin {})",
         config.node.id,
         config.proxy.listen,
         config.admin.listen
@@ -160,4 +192,32 @@ pub fn run(config: Config, path: Option<String>) -> Result<(), String> {
     });
     log::info!("node {} stopped", config.node.id);
     Ok(())
+}
+
+/// Binds every listen address once, as pingora will, so an address in use or not allowed is
+/// reported at once and by name.
+fn check_listeners(config: &Config) -> Result<(), String> {
+    let mut listeners = vec![
+        ("[proxy] listen", config.proxy.listen),
+        ("[admin] listen", config.admin.listen),
+    ];
+    if let Some(tls) = &config.proxy.tls {
+        listeners.push(("[proxy] tls_listen", tls.listen));
+    }
+    for (key, addr) in listeners {
+        std::net::TcpListener::bind(addr)
+            .map_err(|e| format!("cannot listen on {addr} ({key}): {e}"))?;
+    }
+    Ok(())
+}
+
+/// A panic in any service (pingora panics when a listener fails to start) ends the process
+/// with exit 1, rather than leaving a node that serves nothing but stays registered.
+fn exit_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        log::error!("fatal: {info}; exiting");
+        std::process::exit(1);
+    }));
 }

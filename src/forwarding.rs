@@ -1,0 +1,214 @@
+//! HTTP/1 hygiene at the edge (contract §10), as pure functions of headers: which requests
+//! are refused before anything else (no Host on HTTP/1.1, a transfer coding other than
+//! `chunked`), the forwarding headers the upstream gets (`X-Forwarded-For` appended,
+//! `X-Real-IP` and `X-Forwarded-Proto` replaced), and the hop-by-hop headers removed from
+//! a response. Pingora already strips hop-by-hop request headers on the way to the upstream.
+
+use std::net::IpAddr;
+
+use http::{HeaderMap, HeaderName, Method, StatusCode, Version};
+use pingora::http::{RequestHeader, ResponseHeader};
+
+/// Why a request is refused before it is limited or proxied, as nginx refuses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// 400: an HTTP/1.1 request without `Host` (RFC 9112 §3.2).
+    NoHost,
+    /// 501: a transfer coding other than `chunked` alone, which nobody here decodes.
+    TransferCoding,
+}
+
+impl Refusal {
+    pub fn status(self) -> u16 {
+        match self {
+            Refusal::NoHost => 400,
+            Refusal::TransferCoding => 501,
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            Refusal::NoHost => "an HTTP/1.1 request needs a Host header",
+            Refusal::TransferCoding => "only the chunked transfer coding is supported",
+        }
+    }
+}
+
+/// Whether a request is refused, and why.
+pub fn refusal(req: &RequestHeader) -> Option<Refusal> {
+    let has_host = req.headers.contains_key(http::header::HOST) || req.uri.authority().is_some();
+    if req.version == Version::HTTP_11 && !has_host {
+        return Some(Refusal::NoHost);
+    }
+    let codings: Vec<String> = req
+        .headers
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| comma_list(v.as_bytes()))
+        .collect();
+    if !codings.is_empty() && codings != ["chunked"] {
+        return Some(Refusal::TransferCoding);
+    }
+    None
+}
+
+/// `http` or `https`, as the client reached this gateway.
+pub fn proto(tls: bool) -> &'static str {
+    if tls {
+        "https"
+    } else {
+        "http"
+    }
+}
+
+/// Tells the upstream who the client is: the peer appended to `X-Forwarded-For` (every such
+/// header the client sent is one list, kept), and `X-Real-IP` (the client as the limits see
+/// it) and `X-Forwarded-Proto` set, whatever the client sent in them.
+pub fn set_forwarded(
+    req: &mut RequestHeader,
+    peer: Option<IpAddr>,
+    client: Option<IpAddr>,
+    proto: &'static str,
+) -> pingora::Result<()> {
+    if let Some(peer) = peer {
+        let mut hops: Vec<String> = req
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect();
+        hops.push(peer.to_string());
+        req.insert_header("X-Forwarded-For", hops.join(", "))?;
+    }
+    match client {
+        Some(ip) => {
+            req.insert_header("X-Real-IP", ip.to_string())?;
+        }
+        None => {
+            req.remove_header("X-Real-IP");
+        }
+    }
+    req.insert_header("X-Forwarded-Proto", proto)?;
+    Ok(())
+}
+
+/// Hop-by-hop response headers, never passed on (RFC 9110 §7.6.1).
+const HOP_BY_HOP: &[&str] = &["keep-alive", "proxy-connection", "te"];
+
+/// Removes what concerns only the upstream's connection from its response: the headers its
+/// `Connection` names, `Keep-Alive`, `Proxy-Connection`, `TE`, and `Upgrade` unless this is a
+/// switch of protocols (WebSocket), which must keep `Connection` and `Upgrade`.
+pub fn strip_hop_by_hop(resp: &mut ResponseHeader) {
+    let switching = resp.status == StatusCode::SWITCHING_PROTOCOLS;
+    let named: Vec<HeaderName> = connection_tokens(&resp.headers)
+        .into_iter()
+        .filter(|t| !(switching && t == "upgrade"))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .filter(|n| n != http::header::CONNECTION)
+        .collect();
+    for name in named {
+        resp.remove_header(&name);
+    }
+    for name in HOP_BY_HOP {
+        resp.remove_header(*name);
+    }
+    if !switching {
+        resp.remove_header("upgrade");
+    }
+}
+
+fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .flat_map(|v| comma_list(v.as_bytes()))
+        .collect()
+}
+
+/// The elements of a comma-separated header value, trimmed and lowercased.
+fn comma_list(value: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(value)
+        .split(',')
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// Whether a response to this request has no body (HEAD, or a status without one).
+pub fn bodiless(method: &Method, status: u16) -> bool {
+    method == Method::HEAD || (100..200).contains(&status) || status == 204 || status == 304
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(version: Version, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", b"/x", None).unwrap();
+        r.set_version(version);
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn framing_refusals() {
+        assert_eq!(refusal(&req(Version::HTTP_11, &[])), Some(Refusal::NoHost));
+        assert_eq!(refusal(&req(Version::HTTP_10, &[])), None);
+        assert_eq!(refusal(&req(Version::HTTP_11, &[("Host", "a")])), None);
+        let te = |v: &str| {
+            refusal(&req(
+                Version::HTTP_11,
+                &[("Host", "a"), ("Transfer-Encoding", v)],
+            ))
+        };
+        assert_eq!(te("chunked"), None);
+        assert_eq!(te("Chunked"), None);
+        assert_eq!(te("gzip, chunked"), Some(Refusal::TransferCoding));
+        assert_eq!(te("gzip"), Some(Refusal::TransferCoding));
+    }
+
+    #[test]
+    fn forwarded_headers_are_replaced_and_appended() {
+        let mut r = req(
+            Version::HTTP_11,
+            &[
+                ("Host", "a"),
+                ("X-Forwarded-For", "1.1.1.1"),
+                ("X-Real-IP", "6.6.6.6"),
+                ("X-Forwarded-Proto", "https"),
+            ],
+        );
+        let peer: IpAddr = "10.0.0.2".parse().unwrap();
+        set_forwarded(&mut r, Some(peer), Some(peer), "http").unwrap();
+        assert_eq!(r.headers["x-forwarded-for"], "1.1.1.1, 10.0.0.2");
+        assert_eq!(r.headers["x-real-ip"], "10.0.0.2");
+        assert_eq!(r.headers["x-forwarded-proto"], "http");
+        assert_eq!(r.headers.get_all("x-real-ip").iter().count(), 1);
+    }
+
+    #[test]
+    fn hop_by_hop_response_headers_go() {
+        let mut r = ResponseHeader::build(200, None).unwrap();
+        for (k, v) in [
+            ("Connection", "keep-alive, X-Secret-Hop"),
+            ("Keep-Alive", "timeout=5"),
+            ("X-Secret-Hop", "1"),
+            ("Proxy-Connection", "keep-alive"),
+            ("Upgrade", "h2c"),
+            ("Content-Type", "text/plain"),
+        ] {
+            r.append_header(k.to_string(), v).unwrap();
+        }
+        strip_hop_by_hop(&mut r);
+        let left: Vec<&str> = r.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["connection", "content-type"]);
+
+        let mut ws = ResponseHeader::build(101, None).unwrap();
+        ws.append_header("Connection", "Upgrade").unwrap();
+        ws.append_header("Upgrade", "websocket").unwrap();
+        strip_hop_by_hop(&mut ws);
+        assert_eq!(ws.headers["upgrade"], "websocket");
+    }
+}

@@ -1,0 +1,347 @@
+//! The upstreams of one config (contract §10), on `pingora-load-balancing`: round-robin
+//! selection that skips upstreams the health checks found down and those a request already
+//! failed to connect to; names resolved again every few seconds; pingora's TCP and HTTP
+//! health checks, one per upstream (each has its own host name and TLS); and the `HttpPeer`
+//! for a choice, with TLS and SNI, the CA, and the connect, read and write timeouts.
+//!
+//! A reload builds a new pool; [`Watch`] runs the health checks and the re-resolution of
+//! whichever pool is in force.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures_util::FutureExt;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::lb::discovery::ServiceDiscovery;
+use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
+use pingora::lb::selection::RoundRobin;
+use pingora::lb::{Backend, Backends, LoadBalancer};
+use pingora::prelude::*;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::utils::tls::WrappedX509;
+
+use crate::config::{HealthCheck as HealthConfig, ProxyConfig, Upstream, UpstreamTimeouts};
+use crate::live::LiveConfig;
+
+/// How often upstream host names are resolved again.
+const RESOLVE_EVERY: Duration = Duration::from_secs(5);
+/// How long one resolution may take.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What a backend is, beside its address (kept in its `ext`).
+#[derive(Debug, Clone)]
+struct Target {
+    /// `host:port` as configured, for logs and the health check's `Host`.
+    name: String,
+    host: String,
+    tls: bool,
+}
+
+/// The upstreams of one config.
+pub struct Pool {
+    lb: LoadBalancer<RoundRobin>,
+    ca: Option<Arc<[WrappedX509]>>,
+    timeouts: UpstreamTimeouts,
+    health: Option<HealthConfig>,
+    /// Whether any upstream is a name (else there is nothing to resolve again).
+    has_names: bool,
+}
+
+impl Pool {
+    pub fn new(config: &ProxyConfig) -> Result<Pool, String> {
+        let ca = match &config.upstream_tls_ca_file {
+            Some(path) => Some(crate::tls::upstream_ca(path)?),
+            None => None,
+        };
+        let mut backends = Backends::new(Box::new(Names::new(&config.upstreams)));
+        if let Some(health) = &config.health_check {
+            backends.set_health_check(Box::new(Checks::new(
+                &config.upstreams,
+                health,
+                ca.clone(),
+            )?));
+        }
+        let lb = LoadBalancer::<RoundRobin>::from_backends(backends);
+        // The first discovery uses the addresses resolved when the config loaded: it does
+        // not wait on anything.
+        match lb.update().now_or_never() {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(format!("cannot set up the upstreams: {e}")),
+            None => return Err("cannot set up the upstreams: discovery did not finish".into()),
+        }
+        Ok(Pool {
+            lb,
+            ca,
+            timeouts: config.timeouts,
+            health: config.health_check.clone(),
+            has_names: config
+                .upstreams
+                .iter()
+                .any(|u| u.host.parse::<std::net::IpAddr>().is_err()),
+        })
+    }
+
+    /// The next upstream in turn that is healthy and not in `tried`, as a peer to connect to.
+    pub fn select(&self, tried: &[SocketAddr]) -> Option<Box<HttpPeer>> {
+        let backend = self.lb.select_with(b"", 256, |b, healthy| {
+            healthy && b.addr.as_inet().is_some_and(|a| !tried.contains(a))
+        })?;
+        let addr = *backend.addr.as_inet()?;
+        let target = backend.ext.get::<Target>()?;
+        let sni = if target.tls {
+            target.host.clone()
+        } else {
+            String::new()
+        };
+        let mut peer = HttpPeer::new(addr, target.tls, sni);
+        peer.options.connection_timeout = Some(self.timeouts.connect);
+        peer.options.read_timeout = Some(self.timeouts.read);
+        peer.options.write_timeout = Some(self.timeouts.write);
+        if target.tls {
+            peer.options.ca = self.ca.clone();
+        }
+        Some(Box::new(peer))
+    }
+
+    /// The configured name of the upstream at `addr` (for logs).
+    pub fn name_of(&self, addr: &SocketAddr) -> Option<String> {
+        self.lb
+            .backends()
+            .get_backend()
+            .iter()
+            .find(|b| b.addr.as_inet() == Some(addr))
+            .and_then(|b| b.ext.get::<Target>().map(|t| t.name.clone()))
+    }
+
+    async fn check_health(&self) {
+        self.lb.backends().run_health_check(true).await;
+    }
+
+    async fn resolve_again(&self) {
+        if let Err(e) = self.lb.update().await {
+            log::warn!("resolving the upstreams again: {e}");
+        }
+    }
+}
+
+/// The upstreams' addresses: as resolved when the config loaded, then resolved again on each
+/// call; a name that does not resolve keeps its last addresses.
+struct Names {
+    upstreams: Vec<Upstream>,
+    last: Mutex<HashMap<String, Vec<SocketAddr>>>,
+    first: std::sync::atomic::AtomicBool,
+}
+
+impl Names {
+    fn new(upstreams: &[Upstream]) -> Names {
+        Names {
+            upstreams: upstreams.to_vec(),
+            last: Mutex::new(
+                upstreams
+                    .iter()
+                    .map(|u| (u.name.clone(), u.addrs.clone()))
+                    .collect(),
+            ),
+            first: std::sync::atomic::AtomicBool::new(true),
+        }
+    }
+
+    fn backends(&self, addrs: &HashMap<String, Vec<SocketAddr>>) -> BTreeSet<Backend> {
+        let mut out = BTreeSet::new();
+        for u in &self.upstreams {
+            for addr in addrs.get(&u.name).into_iter().flatten() {
+                let mut b = Backend {
+                    addr: pingora::protocols::l4::socket::SocketAddr::Inet(*addr),
+                    weight: 1,
+                    ext: Default::default(),
+                };
+                b.ext.insert(Target {
+                    name: u.name.clone(),
+                    host: u.host.clone(),
+                    tls: u.tls,
+                });
+                // The first upstream naming an address keeps it.
+                out.insert(b);
+            }
+        }
+        out
+    }
+}
+
+#[async_trait]
+impl ServiceDiscovery for Names {
+    async fn discover(&self) -> Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
+        if !self.first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            for u in &self.upstreams {
+                if u.host.parse::<std::net::IpAddr>().is_ok() {
+                    continue;
+                }
+                let lookup = tokio::net::lookup_host((u.host.as_str(), u.port));
+                match tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await {
+                    Ok(Ok(found)) => {
+                        let found: Vec<SocketAddr> = found.collect();
+                        if !found.is_empty() {
+                            lock(&self.last).insert(u.name.clone(), found);
+                        }
+                    }
+                    Ok(Err(e)) => log::warn!("cannot resolve upstream {}: {e}", u.name),
+                    Err(_) => log::warn!("resolving upstream {} timed out", u.name),
+                }
+            }
+        }
+        let addrs = lock(&self.last).clone();
+        Ok((self.backends(&addrs), HashMap::new()))
+    }
+}
+
+/// Each upstream's health check: a TCP connect, or a `GET` of the path expecting 2xx or 3xx,
+/// over TLS with SNI and the CA for `https://` upstreams.
+struct Checks {
+    by_name: HashMap<String, Box<dyn HealthCheck + Send + Sync>>,
+}
+
+impl Checks {
+    fn new(
+        upstreams: &[Upstream],
+        config: &HealthConfig,
+        ca: Option<Arc<[WrappedX509]>>,
+    ) -> Result<Checks, String> {
+        let mut by_name: HashMap<String, Box<dyn HealthCheck + Send + Sync>> = HashMap::new();
+        for u in upstreams {
+            let check: Box<dyn HealthCheck + Send + Sync> = match &config.path {
+                None => {
+                    let mut tcp = TcpHealthCheck::new();
+                    tcp.peer_template.options.connection_timeout = Some(config.timeout);
+                    tcp
+                }
+                Some(path) => {
+                    let mut http = HttpHealthCheck::new(&u.name, u.tls);
+                    if u.tls {
+                        http.peer_template.sni = u.host.clone();
+                        http.peer_template.options.ca = ca.clone();
+                    }
+                    http.peer_template.options.connection_timeout = Some(config.timeout);
+                    http.peer_template.options.total_connection_timeout = Some(config.timeout);
+                    http.peer_template.options.read_timeout = Some(config.timeout);
+                    http.peer_template.options.write_timeout = Some(config.timeout);
+                    let mut req = RequestHeader::build("GET", path.as_bytes(), None)
+                        .map_err(|e| format!("health check path {path:?}: {e}"))?;
+                    req.insert_header("Host", u.name.as_str())
+                        .and_then(|_| req.insert_header("User-Agent", "ratelimiter-health-check"))
+                        .map_err(|e| format!("health check for {}: {e}", u.name))?;
+                    http.req = req;
+                    http.validator = Some(Box::new(success_or_redirect));
+                    Box::new(http)
+                }
+            };
+            by_name.insert(u.name.clone(), check);
+        }
+        Ok(Checks { by_name })
+    }
+}
+
+fn success_or_redirect(resp: &ResponseHeader) -> Result<()> {
+    let status = resp.status.as_u16();
+    if (200..400).contains(&status) {
+        Ok(())
+    } else {
+        Error::e_explain(
+            ErrorType::CustomCode("health check status", status),
+            format!("health check answered {status}"),
+        )
+    }
+}
+
+#[async_trait]
+impl HealthCheck for Checks {
+    async fn check(&self, target: &Backend) -> Result<()> {
+        let check = target
+            .ext
+            .get::<Target>()
+            .and_then(|t| self.by_name.get(&t.name));
+        match check {
+            Some(check) => check.check(target).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn health_status_change(&self, target: &Backend, healthy: bool) {
+        let name = target
+            .ext
+            .get::<Target>()
+            .map_or_else(|| format!("{:?}", target.addr), |t| t.name.clone());
+        if healthy {
+            log::info!(
+                "upstream {name} ({}) passes its health check again",
+                target.addr
+            );
+        } else {
+            log::warn!(
+                "upstream {name} ({}) failed its health check: no requests until it passes",
+                target.addr
+            );
+        }
+    }
+
+    /// One failed check takes an upstream out, one passed check brings it back.
+    fn health_threshold(&self, _success: bool) -> usize {
+        1
+    }
+}
+
+/// Runs the health checks and the re-resolution of the pool in force, restarting its
+/// schedule when a reload brings a new pool.
+pub struct Watch {
+    pub live: Arc<LiveConfig>,
+}
+
+#[async_trait]
+impl BackgroundService for Watch {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut current: Option<Arc<crate::live::Live>> = None;
+        let mut next_check = Instant::now();
+        let mut next_resolve = Instant::now() + RESOLVE_EVERY;
+        loop {
+            let live = self.live.load();
+            if current.as_ref().is_none_or(|c| !Arc::ptr_eq(c, &live)) {
+                // A new pool: check it at once.
+                next_check = Instant::now();
+                next_resolve = Instant::now() + RESOLVE_EVERY;
+                current = Some(live.clone());
+            }
+            let pool = &live.pool;
+            let now = Instant::now();
+            if let Some(health) = &pool.health {
+                if now >= next_check {
+                    pool.check_health().await;
+                    next_check = Instant::now() + health.interval;
+                }
+            }
+            if pool.has_names && now >= next_resolve {
+                pool.resolve_again().await;
+                next_resolve = Instant::now() + RESOLVE_EVERY;
+            }
+            let mut wake = next_resolve;
+            if pool.health.is_some() {
+                wake = wake.min(next_check);
+            }
+            // Look again at least every 250 ms, so a reload's new pool is checked promptly.
+            let sleep = wake
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(250));
+            tokio::select! {
+                _ = tokio::time::sleep(sleep) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
