@@ -212,7 +212,22 @@ fn bad_requests_get_json_errors_and_do_not_hurt_the_node() {
         .unwrap()
         .send("PUT", "/health", &[], "")
         .unwrap();
-    assert_eq!(r.header("Allow"), Some("GET"));
+    assert_eq!(r.header("Allow"), Some("GET, HEAD"));
+
+    // HEAD wherever GET: the headers without the body, and the connection still in step.
+    let mut conn = Conn::open(a).unwrap();
+    for path in ["/health", "/metrics", "/api/counters", "/openapi.json"] {
+        let head = conn.send("HEAD", path, &[], "").unwrap();
+        assert_eq!(head.status, 200, "HEAD {path}");
+        assert!(head.body.is_empty(), "HEAD {path}");
+        let got = conn.get(path, &[]).unwrap();
+        assert_eq!(got.status, 200, "GET {path} after HEAD");
+        assert_eq!(
+            head.header("Content-Type"),
+            got.header("Content-Type"),
+            "{path}"
+        );
+    }
 
     // Over-large body: 413, and nothing stored.
     let big = format!(r#"{{"key":"{}"}}"#, "a".repeat(100_000));

@@ -14,7 +14,7 @@
 //! | `GET /openapi.json` | an OpenAPI 3 description of this API |
 //!
 //! Every body is JSON; a bad body or parameter gets 422, an unknown path 404, a wrong method
-//! 405, each with `{"error":"..."}`. Request bodies are bounded in size and in time, so no
+//! 405, each with `{"error":"..."}`. `HEAD` is answered wherever `GET` is. Request bodies are bounded in size and in time, so no
 //! client can stall or exhaust the node.
 
 mod explain;

@@ -44,10 +44,12 @@ pub fn route(method: &str, path_and_query: &str) -> Result<Route, Miss> {
         _ => None,
     };
     if let Some((allowed, route)) = fixed {
-        return if method == allowed {
-            Ok(route)
-        } else {
-            Err(Miss::MethodNotAllowed(allowed))
+        // HEAD is answered wherever GET is (the body left out by the caller).
+        return match (allowed, method) {
+            (a, m) if a == m => Ok(route),
+            ("GET", "HEAD") => Ok(route),
+            ("GET", _) => Err(Miss::MethodNotAllowed("GET, HEAD")),
+            _ => Err(Miss::MethodNotAllowed(allowed)),
         };
     }
     // Everything between `/api/counters/` and the final `/reset` is the key.
@@ -101,7 +103,12 @@ mod tests {
     #[test]
     fn misses() {
         assert_eq!(route("GET", "/nope"), Err(Miss::NotFound));
-        assert_eq!(route("POST", "/health"), Err(Miss::MethodNotAllowed("GET")));
+        assert_eq!(
+            route("POST", "/health"),
+            Err(Miss::MethodNotAllowed("GET, HEAD"))
+        );
+        assert_eq!(route("HEAD", "/api/counters?limit=1"), Ok(Route::Counters));
+        assert_eq!(route("HEAD", "/check"), Err(Miss::MethodNotAllowed("POST")));
         assert_eq!(route("GET", "/check"), Err(Miss::MethodNotAllowed("POST")));
         assert_eq!(
             route("GET", "/api/counters/k/reset"),

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 #[derive(Debug, Clone)]
 pub struct Response {
+    /// From the status line, e.g. `HTTP/1.1`.
+    pub version: String,
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: String,
@@ -57,14 +59,36 @@ impl Conn {
         req.push_str("\r\n");
         req.push_str(body);
         self.reader.get_mut().write_all(req.as_bytes())?;
-        self.read_response()
+        self.read_response(method == "HEAD")
+    }
+
+    /// Writes bytes as they are (a hand-made request, or several pipelined).
+    pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.reader.get_mut().write_all(bytes)
+    }
+
+    /// Reads the next response (`head`: the answer to a HEAD, which has no body).
+    pub fn read(&mut self, head: bool) -> std::io::Result<Response> {
+        self.read_response(head)
+    }
+
+    /// Whether the peer has closed the connection (EOF within `within`).
+    pub fn closed_within(&mut self, within: Duration) -> bool {
+        let _ = self.reader.get_mut().set_read_timeout(Some(within));
+        let mut byte = [0u8; 1];
+        let closed = matches!(self.reader.read(&mut byte), Ok(0));
+        let _ = self
+            .reader
+            .get_mut()
+            .set_read_timeout(Some(Duration::from_secs(60)));
+        closed
     }
 
     pub fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Response> {
         self.send("GET", path, headers, "")
     }
 
-    fn read_response(&mut self) -> std::io::Result<Response> {
+    fn read_response(&mut self, head: bool) -> std::io::Result<Response> {
         let mut line = String::new();
         if self.reader.read_line(&mut line)? == 0 {
             return Err(std::io::Error::new(
@@ -72,6 +96,7 @@ impl Conn {
                 "connection closed before a response",
             ));
         }
+        let version = line.split_whitespace().next().unwrap_or("").to_string();
         let status: u16 = line
             .split_whitespace()
             .nth(1)
@@ -96,7 +121,10 @@ impl Conn {
                 .map(|(_, v)| v.clone())
         };
         let mut body = Vec::new();
-        if let Some(len) = find("content-length") {
+        let close = find("connection").is_some_and(|c| c.eq_ignore_ascii_case("close"));
+        if head || status == 204 || status == 304 || (100..200).contains(&status) {
+            // No body.
+        } else if let Some(len) = find("content-length") {
             let len: usize = len.parse().map_err(|_| bad("bad content-length"))?;
             body.resize(len, 0);
             self.reader.read_exact(&mut body)?;
@@ -112,8 +140,12 @@ impl Conn {
                 }
                 body.extend_from_slice(&chunk[..size]);
             }
+        } else if close || version == "HTTP/1.0" {
+            // Framed by the end of the connection.
+            self.reader.read_to_end(&mut body)?;
         }
         Ok(Response {
+            version,
             status,
             headers,
             body: String::from_utf8_lossy(&body).into_owned(),
