@@ -2,7 +2,8 @@
 # Installs what building and testing need on Debian, when missing: a C toolchain and cmake
 # (pingora builds zlib-ng and zstd from C); for tests also redis-server (the tests start real
 # ones: standalone, TLS, a cluster and sentinels; redis-cli comes with it), openssl (the TLS
-# tests make their own CA and certificates) and prometheus (promtool checks /metrics; a real
+# tests make their own CA and certificates, and s_server is an HTTPS upstream), curl (HTTP/2
+# to the HTTPS listener) and prometheus (promtool checks /metrics; a real
 # Prometheus runs the monitor's queries).
 # Usage: scripts/deps.sh [build|test]   (default: test)
 set -euo pipefail
@@ -10,7 +11,7 @@ cd "$(dirname "$0")/.."
 
 want=(cmake)
 command -v cc >/dev/null 2>&1 || want+=(build-essential)
-[ "${1:-test}" = test ] && want+=(redis-server openssl prometheus)
+[ "${1:-test}" = test ] && want+=(redis-server openssl curl prometheus)
 
 missing=()
 for pkg in "${want[@]}"; do

@@ -118,6 +118,19 @@ impl Gateway {
     }
 
     fn spawn(proxy: String, admin: String, config: String, env: &[(&str, &str)]) -> Gateway {
+        let mut gw = Gateway::launch(proxy, admin, config, env);
+        gw.wait_ready();
+        gw
+    }
+
+    /// Starts the binary on the config `text` (which listens on `proxy` and `admin`) and
+    /// waits until both ports accept.
+    pub fn start_text(proxy: &str, admin: &str, text: &str) -> Gateway {
+        Gateway::spawn(proxy.into(), admin.into(), text.into(), &[])
+    }
+
+    /// Starts the binary without waiting for anything (for a start that should fail).
+    pub fn launch(proxy: String, admin: String, config: String, env: &[(&str, &str)]) -> Gateway {
         let dir = std::env::temp_dir().join("ratelimiter-tests");
         fs::create_dir_all(&dir).unwrap();
         let stem = format!(
@@ -139,15 +152,13 @@ impl Gateway {
             cmd.env(k, v);
         }
         let child = cmd.spawn().unwrap();
-        let mut gw = Gateway {
+        Gateway {
             proxy,
             admin,
             config_path,
             log_path,
             child: Some(child),
-        };
-        gw.wait_ready();
-        gw
+        }
     }
 
     /// A shipped config file (`conf/...`), run as written but on free ports instead of its

@@ -118,11 +118,13 @@ impl Certs {
     }
 }
 
-/// `redis-server` with any arguments, killed on drop.
+/// `redis-server` (or another program) with any arguments, killed on drop.
 pub struct Server {
     pub port: u16,
     child: Option<Child>,
+    program: String,
     args: Vec<String>,
+    cwd: Option<std::path::PathBuf>,
     /// Stopped with SIGSTOP: its connections stay open and nothing answers.
     frozen: bool,
 }
@@ -132,7 +134,23 @@ impl Server {
         let mut s = Server {
             port,
             child: None,
+            program: "redis-server".into(),
             args,
+            cwd: None,
+            frozen: false,
+        };
+        s.start();
+        s
+    }
+
+    /// `program` with `args`, run in `dir` (its port is the caller's business).
+    pub fn spawn_in(program: &str, args: Vec<String>, dir: &std::path::Path) -> Server {
+        let mut s = Server {
+            port: 0,
+            child: None,
+            program: program.into(),
+            args,
+            cwd: Some(dir.to_path_buf()),
             frozen: false,
         };
         s.start();
@@ -140,11 +158,17 @@ impl Server {
     }
 
     pub fn start(&mut self) {
-        let child = Command::new("redis-server")
-            .args(&self.args)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (the test script installs it)");
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.args).stdout(Stdio::null());
+        if let Some(dir) = &self.cwd {
+            cmd.current_dir(dir);
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| {
+            panic!(
+                "{} must be installed (the test script installs it): {e}",
+                self.program
+            )
+        });
         self.child = Some(child);
     }
 

@@ -1,14 +1,18 @@
 //! A real HTTP/1.1 upstream on a free port: answers every request with 200 and a body that
-//! names it, keeps connections alive, and counts what it served.
+//! names it, keeps connections alive, and counts what it served. It reports what it received
+//! in `X-Seen-*` response headers, and a few paths behave on purpose:
+//! `/sleep/<ms>` answers late, `/chunked` answers with chunked framing, `/keepalive` sends
+//! `Keep-Alive` and `Connection: keep-alive`, and `/healthz` answers 503 while it is sick.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 pub struct Upstream {
     pub addr: String,
     served: Arc<AtomicUsize>,
+    sick: Arc<AtomicBool>,
 }
 
 impl Upstream {
@@ -16,14 +20,20 @@ impl Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let served = Arc::new(AtomicUsize::new(0));
-        let (name, count) = (addr.clone(), served.clone());
+        let sick = Arc::new(AtomicBool::new(false));
+        let (name, count, ill) = (addr.clone(), served.clone(), sick.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (name, count) = (name.clone(), count.clone());
-                std::thread::spawn(move || serve(stream, &name, &count));
+                let (name, count, ill) = (name.clone(), count.clone(), ill.clone());
+                std::thread::spawn(move || serve(stream, &name, &count, &ill));
             }
         });
-        Upstream { addr, served }
+        Upstream { addr, served, sick }
+    }
+
+    /// While sick, `/healthz` answers 503 (everything else still 200).
+    pub fn set_sick(&self, sick: bool) {
+        self.sick.store(sick, Ordering::SeqCst);
     }
 
     pub fn served(&self) -> usize {
@@ -31,7 +41,7 @@ impl Upstream {
     }
 }
 
-fn serve(stream: TcpStream, name: &str, served: &AtomicUsize) {
+fn serve(stream: TcpStream, name: &str, served: &AtomicUsize, sick: &AtomicBool) {
     let mut reader = BufReader::new(stream);
     loop {
         let mut line = String::new();
@@ -41,6 +51,8 @@ fn serve(stream: TcpStream, name: &str, served: &AtomicUsize) {
         let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
         let mut content_length = 0;
         let mut forwarded = String::new();
+        let (mut real_ip, mut proto) = (String::new(), String::new());
+        let mut names: Vec<String> = Vec::new();
         loop {
             let mut h = String::new();
             if reader.read_line(&mut h).unwrap_or(0) == 0 {
@@ -51,11 +63,16 @@ fn serve(stream: TcpStream, name: &str, served: &AtomicUsize) {
                 break;
             }
             if let Some((k, v)) = h.split_once(':') {
-                match k.trim().to_ascii_lowercase().as_str() {
-                    "content-length" => content_length = v.trim().parse().unwrap_or(0),
-                    "x-forwarded-for" => forwarded = v.trim().to_string(),
+                let k = k.trim().to_ascii_lowercase();
+                let v = v.trim().to_string();
+                match k.as_str() {
+                    "content-length" => content_length = v.parse().unwrap_or(0),
+                    "x-forwarded-for" => forwarded = v,
+                    "x-real-ip" => real_ip = v,
+                    "x-forwarded-proto" => proto = v,
                     _ => {}
                 }
+                names.push(k);
             }
         }
         let mut body = vec![0; content_length];
@@ -68,10 +85,31 @@ fn serve(stream: TcpStream, name: &str, served: &AtomicUsize) {
         }
         served.fetch_add(1, Ordering::SeqCst);
         let reply = format!("upstream {name} {path}");
-        let response = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Upstream: {name}\r\nX-Seen-Forwarded-For: {forwarded}\r\nContent-Length: {}\r\n\r\n{reply}",
-            reply.len()
+        let seen = format!(
+            "X-Upstream: {name}\r\nX-Seen-Forwarded-For: {forwarded}\r\nX-Seen-Real-IP: {real_ip}\r\nX-Seen-Proto: {proto}\r\nX-Seen-Headers: {}\r\n",
+            names.join(",")
         );
+        let response = match path.as_str() {
+            "/chunked" => {
+                let (a, b) = reply.split_at(reply.len() / 2);
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n{seen}Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
+                    a.len(),
+                    b.len()
+                )
+            }
+            "/keepalive" => format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n{seen}Connection: keep-alive\r\nKeep-Alive: timeout=5, max=100\r\nContent-Length: {}\r\n\r\n{reply}",
+                reply.len()
+            ),
+            "/healthz" if sick.load(Ordering::SeqCst) => {
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nsick".to_string()
+            }
+            _ => format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n{seen}Content-Length: {}\r\n\r\n{reply}",
+                reply.len()
+            ),
+        };
         if reader.get_mut().write_all(response.as_bytes()).is_err() {
             return;
         }
