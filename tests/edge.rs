@@ -328,6 +328,30 @@ fn forwarding_headers_are_set_and_hop_by_hop_headers_removed() {
 }
 
 #[test]
+fn a_websocket_upgrade_keeps_its_headers_and_streams_both_ways() {
+    let up = Upstream::start();
+    let gw = Gateway::start(&upstreams(&[&up.addr]), "");
+    let mut conn = Conn::open(&gw.proxy).unwrap();
+    conn.send_raw(
+        b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .unwrap();
+    let r = conn.read(true).unwrap();
+    assert_eq!(r.status, 101, "{r:?}");
+    assert_eq!(r.header("Upgrade"), Some("websocket"));
+    assert!(r
+        .header("Connection")
+        .is_some_and(|c| c.eq_ignore_ascii_case("upgrade")));
+    let seen = r.header("X-Seen-Headers").unwrap();
+    assert!(seen.split(',').any(|h| h == "upgrade"), "{seen}");
+    conn.send_raw(b"ping over the switched connection").unwrap();
+    assert_eq!(
+        conn.read_exactly(33).unwrap(),
+        b"ping over the switched connection"
+    );
+}
+
+#[test]
 fn http1_framing_is_strict() {
     let up = Upstream::start();
     let gw = Gateway::start(&upstreams(&[&up.addr]), "");

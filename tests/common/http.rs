@@ -72,6 +72,13 @@ impl Conn {
         self.read_response(head)
     }
 
+    /// Reads `n` raw bytes (after a protocol switch).
+    pub fn read_exactly(&mut self, n: usize) -> std::io::Result<Vec<u8>> {
+        let mut buf = vec![0; n];
+        self.reader.read_exact(&mut buf)?;
+        Ok(buf)
+    }
+
     /// Whether the peer has closed the connection (EOF within `within`).
     pub fn closed_within(&mut self, within: Duration) -> bool {
         let _ = self.reader.get_mut().set_read_timeout(Some(within));

@@ -2,7 +2,9 @@
 //! names it, keeps connections alive, and counts what it served. It reports what it received
 //! in `X-Seen-*` response headers, and a few paths behave on purpose:
 //! `/sleep/<ms>` answers late, `/chunked` answers with chunked framing, `/keepalive` sends
-//! `Keep-Alive` and `Connection: keep-alive`, and `/healthz` answers 503 while it is sick.
+//! `Keep-Alive` and `Connection: keep-alive`, `/healthz` answers 503 while it is sick, and
+//! `/upgrade` switches protocols (101 to `websocket`, then every byte sent back), as a WebSocket
+//! upstream would.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -89,6 +91,25 @@ fn serve(stream: TcpStream, name: &str, served: &AtomicUsize, sick: &AtomicBool)
             "X-Upstream: {name}\r\nX-Seen-Forwarded-For: {forwarded}\r\nX-Seen-Real-IP: {real_ip}\r\nX-Seen-Proto: {proto}\r\nX-Seen-Headers: {}\r\n",
             names.join(",")
         );
+        if path == "/upgrade" {
+            let switch = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n{seen}\r\n"
+            );
+            if reader.get_mut().write_all(switch.as_bytes()).is_err() {
+                return;
+            }
+            let mut buf = [0u8; 1024];
+            loop {
+                match reader.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if reader.get_mut().write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
         let response = match path.as_str() {
             "/chunked" => {
                 let (a, b) = reply.split_at(reply.len() / 2);
