@@ -7,7 +7,10 @@
 # to pass-through and to nginx proxy_pass measured in the same run, CPU time per request of
 # the proxy under test and of redis-server (schedstat of every thread, divided by the
 # requests served: far steadier than req/s on a shared machine), and Redis calls per
-# request from Redis's command statistics.
+# request from Redis's command statistics. HTTPS modes (2c, 11) terminate TLS with one
+# certificate made here (ECDSA P-256) in nginx and in the gateway; wrk and oha speak
+# HTTP/1.1 over TLS to both, oha also HTTP/2 (tool "oha-h2"). Mode 12 is mode 4 with the
+# access log on (JSON lines to a file).
 #
 #   benches/loadtest.sh                 # defaults: CONNS=64 DURATION=10s THREADS=1
 #   CONNS=64 DURATION=20s THREADS=2 benches/loadtest.sh
@@ -72,7 +75,12 @@ wait_port() {
   echo "port $1 never opened" >&2; exit 1
 }
 
-UP=$(free_port); NGX_PROXY=$(free_port); NGX_LIMIT=$(free_port); REDIS=$(free_port)
+UP=$(free_port); NGX_PROXY=$(free_port); NGX_LIMIT=$(free_port); NGX_TLS=$(free_port)
+REDIS=$(free_port)
+# One certificate for both TLS terminators.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+  -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+  -keyout "$OUT/tls.key" -out "$OUT/tls.pem" 2>/dev/null
 # Two nginx processes: the upstream, and the peer proxy under test, so the peer's CPU time
 # per request does not include serving the upstream.
 for role in upstream peer; do mkdir -p "$OUT/nginx-$role/logs"; done
@@ -104,6 +112,12 @@ http {
     location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
   }
   server {
+    listen 127.0.0.1:$NGX_TLS ssl http2;
+    ssl_certificate $OUT/tls.pem;
+    ssl_certificate_key $OUT/tls.key;
+    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+  server {
     listen 127.0.0.1:$NGX_LIMIT;
     location / {
       limit_req zone=peer burst=1000000 nodelay;
@@ -117,18 +131,22 @@ nginx -p "$OUT/nginx-peer" -c "$OUT/nginx-peer/nginx.conf" & pids+=($!)
 NGINX_PID=$!
 redis-server --port "$REDIS" --bind 127.0.0.1 --save "" --appendonly no --loglevel warning >/dev/null & pids+=($!)
 REDIS_PID=$!
-wait_port "$UP"; wait_port "$NGX_PROXY"; wait_port "$NGX_LIMIT"; wait_port "$REDIS"
+wait_port "$UP"; wait_port "$NGX_PROXY"; wait_port "$NGX_LIMIT"; wait_port "$NGX_TLS"
+wait_port "$REDIS"
 
 # gateway NAME LIMITS_TOML [REDIS] [EXTRA_TOML]: starts one gateway ($GW_BIN, default the
-# current build); its proxy port is left in $PORT and its pid in $GWPID.
+# current build); its proxy port is left in $PORT and its pid in $GWPID. With GW_TLS=1 it
+# also listens for HTTPS, on $TLS_PORT.
 gateway() {
   local name=$1 limits=$2 redis=${3:-} extra=${4:-} port admin
-  port=$(free_port); admin=$(free_port)
+  port=$(free_port); admin=$(free_port); TLS_PORT=$(free_port)
   {
     # One single-threaded runtime per thread: faster than pingora's work-stealing default
     # for a proxy (docs/PERFORMANCE.md).
     printf '[server]\nthreads = %s\nwork_stealing = false\ngrace_period_seconds = 0\n' "$THREADS"
     printf '[proxy]\nlisten = "127.0.0.1:%s"\nupstreams = ["127.0.0.1:%s"]\n' "$port" "$UP"
+    [ "${GW_TLS:-0}" = 1 ] && printf 'tls_listen = "127.0.0.1:%s"\ntls_cert_file = "%s"\ntls_key_file = "%s"\n' \
+      "$TLS_PORT" "$OUT/tls.pem" "$OUT/tls.key"
     printf '[admin]\nlisten = "127.0.0.1:%s"\n[node]\nid = "%s"\n' "$admin" "$name"
     [ -n "$redis" ] && printf '[redis]\nurl = "redis://127.0.0.1:%s"\ntimeout_ms = 1000\n' "$redis"
     printf '[limits]\n%s\n%s\n' "$limits" "$extra"
@@ -136,6 +154,7 @@ gateway() {
   RUST_LOG=warn "${GW_BIN:-$GW}" -c "$OUT/$name.toml" >/dev/null 2> "$OUT/$name.log" & pids+=($!)
   GWPID=$!
   wait_port "$port"
+  [ "${GW_TLS:-0}" = 1 ] && wait_port "$TLS_PORT"
   PORT=$port
 }
 
@@ -183,7 +202,7 @@ run_wrk() {
   for port in "$@"; do
     local f; f=$(mktemp)
     files+=("$f")
-    wrk -t1 -c"$conns" -d"$DURATION" -s "$OUT/report.lua" "http://127.0.0.1:$port/" >/dev/null 2>"$f" &
+    wrk -t1 -c"$conns" -d"$DURATION" -s "$OUT/report.lua" "${SCHEME:-http}://127.0.0.1:$port/" >/dev/null 2>"$f" &
   done
   wait_jobs
   cat "${files[@]}" | awk '/^RESULT/ { rps += $2; if ($3 > p50) p50 = $3; if ($4 > p99) p99 = $4;
@@ -196,7 +215,8 @@ run_oha() {
   for port in "$@"; do
     local f; f=$(mktemp)
     files+=("$f")
-    oha --no-tui -c "$conns" -z "$DURATION" --output-format json $OHA_ARGS "http://127.0.0.1:$port/" > "$f" &
+    oha --no-tui -c "$conns" -z "$DURATION" --output-format json --insecure $OHA_ARGS \
+      "${SCHEME:-http}://127.0.0.1:$port/" > "$f" &
   done
   wait_jobs
   for f in "${files[@]}"; do
@@ -206,6 +226,9 @@ run_oha() {
     reqs += $5 } END { printf "%.0f %.2f %.2f %.2f %d\n", rps, p50, p99, p999, reqs }'
   rm -f "${files[@]}"
 }
+
+# oha over HTTP/2 (one request in flight per connection, as with HTTP/1.1).
+run_oha-h2() { OHA_ARGS="$OHA_ARGS --http2" run_oha "$@"; }
 
 # Waits for the load generators only (the servers are background jobs too).
 wait_jobs() {
@@ -303,8 +326,19 @@ each_build() {
 }
 
 wanted 3 && each_build "3 gateway pass-through" 'enabled = false'
+if wanted 11; then
+  CPU_PIDS=nginx
+  for tool in wrk oha oha-h2; do SCHEME=https measure "2c nginx https proxy_pass" "$tool" "$NGX_TLS"; done
+  GW_TLS=1 gateway "https-pass-through" 'enabled = false'
+  CPU_PIDS=$GWPID
+  for tool in wrk oha oha-h2; do SCHEME=https measure "11 gateway https pass-through" "$tool" "$TLS_PORT"; done
+  stop_gateway
+fi
 export UNIQUE_KEYS=1
 wanted 4 && each_build "4 gateway embedded store" "$BY_KEY"
+wanted 12 && each_build "12 embedded, access log on" "$BY_KEY" "" "[log]
+access = \"$OUT/access.log\"
+format = \"json\""
 wanted 5 && each_build "5 gateway redis allowed" "$BY_KEY" "$REDIS"
 wanted 8 && each_build "8 redis, three rules" "$BY_KEY" "$REDIS" "$THREE_RULES"
 wanted 9 && each_build "9 redis, gcra" "$BY_KEY" "$REDIS" "$(algorithm_rule gcra)"
@@ -361,16 +395,22 @@ for (label, tool), r in rows.items():
     rps = med([x[0] for x in r])
     ratio = lambda base: f"{rps / base:.2f}" if base else "-"
     redis = label.split()[0] in ("5", "6", "7", "8", "9", "10")
+    https = "https" in label
+    passthrough = "11 gateway https pass-through" if https else "3 gateway pass-through"
+    nginx = "2c nginx https proxy_pass" if https else "2a nginx proxy_pass"
     print(f"| {label} | {tool} | {rps:.0f} | {med([x[1] for x in r]):.2f} | {med([x[2] for x in r]):.2f} "
-          f"| {med([x[3] for x in r]):.2f} | {ratio(rps_of('3 gateway pass-through', tool))} "
-          f"| {ratio(rps_of('2a nginx proxy_pass', tool))} | {num([x[5] for x in r])} "
+          f"| {med([x[3] for x in r]):.2f} | {ratio(rps_of(passthrough, tool))} "
+          f"| {ratio(rps_of(nginx, tool))} | {num([x[5] for x in r])} "
           f"| {num([x[6] for x in r]) if redis else '-'} | {num([x[4] for x in r], 3, False) if redis else '-'} |")
 PY
   echo
   echo "wrk: keys in 4, 5 and 7-10 are new per request (X-Api-Key from a Lua script); oha sends one"
   echo "key whose limit is never reached. In 6 every request is blocked (limit 10 per hour). In 8"
   echo "every request owes three rules (per key, per IP, global), decided in one script call; 9"
-  echo "and 10 are 5 with one rule of another algorithm in place of the default."
+  echo "and 10 are 5 with one rule of another algorithm in place of the default. 2c and 11 terminate"
+  echo "TLS (the same ECDSA P-256 certificate; connections kept alive, so handshakes are few) and"
+  echo "compare with each other; oha-h2 is oha over HTTP/2. 12 is 4 with the access log on (JSON"
+  echo "lines to a file); compare its CPU µs/req with 4's."
   echo "CPU µs/req: the proxy under test (the gateway, or nginx with its workers), all threads."
   echo "$CONNS connections, $DURATION per run, $THREADS worker thread(s) for the gateway and nginx, $(nproc) cores, $RUNS run(s) per mode (medians)."
 } | tee "$OUT/table.md"

@@ -29,6 +29,13 @@ fn main() -> ExitCode {
         Command::Test(path) => match Config::load_from(path.as_deref()) {
             Ok(config) => {
                 let name = path.as_deref().unwrap_or(DEFAULTS_NAME);
+                // What only loading the files shows: a key that does not fit its certificate.
+                if let Some(tls) = &config.proxy.tls {
+                    if let Err(e) = ratelimiter::tls::certified_key(tls) {
+                        eprintln!("{name}: [proxy] {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
                 println!("{name}: ok: {}", config.summary());
                 ExitCode::SUCCESS
             }

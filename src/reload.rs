@@ -6,8 +6,9 @@
 //! Some keys are read once at start (contract §8: the listen addresses, `[redis]`, `[node]
 //! id` and `[server]`). A reload that changes one of them names it in the log and keeps its
 //! running value; a restart applies it. Everything else takes effect: the rules and limits for
-//! the next request, `[node]` address, TTL and heartbeat at the next heartbeat, and
-//! `metrics.max_key_labels` for keys not labelled yet.
+//! the next request, `[node]` address, TTL and heartbeat at the next heartbeat,
+//! `metrics.max_key_labels` for keys not labelled yet, and the HTTPS certificate (its files
+//! are read again on every reload, as nginx does) for the next handshake.
 
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ use crate::config::{Config, ConfigError, ConfigErrors, Origin, DEFAULTS_NAME};
 use crate::live::{Live, LiveConfig};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
+use crate::tls::{certified_key, ServerCert};
 
 pub struct Reloader {
     /// The `-c` file; `None`: the built-in defaults (and the environment) are read again.
@@ -27,6 +29,8 @@ pub struct Reloader {
     registry: Arc<Registry>,
     /// Opened again on every SIGHUP, so a rotated access log file is followed.
     access: Arc<AccessLog>,
+    /// The HTTPS listener's certificate, if it listens.
+    cert: Option<Arc<ServerCert>>,
 }
 
 /// What a successful reload did.
@@ -43,6 +47,7 @@ impl Reloader {
         metrics: Arc<Metrics>,
         registry: Arc<Registry>,
         access: Arc<AccessLog>,
+        cert: Option<Arc<ServerCert>>,
     ) -> Self {
         Reloader {
             path,
@@ -50,6 +55,7 @@ impl Reloader {
             metrics,
             registry,
             access,
+            cert,
         }
     }
 
@@ -65,12 +71,21 @@ impl Reloader {
             let kept = keep_restart_only(&running.config, &mut config);
             let node = config.node.clone();
             let max_key_labels = config.metrics.max_key_labels;
-            let live = Live::new(config).map_err(|message| {
+            let failed = |message| {
                 ConfigErrors(vec![ConfigError {
                     origin: Origin::Path(self.name().to_string()),
                     message,
                 }])
-            })?;
+            };
+            // Read before anything changes, shown only once the rest is in force too.
+            let fresh = match (&self.cert, &config.proxy.tls) {
+                (Some(_), Some(tls)) => Some(certified_key(tls).map_err(failed)?),
+                _ => None,
+            };
+            let live = Live::new(config).map_err(failed)?;
+            if let (Some(cert), Some(key)) = (&self.cert, fresh) {
+                cert.replace(key);
+            }
             self.registry.update(&node);
             self.metrics.set_max_key_labels(max_key_labels);
             self.metrics.config_loaded_at(live.loaded_at);
@@ -153,7 +168,12 @@ pub fn keep_restart_only(running: &Config, new: &mut Config) -> Vec<&'static str
     keep!("server.work_stealing", server.work_stealing);
     keep!("server.grace_period_seconds", server.grace_period);
     keep!("proxy.listen", proxy.listen);
-    keep!("proxy.tls_listen", proxy.tls);
+    // The HTTPS listener's address (or whether there is one) needs a restart; its certificate
+    // files do not.
+    if new.proxy.tls.as_ref().map(|t| t.listen) != running.proxy.tls.as_ref().map(|t| t.listen) {
+        kept.push("proxy.tls_listen");
+        new.proxy.tls = running.proxy.tls.clone();
+    }
     keep!("admin.listen", admin.listen);
     keep!("node.id", node.id);
     keep!("redis", redis);
@@ -186,6 +206,36 @@ mod tests {
         assert!(new.redis.is_none());
         // What a reload is for goes through.
         assert_eq!(new.limits.default.limit.get(), 7);
+    }
+
+    #[test]
+    fn the_https_address_needs_a_restart_and_its_certificate_files_do_not() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls");
+        let tls = |listen: &str, cert: &str| {
+            parse(&format!(
+                "[proxy]\ntls_listen = \"{listen}\"\ntls_cert_file = \"{dir}/{cert}\"\ntls_key_file = \"{dir}/localhost.key\"\n"
+            ))
+        };
+        let running = tls("127.0.0.1:8443", "localhost.pem");
+        // Another path to the certificate (a renewal may also rewrite the same file): taken.
+        let mut new = tls("127.0.0.1:8443", "./localhost.pem");
+        assert!(keep_restart_only(&running, &mut new).is_empty());
+        let cert = new
+            .proxy
+            .tls
+            .as_ref()
+            .unwrap()
+            .cert_file
+            .display()
+            .to_string();
+        assert!(cert.ends_with("/./localhost.pem"), "{cert}");
+        // Another address: kept, with the running certificate.
+        let mut new = tls("127.0.0.1:9443", "./localhost.pem");
+        assert_eq!(keep_restart_only(&running, &mut new), ["proxy.tls_listen"]);
+        assert_eq!(new.proxy.tls, running.proxy.tls);
+        let mut none = parse("");
+        assert_eq!(keep_restart_only(&running, &mut none), ["proxy.tls_listen"]);
+        assert_eq!(none.proxy.tls, running.proxy.tls);
     }
 
     #[test]

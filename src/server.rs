@@ -91,9 +91,14 @@ pub fn run(config: Config, path: Option<String>) -> Result<(), String> {
     // Before anything registers this node: a listener that cannot open ends the process
     // here, with the address named (pingora would retry, then panic inside its service).
     check_listeners(&config)?;
-    let tls = match &config.proxy.tls {
-        Some(tls) => Some((tls.listen, crate::tls::listener_settings(tls)?)),
-        None => None,
+    // The HTTPS listener's certificate, shared with the reloader, which reads it again.
+    let (tls, cert) = match &config.proxy.tls {
+        Some(tls) => {
+            let cert = Arc::new(crate::tls::ServerCert::load(tls)?);
+            let settings = crate::tls::listener_settings(tls, cert.clone())?;
+            (Some((tls.listen, settings)), Some(cert))
+        }
+        None => (None, None),
     };
     exit_on_panic();
     let shared = Shared::new(config)?;
@@ -171,6 +176,7 @@ pub fn run(config: Config, path: Option<String>) -> Result<(), String> {
         shared.metrics.clone(),
         shared.registry.clone(),
         shared.access.clone(),
+        cert,
     )
     .listen()?;
 

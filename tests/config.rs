@@ -562,6 +562,31 @@ fn check_mode_rejects_every_bad_fixture_with_all_errors_on_stderr() {
 }
 
 #[test]
+fn check_mode_loads_the_https_certificate_and_its_key() {
+    let tls = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls");
+    let dir = std::env::temp_dir().join(format!("ratelimiter-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (key, ok) in [("localhost.key", true), ("other.key", false)] {
+        let path = dir.join(format!("{key}.toml"));
+        std::fs::write(
+            &path,
+            format!("[proxy]\ntls_listen = \"127.0.0.1:8443\"\ntls_cert_file = \"{tls}/localhost.pem\"\ntls_key_file = \"{tls}/{key}\"\n"),
+        )
+        .unwrap();
+        let out = run_check(&path);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.success(), ok, "{key}: {stderr}");
+        if !ok {
+            assert!(
+                stderr.contains("other.key does not fit the certificate"),
+                "{stderr}"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn version_and_bad_arguments() {
     let bin = env!("CARGO_BIN_EXE_ratelimiter");
     let out = Command::new(bin).arg("--version").output().unwrap();

@@ -31,6 +31,17 @@ fn accepts(addr: &str) -> Option<()> {
 /// Returns the response as the test client's type (the version from the status line, e.g.
 /// `HTTP/2`).
 fn curl(port: u16, ca: &str, version_flag: &str, path: &str, headers: &[&str]) -> Response {
+    try_curl(port, ca, version_flag, path, headers).unwrap_or_else(|e| panic!("curl failed: {e}"))
+}
+
+/// As [`curl`], with curl's complaint when it fails (e.g. the certificate does not verify).
+fn try_curl(
+    port: u16,
+    ca: &str,
+    version_flag: &str,
+    path: &str,
+    headers: &[&str],
+) -> Result<Response, String> {
     let mut cmd = Command::new("curl");
     cmd.args(["-sS", "-i", version_flag, "--cacert", ca])
         .args(["--resolve", &format!("localhost:{port}:127.0.0.1")]);
@@ -39,11 +50,9 @@ fn curl(port: u16, ca: &str, version_flag: &str, path: &str, headers: &[&str]) -
     }
     cmd.arg(format!("https://localhost:{port}{path}"));
     let out = cmd.stderr(Stdio::piped()).output().expect("curl runs");
-    assert!(
-        out.status.success(),
-        "curl failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").expect("headers, then a body");
     let mut lines = head.lines();
@@ -55,12 +64,12 @@ fn curl(port: u16, ca: &str, version_flag: &str, path: &str, headers: &[&str]) -
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect();
-    Response {
+    Ok(Response {
         version,
         status,
         headers,
         body: body.to_string(),
-    }
+    })
 }
 
 #[test]
@@ -120,6 +129,54 @@ fn https_with_http1_and_http2_shares_the_plain_listeners_counter() {
         429
     );
     assert_eq!(up.served(), 4);
+}
+
+#[test]
+fn a_renewed_certificate_is_shown_after_sighup_and_a_bad_one_is_refused() {
+    let certs = Certs::generate();
+    let up = Upstream::start();
+    let (pem, key) = (certs.file("live.pem"), certs.file("live.key"));
+    std::fs::copy(certs.file("server.pem"), &pem).unwrap();
+    std::fs::copy(certs.file("server.key"), &key).unwrap();
+    let tls_port = free_port();
+    let proxy = format!(
+        "{}\ntls_listen = \"127.0.0.1:{tls_port}\"\ntls_cert_file = \"{pem}\"\ntls_key_file = \"{key}\"",
+        upstreams(&[&up.addr])
+    );
+    let gw = Gateway::start(&proxy, "");
+    wait_for("the TLS listener", Duration::from_secs(10), || {
+        accepts(&format!("127.0.0.1:{tls_port}"))
+    });
+    let (ca, other_ca) = (certs.file("ca.pem"), certs.file("other-ca.pem"));
+    assert_eq!(curl(tls_port, &ca, "--http2", "/", &[]).status, 200);
+    assert!(try_curl(tls_port, &other_ca, "--http2", "/", &[]).is_err());
+
+    // Renewed in place (by another CA, so the switch shows), then SIGHUP.
+    certs.issue("renewed", "localhost", "other-ca", "server.ext");
+    std::fs::copy(certs.file("renewed.pem"), &pem).unwrap();
+    std::fs::copy(certs.file("renewed.key"), &key).unwrap();
+    gw.signal("HUP");
+    wait_for("the renewed certificate", Duration::from_secs(10), || {
+        try_curl(tls_port, &other_ca, "--http2", "/", &[]).ok()
+    });
+    assert!(try_curl(tls_port, &ca, "--http1.1", "/", &[]).is_err());
+
+    // A key that does not fit the certificate: the reload fails, the running one stays.
+    std::fs::copy(certs.file("server.key"), &key).unwrap();
+    gw.signal("HUP");
+    wait_for("the failed reload", Duration::from_secs(10), || {
+        gw.log()
+            .contains("does not fit the certificate")
+            .then_some(())
+    });
+    assert_eq!(curl(tls_port, &other_ca, "--http1.1", "/", &[]).status, 200);
+    let metrics = get(&gw.admin, "/metrics", &[]).unwrap().body;
+    assert!(
+        metrics.lines().any(|l| l
+            .starts_with("ratelimiter_config_reloads_total{result=\"failure\"")
+            && l.ends_with(" 1")),
+        "{metrics}"
+    );
 }
 
 /// `openssl s_server -WWW` serving a file over TLS with the suite's server certificate.

@@ -81,36 +81,45 @@ impl Certs {
         )
         .unwrap();
         fs::write(p("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-        for (name, cn) in [("server", "127.0.0.1"), ("client", "ratelimiter gateway")] {
-            openssl(&[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-subj",
-                &format!("/CN={cn}"),
-                "-keyout",
-                &p(&format!("{name}.key")),
-                "-out",
-                &p(&format!("{name}.csr")),
-            ]);
-            let csr = p(&format!("{name}.csr"));
-            let mut sign = vec!["x509", "-req", "-days", "2", "-in", &csr];
-            let (ca, cakey, out) = (p("ca.pem"), p("ca.key"), p(&format!("{name}.pem")));
-            let ext = p(&format!("{name}.ext"));
-            sign.extend([
-                "-CA",
-                &ca,
-                "-CAkey",
-                &cakey,
-                "-CAcreateserial",
-                "-out",
-                &out,
-            ]);
-            sign.extend(["-extfile", &ext]);
-            openssl(&sign);
-        }
-        Certs { dir }
+        let certs = Certs { dir };
+        certs.issue("server", "127.0.0.1", "ca", "server.ext");
+        certs.issue("client", "ratelimiter gateway", "ca", "client.ext");
+        certs
+    }
+
+    /// A key and certificate `name.key`, `name.pem` for `cn`, signed by the CA `ca` with the
+    /// extensions in the file `ext` (`server.ext`: for 127.0.0.1 and localhost).
+    pub fn issue(&self, name: &str, cn: &str, ca: &str, ext: &str) {
+        let p = |f: &str| self.dir.path(f);
+        let openssl = |args: &[&str]| run(Command::new("openssl").args(args));
+        let (key, csr, out) = (
+            p(&format!("{name}.key")),
+            p(&format!("{name}.csr")),
+            p(&format!("{name}.pem")),
+        );
+        let subject = format!("/CN={cn}");
+        openssl(&[
+            "req", "-newkey", "rsa:2048", "-nodes", "-subj", &subject, "-keyout", &key, "-out",
+            &csr,
+        ]);
+        let (ca_pem, ca_key, ext) = (p(&format!("{ca}.pem")), p(&format!("{ca}.key")), p(ext));
+        openssl(&[
+            "x509",
+            "-req",
+            "-days",
+            "2",
+            "-in",
+            &csr,
+            "-CA",
+            &ca_pem,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &out,
+            "-extfile",
+            &ext,
+        ]);
     }
 
     pub fn file(&self, name: &str) -> String {
