@@ -326,14 +326,15 @@ impl BackgroundService for Watch {
                 pool.resolve_again().await;
                 next_resolve = Instant::now() + RESOLVE_EVERY;
             }
-            let mut wake = next_resolve;
+            // Look again at least every 250 ms, so a reload's new pool is checked promptly.
+            let mut wake = Instant::now() + Duration::from_millis(250);
+            if pool.has_names {
+                wake = wake.min(next_resolve);
+            }
             if pool.health.is_some() {
                 wake = wake.min(next_check);
             }
-            // Look again at least every 250 ms, so a reload's new pool is checked promptly.
-            let sleep = wake
-                .saturating_duration_since(Instant::now())
-                .min(Duration::from_millis(250));
+            let sleep = wake.saturating_duration_since(Instant::now());
             tokio::select! {
                 _ = tokio::time::sleep(sleep) => {}
                 _ = shutdown.changed() => return,
