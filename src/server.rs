@@ -196,6 +196,7 @@ pub fn run(config: Config, path: Option<String>) -> Result<(), String> {
             metrics: shared.metrics.clone(),
         }),
     });
+    shared.access.flush();
     log::info!("node {} stopped", config.node.id);
     Ok(())
 }
