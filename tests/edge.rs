@@ -280,6 +280,87 @@ fn a_dead_upstream_is_retried_on_the_other_and_then_left_out_by_health_checks() 
     assert_eq!(statuses(&checked, 40), vec![200; 40]);
 }
 
+/// An address whose connects hang: a listener that never accepts, with its accept queue
+/// full (the kernel then drops further SYNs, as a black-holed host would).
+struct Blackhole {
+    addr: String,
+    _listener: socket2::Socket,
+    _queued: Vec<std::net::TcpStream>,
+}
+
+impl Blackhole {
+    fn new() -> Blackhole {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        let addr: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        socket.bind(&addr.into()).unwrap();
+        socket.listen(0).unwrap();
+        let addr = socket.local_addr().unwrap().as_socket().unwrap();
+        // Fill the queue until a connect no longer completes.
+        let mut queued = Vec::new();
+        for _ in 0..16 {
+            match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                Ok(s) => queued.push(s),
+                Err(_) => break,
+            }
+        }
+        assert!(
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err(),
+            "the accept queue should be full"
+        );
+        Blackhole {
+            addr: addr.to_string(),
+            _listener: socket,
+            _queued: queued,
+        }
+    }
+}
+
+#[test]
+fn a_connect_that_hangs_is_cut_at_connect_timeout_ms() {
+    let hole = Blackhole::new();
+    let live = Upstream::start();
+
+    // Alone: 502 once the connect timeout has passed.
+    let alone = Gateway::start(
+        &format!("{}\nconnect_timeout_ms = 300", upstreams(&[&hole.addr])),
+        "",
+    );
+    let start = Instant::now();
+    let r = get(&alone.proxy, "/", &[]).unwrap();
+    let took = start.elapsed();
+    assert_eq!(r.status, 502, "{r:?}");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+
+    // Beside a live one: the request goes on to it.
+    let pair = Gateway::start(
+        &format!(
+            "{}\nconnect_timeout_ms = 300\nretries = 1",
+            upstreams(&[&hole.addr, &live.addr])
+        ),
+        "",
+    );
+    let times: Vec<Duration> = (0..4)
+        .map(|_| {
+            let start = Instant::now();
+            let r = get(&pair.proxy, "/", &[]).unwrap();
+            assert_eq!(r.status, 200, "{r:?}");
+            start.elapsed()
+        })
+        .collect();
+    assert!(
+        times.iter().any(|t| *t >= Duration::from_millis(300)),
+        "some went to the black hole first: {times:?}"
+    );
+    assert!(
+        times.iter().all(|t| *t < Duration::from_secs(2)),
+        "{times:?}"
+    );
+}
+
 #[test]
 fn an_http_health_check_takes_a_sick_upstream_out_and_back() {
     let (a, b) = (Upstream::start(), Upstream::start());
