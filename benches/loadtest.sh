@@ -9,8 +9,9 @@
 # requests served: far steadier than req/s on a shared machine), and Redis calls per
 # request from Redis's command statistics. HTTPS modes (2c, 11) terminate TLS with one
 # certificate made here (ECDSA P-256) in nginx and in the gateway; wrk and oha speak
-# HTTP/1.1 over TLS to both, oha also HTTP/2 (tool "oha-h2"). Mode 12 is mode 4 with the
-# access log on (JSON lines to a file).
+# HTTP/1.1 over TLS to both, oha also HTTP/2 (tool "oha-h2"); mode 13 makes a new TLS
+# connection per request (the handshake's cost). Mode 12 is mode 4 with the access log on
+# (JSON lines to a file).
 #
 #   benches/loadtest.sh                 # defaults: CONNS=64 DURATION=10s THREADS=1
 #   CONNS=64 DURATION=20s THREADS=2 benches/loadtest.sh
@@ -334,6 +335,15 @@ if wanted 11; then
   for tool in wrk oha oha-h2; do SCHEME=https measure "11 gateway https pass-through" "$tool" "$TLS_PORT"; done
   stop_gateway
 fi
+if wanted 13; then
+  # A new TLS connection per request: the handshake's cost (oha only; wrk keeps connections).
+  CPU_PIDS=nginx
+  SCHEME=https OHA_ARGS="--disable-keepalive" measure "13a nginx https, a handshake per request" oha "$NGX_TLS"
+  GW_TLS=1 gateway "https-handshakes" 'enabled = false'
+  CPU_PIDS=$GWPID
+  SCHEME=https OHA_ARGS="--disable-keepalive" measure "13b gateway https, a handshake per request" oha "$TLS_PORT"
+  stop_gateway
+fi
 export UNIQUE_KEYS=1
 wanted 4 && each_build "4 gateway embedded store" "$BY_KEY"
 wanted 12 && each_build "12 embedded, access log on" "$BY_KEY" "" "[log]
@@ -409,7 +419,8 @@ PY
   echo "every request owes three rules (per key, per IP, global), decided in one script call; 9"
   echo "and 10 are 5 with one rule of another algorithm in place of the default. 2c and 11 terminate"
   echo "TLS (the same ECDSA P-256 certificate; connections kept alive, so handshakes are few) and"
-  echo "compare with each other; oha-h2 is oha over HTTP/2. 12 is 4 with the access log on (JSON"
+  echo "compare with each other; oha-h2 is oha over HTTP/2; 13 makes a TLS handshake per request."
+  echo "12 is 4 with the access log on (JSON"
   echo "lines to a file); compare its CPU µs/req with 4's."
   echo "CPU µs/req: the proxy under test (the gateway, or nginx with its workers), all threads."
   echo "$CONNS connections, $DURATION per run, $THREADS worker thread(s) for the gateway and nginx, $(nproc) cores, $RUNS run(s) per mode (medians)."
