@@ -192,6 +192,17 @@ async fn discard_request_body(session: &mut Session) {
     if downstream.is_body_done() || downstream.is_body_empty() {
         return;
     }
+    // The connection closes after this answer anyway, or the client waits for a
+    // `100 Continue` before sending its body: answer at once, and close.
+    let expects_continue = downstream
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if downstream.get_keepalive().is_none() || expects_continue {
+        downstream.set_keepalive(None);
+        return;
+    }
     let declared = crate::response::declared_length(&downstream.req_header().headers);
     let drained = match declared {
         Some(n) if n <= DISCARD_BODY_MAX => {
@@ -224,9 +235,13 @@ impl ProxyHttp for Gateway {
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<()> {
         let live = ctx.live.insert(self.live.load());
         // An idle client connection is closed after the keep-alive timeout (none: after this
-        // response); pipelined requests are answered in order.
-        let idle = live.config.proxy.keepalive_timeout.as_secs();
-        session.set_keepalive((idle > 0).then_some(idle));
+        // response), unless the client did not ask to keep it (HTTP/1.0 without
+        // `Connection: keep-alive`, or `Connection: close`), which pingora has already
+        // seen; pipelined requests are answered in order.
+        if session.get_keepalive().is_some() {
+            let idle = live.config.proxy.keepalive_timeout.as_secs();
+            session.set_keepalive((idle > 0).then_some(idle));
+        }
         session.set_pipelining_enabled(true);
         Ok(())
     }
@@ -361,7 +376,13 @@ impl ProxyHttp for Gateway {
             _ => match e.esource() {
                 ErrorSource::Upstream => 502,
                 ErrorSource::Downstream => match e.etype() {
-                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    // The client is gone or cannot read: nothing to answer.
+                    ErrorType::WriteError
+                    | ErrorType::ReadError
+                    | ErrorType::ConnectionClosed
+                    | ErrorType::WriteTimedout => 0,
+                    // Its body stalled: 408, as nginx answers.
+                    ErrorType::ReadTimedout => 408,
                     _ => 400,
                 },
                 ErrorSource::Internal | ErrorSource::Unset => 500,
@@ -371,6 +392,7 @@ impl ProxyHttp for Gateway {
             let message = match code {
                 502 => "bad gateway: the upstream could not be reached or failed",
                 504 => "gateway timeout: the upstream did not answer in time",
+                408 => "request timeout: the request body did not arrive in time",
                 400 => "bad request",
                 _ => "internal error",
             };
