@@ -64,34 +64,9 @@ impl Reloader {
     }
 
     /// Reads the config again and puts it in force when valid; counted and logged.
-    pub fn reload(&self) -> Result<Reloaded, ConfigErrors> {
+    pub async fn reload(&self) -> Result<Reloaded, ConfigErrors> {
         self.access.reopen();
-        let result = Config::load_from(self.path.as_deref()).and_then(|mut config| {
-            let running = self.live.load();
-            let kept = keep_restart_only(&running.config, &mut config);
-            let node = config.node.clone();
-            let max_key_labels = config.metrics.max_key_labels;
-            let failed = |message| {
-                ConfigErrors(vec![ConfigError {
-                    origin: Origin::Path(self.name().to_string()),
-                    message,
-                }])
-            };
-            // Read before anything changes, shown only once the rest is in force too.
-            let fresh = match (&self.cert, &config.proxy.tls) {
-                (Some(_), Some(tls)) => Some(certified_key(tls).map_err(failed)?),
-                _ => None,
-            };
-            let live = Live::new(config).map_err(failed)?;
-            if let (Some(cert), Some(key)) = (&self.cert, fresh) {
-                cert.replace(key);
-            }
-            self.registry.update(&node);
-            self.metrics.set_max_key_labels(max_key_labels);
-            self.metrics.config_loaded_at(live.loaded_at);
-            self.live.store(live);
-            Ok(Reloaded { kept })
-        });
+        let result = self.put_in_force().await;
         self.metrics.count_reload(result.is_ok());
         match &result {
             Ok(Reloaded { kept }) => {
@@ -120,6 +95,37 @@ impl Reloader {
         result
     }
 
+    async fn put_in_force(&self) -> Result<Reloaded, ConfigErrors> {
+        let mut config = Config::load_from(self.path.as_deref())?;
+        let running = self.live.load();
+        let kept = keep_restart_only(&running.config, &mut config);
+        let node = config.node.clone();
+        let max_key_labels = config.metrics.max_key_labels;
+        let failed = |message| {
+            ConfigErrors(vec![ConfigError {
+                origin: Origin::Path(self.name().to_string()),
+                message,
+            }])
+        };
+        // Read before anything changes, shown only once the rest is in force too.
+        let fresh = match (&self.cert, &config.proxy.tls) {
+            (Some(_), Some(tls)) => Some(certified_key(tls).map_err(failed)?),
+            _ => None,
+        };
+        let live = Live::new(config).map_err(failed)?;
+        // A new pool starts with every upstream taken as healthy: check them first, so an
+        // upstream known to be down gets no requests across the reload.
+        live.pool.check_health().await;
+        if let (Some(cert), Some(key)) = (&self.cert, fresh) {
+            cert.replace(key);
+        }
+        self.registry.update(&node);
+        self.metrics.set_max_key_labels(max_key_labels);
+        self.metrics.config_loaded_at(live.loaded_at);
+        self.live.store(live);
+        Ok(Reloaded { kept })
+    }
+
     /// Reloads on every SIGHUP, on a thread of its own, for the life of the process. The
     /// handler is in place when this returns.
     pub fn listen(self) -> Result<(), String> {
@@ -137,7 +143,7 @@ impl Reloader {
                 runtime.block_on(async {
                     while hangups.recv().await.is_some() {
                         log::info!("SIGHUP: reloading {}", self.name());
-                        let _ = self.reload();
+                        let _ = self.reload().await;
                     }
                 })
             })

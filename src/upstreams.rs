@@ -118,8 +118,11 @@ impl Pool {
             .and_then(|b| b.ext.get::<Target>().map(|t| t.name.clone()))
     }
 
-    async fn check_health(&self) {
-        self.lb.backends().run_health_check(true).await;
+    /// Runs every upstream's check once, all at once (none without `[proxy.health_check]`).
+    pub async fn check_health(&self) {
+        if self.health.is_some() {
+            self.lb.backends().run_health_check(true).await;
+        }
     }
 
     async fn resolve_again(&self) {
@@ -203,6 +206,8 @@ impl ServiceDiscovery for Names {
 /// over TLS with SNI and the CA for `https://` upstreams.
 struct Checks {
     by_name: HashMap<String, Box<dyn HealthCheck + Send + Sync>>,
+    /// The bound on one whole check (pingora's are per connect, read and write).
+    timeout: Duration,
 }
 
 impl Checks {
@@ -241,7 +246,10 @@ impl Checks {
             };
             by_name.insert(u.name.clone(), check);
         }
-        Ok(Checks { by_name })
+        Ok(Checks {
+            by_name,
+            timeout: config.timeout,
+        })
     }
 }
 
@@ -264,9 +272,17 @@ impl HealthCheck for Checks {
             .ext
             .get::<Target>()
             .and_then(|t| self.by_name.get(&t.name));
-        match check {
-            Some(check) => check.check(target).await,
-            None => Ok(()),
+        let Some(check) = check else {
+            return Ok(());
+        };
+        // A body that trickles in would keep each read within its bound, and the whole
+        // round of checks (and the watch) waiting.
+        match tokio::time::timeout(self.timeout, check.check(target)).await {
+            Ok(result) => result,
+            Err(_) => Error::e_explain(
+                ErrorType::ConnectTimedout,
+                format!("health check took longer than {:?}", self.timeout),
+            ),
         }
     }
 
