@@ -3,7 +3,9 @@
 //! config meanwhile ([`crate::reload`]).
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use pingora::apps::HttpServerOptions;
 use pingora::proxy::http_proxy_service;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
@@ -100,7 +102,7 @@ pub fn run(config: Config, path: Option<String>) -> Result<(), String> {
         }
         None => (None, None),
     };
-    exit_on_panic();
+    exit_on_listener_panic();
     let shared = Shared::new(config)?;
     let live = shared.live.load();
     let config = &live.config;
@@ -135,6 +137,13 @@ pub fn run(config: Config, path: Option<String>) -> Result<(), String> {
         shared.access.clone(),
     );
     let mut proxy = http_proxy_service(&server.configuration, gateway);
+    if let Some(app) = proxy.app_logic_mut() {
+        // HTTP/2 connections are not closed by the per-request keep-alive of HTTP/1: pingora
+        // closes them after this idle time, set once at start.
+        let mut options = HttpServerOptions::default();
+        options.h2_idle_timeout = Some(config.proxy.keepalive_timeout.max(Duration::from_secs(1)));
+        app.server_options = Some(options);
+    }
     proxy.add_tcp(&config.proxy.listen.to_string());
     if let Some((listen, settings)) = tls {
         proxy.add_tls_with_settings(&listen.to_string(), None, settings);
@@ -211,20 +220,33 @@ fn check_listeners(config: &Config) -> Result<(), String> {
     if let Some(tls) = &config.proxy.tls {
         listeners.push(("[proxy] tls_listen", tls.listen));
     }
-    for (key, addr) in listeners {
-        std::net::TcpListener::bind(addr)
+    // All held at once, so two keys naming one address (or 0.0.0.0 and 127.0.0.1 on one
+    // port) fail here too.
+    let mut bound = Vec::with_capacity(listeners.len());
+    for (i, (key, addr)) in listeners.iter().enumerate() {
+        if let Some((other, _)) = listeners[..i].iter().find(|(_, a)| a == addr) {
+            return Err(format!("cannot listen on {addr} twice ({other} and {key})"));
+        }
+        let listener = std::net::TcpListener::bind(addr)
             .map_err(|e| format!("cannot listen on {addr} ({key}): {e}"))?;
+        bound.push(listener);
     }
     Ok(())
 }
 
-/// A panic in any service (pingora panics when a listener fails to start) ends the process
-/// with exit 1, rather than leaving a node that serves nothing but stays registered.
-fn exit_on_panic() {
+/// pingora's panic when a listener cannot be opened (after 30 s of retries), inside its
+/// service: the node would serve nothing on that address yet stay registered.
+const LISTENER_PANIC: &str = "Failed to build listeners";
+
+/// That panic ends the process with exit 1. Any other panic stays what it is in tokio and
+/// pingora: the end of the one task (a connection, a check) it happened in.
+fn exit_on_listener_panic() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         default(info);
-        log::error!("fatal: {info}; exiting");
-        std::process::exit(1);
+        if info.to_string().contains(LISTENER_PANIC) {
+            log::error!("fatal: {info}; exiting");
+            std::process::exit(1);
+        }
     }));
 }
