@@ -142,11 +142,13 @@ impl AccessLog {
         }
     }
 
-    /// Writes what is waiting now, from the calling thread (at shutdown).
+    /// Writes what is waiting now, from the calling thread (at shutdown). The sink is taken
+    /// first, as the writer does: a batch the writer took out is written before this one.
     pub fn flush(&self) {
         if let Some(shared) = &self.shared {
+            let mut sink = lock(&shared.sink);
             let mut lines = std::mem::take(&mut *lock(&shared.pending));
-            write_out(shared, &mut lines);
+            write_out(shared, &mut sink, &mut lines);
         }
     }
 }
@@ -174,16 +176,21 @@ fn write_lines(shared: &Shared) {
     let mut reported = 0;
     loop {
         {
-            let mut pending = lock(&shared.pending);
+            let pending = lock(&shared.pending);
             if pending.len() < WAKE_AT && !shared.reopen.load(Ordering::Relaxed) {
-                pending = shared
-                    .wake
-                    .wait_timeout(pending, FLUSH_EVERY)
-                    .map_or_else(|e| e.into_inner().0, |(guard, _)| guard);
+                drop(
+                    shared
+                        .wake
+                        .wait_timeout(pending, FLUSH_EVERY)
+                        .map_or_else(|e| e.into_inner().0, |(guard, _)| guard),
+                );
             }
-            std::mem::swap(&mut *pending, &mut lines);
         }
-        write_out(shared, &mut lines);
+        // The sink before the lines (as in `flush`), so batches are written in order.
+        let mut sink = lock(&shared.sink);
+        std::mem::swap(&mut *lock(&shared.pending), &mut lines);
+        write_out(shared, &mut sink, &mut lines);
+        drop(sink);
         let now = shared.dropped.load(Ordering::Relaxed);
         if now != reported {
             log::warn!(
@@ -196,10 +203,9 @@ fn write_lines(shared: &Shared) {
 }
 
 /// Writes `lines` (emptied, its capacity kept), opening the file again first if asked.
-fn write_out(shared: &Shared, lines: &mut Vec<u8>) {
-    let mut sink = lock(&shared.sink);
+fn write_out(shared: &Shared, sink: &mut Sink, lines: &mut Vec<u8>) {
     if shared.reopen.swap(false, Ordering::Relaxed) {
-        if let Sink::File(path, file) = &mut *sink {
+        if let Sink::File(path, file) = sink {
             match open(path) {
                 Ok(f) => *file = f,
                 Err(e) => log::error!("{e}"),
@@ -209,7 +215,7 @@ fn write_out(shared: &Shared, lines: &mut Vec<u8>) {
     if lines.is_empty() {
         return;
     }
-    let written = match &mut *sink {
+    let written = match sink {
         Sink::Stderr => std::io::stderr().lock().write_all(lines),
         Sink::File(_, file) => file.write_all(lines),
     };
