@@ -278,6 +278,13 @@ fn a_dead_upstream_is_retried_on_the_other_and_then_left_out_by_health_checks() 
         || (statuses(&checked, 4) == vec![200; 4]).then_some(()),
     );
     assert_eq!(statuses(&checked, 40), vec![200; 40]);
+
+    // A reload builds a new pool, checked before it takes requests: still no 502.
+    checked.signal("HUP");
+    wait_for("the reload", Duration::from_secs(10), || {
+        checked.log().contains("config reloaded").then_some(())
+    });
+    assert_eq!(statuses(&checked, 40), vec![200; 40]);
 }
 
 /// An address whose connects hang: a listener that never accepts, with its accept queue
@@ -533,6 +540,14 @@ fn http1_framing_is_strict() {
     assert_eq!(r.status, 200);
     assert_eq!(r.header("Transfer-Encoding"), None, "{r:?}");
     assert_eq!(r.body, format!("upstream {} /chunked", up.addr));
+    // An HTTP/1.0 client that did not ask for keep-alive gets its answer and a close.
+    let mut conn = Conn::open(&gw.proxy).unwrap();
+    conn.send_raw(b"GET /plain HTTP/1.0\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let r = conn.read(false).unwrap();
+    assert_eq!(r.status, 200);
+    assert_ne!(r.header("Connection"), Some("keep-alive"), "{r:?}");
+    assert!(conn.closed_within(Duration::from_secs(5)));
     // An HTTP/1.1 client still gets the stream as it comes.
     let r = get(&gw.proxy, "/chunked", &[]).unwrap();
     assert_eq!(r.body, format!("upstream {} /chunked", up.addr));
@@ -665,4 +680,53 @@ fn a_listen_address_in_use_ends_the_process_with_exit_1_naming_it() {
     for which in ["proxy", "admin", "tls"] {
         busy_start(which, &redis);
     }
+    // Two keys naming one address, and one address inside another (0.0.0.0 and 127.0.0.1 on
+    // one port): the same, before pingora would retry for 30 s.
+    let port = free_port();
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls");
+    for (tls, proxy) in [
+        (format!("127.0.0.1:{port}"), format!("127.0.0.1:{port}")),
+        (format!("0.0.0.0:{port}"), format!("127.0.0.1:{port}")),
+    ] {
+        let admin = format!("127.0.0.1:{}", free_port());
+        let text = format!(
+            "[proxy]\nlisten = \"{proxy}\"\ntls_listen = \"{tls}\"\ntls_cert_file = \"{fixtures}/localhost.pem\"\ntls_key_file = \"{fixtures}/localhost.key\"\n[admin]\nlisten = \"{admin}\"\n"
+        );
+        let mut gw = Gateway::launch(proxy.clone(), admin, text, &[]);
+        assert_eq!(
+            gw.wait_exit(Duration::from_secs(10)),
+            Some(1),
+            "{}",
+            gw.log()
+        );
+        assert!(gw.log().contains(&format!(":{port}")), "{}", gw.log());
+    }
+}
+
+#[test]
+fn a_blocked_request_that_expects_100_continue_is_answered_at_once() {
+    let up = Upstream::start();
+    let gw = Gateway::start(
+        &upstreams(&[&up.addr]),
+        "[limits]\ndefault_limit = 1\ndefault_window_ms = 60000\n",
+    );
+    assert_eq!(get(&gw.proxy, "/", &[]).unwrap().status, 200);
+    let mut conn = Conn::open(&gw.proxy).unwrap();
+    let start = Instant::now();
+    // The body is never sent: the client waits for 100 Continue, which a 429 replaces.
+    conn.send_raw(
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .unwrap();
+    let r = conn.read(false).unwrap();
+    assert_eq!(r.status, 429, "{r:?}");
+    assert!(
+        start.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        conn.closed_within(Duration::from_secs(5)),
+        "closed, the body unread"
+    );
 }
