@@ -4,9 +4,10 @@
 //! `X-Real-IP` and `X-Forwarded-Proto` replaced), and the hop-by-hop headers removed from
 //! a response. Pingora already strips hop-by-hop request headers on the way to the upstream.
 
+use std::fmt::Write;
 use std::net::IpAddr;
 
-use http::{HeaderMap, HeaderName, Method, StatusCode, Version};
+use http::{HeaderName, Method, StatusCode, Version};
 use pingora::http::{RequestHeader, ResponseHeader};
 
 /// Why a request is refused before it is limited or proxied, as nginx refuses it.
@@ -71,14 +72,14 @@ pub fn set_forwarded(
     proto: &'static str,
 ) -> pingora::Result<()> {
     if let Some(peer) = peer {
-        let mut hops: Vec<String> = req
-            .headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .collect();
-        hops.push(peer.to_string());
-        req.insert_header("X-Forwarded-For", hops.join(", "))?;
+        // One string for the list: what the client sent, then the peer.
+        let mut hops = String::with_capacity(48);
+        for v in req.headers.get_all("x-forwarded-for") {
+            hops.push_str(&String::from_utf8_lossy(v.as_bytes()));
+            hops.push_str(", ");
+        }
+        let _ = write!(hops, "{peer}");
+        req.insert_header("X-Forwarded-For", hops)?;
     }
     match client {
         Some(ip) => {
@@ -100,11 +101,22 @@ const HOP_BY_HOP: &[&str] = &["keep-alive", "proxy-connection", "te"];
 /// switch of protocols (WebSocket), which must keep `Connection` and `Upgrade`.
 pub fn strip_hop_by_hop(resp: &mut ResponseHeader) {
     let switching = resp.status == StatusCode::SWITCHING_PROTOCOLS;
-    let named: Vec<HeaderName> = connection_tokens(&resp.headers)
-        .into_iter()
-        .filter(|t| !(switching && t == "upgrade"))
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .filter(|n| n != http::header::CONNECTION)
+    // The usual `Connection: keep-alive` (or `close`) names nothing else to remove: no
+    // allocation for it.
+    let named: Vec<HeaderName> = resp
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|t| t.trim_ascii())
+        .filter(|t| {
+            let own = [b"keep-alive".as_slice(), b"close", b"connection"]
+                .iter()
+                .any(|o| t.eq_ignore_ascii_case(o));
+            let kept = switching && t.eq_ignore_ascii_case(b"upgrade");
+            !(t.is_empty() || own || kept)
+        })
+        .filter_map(|t| HeaderName::from_bytes(&t.to_ascii_lowercase()).ok())
         .collect();
     for name in named {
         resp.remove_header(&name);
@@ -115,14 +127,6 @@ pub fn strip_hop_by_hop(resp: &mut ResponseHeader) {
     if !switching {
         resp.remove_header("upgrade");
     }
-}
-
-fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
-    headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .flat_map(|v| comma_list(v.as_bytes()))
-        .collect()
 }
 
 /// The elements of a comma-separated header value, trimmed and lowercased.

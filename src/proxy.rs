@@ -221,6 +221,10 @@ async fn discard_request_body(session: &mut Session) {
 impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
+    /// None: pingora's default adds a response compression module, disabled, that every
+    /// request still passes through.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     fn new_ctx(&self) -> Self::CTX {
         RequestCtx {
             live: None,
