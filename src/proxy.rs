@@ -44,6 +44,8 @@ pub struct RequestCtx {
     outcome: Option<Outcome>,
     /// What limiting made of the request, for the access log.
     decision: &'static str,
+    /// The client as the limits see it (for the upstream's `X-Real-IP` and the access log).
+    client: Option<IpAddr>,
     /// Upstreams this request failed to connect to, skipped when it is tried again.
     tried: Vec<SocketAddr>,
     /// The upstream it went to, and when the connection was ready.
@@ -231,6 +233,7 @@ impl ProxyHttp for Gateway {
             started: Instant::now(),
             outcome: None,
             decision: "off",
+            client: None,
             tried: Vec::new(),
             upstream: None,
         }
@@ -255,6 +258,7 @@ impl ProxyHttp for Gateway {
             Some(live) => live.clone(),
             None => ctx.live.insert(self.live.load()).clone(),
         };
+        ctx.client = Self::client(session, &live);
         if let Some(refusal) = forwarding::refusal(session.req_header()) {
             ctx.decision = "rejected";
             refuse(session, refusal).await?;
@@ -332,12 +336,8 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        let client = ctx
-            .live
-            .as_ref()
-            .and_then(|live| Self::client(session, live));
         let proto = forwarding::proto(Self::is_tls(session));
-        forwarding::set_forwarded(upstream_request, Self::peer_ip(session), client, proto)
+        forwarding::set_forwarded(upstream_request, Self::peer_ip(session), ctx.client, proto)
     }
 
     async fn response_filter(
@@ -428,10 +428,6 @@ impl ProxyHttp for Gateway {
             (Some((addr, _)), Some(live)) => live.pool.name_of(addr),
             _ => None,
         };
-        let client = ctx
-            .live
-            .as_ref()
-            .and_then(|live| Self::client(session, live));
         let req = session.req_header();
         let rule = ctx
             .outcome
@@ -440,7 +436,7 @@ impl ProxyHttp for Gateway {
             .map(|(check, _)| check.rule);
         self.access.write(&Entry {
             time: SystemTime::now(),
-            client,
+            client: ctx.client,
             method: req.method.as_str(),
             path: req.uri.path(),
             status,
@@ -457,12 +453,7 @@ impl ProxyHttp for Gateway {
 /// trusted for a next request.
 async fn refuse(session: &mut Session, refusal: Refusal) -> Result<()> {
     session.set_keepalive(None);
-    let mut resp = ResponseHeader::build(refusal.status(), Some(3))?;
     let body = Bytes::from(error_json(refusal.message()));
-    resp.insert_header("Content-Type", "application/json")?;
-    resp.insert_header("Content-Length", body.len().to_string())?;
-    resp.insert_header("Connection", "close")?;
-    session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(body), true).await?;
-    Ok(())
+    let close = [("Connection", "close".to_string())];
+    respond(session, refusal.status(), &close, "application/json", body).await
 }
