@@ -5,7 +5,8 @@
 -- after a reload changed the rule's window, the key starts afresh). The estimate is c + p x (window - elapsed) / window, floored; a
 -- request has room when it is below the limit. The key expires at the end of the window after
 -- the one it counts. Steps as in lua/sliding_log.lua; the state passed from peek to record is
--- the stored window index, or false for a key to write afresh.
+-- what peek read ({idx, elapsed, cur, prev, stored}, stored being the stored window index or
+-- false for a key to write afresh), so record reads nothing again within the same script.
 
 local function sliding_window()
   -- Milliseconds until the estimate falls below `target`, rolling into the next window when
@@ -54,21 +55,22 @@ local function sliding_window()
   end
 
   local function peek(key, now, _, limit, window)
-    local _, elapsed, cur, prev, stored = counts(key, now, window)
+    local idx, elapsed, cur, prev, stored = counts(key, now, window)
+    local state = {idx, elapsed, cur, prev, stored}
     local n = math.floor(cur + (prev * (window - elapsed)) / window)
     if n < limit then
       local reset = 0
       if n > 0 then
         reset = until_below(n, elapsed, cur, prev, window)
       end
-      return 1, n, limit - n, 0, reset, stored
+      return 1, n, limit - n, 0, reset, state
     end
     local wait = until_below(limit, elapsed, cur, prev, window)
-    return 0, n, 0, wait, wait, stored
+    return 0, n, 0, wait, wait, state
   end
 
-  local function record(key, now, _, _, window, _, count, remaining, _, stored)
-    local idx, elapsed, cur, prev = counts(key, now, window)
+  local function record(key, now, _, _, window, _, count, remaining, _, state)
+    local idx, elapsed, cur, prev, stored = state[1], state[2], state[3], state[4], state[5]
     cur = cur + 1
     if stored == idx then
       redis.call('HINCRBY', key, 'c', 1)

@@ -311,47 +311,41 @@ impl Redis {
         }
     }
 
-    /// Runs a call under a bound, mapping every failure to a [`StoreError`].
-    pub async fn bounded<T>(
-        &self,
-        limit: Duration,
-        call: impl std::future::Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, StoreError> {
-        match tokio::time::timeout(limit, call).await {
-            Ok(result) => result.map_err(store_error),
-            Err(_) => Err(StoreError::Timeout),
-        }
-    }
-
-    /// Runs a call off the request path on this thread's connection, within `limit`, once
-    /// more if the first attempt finds the connection broken: a connection heals on the call
-    /// after an outage, and a quiet thread (the admin port's, the heartbeat's) may have made
-    /// none since.
-    pub async fn retried<T, F, Fut>(&self, limit: Duration, mut call: F) -> Result<T, StoreError>
+    /// Runs a call on this thread's connection within `limit`, once more if the first
+    /// attempt finds the connection broken: a connection heals on the call after an outage,
+    /// and a quiet thread (the admin port's, the heartbeat's) may have made none since.
+    pub async fn retried<T, F, Fut>(&self, limit: Duration, call: F) -> Result<T, StoreError>
     where
         F: FnMut(Conn) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        let attempts = async {
-            let mut last = StoreError::Connection("not connected".into());
-            for _ in 0..2 {
-                let conn = match self.conn().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        last = e;
-                        continue;
-                    }
-                };
-                match call(conn).await.map_err(store_error) {
-                    Err(StoreError::Connection(e)) => last = StoreError::Connection(e),
-                    other => return other,
-                }
-            }
-            Err(last)
-        };
-        tokio::time::timeout(limit, attempts)
+        tokio::time::timeout(limit, self.attempts(call))
             .await
             .unwrap_or(Err(StoreError::Timeout))
+    }
+
+    /// As [`Redis::retried`], with no bound of its own: for a caller that bounds the whole
+    /// call already (a check, under the limiter's `timeout_ms`), so no second timer is set.
+    pub async fn attempts<T, F, Fut>(&self, mut call: F) -> Result<T, StoreError>
+    where
+        F: FnMut(Conn) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let mut last = None;
+        for _ in 0..2 {
+            let conn = match self.conn().await {
+                Ok(c) => c,
+                Err(e) => {
+                    last = Some(e);
+                    continue;
+                }
+            };
+            match call(conn).await.map_err(store_error) {
+                Err(StoreError::Connection(e)) => last = Some(StoreError::Connection(e)),
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or_else(|| StoreError::Connection("not connected".into())))
     }
 
     /// Every master of the data, for walks that must see every key.

@@ -47,7 +47,7 @@ pub async fn decide(
             record: false,
             ..mode
         };
-        let answer = call_slots(scripts, checks, &groups, look, &member).await;
+        let answer = call_slots(scripts, checks, &groups, look, &member, false).await;
         if let Some(e) = answer.failure {
             return Err(e);
         }
@@ -61,7 +61,7 @@ pub async fn decide(
         .await
         .unwrap_or_else(|e| Err(StoreError::Reply(format!("recording failed: {e}"))));
     }
-    let answer = call_slots(scripts, checks, &groups, mode, &member).await;
+    let answer = call_slots(scripts, checks, &groups, mode, &member, false).await;
     answer.into_result()
 }
 
@@ -96,10 +96,11 @@ async fn call_slots(
     groups: &[Vec<usize>],
     mode: Mode,
     member: &str,
+    bounded: bool,
 ) -> Answer {
     let calls = groups.iter().map(|group| {
         let part: Vec<&Check> = group.iter().map(|&i| &checks[i]).collect();
-        async move { scripts.call(&part, mode, member).await }
+        async move { scripts.call(&part, mode, member, bounded).await }
     });
     let replies = futures_util::future::join_all(calls).await;
     let mut answer = Answer {
@@ -129,7 +130,8 @@ async fn record(
     mode: Mode,
     member: &str,
 ) -> Result<Vec<Decision>, StoreError> {
-    let mut answer = call_slots(scripts, checks, groups, mode, member).await;
+    // A task of its own, past the caller's bound: each call bounds itself.
+    let mut answer = call_slots(scripts, checks, groups, mode, member, true).await;
     if !refused(checks, &answer.decisions) && answer.failure.is_none() {
         return answer.into_result();
     }

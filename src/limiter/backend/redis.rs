@@ -137,7 +137,10 @@ impl Backend for RedisStore {
             cross_slot::decide(&self.scripts, checks, groups, mode, member).await?
         } else {
             let all: Vec<&Check> = checks.iter().collect();
-            self.scripts.call(&all, mode, &member).await?.decisions
+            self.scripts
+                .call(&all, mode, &member, false)
+                .await?
+                .decisions
         };
         if mode.record {
             for (check, d) in checks.iter().zip(&decisions) {

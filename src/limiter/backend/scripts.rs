@@ -59,12 +59,14 @@ impl Scripts {
         }
     }
 
-    /// One script call over these checks (all in one slot on a cluster).
+    /// One script call over these checks (all in one slot on a cluster). `bounded`: within
+    /// `timeout_ms` of its own; else the caller bounds it (a check runs under the limiter's).
     pub async fn call(
         &self,
         checks: &[&Check],
         mode: Mode,
         member: &str,
+        bounded: bool,
     ) -> Result<Reply, StoreError> {
         let mut invocation = self.check.prepare_invoke();
         for check in checks {
@@ -84,12 +86,12 @@ impl Scripts {
         // its next call, and this way that call is not lost. (A script that ran before the
         // connection broke may then count twice: never more than the limit, only less.)
         let invocation = &invocation;
-        let reply: Vec<i64> = self
-            .redis
-            .retried(self.redis.timeout(), |mut conn| async move {
-                invocation.invoke_async(&mut conn).await
-            })
-            .await?;
+        let call = |mut conn| async move { invocation.invoke_async(&mut conn).await };
+        let reply: Vec<i64> = if bounded {
+            self.redis.retried(self.redis.timeout(), call).await?
+        } else {
+            self.redis.attempts(call).await?
+        };
         parse_reply(checks, &reply)
     }
 
