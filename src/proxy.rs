@@ -44,6 +44,8 @@ pub struct RequestCtx {
     outcome: Option<Outcome>,
     /// What limiting made of the request, for the access log.
     decision: &'static str,
+    /// The rule that let it through unlimited, for the access log.
+    unlimited_by: Option<&'static str>,
     /// The client as the limits see it (for the upstream's `X-Real-IP` and the access log).
     client: Option<IpAddr>,
     /// Upstreams this request failed to connect to, skipped when it is tried again.
@@ -112,8 +114,9 @@ impl Gateway {
             })
         };
         let checks = match selection {
-            Selection::Unlimited { .. } => {
+            Selection::Unlimited { rule } => {
                 ctx.decision = "unlimited";
+                ctx.unlimited_by = Some(rule);
                 return Ok(false);
             }
             Selection::Checks(checks) => checks,
@@ -233,6 +236,7 @@ impl ProxyHttp for Gateway {
             started: Instant::now(),
             outcome: None,
             decision: "off",
+            unlimited_by: None,
             client: None,
             tried: Vec::new(),
             upstream: None,
@@ -433,7 +437,8 @@ impl ProxyHttp for Gateway {
             .outcome
             .as_ref()
             .and_then(|o| o.headline())
-            .map(|(check, _)| check.rule);
+            .map(|(check, _)| check.rule)
+            .or(ctx.unlimited_by);
         self.access.write(&Entry {
             time: SystemTime::now(),
             client: ctx.client,

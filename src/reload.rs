@@ -201,10 +201,25 @@ mod tests {
             "[proxy]\nlisten = \"127.0.0.1:8080\"\n[node]\nid = \"a\"\n[limits]\ndefault_limit = 5\n",
         );
         let mut new = parse(
-            "[proxy]\nlisten = \"127.0.0.1:9999\"\n[node]\nid = \"b\"\n[redis]\nurl = \"redis://127.0.0.1:6379\"\n[limits]\ndefault_limit = 7\n",
+            "[server]\nthreads = 7\nwork_stealing = false\ngrace_period_seconds = 9\n[proxy]\nlisten = \"127.0.0.1:9999\"\n[admin]\nlisten = \"127.0.0.1:9998\"\n[node]\nid = \"b\"\n[redis]\nurl = \"redis://127.0.0.1:6379\"\n[log]\naccess = \"stderr\"\n[limits]\ndefault_limit = 7\n",
         );
         let kept = keep_restart_only(&running, &mut new);
-        assert_eq!(kept, ["proxy.listen", "node.id", "redis"]);
+        assert_eq!(
+            kept,
+            [
+                "server.threads",
+                "server.work_stealing",
+                "server.grace_period_seconds",
+                "proxy.listen",
+                "admin.listen",
+                "node.id",
+                "redis",
+                "log"
+            ]
+        );
+        assert_eq!(new.admin.listen, running.admin.listen);
+        assert_eq!(new.log, running.log);
+        assert_eq!(new.server.threads, running.server.threads);
         assert_eq!(new.proxy.listen.port(), 8080);
         // The published address followed the listen address, so it stays with it.
         assert_eq!(new.node.address, "127.0.0.1:8080");

@@ -438,6 +438,40 @@ fn empty_file_is_the_contract_defaults() {
     assert_eq!(c.limits.default.window_ms.get(), 60_000);
     assert!(c.limits.trusted_proxies.is_empty());
     assert_eq!(c.metrics.max_key_labels, 1000);
+    // [server], and the edge keys of [proxy] and [log] (contract §10).
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(c.server.threads, cores, "0: one per core");
+    assert!(c.server.work_stealing);
+    assert_eq!(c.server.grace_period.as_secs(), 5);
+    let p = &c.proxy;
+    assert!(p.tls.is_none() && p.upstream_tls_ca_file.is_none());
+    assert!(!p.upstreams[0].tls);
+    assert_eq!(p.timeouts.connect.as_millis(), 2_000);
+    assert_eq!(p.timeouts.read.as_millis(), 60_000);
+    assert_eq!(p.timeouts.write.as_millis(), 60_000);
+    assert_eq!(p.keepalive_timeout.as_secs(), 75);
+    assert_eq!(p.retries, 1);
+    assert!(p.health_check.is_none() && p.direct_response.is_none());
+    assert_eq!(c.log.access, ratelimiter::config::AccessLog::Off);
+    assert_eq!(c.log.format, ratelimiter::config::LogFormat::Text);
+}
+
+#[test]
+fn table_defaults_of_health_check_and_direct_response() {
+    let c = Config::parse(
+        "t.toml",
+        "[proxy.health_check]\n[proxy.direct_response]\n",
+        &|_| None,
+    )
+    .unwrap();
+    let h = c.proxy.health_check.unwrap();
+    assert_eq!(h.interval.as_millis(), 1_000);
+    assert_eq!(h.timeout.as_millis(), 1_000);
+    assert!(h.path.is_none(), "a TCP connect check");
+    let d = c.proxy.direct_response.unwrap();
+    assert_eq!(d.status, 200);
+    assert_eq!(d.content_type, "text/plain; charset=utf-8");
+    assert_eq!(d.body, "");
 }
 
 #[test]

@@ -561,7 +561,7 @@ fn the_access_log_is_json_lines_without_header_values() {
     let gw = Gateway::start(
         &upstreams(&[&up.addr]),
         &format!(
-            "[log]\naccess = \"{path}\"\nformat = \"json\"\n\n[limits]\ndefault_limit = 2\ndefault_window_ms = 60000\nkey = \"header:X-Api-Key\"\n"
+            "[log]\naccess = \"{path}\"\nformat = \"json\"\n\n[limits]\ndefault_limit = 2\ndefault_window_ms = 60000\nkey = \"header:X-Api-Key\"\n\n[[rules]]\nname = \"health\"\npath = \"/healthz\"\nunlimited = true\n"
         ),
     );
     let secret = ("X-Api-Key", "s3cret-value-never-logged");
@@ -601,6 +601,16 @@ fn the_access_log_is_json_lines_without_header_values() {
     assert_eq!(entries[2]["decision"], "blocked");
     assert_eq!(entries[2]["upstream"], Value::Null);
 
+    // A request an `unlimited` rule lets through names that rule.
+    get(&gw.proxy, "/healthz", &[]).unwrap();
+    let last = wait_for("the fourth line", Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(&path).ok()?;
+        let line = text.lines().find(|l| l.contains("/healthz"))?.to_string();
+        Some(serde_json::from_str::<Value>(&line).unwrap())
+    });
+    assert_eq!(last["decision"], "unlimited");
+    assert_eq!(last["rule"], "health");
+
     // The gateway's own log is JSON lines too.
     let own = gw.log();
     let first = own.lines().next().expect("the gateway logged its start");
@@ -617,6 +627,15 @@ fn metrics_have_process_response_and_upstream_series() {
     );
     assert_eq!(get(&gw.proxy, "/", &[]).unwrap().status, 200);
     assert_eq!(get(&gw.proxy, "/", &[]).unwrap().status, 429);
+    // A 502, from a gateway whose upstream is dead, carries the limit fields and counts 5xx.
+    let dead = Gateway::start(
+        &upstreams(&[&dead_addr()]),
+        "[limits]\ndefault_limit = 5\ndefault_window_ms = 60000\n",
+    );
+    let r = get(&dead.proxy, "/", &[]).unwrap();
+    assert_eq!(r.status, 502, "{r:?}");
+    assert_eq!(r.header("X-RateLimit-Limit"), Some("5"));
+    assert_eq!(r.header("X-RateLimit-Remaining"), Some("4"));
     // The first sample of `name` whose labels include `label` (every series has node_id too).
     let sample = |text: &str, name: &str, label: &str| -> Option<f64> {
         text.lines()
@@ -643,6 +662,17 @@ fn metrics_have_process_response_and_upstream_series() {
     assert!(sample(&text, "process_resident_memory_bytes", "").is_some_and(|v| v > 1e6));
     assert!(sample(&text, "process_open_fds", "").is_some_and(|v| v >= 3.0));
     assert!(sample(&text, "process_start_time_seconds", "").is_some_and(|v| v > 1e9));
+    assert!(sample(&text, "process_max_fds", "").is_some_and(|v| v >= 3.0));
+    assert!(sample(&text, "process_virtual_memory_bytes", "").is_some_and(|v| v > 1e6));
+    assert!(sample(&text, "process_threads", "").is_some_and(|v| v >= 2.0));
+    let dead_text = wait_for("the 5xx count", Duration::from_secs(5), || {
+        let text = get(&dead.admin, "/metrics", &[]).ok()?.body;
+        (sample(&text, "ratelimiter_responses_total", r#"code="5xx""#) == Some(1.0)).then_some(text)
+    });
+    assert_eq!(
+        sample(&dead_text, "ratelimiter_responses_total", r#"code="2xx""#),
+        Some(0.0)
+    );
 }
 
 /// A gateway asked to listen where another socket already does.
