@@ -12,12 +12,13 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
 use crate::config::{AccessLog as Destination, LogConfig, LogFormat};
+use crate::sync::lock;
 
 /// The longest a line waits before it is written.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
@@ -159,10 +160,6 @@ fn open(path: &PathBuf) -> Result<File, String> {
         .append(true)
         .open(path)
         .map_err(|e| format!("cannot open the access log {}: {e}", path.display()))
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 enum Sink {

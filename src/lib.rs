@@ -41,5 +41,6 @@ pub mod response;
 pub mod rules;
 pub mod server;
 pub mod shutdown;
+pub mod sync;
 pub mod tls;
 pub mod upstreams;

@@ -206,7 +206,7 @@ impl Metrics {
     pub fn count_decision(&self, check: &Check, result: CheckResult) {
         let (vec, rule) = (&self.checked, check.rule);
         {
-            let map = self.labelled.read().unwrap_or_else(|p| p.into_inner());
+            let map = crate::sync::read(&self.labelled);
             if let Some(d) = map.keys.get(rule).and_then(|k| k.get(check.key.as_str())) {
                 return d.count(vec, rule, result);
             }
@@ -216,7 +216,7 @@ impl Metrics {
                 }
             }
         }
-        let mut map = self.labelled.write().unwrap_or_else(|p| p.into_inner());
+        let mut map = crate::sync::write(&self.labelled);
         let map = &mut *map;
         if let Some(d) = map.keys.get(rule).and_then(|k| k.get(check.key.as_str())) {
             d.count(vec, rule, result);

@@ -68,16 +68,13 @@ impl Registry {
     }
 
     fn settings(&self) -> Settings {
-        self.settings
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        crate::sync::read(&self.settings).clone()
     }
 
     /// Takes a reloaded `[node]` (its id stays): the next heartbeat publishes the new address
     /// and TTL, and the one after waits the new interval.
     pub fn update(&self, node: &NodeConfig) {
-        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Settings {
+        *crate::sync::write(&self.settings) = Settings {
             address: node.address.clone(),
             ttl: node.ttl,
             heartbeat: node.heartbeat,

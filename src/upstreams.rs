@@ -27,6 +27,7 @@ use pingora::utils::tls::WrappedX509;
 
 use crate::config::{HealthCheck as HealthConfig, ProxyConfig, Upstream, UpstreamTimeouts};
 use crate::live::LiveConfig;
+use crate::sync::lock;
 
 /// How often upstream host names are resolved again.
 const RESOLVE_EVERY: Duration = Duration::from_secs(5);
@@ -357,8 +358,4 @@ impl BackgroundService for Watch {
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

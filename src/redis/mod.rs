@@ -40,6 +40,7 @@ use tokio::sync::watch;
 
 use crate::config::{RedisConfig, RedisTopology};
 use crate::limiter::StoreError;
+use crate::sync::lock;
 use sentinel::{SentinelConn, Sentinels};
 
 /// How soon a thread tries again to connect after a failed attempt: until then its calls
@@ -486,8 +487,4 @@ pub fn store_error(e: RedisError) -> StoreError {
     } else {
         StoreError::Reply(e.to_string())
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -44,7 +44,7 @@ pub fn valid_name(name: &str) -> bool {
 /// config loads add names, so the set is bounded by the names ever configured.
 pub fn intern(name: &str) -> &'static str {
     static NAMES: Lazy<Mutex<HashSet<&'static str>>> = Lazy::new(Default::default);
-    let mut names = NAMES.lock().unwrap_or_else(|p| p.into_inner());
+    let mut names = crate::sync::lock(&NAMES);
     match names.get(name) {
         Some(known) => known,
         None => {

@@ -60,7 +60,7 @@ impl Default for BlockedKeys {
 impl BlockedKeys {
     fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
         let i = (self.hasher.hash_one(key) as usize) % self.shards.len();
-        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.shards[i])
     }
 
     /// The decision for a key still known to be full under this limit.
@@ -169,7 +169,7 @@ impl BlockedKeys {
     /// Forgets everything (resets may have been missed).
     pub fn clear(&self) {
         for shard in self.shards.iter() {
-            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            let mut shard = crate::sync::lock(shard);
             let n: usize = shard.values().map(Vec::len).sum();
             shard.clear();
             self.entries.fetch_sub(n, Ordering::Relaxed);

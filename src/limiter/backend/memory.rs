@@ -18,6 +18,7 @@ use async_trait::async_trait;
 
 use crate::limiter::algo::{Decision, State};
 use crate::limiter::{Backend, Check, Counter, Limit, Mode, StoreError};
+use crate::sync::lock;
 
 /// A source of monotonic microseconds; tests drive a manual one.
 pub trait Clock: Send + Sync {
@@ -190,9 +191,6 @@ impl MemoryStore {
 
 /// A poisoned shard still holds consistent data (no code panics while holding it half-updated),
 /// so keep serving rather than take the node down.
-fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 #[async_trait]
 impl Backend for MemoryStore {
