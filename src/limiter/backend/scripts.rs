@@ -116,9 +116,11 @@ impl Scripts {
                 .arg(check.limit.quota.window_ms.get())
                 .arg(mark);
         }
+        // Off the request path (in the recording task): the longer bound, so a take-back is
+        // not given up on under load.
         let invocation = &invocation;
         self.redis
-            .retried(self.redis.timeout(), |mut conn| async move {
+            .retried(self.redis.slow_timeout(), |mut conn| async move {
                 invocation.invoke_async::<i64>(&mut conn).await
             })
             .await
