@@ -617,6 +617,26 @@ fn check_mode_loads_the_https_certificate_and_its_key() {
             );
         }
     }
+    // A CA file with the PEM marker but no certificate inside: found by -t too.
+    let ca = dir.join("bad-ca.pem");
+    std::fs::write(
+        &ca,
+        "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let path = dir.join("ca.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[proxy]\nupstreams = [\"https://127.0.0.1:8443\"]\nupstream_tls_ca_file = \"{}\"\n",
+            ca.display()
+        ),
+    )
+    .unwrap();
+    let out = run_check(&path);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("bad-ca.pem"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
