@@ -10,6 +10,10 @@
 //! - the embedded store on one hot key, over 100,000 keys, and from two threads, against one
 //!   global mutex around a `HashMap` (the obvious first implementation).
 //!
+//! - the per-request header work of the proxy path: the forwarding headers on a typical
+//!   request, the hop-by-hop filtering and the limit fields on a typical response, each against
+//!   cloning the header alone (which every one of them includes).
+//!
 //! Run: `cargo bench --bench core`. Numbers include only in-process work: no network, no Redis.
 
 use std::collections::HashMap;
@@ -19,11 +23,14 @@ use std::sync::{Arc, Mutex};
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use pingora::http::{RequestHeader, ResponseHeader};
 use ratelimiter::config::Config;
+use ratelimiter::forwarding;
+use ratelimiter::headers::{self, HeaderStyle};
 use ratelimiter::key::{request_key, KeySource, RequestView};
 use ratelimiter::limiter::algo::sliding_log::peek;
 use ratelimiter::limiter::backend::memory::MemoryStore;
-use ratelimiter::limiter::{Check, Limit, Mode, Quota};
+use ratelimiter::limiter::{Check, Decision, Limit, Mode, Outcome, Quota};
 
 fn quota(limit: u32) -> Quota {
     Quota {
@@ -219,5 +226,69 @@ fn two_threads(keys: &Arc<Vec<String>>, check: impl Fn(&str) + Sync) {
     });
 }
 
-criterion_group!(benches, window, keys, rules, store);
+/// A request and a response as pingora reads them from the wire (names with their case kept).
+fn wire_headers() -> (RequestHeader, ResponseHeader) {
+    let mut req = RequestHeader::build("GET", b"/api/items?page=2", None).unwrap();
+    for (k, v) in [
+        ("Host", "api.example.com"),
+        ("User-Agent", "curl/7.88.1"),
+        ("Accept", "*/*"),
+    ] {
+        req.append_header(k.to_string(), v).unwrap();
+    }
+    let mut resp = ResponseHeader::build(200, None).unwrap();
+    for (k, v) in [
+        ("Server", "nginx"),
+        ("Date", "Fri, 27 Nov 2026 18:00:00 GMT"),
+        ("Content-Type", "application/json"),
+        ("Content-Length", "42"),
+        ("Connection", "keep-alive"),
+    ] {
+        resp.append_header(k.to_string(), v).unwrap();
+    }
+    (req, resp)
+}
+
+fn proxy_headers(c: &mut Criterion) {
+    let (req, resp) = wire_headers();
+    let peer: IpAddr = "10.0.0.1".parse().unwrap();
+    let allowed = Outcome::new(
+        vec![check("ip:10.0.0.1", 100)],
+        vec![Some(Decision {
+            allowed: true,
+            count: 3,
+            limit: 100,
+            remaining: 97,
+            retry_after_ms: 0,
+            reset_ms: 59_000,
+        })],
+    );
+    let mut g = c.benchmark_group("proxy_headers");
+    g.bench_function("forwarding_request", |b| {
+        b.iter(|| {
+            let mut r = req.clone();
+            forwarding::set_forwarded(&mut r, Some(peer), Some(peer), "http").unwrap();
+            r
+        })
+    });
+    g.bench_function("baseline_clone_request", |b| b.iter(|| req.clone()));
+    g.bench_function("hop_by_hop_response", |b| {
+        b.iter(|| {
+            let mut r = resp.clone();
+            forwarding::strip_hop_by_hop(&mut r);
+            r
+        })
+    });
+    g.bench_function("limit_fields_response", |b| {
+        b.iter(|| {
+            let mut r = resp.clone();
+            headers::insert_limit_headers(&mut r, &allowed, HeaderStyle::XRateLimit).unwrap();
+            r
+        })
+    });
+    g.bench_function("baseline_clone_response", |b| b.iter(|| resp.clone()));
+    g.finish();
+}
+
+criterion_group!(benches, window, keys, rules, store, proxy_headers);
 criterion_main!(benches);

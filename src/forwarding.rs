@@ -4,11 +4,13 @@
 //! `X-Real-IP` and `X-Forwarded-Proto` replaced), and the hop-by-hop headers removed from
 //! a response. Pingora already strips hop-by-hop request headers on the way to the upstream.
 
-use std::fmt::Write;
+use std::io::Write;
 use std::net::IpAddr;
 
-use http::{HeaderName, Method, StatusCode, Version};
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Method, StatusCode, Version};
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::{ErrorType::InvalidHTTPHeader, OrErr};
 
 /// Why a request is refused before it is limited or proxied, as nginx refuses it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +64,9 @@ pub fn proto(tls: bool) -> &'static str {
     }
 }
 
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
 /// Tells the upstream who the client is: the peer appended to `X-Forwarded-For` (every such
 /// header the client sent is one list, kept), and `X-Real-IP` (the client as the limits see
 /// it) and `X-Forwarded-Proto` set, whatever the client sent in them.
@@ -71,30 +76,54 @@ pub fn set_forwarded(
     client: Option<IpAddr>,
     proto: &'static str,
 ) -> pingora::Result<()> {
-    if let Some(peer) = peer {
-        // One string for the list: what the client sent, then the peer.
-        let mut hops = String::with_capacity(48);
-        for v in req.headers.get_all("x-forwarded-for") {
-            hops.push_str(&String::from_utf8_lossy(v.as_bytes()));
-            hops.push_str(", ");
-        }
-        let _ = write!(hops, "{peer}");
+    // The address is formatted once: the client is usually the peer itself.
+    let peer_value = peer.map(ip_value);
+    if let (Some(peer), Some(peer_value)) = (peer, &peer_value) {
+        let mut sent = req.headers.get_all(&X_FORWARDED_FOR).iter().peekable();
+        let hops = if sent.peek().is_none() {
+            peer_value.clone()
+        } else {
+            // One value for the list: what the client sent, then the peer.
+            let mut hops = Vec::with_capacity(64);
+            for v in sent {
+                hops.extend_from_slice(v.as_bytes());
+                hops.extend_from_slice(b", ");
+            }
+            let _ = write!(hops, "{peer}");
+            HeaderValue::from_maybe_shared(Bytes::from(hops))
+                .or_err(InvalidHTTPHeader, "X-Forwarded-For")?
+        };
         req.insert_header("X-Forwarded-For", hops)?;
     }
     match client {
-        Some(ip) => {
-            req.insert_header("X-Real-IP", ip.to_string())?;
+        Some(ip) if Some(ip) == peer => {
+            req.insert_header("X-Real-IP", peer_value.unwrap_or_else(|| ip_value(ip)))?
         }
+        Some(ip) => req.insert_header("X-Real-IP", ip_value(ip))?,
         None => {
-            req.remove_header("X-Real-IP");
+            req.remove_header(&X_REAL_IP);
         }
     }
-    req.insert_header("X-Forwarded-Proto", proto)?;
+    req.insert_header("X-Forwarded-Proto", HeaderValue::from_static(proto))?;
     Ok(())
 }
 
+/// An address as a header value, without a `String` in between.
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    let mut buf = [0u8; 45];
+    let mut w = &mut buf[..];
+    let _ = write!(w, "{ip}");
+    let len = 45 - w.len();
+    // An address's text is visible ASCII.
+    HeaderValue::from_bytes(&buf[..len]).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
 /// Hop-by-hop response headers, never passed on (RFC 9110 §7.6.1).
-const HOP_BY_HOP: &[&str] = &["keep-alive", "proxy-connection", "te"];
+static HOP_BY_HOP: [HeaderName; 3] = [
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::TE,
+];
 
 /// Removes what concerns only the upstream's connection from its response: the headers its
 /// `Connection` names, `Keep-Alive`, `Proxy-Connection`, `TE`, and `Upgrade` unless this is a
@@ -121,11 +150,15 @@ pub fn strip_hop_by_hop(resp: &mut ResponseHeader) {
     for name in named {
         resp.remove_header(&name);
     }
-    for name in HOP_BY_HOP {
-        resp.remove_header(*name);
-    }
-    if !switching {
-        resp.remove_header("upgrade");
+    // One look over the names first: a response usually has none of these.
+    let hop = |k: &HeaderName| HOP_BY_HOP.contains(k) || (!switching && k == http::header::UPGRADE);
+    if resp.headers.keys().any(hop) {
+        for name in &HOP_BY_HOP {
+            resp.remove_header(name);
+        }
+        if !switching {
+            resp.remove_header(&http::header::UPGRADE);
+        }
     }
 }
 

@@ -16,6 +16,8 @@
 use std::fmt::{self, Write};
 use std::str::FromStr;
 
+use pingora::http::ResponseHeader;
+
 use crate::limiter::Outcome;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -74,6 +76,18 @@ impl FromStr for HeaderStyle {
                 format!("expected \"x-ratelimit\", \"ietf\", \"both\" or \"none\", found {s:?}")
             })
     }
+}
+
+/// Puts the fields for a decided request on a response.
+pub fn insert_limit_headers(
+    resp: &mut ResponseHeader,
+    outcome: &Outcome,
+    style: HeaderStyle,
+) -> pingora::Result<()> {
+    for (name, value) in limit_headers(outcome, style) {
+        resp.insert_header(name, value)?;
+    }
+    Ok(())
 }
 
 /// The fields for a decided request.

@@ -19,7 +19,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::access_log::{self, AccessLog, Entry};
 use crate::forwarding::{self, Refusal};
-use crate::headers::limit_headers;
+use crate::headers::{insert_limit_headers, limit_headers};
 use crate::key::{client_ip, RequestView};
 use crate::limiter::{Limiter, Outcome, Verdict};
 use crate::live::{Live, LiveConfig};
@@ -38,8 +38,8 @@ pub struct Gateway {
 pub struct RequestCtx {
     /// The config this request runs under, from its first phase to its last.
     live: Option<Arc<Live>>,
-    /// When the request's header was read.
-    started: Instant,
+    /// When the request's header was read (only for the access log: a clock read saved).
+    started: Option<Instant>,
     /// The decisions, whose headers go on the response (allowed) or on a gateway error.
     outcome: Option<Outcome>,
     /// What limiting made of the request, for the access log.
@@ -233,7 +233,7 @@ impl ProxyHttp for Gateway {
     fn new_ctx(&self) -> Self::CTX {
         RequestCtx {
             live: None,
-            started: Instant::now(),
+            started: self.access.enabled().then(Instant::now),
             outcome: None,
             decision: "off",
             unlimited_by: None,
@@ -351,8 +351,8 @@ impl ProxyHttp for Gateway {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         forwarding::strip_hop_by_hop(upstream_response);
-        for (name, value) in Self::limit_headers(ctx) {
-            upstream_response.insert_header(name, value)?;
+        if let (Some(outcome), Some(live)) = (&ctx.outcome, &ctx.live) {
+            insert_limit_headers(upstream_response, outcome, live.config.headers.style)?;
         }
         // An HTTP/1.0 client cannot read chunked framing: without a length, the body ends
         // when the connection closes.
@@ -448,7 +448,7 @@ impl ProxyHttp for Gateway {
             rule,
             decision: ctx.decision,
             upstream: upstream.as_deref(),
-            duration_ms: access_log::millis(ctx.started.elapsed()),
+            duration_ms: ctx.started.map_or(0.0, |t| access_log::millis(t.elapsed())),
             bytes: session.body_bytes_sent(),
         });
     }
