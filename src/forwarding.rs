@@ -78,7 +78,7 @@ pub fn set_forwarded(
 ) -> pingora::Result<()> {
     // The address is formatted once: the client is usually the peer itself.
     let peer_value = peer.map(ip_value);
-    if let (Some(peer), Some(peer_value)) = (peer, &peer_value) {
+    if let Some(peer_value) = &peer_value {
         let mut sent = req.headers.get_all(&X_FORWARDED_FOR).iter().peekable();
         let hops = if sent.peek().is_none() {
             peer_value.clone()
@@ -89,7 +89,7 @@ pub fn set_forwarded(
                 hops.extend_from_slice(v.as_bytes());
                 hops.extend_from_slice(b", ");
             }
-            let _ = write!(hops, "{peer}");
+            hops.extend_from_slice(peer_value.as_bytes());
             HeaderValue::from_maybe_shared(Bytes::from(hops))
                 .or_err(InvalidHTTPHeader, "X-Forwarded-For")?
         };
@@ -110,10 +110,13 @@ pub fn set_forwarded(
 
 /// An address as a header value, without a `String` in between.
 fn ip_value(ip: IpAddr) -> HeaderValue {
-    let mut buf = [0u8; 45];
+    // The longest text of an address is 39 bytes (IPv6).
+    let mut buf = [0u8; 48];
     let mut w = &mut buf[..];
-    let _ = write!(w, "{ip}");
-    let len = 45 - w.len();
+    if write!(w, "{ip}").is_err() {
+        return HeaderValue::from_static("unknown");
+    }
+    let len = 48 - w.len();
     // An address's text is visible ASCII.
     HeaderValue::from_bytes(&buf[..len]).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
@@ -223,6 +226,38 @@ mod tests {
         assert_eq!(r.headers["x-real-ip"], "10.0.0.2");
         assert_eq!(r.headers["x-forwarded-proto"], "http");
         assert_eq!(r.headers.get_all("x-real-ip").iter().count(), 1);
+    }
+
+    #[test]
+    fn every_forwarded_list_is_kept_byte_for_byte() {
+        let mut r = req(Version::HTTP_11, &[("Host", "a")]);
+        r.append_header("X-Forwarded-For", "1.1.1.1").unwrap();
+        r.append_header("X-Forwarded-For", "2.2.2.2, 3.3.3.3")
+            .unwrap();
+        // obs-text (a Latin-1 byte) is passed on as it came, not replaced.
+        r.append_header(
+            "X-Forwarded-For",
+            http::HeaderValue::from_bytes(b"caf\xe9").unwrap(),
+        )
+        .unwrap();
+        let peer: IpAddr = "2001:db8::1".parse().unwrap();
+        let client: IpAddr = "10.0.0.9".parse().unwrap();
+        set_forwarded(&mut r, Some(peer), Some(client), "https").unwrap();
+        assert_eq!(
+            r.headers["x-forwarded-for"].as_bytes(),
+            b"1.1.1.1, 2.2.2.2, 3.3.3.3, caf\xe9, 2001:db8::1"
+        );
+        assert_eq!(r.headers.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(r.headers["x-real-ip"], "10.0.0.9");
+        assert_eq!(r.headers["x-forwarded-proto"], "https");
+
+        // No peer address (a Unix socket): nothing appended, X-Real-IP from the client alone.
+        let mut r = req(Version::HTTP_11, &[("Host", "a"), ("X-Real-IP", "6.6.6.6")]);
+        set_forwarded(&mut r, None, None, "http").unwrap();
+        assert!(r.headers.get("x-forwarded-for").is_none());
+        assert!(r.headers.get("x-real-ip").is_none());
+        let longest: IpAddr = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap();
+        assert_eq!(ip_value(longest), "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff");
     }
 
     #[test]

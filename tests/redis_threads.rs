@@ -3,7 +3,9 @@
 //! with a single-threaded runtime as the gateway's workers have (`work_stealing = false`),
 //! call Redis through one `Redis`; then the first thread's runtime ends. Were the threads to
 //! share a connection whose driver lives on whichever runtime used it first, the second
-//! thread's next call would fail with that runtime gone; each calls on its own instead.
+//! thread's next call would fail with that runtime gone; each calls on its own instead, and
+//! each runtime holds its connection's driver. A third thread, started after the first has
+//! ended, makes its own connection too.
 
 mod common;
 
@@ -59,6 +61,13 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// The tasks alive on this thread's runtime: the connection's driver, when it lives here.
+fn tasks_here() -> usize {
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
+}
+
 fn each_thread_calls_on_its_own_runtime(redis: Arc<Redis>) {
     // Thread A makes the first connection and keeps its runtime until told to end.
     let (a_done, a_end) = (mpsc::channel::<()>(), mpsc::channel::<()>());
@@ -67,8 +76,15 @@ fn each_thread_calls_on_its_own_runtime(redis: Arc<Redis>) {
         let (done, end) = (a_done.0, a_end.1);
         thread::spawn(move || {
             let rt = runtime();
-            rt.block_on(set(&redis, "threads:a", "1"))
-                .expect("thread A's call");
+            rt.block_on(async {
+                set(&redis, "threads:a", "1")
+                    .await
+                    .expect("thread A's call");
+                assert!(
+                    tasks_here() >= 1,
+                    "thread A's connection is driven elsewhere"
+                );
+            });
             done.send(()).unwrap();
             end.recv().unwrap();
             drop(rt);
@@ -76,20 +92,28 @@ fn each_thread_calls_on_its_own_runtime(redis: Arc<Redis>) {
     };
     a_done.1.recv().unwrap();
 
-    // Thread B calls while A's runtime is alive, then again after it has ended.
+    // Thread B calls while A's runtime is alive (and parked: a call through A's connection
+    // would wait for it), then again after it has ended.
     let (b_ready, b_go) = (mpsc::channel::<()>(), mpsc::channel::<()>());
     let b = {
         let redis = redis.clone();
         let (ready, go) = (b_ready.0, b_go.1);
         thread::spawn(move || {
             let rt = runtime();
-            rt.block_on(set(&redis, "threads:b", "1"))
-                .expect("thread B's first call");
+            rt.block_on(async {
+                set(&redis, "threads:b", "1")
+                    .await
+                    .expect("thread B's first call");
+                assert!(
+                    tasks_here() >= 1,
+                    "thread B's connection is driven elsewhere"
+                );
+            });
             ready.send(()).unwrap();
             go.recv().unwrap();
             rt.block_on(async {
                 for i in 0..50 {
-                    set_once(&redis, "threads:b", &i.to_string())
+                    set(&redis, "threads:b", &i.to_string())
                         .await
                         .map_err(|e| format!("call {i} after thread A's runtime ended: {e}"))?;
                 }
@@ -104,6 +128,21 @@ fn each_thread_calls_on_its_own_runtime(redis: Arc<Redis>) {
     b.join()
         .unwrap()
         .expect("thread B keeps calling on its own connection");
+
+    // Thread C starts after A has ended, and may be handed A's thread-local slot: it makes a
+    // connection of its own rather than use one whose runtime is gone.
+    let c = thread::spawn(move || {
+        runtime().block_on(async {
+            set(&redis, "threads:c", "1").await?;
+            if tasks_here() == 0 {
+                return Err("thread C's connection is driven elsewhere".to_string());
+            }
+            Ok::<(), String>(())
+        })
+    });
+    c.join()
+        .unwrap()
+        .expect("a thread started later calls on its own connection");
 }
 
 #[test]

@@ -25,6 +25,7 @@ pub mod tls;
 pub mod topology;
 
 use std::sync::{Arc, Mutex};
+use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
@@ -122,6 +123,10 @@ struct SlotState {
     conn: Option<Conn>,
     /// The topology epoch the connection was made in.
     epoch: u64,
+    /// The thread whose runtime made the connection (and drives it). `ThreadLocal` hands the
+    /// slot of a thread that has ended to the next new thread, whose calls must not depend
+    /// on that ended runtime: a slot made by another thread is made again.
+    owner: Option<ThreadId>,
     /// A connection is being made in the background.
     connecting: bool,
     failed_at: Option<Instant>,
@@ -131,6 +136,7 @@ struct SlotState {
 /// its runtime), the slot hears of it, so no caller waits on an attempt that will not finish.
 struct Attempt {
     slot: Arc<Slot>,
+    owner: ThreadId,
     finished: bool,
 }
 
@@ -141,6 +147,7 @@ impl Attempt {
             Ok(conn) => {
                 state.conn = Some(conn);
                 state.epoch = epoch;
+                state.owner = Some(self.owner);
                 state.failed_at = None;
             }
             Err(e) => {
@@ -223,7 +230,9 @@ impl Redis {
         let epoch = *self.epoch.borrow();
         let mut made = {
             let mut state = lock(&slot.state);
-            let stale = state.conn.is_none() || state.epoch < epoch;
+            let stale = state.conn.is_none()
+                || state.epoch < epoch
+                || state.owner != Some(std::thread::current().id());
             let paused = state
                 .failed_at
                 .is_some_and(|at| at.elapsed() < RECONNECT_PAUSE);
@@ -252,6 +261,7 @@ impl Redis {
         let connecting = self.connector();
         let attempt = Attempt {
             slot,
+            owner: std::thread::current().id(),
             finished: false,
         };
         tokio::spawn(async move {
