@@ -75,5 +75,40 @@ local function gcra()
     end
   end
 
-  return peek, record, release
+  -- Grants what is conformant now (`remaining`, from peek), and moves the TAT on from the
+  -- lease's end: the state as if every slot were used then, so that slots used early cannot
+  -- overrun the burst, nor slots used late let others take the refill meanwhile. The lease
+  -- lasts at most the time its own slots take to refill (granted x T), so what it holds back
+  -- from others is never more than it was granted. The mark is the TAT before the lease.
+  local function take(key, now, now_us, limit, window, lease, _, wanted, remaining, tat)
+    local t = params(limit, window)
+    local granted = math.min(wanted, remaining)
+    local ends = math.floor((now_us + math.min(lease * 1000, granted * t)) / 1000)
+    local after = math.max(tat, ends * 1000) + granted * t
+    redis.call('SET', key, string.format('%.0f', after), 'PX', math.ceil((after - now_us) / 1000))
+    return granted, ends, tat
+  end
+
+  -- While no lease was taken after this one, the TAT goes back to what the used slots need
+  -- if they were all used now; else nothing goes back (the TAT is shared with the later
+  -- lease, which counted on it), and the slots free as the TAT passes.
+  local function give(key, _, now_us, limit, window, _, granted, unused, before, ends)
+    local t = params(limit, window)
+    local v = redis.pcall('GET', key)
+    if type(v) ~= 'string' or not tonumber(v) then
+      return 0
+    end
+    if tonumber(v) ~= math.max(before, ends * 1000) + granted * t then
+      return 0
+    end
+    local tat = math.max(before, now_us) + (granted - unused) * t
+    if tat <= now_us then
+      redis.call('DEL', key)
+    else
+      redis.call('SET', key, string.format('%.0f', tat), 'PX', math.ceil((tat - now_us) / 1000))
+    end
+    return unused
+  end
+
+  return peek, record, release, take, give
 end

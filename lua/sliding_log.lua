@@ -17,6 +17,13 @@
 --   release(key, now_ms, now_us, limit, window_ms, member, mark)
 --     takes a recorded request back (lua/release.lua: Redis Cluster, when another slot's rule
 --     refused the request); `mark` is what record returned.
+--   take(key, now_ms, now_us, limit, window_ms, lease_ms, lease_id, wanted, remaining, state)
+--     -> granted, lease_end_ms, mark
+--     reserves up to `wanted` of the `remaining` slots peek found for a lease (lua/lease.lua),
+--     each counted as if used at the lease's end, so that however the node spends them no
+--     window ever holds more than the limit.
+--   give(key, now_ms, now_us, limit, window_ms, lease_id, granted, unused, mark, lease_end_ms)
+--     -> given: takes back the `unused` slots of a lease that `take` granted.
 
 local function sliding_log()
   -- The decision as if the request were not recorded. A look-only call (`dry`) writes nothing;
@@ -82,5 +89,43 @@ local function sliding_log()
     redis.call('ZREM', key, member)
   end
 
-  return peek, record, release
+  -- Calls `command` on `key` for the members of lease `id` from `from` to `to`, each after
+  -- `score` when there is one, at most 500 at a time; returns the sum of the replies.
+  local function each_member(command, key, id, from, to, score)
+    local sum, i = 0, from
+    while i <= to do
+      local last = math.min(to, i + 499)
+      local args = {}
+      for j = i, last do
+        if score then
+          args[#args + 1] = score
+        end
+        args[#args + 1] = id .. ':' .. j
+      end
+      sum = sum + redis.call(command, key, unpack(args))
+      i = last + 1
+    end
+    return sum
+  end
+
+  -- A lease's slots are entries stamped at its end: they stay in every window that could
+  -- hold a request made with them, and leave one window after the lease.
+  local function take(key, now, _, _, window, lease, id, wanted, remaining)
+    local granted = math.min(wanted, remaining)
+    local stamp = now + lease
+    each_member('ZADD', key, id, 1, granted, stamp)
+    -- Never shorten the key's life: another lease may end later.
+    local need = stamp + window - now
+    if redis.call('PTTL', key) < need then
+      redis.call('PEXPIRE', key, need)
+    end
+    return granted, stamp, 0
+  end
+
+  -- The unused slots are the lease's last members.
+  local function give(key, _, _, _, _, id, granted, unused)
+    return each_member('ZREM', key, id, granted - unused + 1, granted)
+  end
+
+  return peek, record, release, take, give
 end

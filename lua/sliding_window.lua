@@ -86,20 +86,50 @@ local function sliding_window()
     return count, remaining - 1, until_below(count, elapsed, cur, prev, window), idx
   end
 
-  -- Takes the request back from the window it was counted in (`mark`): still the current one,
-  -- or by now the previous one.
-  local function release(key, _, _, _, window, _, mark)
+  -- Takes `n` requests back from the window they were counted in (`mark`): still the current
+  -- one, or by now the previous one. Returns how many it took back.
+  local function take_back(key, window, mark, n)
     local v = redis.pcall('HMGET', key, 'w', 'c', 'p', 'l')
     if type(v) ~= 'table' or v.err or not v[1] or tonumber(v[4]) ~= window then
-      return
+      return 0
     end
-    local w = tonumber(v[1])
-    if w == mark and (tonumber(v[2]) or 0) > 0 then
-      redis.call('HINCRBY', key, 'c', -1)
-    elseif w == mark + 1 and (tonumber(v[3]) or 0) > 0 then
-      redis.call('HINCRBY', key, 'p', -1)
+    local w, field, held = tonumber(v[1]), nil, 0
+    if w == mark then
+      field, held = 'c', tonumber(v[2]) or 0
+    elseif w == mark + 1 then
+      field, held = 'p', tonumber(v[3]) or 0
     end
+    n = math.min(n, held)
+    if n > 0 then
+      redis.call('HINCRBY', key, field, -n)
+    end
+    return n
   end
 
-  return peek, record, release
+  local function release(key, _, _, _, window, _, mark)
+    take_back(key, window, mark, 1)
+  end
+
+  -- A lease's slots count in the current window, and the lease ends with it (or sooner): a
+  -- slot is then used in the window that counts it, and decays with it afterwards.
+  local function take(key, now, _, _, window, lease, _, wanted, remaining, state)
+    local idx, cur, prev, stored = state[1], state[3], state[4], state[5]
+    local granted = math.min(wanted, remaining)
+    if stored == idx then
+      redis.call('HINCRBY', key, 'c', granted)
+    else
+      if stored == false then
+        redis.call('DEL', key)
+      end
+      redis.call('HSET', key, 'w', idx, 'c', cur + granted, 'p', prev, 'l', window)
+      redis.call('PEXPIRE', key, (idx + 2) * window - now)
+    end
+    return granted, math.min(now + lease, (idx + 1) * window), idx
+  end
+
+  local function give(key, _, _, _, window, _, _, unused, mark)
+    return take_back(key, window, mark, unused)
+  end
+
+  return peek, record, release, take, give
 end

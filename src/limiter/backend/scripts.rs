@@ -1,6 +1,6 @@
 //! The store's Lua scripts and their calls: `lua/check.lua` decides a set of checks in one
 //! call, `lua/release.lua` takes back what a check call recorded, `lua/count.lua` counts a
-//! key for listings. Each is the algorithm files followed by its driver, embedded at build
+//! key for listings, `lua/lease.lua` takes a lease of slots and gives back what it left. Each is the algorithm files followed by its driver, embedded at build
 //! time, sent with `EVALSHA` and loaded again on `NOSCRIPT`.
 
 use std::sync::Arc;
@@ -33,6 +33,27 @@ pub const COUNT_SCRIPT: &str = with_algorithms!("../../../lua/count.lua");
 /// Takes back a request's records on the slots that allowed it, when another refused it.
 const RELEASE_SCRIPT: &str = with_algorithms!("../../../lua/release.lua");
 
+/// Takes a lease of a counter's slots, and gives back the unused ones.
+const LEASE_SCRIPT: &str = with_algorithms!("../../../lua/lease.lua");
+
+/// What a lease call got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    /// Slots reserved for this node: at most the slots wanted.
+    pub granted: u64,
+    /// The counter before the lease.
+    pub count: u64,
+    /// Slots left to others after it.
+    pub remaining: u64,
+    /// When nothing was granted: how long until a slot frees.
+    pub retry_after_ms: u64,
+    /// When the lease ends, on the Redis server's clock (ms since the Unix epoch); at most
+    /// the lease asked for.
+    pub ends_ms: u64,
+    /// What giving back needs to find the slots again.
+    pub mark: i64,
+}
+
 /// Integers per check in the check script's reply.
 const REPLY_FIELDS: usize = 6;
 
@@ -48,6 +69,7 @@ pub struct Scripts {
     pub redis: Arc<Redis>,
     check: Script,
     release: Script,
+    lease: Script,
 }
 
 impl Scripts {
@@ -56,6 +78,7 @@ impl Scripts {
             redis,
             check: Script::new(SCRIPT),
             release: Script::new(RELEASE_SCRIPT),
+            lease: Script::new(LEASE_SCRIPT),
         }
     }
 
@@ -126,6 +149,84 @@ impl Scripts {
             .await
             .map(|_| ())
     }
+}
+
+impl Scripts {
+    /// Reserves up to `wanted` of `check`'s slots for lease `id` (unique across nodes) of
+    /// `lease_ms`, within `timeout_ms`.
+    pub async fn take(
+        &self,
+        check: &Check,
+        wanted: u64,
+        lease_ms: u64,
+        id: &str,
+    ) -> Result<Grant, StoreError> {
+        let mut invocation = self.lease.prepare_invoke();
+        invocation
+            .key(format!("{KEY_PREFIX}{}", check.key))
+            .arg("take");
+        algorithm_args(&mut invocation, check);
+        invocation.arg(wanted.max(1)).arg(lease_ms.max(1)).arg(id);
+        let invocation = &invocation;
+        let reply: Vec<i64> = self
+            .redis
+            .retried(self.redis.timeout(), |mut conn| async move {
+                invocation.invoke_async(&mut conn).await
+            })
+            .await?;
+        let n = |v: i64| v.max(0) as u64;
+        match reply[..] {
+            [granted, count, remaining, retry, ends, mark] => Ok(Grant {
+                granted: n(granted),
+                count: n(count),
+                remaining: n(remaining),
+                retry_after_ms: n(retry),
+                ends_ms: n(ends),
+                mark,
+            }),
+            _ => Err(StoreError::Reply(format!(
+                "unexpected lease reply {reply:?}"
+            ))),
+        }
+    }
+
+    /// Gives back `unused` of the `granted` slots of lease `id`; returns how many went back
+    /// (with GCRA, none once another lease has been taken after this one).
+    pub async fn give(
+        &self,
+        check: &Check,
+        id: &str,
+        grant: &Grant,
+        unused: u64,
+    ) -> Result<u64, StoreError> {
+        let mut invocation = self.lease.prepare_invoke();
+        invocation
+            .key(format!("{KEY_PREFIX}{}", check.key))
+            .arg("give");
+        algorithm_args(&mut invocation, check);
+        invocation
+            .arg(id)
+            .arg(grant.granted)
+            .arg(unused.min(grant.granted))
+            .arg(grant.mark)
+            .arg(grant.ends_ms);
+        let invocation = &invocation;
+        let reply: Vec<i64> = self
+            .redis
+            .retried(self.redis.slow_timeout(), |mut conn| async move {
+                invocation.invoke_async(&mut conn).await
+            })
+            .await?;
+        Ok(reply.first().map_or(0, |v| (*v).max(0) as u64))
+    }
+}
+
+/// A check's algorithm, limit and window, as the scripts take them.
+fn algorithm_args(invocation: &mut redis::ScriptInvocation<'_>, check: &Check) {
+    invocation
+        .arg(check.limit.algorithm.script_id())
+        .arg(check.limit.quota.limit.get())
+        .arg(check.limit.quota.window_ms.get());
 }
 
 fn parse_reply(checks: &[&Check], reply: &[i64]) -> Result<Reply, StoreError> {

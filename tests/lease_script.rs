@@ -1,0 +1,186 @@
+//! The lease script (lua/lease.lua, contract §11) against a real Redis, for every algorithm:
+//! leases taken by several nodes never hold more than the limit between them; what is given
+//! back can be taken again; a key whose slots are all leased refuses the check script too;
+//! each algorithm's lease ends when its slots are counted no longer (GCRA: within the refill
+//! of its own slots; sliding window: with the window); a sliding-log lease's slots count
+//! until one window after it ends. The gateway does not use leases yet.
+
+mod common;
+
+use std::num::{NonZeroU32, NonZeroU64};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::procs::RedisServer;
+use ratelimiter::config::Config;
+use ratelimiter::limiter::backend::scripts::Scripts;
+use ratelimiter::limiter::{Algorithm, Check, Limit, Mode, Quota};
+use ratelimiter::redis::Redis;
+
+const ALGORITHMS: [Algorithm; 3] = [
+    Algorithm::SlidingLog,
+    Algorithm::Gcra,
+    Algorithm::SlidingWindow,
+];
+
+fn scripts(server: &RedisServer) -> Scripts {
+    let body = format!("[redis]\nurl = \"{}\"\n", server.url());
+    let config = Config::parse("test.toml", &body, &|_| None).expect("config");
+    let redis = Redis::new(config.redis.as_ref().unwrap()).expect("clients");
+    Scripts::new(Arc::new(redis))
+}
+
+fn check(key: &str, algorithm: Algorithm, limit: u32, window_ms: u64) -> Check {
+    Check {
+        rule: "api",
+        key: key.to_string(),
+        limit: Limit {
+            algorithm,
+            quota: Quota {
+                limit: NonZeroU32::new(limit).unwrap(),
+                window_ms: NonZeroU64::new(window_ms).unwrap(),
+            },
+        },
+        shadow: false,
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The Redis server's clock, in ms.
+fn server_ms(server: &RedisServer) -> u64 {
+    let (s, us): (u64, u64) = redis::cmd("TIME").query(&mut server.conn()).unwrap();
+    s * 1000 + us / 1000
+}
+
+#[test]
+fn leases_share_the_limit_and_what_goes_back_can_be_taken_again() {
+    let server = RedisServer::start();
+    let s = scripts(&server);
+    let rt = runtime();
+    for algorithm in ALGORITHMS {
+        let name = algorithm.name();
+        let c = check(&format!("lease:{name}"), algorithm, 100, 60_000);
+        rt.block_on(async {
+            let before = server_ms(&server);
+            let a = s.take(&c, 30, 60_000, "node-a:1").await.unwrap();
+            let b = s.take(&c, 50, 60_000, "node-b:1").await.unwrap();
+            let cc = s.take(&c, 50, 60_000, "node-c:1").await.unwrap();
+            let total = a.granted + b.granted + cc.granted;
+            assert_eq!(a.granted, 30, "{name}: the first lease gets what it asks");
+            assert!(total <= 100, "{name}: {total} slots leased, limit 100");
+            match algorithm {
+                // The counting algorithms lease the whole limit out.
+                Algorithm::SlidingLog | Algorithm::SlidingWindow => {
+                    assert_eq!((b.granted, cc.granted), (50, 20), "{name}");
+                }
+                // GCRA also holds back the refill during each lease (at most its own size).
+                Algorithm::Gcra => {
+                    assert!(total >= 100 - a.granted - b.granted, "{name}: {total}");
+                }
+            }
+            let none = s.take(&c, 1, 60_000, "node-d:1").await.unwrap();
+            assert_eq!(none.granted, 0, "{name}: nothing left");
+            assert!(none.retry_after_ms > 0, "{name}: {none:?}");
+
+            // The check script sees the leased slots as used.
+            let refused = s.call(&[&c], Mode::RECORD, "req-1", true).await.unwrap();
+            assert!(
+                !refused.decisions[0].allowed,
+                "{name}: a check past the leases"
+            );
+
+            // Node C gives back 10 unused slots: they can be taken again, once.
+            let unused = cc.granted.min(10);
+            let given = s.give(&c, "node-c:1", &cc, unused).await.unwrap();
+            assert_eq!(given, unused, "{name}");
+            let again = s.take(&c, 50, 60_000, "node-d:2").await.unwrap();
+            assert!(again.granted >= unused, "{name}: {again:?}");
+            if algorithm != Algorithm::Gcra {
+                assert_eq!(again.granted, 10, "{name}");
+            }
+            let none = s.take(&c, 1, 60_000, "node-d:3").await.unwrap();
+            assert_eq!(none.granted, 0, "{name}");
+            // Node A's lease has later ones built on it: a counting algorithm takes its slots
+            // back; GCRA, whose later leases counted on its time, keeps them until they pass.
+            let given = s.give(&c, "node-a:1", &a, 10).await.unwrap();
+            let expected = if algorithm == Algorithm::Gcra { 0 } else { 10 };
+            assert_eq!(given, expected, "{name}");
+
+            // Where each lease ends.
+            let after = server_ms(&server);
+            match algorithm {
+                Algorithm::SlidingLog => {
+                    assert!(a.ends_ms >= before + 60_000 && a.ends_ms <= after + 60_000)
+                }
+                Algorithm::Gcra => {
+                    // 30 slots of a 600 ms interval refill in 18 s.
+                    assert!(a.ends_ms >= before + 18_000 && a.ends_ms <= after + 18_000)
+                }
+                Algorithm::SlidingWindow => {
+                    let window_end = (before / 60_000 + 1) * 60_000;
+                    assert!(a.ends_ms <= window_end.max((after / 60_000 + 1) * 60_000));
+                    assert!(a.ends_ms > before);
+                }
+            }
+        });
+    }
+}
+
+#[test]
+fn given_back_slots_free_exactly_and_a_lease_past_the_limit_is_cut() {
+    let server = RedisServer::start();
+    let s = scripts(&server);
+    let rt = runtime();
+    for algorithm in ALGORITHMS {
+        let name = algorithm.name();
+        let c = check(&format!("give:{name}"), algorithm, 10, 60_000);
+        rt.block_on(async {
+            let a = s.take(&c, 1_000, 60_000, "a:1").await.unwrap();
+            assert_eq!(a.granted, 10, "{name}: cut to the limit");
+            assert_eq!(a.remaining, 0, "{name}");
+            // Everything back: the key is as good as fresh.
+            assert_eq!(s.give(&c, "a:1", &a, 10).await.unwrap(), 10, "{name}");
+            let d = s.call(&[&c], Mode::RECORD, "req-1", true).await.unwrap();
+            assert!(d.decisions[0].allowed, "{name}: {:?}", d.decisions[0]);
+            assert_eq!(d.decisions[0].remaining, 9, "{name}: {:?}", d.decisions[0]);
+            // Giving back more than was left unused takes back no more than the lease.
+            let b = s.take(&c, 3, 60_000, "b:1").await.unwrap();
+            assert_eq!(b.granted, 3, "{name}");
+            assert!(s.give(&c, "b:1", &b, 99).await.unwrap() <= 3, "{name}");
+        });
+    }
+}
+
+#[test]
+fn a_sliding_log_lease_counts_until_one_window_after_it_ends() {
+    let server = RedisServer::start();
+    let s = scripts(&server);
+    let rt = runtime();
+    let (window, lease) = (400, 300);
+    let c = check("expiry:sliding_log", Algorithm::SlidingLog, 5, window);
+    rt.block_on(async {
+        let a = s.take(&c, 5, lease, "a:1").await.unwrap();
+        assert_eq!(a.granted, 5);
+        let started = Instant::now();
+        loop {
+            let d = s.call(&[&c], Mode::RECORD, "probe", true).await.unwrap();
+            let now = server_ms(&server);
+            if d.decisions[0].allowed {
+                assert!(
+                    now >= a.ends_ms + window,
+                    "allowed at {now}, before the lease's end {} plus the window",
+                    a.ends_ms
+                );
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(5), "never freed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+}
