@@ -11,7 +11,8 @@
 -- take:     ARGV[5] slots wanted (> 0), ARGV[6] lease_ms (> 0), ARGV[7] a lease id unique
 --           across every gateway node
 --           -> granted, count (before), remaining (after), retry_after_ms (when none was
---              granted), lease_end_ms (this server's clock), mark (for give)
+--              granted), lease_end_ms (this server's clock), mark (for give), and the ms
+--              left until the lease ends
 -- give:     ARGV[5] the lease id, ARGV[6] slots granted, ARGV[7] slots unused, ARGV[8] mark,
 --           ARGV[9] lease_end_ms, as take returned them
 --           -> slots given back (GCRA: none once a later lease has built on this one)
@@ -32,11 +33,11 @@ if op == 'take' then
   local room, count, remaining, retry, _, state = peek(key, now, now_us, limit, window, false,
     false)
   if room == 0 then
-    return {0, count, 0, retry, 0, 0}
+    return {0, count, 0, retry, 0, 0, 0}
   end
   local granted, ends, mark = take(key, now, now_us, limit, window, tonumber(ARGV[6]), ARGV[7],
     tonumber(ARGV[5]), remaining, state)
-  return {granted, count, remaining - granted, 0, ends, mark}
+  return {granted, count, remaining - granted, 0, ends, mark, ends - now}
 elseif op == 'give' then
   return {give(key, now, now_us, limit, window, ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]),
     tonumber(ARGV[8]), tonumber(ARGV[9]))}

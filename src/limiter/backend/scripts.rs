@@ -52,6 +52,8 @@ pub struct Grant {
     pub ends_ms: u64,
     /// What giving back needs to find the slots again.
     pub mark: i64,
+    /// How long the lease lasts from the server's answer.
+    pub left_ms: u64,
 }
 
 /// Integers per check in the check script's reply.
@@ -176,13 +178,14 @@ impl Scripts {
             .await?;
         let n = |v: i64| v.max(0) as u64;
         match reply[..] {
-            [granted, count, remaining, retry, ends, mark] => Ok(Grant {
+            [granted, count, remaining, retry, ends, mark, left] => Ok(Grant {
                 granted: n(granted),
                 count: n(count),
                 remaining: n(remaining),
                 retry_after_ms: n(retry),
                 ends_ms: n(ends),
                 mark,
+                left_ms: n(left),
             }),
             _ => Err(StoreError::Reply(format!(
                 "unexpected lease reply {reply:?}"

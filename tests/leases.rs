@@ -3,7 +3,11 @@
 //! back can be taken again; a key whose slots are all leased refuses the check script too;
 //! each algorithm's lease ends when its slots are counted no longer (GCRA: within the refill
 //! of its own slots; sliding window: with the window); a sliding-log lease's slots count
-//! until one window after it ends. The gateway does not use leases yet.
+//! until one window after it ends. Then the lease table of `src/limiter/backend/lease.rs`:
+//! three nodes deciding thousands of concurrent requests on one key never allow more than the
+//! limit, and once their leases have gone back exactly the limit (GCRA: within what it holds
+//! back), with about one script call per lease size of allowed requests. The gateway does
+//! not use leases yet.
 
 mod common;
 
@@ -13,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::procs::RedisServer;
 use ratelimiter::config::Config;
+use ratelimiter::limiter::backend::lease::Leases;
 use ratelimiter::limiter::backend::scripts::Scripts;
 use ratelimiter::limiter::{Algorithm, Check, Limit, Mode, Quota};
 use ratelimiter::redis::Redis;
@@ -183,4 +188,150 @@ fn a_sliding_log_lease_counts_until_one_window_after_it_ends() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });
+}
+
+/// Script calls Redis has run (EVALSHA and EVAL), from its command statistics.
+fn script_calls(server: &RedisServer) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut server.conn())
+        .unwrap();
+    info.lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// `tasks` tasks per node, each making `requests` requests on `c`, all at once: how many
+/// were allowed.
+async fn burst(
+    nodes: &[Arc<Leases>],
+    c: &Check,
+    tasks: usize,
+    requests: usize,
+    size: u64,
+    lease_ms: u64,
+) -> u64 {
+    let mut running = Vec::new();
+    for node in nodes {
+        for _ in 0..tasks {
+            let (node, c) = (node.clone(), c.clone());
+            running.push(tokio::spawn(async move {
+                let mut n = 0u64;
+                for _ in 0..requests {
+                    if node.decide(&c, size, lease_ms).await.unwrap().allowed {
+                        n += 1;
+                    }
+                }
+                n
+            }));
+        }
+    }
+    let mut total = 0;
+    for t in running {
+        total += t.await.unwrap();
+    }
+    total
+}
+
+#[test]
+fn three_nodes_on_leases_never_exceed_the_limit_and_give_everything_back() {
+    let server = RedisServer::start();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (limit, size, lease_ms) = (500u32, 10u64, 60_000u64);
+    for algorithm in ALGORITHMS {
+        let name = algorithm.name();
+        let c = check(&format!("nodes:{name}"), algorithm, limit, 60_000);
+        let nodes: Vec<Arc<Leases>> = (0..3)
+            .map(|i| Arc::new(Leases::new(Arc::new(scripts(&server)), format!("node-{i}"))))
+            .collect();
+        let calls_before = script_calls(&server);
+        // 3 nodes x 50 tasks x 20 requests, all at once.
+        let allowed = rt.block_on(burst(&nodes, &c, 50, 20, size, lease_ms));
+        let calls = script_calls(&server) - calls_before;
+        assert!(allowed <= u64::from(limit), "{name}: {allowed} allowed");
+        // Refused requests are answered from memory: the calls are about one per lease.
+        assert!(
+            calls <= allowed / size + 3 * 3,
+            "{name}: {calls} script calls for {allowed} allowed"
+        );
+
+        // Every node gives back what it holds; then one node takes what is left.
+        rt.block_on(async {
+            for n in &nodes {
+                n.give_back_all().await;
+            }
+        });
+        let more: u64 = rt.block_on(async {
+            let mut m = 0u64;
+            while nodes[0].decide(&c, size, lease_ms).await.unwrap().allowed {
+                m += 1;
+                assert!(m <= u64::from(limit), "{name}: no end");
+            }
+            m
+        });
+        let total = allowed + more;
+        eprintln!("{name}: {allowed} of 3000 allowed with {calls} script calls, {more} more after the leases went back");
+        match algorithm {
+            Algorithm::Gcra => {
+                // A node's give-back is refused once another lease was built on it, and each
+                // lease holds back at most its own size: never above the limit (plus the
+                // refill of the seconds the test takes), never short by more than that.
+                let refill = 5;
+                assert!(total <= u64::from(limit) + refill, "{name}: {total}");
+                assert!(total + 2 * 3 * size >= u64::from(limit), "{name}: {total}");
+            }
+            _ => assert_eq!(total, u64::from(limit), "{name}: {allowed} + {more}"),
+        }
+
+        // Fewer requests than the limit: the nodes keep unused slots, which go back.
+        let c = check(&format!("partial:{name}"), algorithm, limit, 60_000);
+        let few = rt.block_on(burst(&nodes, &c, 7, 7, size, lease_ms));
+        assert_eq!(few, 3 * 7 * 7, "{name}: all allowed");
+        let held: u64 = nodes
+            .iter()
+            .flat_map(|n| n.leased())
+            .filter(|(k, _)| *k == c.key)
+            .map(|(_, unused)| unused)
+            .sum();
+        assert!(
+            held > 0 && held < 3 * size,
+            "{name}: {held} slots held unused"
+        );
+        rt.block_on(async {
+            for n in &nodes {
+                n.give_back_all().await;
+            }
+        });
+        let rest: u64 = rt.block_on(async {
+            let mut m = 0u64;
+            while nodes[1].decide(&c, size, lease_ms).await.unwrap().allowed {
+                m += 1;
+                assert!(m <= u64::from(limit), "{name}: no end");
+            }
+            m
+        });
+        eprintln!("{name}: {few} allowed, {held} leased and unused went back, then {rest} more");
+        match algorithm {
+            Algorithm::Gcra => {
+                assert!(few + rest <= u64::from(limit) + 5, "{name}: {few} + {rest}");
+                assert!(
+                    few + rest + 2 * 3 * size >= u64::from(limit),
+                    "{name}: {few} + {rest}"
+                );
+            }
+            _ => assert_eq!(few + rest, u64::from(limit), "{name}: {few} + {rest}"),
+        }
+    }
 }

@@ -1,0 +1,230 @@
+//! Leases (contract §11): this node's share of a shared counter, taken from Redis in batches
+//! (`lua/lease.lua`) and spent here, so most requests are decided without a store call.
+//!
+//! A key's lease is used until its slots are spent or it ends; then what is left goes back
+//! and a new one is taken, by one request while the others on that key wait for it. The
+//! script counts every slot of a lease as used, so the limit holds across nodes whatever this
+//! node does with them; unused slots only keep others out until they go back (when the lease
+//! is replaced, by [`Leases::give_back_ended`], or at shutdown by [`Leases::give_back_all`]).
+//!
+//! Not yet used by the gateway: the rules' `sync = "lease"` is still to be wired in.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::scripts::{Grant, Scripts};
+use crate::limiter::{Check, Decision, StoreError};
+use crate::sync::lock;
+
+/// One key's lease, while held.
+struct Held {
+    id: String,
+    grant: Grant,
+    used: u64,
+    /// When the lease ends, on this node's clock (measured from before the call, so never
+    /// later than the server's end).
+    ends: Instant,
+    check: Check,
+}
+
+impl Held {
+    fn unused(&self) -> u64 {
+        self.grant.granted - self.used
+    }
+
+    fn usable(&self, now: Instant) -> bool {
+        now < self.ends && self.unused() > 0
+    }
+
+    /// The decision for a request that took a slot of this lease: what is left is this
+    /// lease's unused slots and what others had not leased when it was taken.
+    fn decision(&self) -> Decision {
+        let limit = self.check.limit.quota.limit.get();
+        let remaining = (self.grant.remaining + self.unused()).min(u64::from(limit));
+        Decision {
+            allowed: true,
+            count: u64::from(limit) - remaining,
+            limit,
+            remaining,
+            retry_after_ms: 0,
+            reset_ms: 0,
+        }
+    }
+}
+
+/// A key's state on this node: its lease, or, when none could be had, until when requests
+/// are refused without asking again.
+#[derive(Default)]
+struct State {
+    lease: Option<Held>,
+    refused: Option<(Instant, Decision)>,
+}
+
+type Slot = Arc<tokio::sync::Mutex<State>>;
+
+pub struct Leases {
+    scripts: Arc<Scripts>,
+    /// Unique per process: with `seq`, makes every lease id unique across nodes.
+    instance: String,
+    seq: AtomicU64,
+    held: Mutex<HashMap<String, Slot>>,
+    /// Script calls made (takes and gives).
+    calls: AtomicU64,
+}
+
+impl Leases {
+    pub fn new(scripts: Arc<Scripts>, instance: String) -> Leases {
+        Leases {
+            scripts,
+            instance,
+            seq: AtomicU64::new(0),
+            held: Mutex::new(HashMap::new()),
+            calls: AtomicU64::new(0),
+        }
+    }
+
+    fn slot(&self, key: &str) -> Slot {
+        lock(&self.held).entry(key.to_string()).or_default().clone()
+    }
+
+    /// Decides one request on `check` from this node's lease of its key, taking a lease of
+    /// `size` slots for `lease_ms` when none is usable.
+    pub async fn decide(
+        &self,
+        check: &Check,
+        size: u64,
+        lease_ms: u64,
+    ) -> Result<Decision, StoreError> {
+        let slot = self.slot(&check.key);
+        let mut state = slot.lock().await;
+        let now = Instant::now();
+        if let Some(h) = state.lease.as_mut().filter(|h| h.usable(now)) {
+            h.used += 1;
+            return Ok(h.decision());
+        }
+        if let Some((until, refused)) = state.refused.filter(|(until, _)| now < *until) {
+            let left = until.saturating_duration_since(now).as_millis() as u64;
+            let wait = left.max(1).min(refused.retry_after_ms.max(1));
+            return Ok(Decision {
+                retry_after_ms: wait,
+                reset_ms: wait,
+                ..refused
+            });
+        }
+        state.refused = None;
+        // Spent or over: the unused slots go back before the next lease is taken (with GCRA
+        // they could not once a later lease is built on this one).
+        if let Some(old) = state.lease.take() {
+            self.give(&old).await;
+        }
+        let id = format!(
+            "{}:l{}",
+            self.instance,
+            self.seq.fetch_add(1, Ordering::Relaxed)
+        );
+        let asked = Instant::now();
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let grant = self.scripts.take(check, size, lease_ms, &id).await?;
+        if grant.granted == 0 {
+            let limit = check.limit.quota.limit.get();
+            let wait = grant.retry_after_ms.max(1);
+            let refused = Decision {
+                allowed: false,
+                count: grant.count.max(u64::from(limit)),
+                limit,
+                remaining: 0,
+                retry_after_ms: wait,
+                reset_ms: wait,
+            };
+            // Asked again when a slot frees, or sooner when other nodes' leases end and give
+            // back what they did not use.
+            let again = Duration::from_millis(wait.min(lease_ms.max(1)));
+            state.refused = Some((asked + again, refused));
+            return Ok(refused);
+        }
+        let h = state.lease.insert(Held {
+            id,
+            grant,
+            used: 1,
+            ends: asked + Duration::from_millis(grant.left_ms),
+            check: check.clone(),
+        });
+        Ok(h.decision())
+    }
+
+    /// Gives back what a lease left unused; a failure only keeps the slots out of use until
+    /// they would have left the window anyway.
+    async fn give(&self, held: &Held) {
+        if held.unused() == 0 {
+            return;
+        }
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self
+            .scripts
+            .give(&held.check, &held.id, &held.grant, held.unused())
+            .await
+        {
+            log::debug!(
+                "giving back {} slots of {}: {e}",
+                held.unused(),
+                held.check.key
+            );
+        }
+    }
+
+    /// Gives back the unused slots of leases that have ended, and forgets their keys.
+    pub async fn give_back_ended(&self) {
+        self.give_back(|h| !h.usable(Instant::now()), false).await;
+    }
+
+    /// Gives back every unused slot (at shutdown).
+    pub async fn give_back_all(&self) {
+        self.give_back(|_| true, true).await;
+    }
+
+    async fn give_back(&self, done: impl Fn(&Held) -> bool, all: bool) {
+        let slots: Vec<(String, Slot)> = lock(&self.held)
+            .iter()
+            .map(|(k, s)| (k.clone(), s.clone()))
+            .collect();
+        for (key, slot) in slots {
+            let mut state = slot.lock().await;
+            if state.lease.as_ref().is_some_and(&done) {
+                if let Some(old) = state.lease.take() {
+                    self.give(&old).await;
+                }
+            }
+            let now = Instant::now();
+            if state.refused.is_some_and(|(until, _)| now >= until || all) {
+                state.refused = None;
+            }
+            if state.lease.is_none() && state.refused.is_none() {
+                drop(state);
+                let mut map = lock(&self.held);
+                // Forgotten unless a request is using it right now.
+                if map.get(&key).is_some_and(|s| Arc::strong_count(s) == 2) {
+                    map.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Slots leased by this node and not yet used, per key.
+    pub fn leased(&self) -> Vec<(String, u64)> {
+        lock(&self.held)
+            .iter()
+            .filter_map(|(k, s)| {
+                let state = s.try_lock().ok()?;
+                let unused = state.lease.as_ref().map_or(0, Held::unused);
+                (unused > 0).then(|| (k.clone(), unused))
+            })
+            .collect()
+    }
+
+    /// Script calls made so far (takes and gives).
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+}
