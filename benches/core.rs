@@ -45,6 +45,7 @@ fn check(key: &str, limit: u32) -> Check {
         key: key.to_string(),
         limit: Limit::sliding_log(quota(limit).limit, quota(limit).window_ms),
         shadow: false,
+        sync: ratelimiter::limiter::SyncMode::Exact,
     }
 }
 

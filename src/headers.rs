@@ -140,6 +140,7 @@ mod tests {
                 NonZeroU64::new(window_ms).unwrap(),
             ),
             shadow,
+            sync: crate::limiter::SyncMode::Exact,
         }
     }
 

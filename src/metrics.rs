@@ -38,6 +38,8 @@ pub struct Metrics {
     pub node_up: IntGauge,
     pub active_counters: IntGauge,
     store_errors: IntCounterVec,
+    /// Lease script calls, per rule (contract §11).
+    pub lease_calls: IntCounterVec,
     reloads: IntCounterVec,
     config_loaded: Gauge,
     /// Responses by status class, `1xx`..`5xx`.
@@ -129,6 +131,13 @@ impl Metrics {
             ),
             &["kind"],
         )?;
+        let lease_calls = IntCounterVec::new(
+            Opts::new(
+                "ratelimiter_lease_calls_total",
+                "Lease script calls (taking slots of a shared counter, or giving them back), by rule.",
+            ),
+            &["rule"],
+        )?;
         let reloads = IntCounterVec::new(
             Opts::new(
                 "ratelimiter_config_reloads_total",
@@ -172,6 +181,7 @@ impl Metrics {
         registry.register(Box::new(node_up.clone()))?;
         registry.register(Box::new(active_counters.clone()))?;
         registry.register(Box::new(store_errors.clone()))?;
+        registry.register(Box::new(lease_calls.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(config_loaded.clone()))?;
         // Each label value is present from the start, so `rate()` over it never starts
@@ -189,6 +199,7 @@ impl Metrics {
             node_up,
             active_counters,
             store_errors,
+            lease_calls,
             reloads,
             config_loaded,
             responses,
@@ -300,6 +311,7 @@ mod tests {
             key: key.to_string(),
             limit: Limit::sliding_log(NonZeroU32::new(5).unwrap(), NonZeroU64::new(1000).unwrap()),
             shadow,
+            sync: crate::limiter::SyncMode::Exact,
         }
     }
 

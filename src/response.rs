@@ -97,6 +97,7 @@ mod tests {
                 NonZeroU64::new(60_000).unwrap(),
             ),
             shadow: false,
+            sync: crate::limiter::SyncMode::Exact,
         };
         assert_eq!(
             decision_json(&d),

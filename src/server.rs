@@ -47,6 +47,7 @@ impl Shared {
             Some(redis) => {
                 let store =
                     RedisStore::new(redis).map_err(|e| format!("cannot set up Redis: {e}"))?;
+                store.leases().count_calls_in(metrics.lease_calls.clone());
                 let registry = Registry::new(&config.node, Some(store.redis()));
                 (
                     Arc::new(store),
@@ -205,6 +206,7 @@ pub fn run(config: Config, path: Option<String>) -> Result<(), String> {
             metrics: shared.metrics.clone(),
         }),
     });
+    shared.limiter.backend().give_back_leases();
     shared.access.flush();
     log::info!("node {} stopped", config.node.id);
     Ok(())

@@ -249,9 +249,17 @@ const EXPECTED: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "rule_bad_sync",
+        &[
+            r#"3:8: [[rules]] #1 sync: expected "exact" or "lease", found "eventual""#,
+            r#"9:14: [[rules]] #2 lease_size: applies only with sync = "lease""#,
+            r#"15:12: [[rules]] #3 lease_ms: expected an integer 1..=60000, found integer 0"#,
+        ],
+    ),
+    (
         "rule_unknown_key",
         &[
-            r#"4:1: unknown key `burst` in [[rules]] #1; expected one of: name, methods, path, path_prefix, path_regex, host, key, limit, window_ms, algorithm, shadow, skip_default, unlimited, overrides"#,
+            r#"4:1: unknown key `burst` in [[rules]] #1; expected one of: name, methods, path, path_prefix, path_regex, host, key, limit, window_ms, algorithm, shadow, skip_default, unlimited, overrides, sync, lease_size, lease_ms"#,
         ],
     ),
     (
@@ -281,7 +289,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
             r#"33:47: [[rules]] #6 overrides: "10.0.0.7": expected an integer 1..=4294967295, found integer 0"#,
             r#"39:13: [[rules]] #7 overrides: a rule keyed by "global" has one counter; overrides need key = "ip" or "header:<Header-Name>""#,
             r#"45:16: [[rules]] #8 skip_default: a shadow rule never changes what is enforced; remove skip_default or shadow"#,
-            r#"46:1: unknown key `limt` in [[rules]] #8; expected one of: name, methods, path, path_prefix, path_regex, host, key, limit, window_ms, algorithm, shadow, skip_default, unlimited, overrides"#,
+            r#"46:1: unknown key `limt` in [[rules]] #8; expected one of: name, methods, path, path_prefix, path_regex, host, key, limit, window_ms, algorithm, shadow, skip_default, unlimited, overrides, sync, lease_size, lease_ms"#,
         ],
     ),
     (

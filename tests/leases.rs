@@ -15,7 +15,8 @@ use std::num::{NonZeroU32, NonZeroU64};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::procs::RedisServer;
+use common::procs::{Gateway, RedisServer};
+use common::upstream::Upstream;
 use ratelimiter::config::Config;
 use ratelimiter::limiter::backend::lease::Leases;
 use ratelimiter::limiter::backend::scripts::Scripts;
@@ -47,6 +48,7 @@ fn check(key: &str, algorithm: Algorithm, limit: u32, window_ms: u64) -> Check {
             },
         },
         shadow: false,
+        sync: ratelimiter::limiter::SyncMode::Exact,
     }
 }
 
@@ -334,4 +336,99 @@ fn three_nodes_on_leases_never_exceed_the_limit_and_give_everything_back() {
             _ => assert_eq!(few + rest, u64::from(limit), "{name}: {few} + {rest}"),
         }
     }
+}
+
+/// `clients` connections spread over `addrs`, each making `each` requests on one key, all at
+/// once: (allowed, refused).
+fn hammer(addrs: &[String], clients: usize, each: usize, key: &str) -> (usize, usize) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let allowed = Arc::new(AtomicUsize::new(0));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let barrier = Arc::new(std::sync::Barrier::new(clients));
+    let threads: Vec<_> = (0..clients)
+        .map(|i| {
+            let addr = addrs[i % addrs.len()].clone();
+            let (allowed, refused, barrier) = (allowed.clone(), refused.clone(), barrier.clone());
+            let key = key.to_string();
+            std::thread::spawn(move || {
+                let mut conn = common::http::Conn::open(&addr).unwrap();
+                barrier.wait();
+                for _ in 0..each {
+                    let r = conn.get("/", &[("X-Api-Key", &key)]).unwrap();
+                    match r.status {
+                        200 => allowed.fetch_add(1, Ordering::SeqCst),
+                        429 => refused.fetch_add(1, Ordering::SeqCst),
+                        other => panic!("unexpected status {other}: {r:?}"),
+                    };
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    (
+        allowed.load(Ordering::SeqCst),
+        refused.load(Ordering::SeqCst),
+    )
+}
+
+fn lease_gateways(redis: &RedisServer, up: &Upstream, n: usize, limit: u32) -> Vec<Gateway> {
+    let body = format!(
+        "[redis]\nurl = \"{}\"\ntimeout_ms = 2000\n[limits]\nenabled = true\n[[rules]]\nname = \"api\"\npath_prefix = \"/\"\nkey = \"header:X-Api-Key\"\nlimit = {limit}\nwindow_ms = 60000\nskip_default = true\nsync = \"lease\"\nlease_size = 10\nlease_ms = 60000\n",
+        redis.url()
+    );
+    let upstreams = format!("upstreams = [\"{}\"]", up.addr);
+    (0..n).map(|_| Gateway::start(&upstreams, &body)).collect()
+}
+
+#[test]
+fn three_gateways_on_leases_stay_within_the_limit_and_sigterm_gives_back() {
+    const LIMIT: u32 = 300;
+    let redis = RedisServer::start();
+    let up = Upstream::start();
+    let mut nodes = lease_gateways(&redis, &up, 3, LIMIT);
+    let addrs: Vec<String> = nodes.iter().map(|n| n.proxy.clone()).collect();
+
+    let before = script_calls(&redis);
+    let (allowed, refused) = hammer(&addrs, 30, 30, "shared");
+    let calls = script_calls(&redis) - before;
+    eprintln!("900 requests: {allowed} allowed, {refused} refused, {calls} script calls");
+    assert!(
+        allowed <= LIMIT as usize,
+        "{allowed} allowed, limit {LIMIT}"
+    );
+    assert_eq!(allowed + refused, 900);
+    assert!(allowed as u64 / 10 <= calls && calls <= allowed as u64 / 10 + 3 * 4);
+    let metrics = common::http::get(&nodes[0].admin, "/metrics", &[]).unwrap();
+    assert!(
+        metrics
+            .body
+            .lines()
+            .any(|l| l.starts_with("ratelimiter_lease_calls_total{") && l.contains("rule=\"api\"")),
+        "the lease calls are counted: {}",
+        metrics.body
+    );
+
+    // A few requests each on a second key leave each node holding unused slots, shown in
+    // /api/counters; SIGTERM gives them back.
+    let (few, _) = hammer(&addrs, 3, 4, "partial");
+    assert_eq!(few, 12);
+    let listed = common::http::get(&nodes[0].admin, "/api/counters", &[]).unwrap();
+    let text = listed.body.clone();
+    assert!(text.contains("\"leased\""), "{text}");
+    for n in &nodes {
+        n.signal("TERM");
+    }
+    for n in &mut nodes {
+        assert_eq!(n.wait_exit(Duration::from_secs(10)), Some(0));
+    }
+    // A fresh node can have everything the others did not use.
+    let fresh = lease_gateways(&redis, &up, 1, LIMIT);
+    let (rest, _) = hammer(&[fresh[0].proxy.clone()], 1, LIMIT as usize + 5, "partial");
+    assert_eq!(
+        few + rest,
+        LIMIT as usize,
+        "{few} before, {rest} after SIGTERM"
+    );
 }

@@ -166,6 +166,7 @@ async fn run(store: &dyn Backend, trace: &[Event], start: Instant) -> Seen {
                     NonZeroU64::new(WINDOW_MS).unwrap(),
                 ),
                 shadow: *shadow,
+                sync: ratelimiter::limiter::SyncMode::Exact,
             })
             .collect();
         // Ask for reset_ms too, so the scripts' extra reads are covered.

@@ -52,6 +52,13 @@ struct CounterOut<'a> {
     limit: u32,
     remaining: u64,
     rule: &'a str,
+    /// Slots this node has leased and not yet used (contract §11), shown when non-zero.
+    #[serde(skip_serializing_if = "is_zero")]
+    leased: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Serialize)]
@@ -242,6 +249,7 @@ impl AdminApp {
                 limit: *limit,
                 remaining: u64::from(*limit).saturating_sub(c.count),
                 rule,
+                leased: c.leased,
             })
             .collect();
         json(200, to_json(&CountersOut { counters: out }))
@@ -350,6 +358,7 @@ impl AdminApp {
             key: req.key,
             limit: Limit::new(algorithm, limit, window_ms),
             shadow: false,
+            sync: crate::limiter::SyncMode::Exact,
         };
         let reset = live.config.headers.style.shows_reset();
         match self.limiter.check(vec![check], reset).await {

@@ -11,7 +11,7 @@ use super::error::Collector;
 use super::reader::{At, Section, Span};
 use super::MAX_WINDOW_MS;
 use crate::key::{KeySource, MAX_VALUE_LEN};
-use crate::limiter::{Algorithm, Limit, Quota};
+use crate::limiter::{Algorithm, Limit, Quota, SyncMode};
 use crate::rules::{
     intern, valid_name, HostMatch, Matcher, Overrides, PathMatch, Rule, DEFAULT_RULE, MAX_NAME_LEN,
 };
@@ -31,7 +31,13 @@ const KEYS: &[&str] = &[
     "skip_default",
     "unlimited",
     "overrides",
+    "sync",
+    "lease_size",
+    "lease_ms",
 ];
+
+/// The longest lease: past it, unused slots would keep other nodes out for too long.
+const MAX_LEASE_MS: i64 = 60_000;
 
 /// What a rule takes from `[limits]` when it does not say.
 pub(super) struct Defaults {
@@ -66,7 +72,8 @@ pub(super) fn read(root: &Section, limits: &Defaults, errors: &mut Collector) ->
         let unlimited = unlimited.is_some_and(|v| v.value);
         let limit = limit(&s, &at, limits, unlimited, errors);
         let overrides = overrides(&s, key.as_ref(), errors);
-        if let (Some(name), Some(key), Some(limit)) = (name, key, limit) {
+        let sync = sync(&s, errors);
+        if let (Some(name), Some(key), Some(limit), Some(sync)) = (name, key, limit, sync) {
             rules.push(Rule {
                 name: intern(&name),
                 matcher: matcher.unwrap_or_default(),
@@ -75,6 +82,7 @@ pub(super) fn read(root: &Section, limits: &Defaults, errors: &mut Collector) ->
                 shadow: shadow.is_some_and(|v| v.value),
                 skip_default: skip_default.is_some_and(|v| v.value),
                 overrides: overrides.unwrap_or_default(),
+                sync,
             });
         }
     }
@@ -299,6 +307,59 @@ fn limit(
         algorithm: algorithm?,
         quota: Quota { limit, window_ms },
     }))
+}
+
+/// `sync`, with `lease_size` and `lease_ms` (contract §11); `None` when something is wrong.
+fn sync(s: &Section, errors: &mut Collector) -> Option<SyncMode> {
+    let size = s.integer(
+        "lease_size",
+        0,
+        u32::MAX as i64,
+        "an integer 0..=4294967295 (0: about a hundredth of the limit)",
+        errors,
+    );
+    let ms = s.integer(
+        "lease_ms",
+        1,
+        MAX_LEASE_MS,
+        &format!("an integer 1..={MAX_LEASE_MS}"),
+        errors,
+    );
+    let bad = (s.has("lease_size") && size.is_none()) || (s.has("lease_ms") && ms.is_none());
+    let lease = match s.string("sync", errors) {
+        None if s.has("sync") => return None,
+        None => false,
+        Some(At { value, .. }) if value == "exact" => false,
+        Some(At { value, .. }) if value == "lease" => true,
+        Some(At { value, span }) => {
+            errors.at(
+                span,
+                format!(
+                    "{} sync: expected \"exact\" or \"lease\", found {value:?}",
+                    s.name
+                ),
+            );
+            return None;
+        }
+    };
+    if !lease {
+        for (key, set) in [("lease_size", &size), ("lease_ms", &ms)] {
+            if let Some(v) = set {
+                errors.at(
+                    v.span.clone(),
+                    format!("{} {key}: applies only with sync = \"lease\"", s.name),
+                );
+            }
+        }
+        return (!bad && size.is_none() && ms.is_none()).then_some(SyncMode::Exact);
+    }
+    if bad {
+        return None;
+    }
+    Some(SyncMode::Lease {
+        size: size.map_or(0, |v| v.value as u32),
+        ms: ms.map_or(SyncMode::LEASE_MS, |v| v.value as u64),
+    })
 }
 
 fn overrides(s: &Section, key: Option<&KeySource>, errors: &mut Collector) -> Option<Overrides> {

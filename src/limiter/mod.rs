@@ -32,6 +32,39 @@ pub struct Check {
     pub limit: Limit,
     /// A dry-run rule: decided and counted, never blocking.
     pub shadow: bool,
+    /// How the counter is kept in step across nodes.
+    pub sync: SyncMode,
+}
+
+/// How a rule's counters are kept in step across gateway nodes (contract §11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncMode {
+    /// One store call per decided request.
+    #[default]
+    Exact,
+    /// Slots leased from the shared counter in batches of `size` (0: about a hundredth of the
+    /// limit) for `ms` at most, and spent locally.
+    Lease { size: u32, ms: u64 },
+}
+
+impl SyncMode {
+    /// The default lease length.
+    pub const LEASE_MS: u64 = 100;
+
+    /// A lease's size and length for a counter of `limit`, when this mode leases.
+    pub fn lease(self, limit: u32) -> Option<(u64, u64)> {
+        match self {
+            SyncMode::Exact => None,
+            SyncMode::Lease { size, ms } => {
+                let size = if size == 0 {
+                    limit / 100
+                } else {
+                    size.min(limit)
+                };
+                Some((u64::from(size.max(1)), ms.max(1)))
+            }
+        }
+    }
 }
 
 /// What a decision does beside deciding.
@@ -101,6 +134,8 @@ pub struct Counter {
     pub key: String,
     /// Requests in its window now (expired ones excluded).
     pub count: u64,
+    /// Slots of it this node has leased and not yet used.
+    pub leased: u64,
 }
 
 /// Where counters live.
@@ -135,4 +170,8 @@ pub trait Backend: Send + Sync {
 
     /// Whether the store answers now.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Gives back what this node holds of shared counters (the unused slots of its leases),
+    /// at shutdown. Blocks; called outside any runtime.
+    fn give_back_leases(&self) {}
 }

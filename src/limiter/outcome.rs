@@ -123,6 +123,7 @@ mod tests {
                 NonZeroU64::new(1000).unwrap(),
             ),
             shadow,
+            sync: crate::limiter::SyncMode::Exact,
         }
     }
 

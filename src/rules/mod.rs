@@ -67,6 +67,8 @@ pub struct Rule {
     pub shadow: bool,
     /// Requests this rule matches skip the default rule.
     pub skip_default: bool,
+    /// How its counters are kept in step across nodes (`sync`, `lease_size`, `lease_ms`).
+    pub sync: crate::limiter::SyncMode,
     /// Key value (`10.0.0.7`, `premium-1`) → its own limit.
     pub overrides: Overrides,
 }
@@ -128,6 +130,7 @@ impl Rule {
             key,
             limit: Some(limit),
             shadow: false,
+            sync: crate::limiter::SyncMode::Exact,
             skip_default: false,
             overrides: Overrides::default(),
         }
@@ -172,6 +175,7 @@ impl Rule {
             key: self.counter_key(request_key),
             limit,
             shadow: self.shadow,
+            sync: self.sync,
         })
     }
 }
@@ -340,6 +344,7 @@ mod tests {
             key,
             limit: n.map(limit),
             shadow: false,
+            sync: crate::limiter::SyncMode::Exact,
             skip_default: false,
             overrides: Overrides::default(),
         }

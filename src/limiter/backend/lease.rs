@@ -7,7 +7,7 @@
 //! node does with them; unused slots only keep others out until they go back (when the lease
 //! is replaced, by [`Leases::give_back_ended`], or at shutdown by [`Leases::give_back_all`]).
 //!
-//! Not yet used by the gateway: the rules' `sync = "lease"` is still to be wired in.
+//! The Redis store sends here every request whose checks all lease (`sync = "lease"`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -72,6 +72,8 @@ pub struct Leases {
     held: Mutex<HashMap<String, Slot>>,
     /// Script calls made (takes and gives).
     calls: AtomicU64,
+    /// `ratelimiter_lease_calls_total{rule}`, once the metrics are known.
+    counted: std::sync::OnceLock<prometheus::IntCounterVec>,
 }
 
 impl Leases {
@@ -82,6 +84,58 @@ impl Leases {
             seq: AtomicU64::new(0),
             held: Mutex::new(HashMap::new()),
             calls: AtomicU64::new(0),
+            counted: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Counts this table's script calls, per rule, in `counter`.
+    pub fn count_calls_in(&self, counter: prometheus::IntCounterVec) {
+        let _ = self.counted.set(counter);
+    }
+
+    fn count_call(&self, rule: &str) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        if let Some(c) = self.counted.get() {
+            c.with_label_values(&[rule]).inc();
+        }
+    }
+
+    /// Decides a request whose checks all lease, atomically as the check script would: when
+    /// an enforced check refuses, the slots the others took go back to their leases and
+    /// the checks after it are not asked (`None`).
+    pub async fn decide_all(&self, checks: &[Check]) -> Result<Vec<Option<Decision>>, StoreError> {
+        let mut out: Vec<Option<Decision>> = vec![None; checks.len()];
+        for (i, check) in checks.iter().enumerate() {
+            let (size, ms) = check
+                .sync
+                .lease(check.limit.quota.limit.get())
+                .unwrap_or((1, 1));
+            let decided = self.decide(check, size, ms).await;
+            let refused = match &decided {
+                Ok(d) => !d.allowed && !check.shadow,
+                Err(_) => true,
+            };
+            if refused {
+                for (before, d) in checks[..i].iter().zip(&out) {
+                    if d.is_some_and(|d| d.allowed) {
+                        self.unuse(before).await;
+                    }
+                }
+            }
+            out[i] = Some(decided?);
+            if refused {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Puts back a slot a request took from its key's lease and did not use after all.
+    async fn unuse(&self, check: &Check) {
+        let slot = self.slot(&check.key);
+        let mut state = slot.lock().await;
+        if let Some(h) = state.lease.as_mut().filter(|h| h.used > 0) {
+            h.used -= 1;
         }
     }
 
@@ -125,7 +179,7 @@ impl Leases {
             self.seq.fetch_add(1, Ordering::Relaxed)
         );
         let asked = Instant::now();
-        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.count_call(check.rule);
         let grant = self.scripts.take(check, size, lease_ms, &id).await?;
         if grant.granted == 0 {
             let limit = check.limit.quota.limit.get();
@@ -160,7 +214,7 @@ impl Leases {
         if held.unused() == 0 {
             return;
         }
-        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.count_call(held.check.rule);
         if let Err(e) = self
             .scripts
             .give(&held.check, &held.id, &held.grant, held.unused())

@@ -216,6 +216,7 @@ impl Backend for MemoryStore {
                     out.push(Counter {
                         key: key.to_string(),
                         count,
+                        leased: 0,
                     });
                 }
             }
@@ -273,6 +274,7 @@ mod tests {
                 NonZeroU64::new(window_ms).unwrap(),
             ),
             shadow: false,
+            sync: crate::limiter::SyncMode::Exact,
         }
     }
 

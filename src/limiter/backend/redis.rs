@@ -21,13 +21,25 @@ use redis::Script;
 
 use super::blocked::{BlockedKeys, RESET_CHANNEL};
 use super::cross_slot;
+use super::lease::Leases;
 use super::scripts::{Scripts, COUNT_SCRIPT};
 use crate::config::RedisConfig;
-use crate::limiter::{Backend, Check, Counter, Decision, Limit, Mode, StoreError};
+use crate::limiter::{Backend, Check, Counter, Decision, Limit, Mode, StoreError, SyncMode};
 use crate::redis::scan::Scan;
 use crate::redis::{pubsub, topology, Redis};
 
 pub use super::scripts::SCRIPT;
+
+/// How often ended leases give back their unused slots.
+const GIVE_BACK_EVERY: Duration = Duration::from_millis(50);
+
+/// Gives back the unused slots of ended leases, for as long as the store lives.
+async fn give_back_ended(leases: Arc<Leases>) {
+    loop {
+        tokio::time::sleep(GIVE_BACK_EVERY).await;
+        leases.give_back_ended().await;
+    }
+}
 
 /// How long a reset waits to hear its own message back from Redis.
 const RESET_ECHO_WAIT: Duration = Duration::from_millis(200);
@@ -40,6 +52,8 @@ pub struct RedisStore {
     /// Keys known to be full, answered without Redis until a slot frees.
     blocked: Arc<BlockedKeys>,
     scripts: Arc<Scripts>,
+    /// This node's leases, for rules with `sync = "lease"`.
+    leases: Arc<Leases>,
     count_script: Script,
     /// Unique per process: with `seq`, makes every sorted-set member unique across nodes.
     instance: String,
@@ -77,15 +91,25 @@ impl RedisStore {
         runtime.spawn(topology::follow(redis.clone()));
         let mut h = RandomState::new().build_hasher();
         h.write_u32(std::process::id());
+        let instance = format!("{:016x}", h.finish());
+        let scripts = Arc::new(Scripts::new(redis.clone()));
+        let leases = Arc::new(Leases::new(scripts.clone(), instance.clone()));
+        runtime.spawn(give_back_ended(leases.clone()));
         Ok(RedisStore {
-            scripts: Arc::new(Scripts::new(redis.clone())),
+            scripts,
+            leases,
             redis,
             blocked,
             count_script: Script::new(COUNT_SCRIPT),
-            instance: format!("{:016x}", h.finish()),
+            instance,
             seq: AtomicU64::new(0),
             runtime: Some(runtime),
         })
+    }
+
+    /// This node's leases.
+    pub fn leases(&self) -> Arc<Leases> {
+        self.leases.clone()
     }
 
     /// The Redis layer, for the other users of this Redis (the node registry).
@@ -116,12 +140,29 @@ impl RedisStore {
 
 #[async_trait]
 impl Backend for RedisStore {
+    fn give_back_leases(&self) {
+        let Some(rt) = &self.runtime else {
+            return;
+        };
+        // On the store's own runtime, whose thread has its own connection.
+        let (leases, limit) = (self.leases.clone(), self.redis.slow_timeout());
+        let done = rt.block_on(
+            rt.spawn(async move { tokio::time::timeout(limit, leases.give_back_all()).await }),
+        );
+        if !matches!(done, Ok(Ok(()))) {
+            log::warn!("could not give back every leased slot in time; they free when their leases would have ended");
+        }
+    }
+
     async fn decide(
         &self,
         checks: &[Check],
         mode: Mode,
     ) -> Result<Vec<Option<Decision>>, StoreError> {
         let sent = Instant::now();
+        if mode.record && checks.iter().all(|c| c.sync != SyncMode::Exact) {
+            return self.leases.decide_all(checks).await;
+        }
         if mode.record {
             if let Some(known) = self.remembered_block(checks, sent) {
                 return Ok(known);
@@ -167,6 +208,8 @@ impl Backend for RedisStore {
                 script.load_async(&mut c).await
             })
             .await?;
+        let leased: std::collections::HashMap<String, u64> =
+            self.leases.leased().into_iter().collect();
         let mut scan = Scan::new(redis, format!("{KEY_PREFIX}*")).await?;
         let mut out = Vec::new();
         while let Some((node, keys)) = scan.next().await? {
@@ -192,7 +235,8 @@ impl Backend for RedisStore {
                     _ => continue,
                 };
                 let key = key[KEY_PREFIX.len()..].to_string();
-                out.push(Counter { key, count });
+                let leased = leased.get(&key).copied().unwrap_or(0);
+                out.push(Counter { key, count, leased });
             }
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
