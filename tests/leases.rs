@@ -1,13 +1,15 @@
-//! The lease script (lua/lease.lua, contract §11) against a real Redis, for every algorithm:
+//! Leases (contract §11) on a real Redis. The script (lua/lease.lua), for every algorithm:
 //! leases taken by several nodes never hold more than the limit between them; what is given
 //! back can be taken again; a key whose slots are all leased refuses the check script too;
 //! each algorithm's lease ends when its slots are counted no longer (GCRA: within the refill
 //! of its own slots; sliding window: with the window); a sliding-log lease's slots count
-//! until one window after it ends. Then the lease table of `src/limiter/backend/lease.rs`:
-//! three nodes deciding thousands of concurrent requests on one key never allow more than the
-//! limit, and once their leases have gone back exactly the limit (GCRA: within what it holds
-//! back), with about one script call per lease size of allowed requests. The gateway does
-//! not use leases yet.
+//! until one window after it ends. The lease table (src/limiter/backend/lease.rs): three
+//! nodes deciding thousands of concurrent requests on one key never allow more than the
+//! limit, and once their leases have gone back exactly the limit (GCRA: within what it
+//! holds back), with about one script call per lease size of allowed requests. Three
+//! gateways with a leasing rule: never over the limit under concurrency, about one script
+//! call per lease, the calls counted in the metrics, unused slots shown in /api/counters and
+//! given back on SIGTERM.
 
 mod common;
 
@@ -374,8 +376,21 @@ fn hammer(addrs: &[String], clients: usize, each: usize, key: &str) -> (usize, u
 }
 
 fn lease_gateways(redis: &RedisServer, up: &Upstream, n: usize, limit: u32) -> Vec<Gateway> {
+    gateways_leasing(redis, up, n, limit, 60_000, 60_000)
+}
+
+/// `n` gateways with one rule on every path: `limit` per `window_ms` per API key, leases of
+/// 10 slots for `lease_ms`.
+fn gateways_leasing(
+    redis: &RedisServer,
+    up: &Upstream,
+    n: usize,
+    limit: u32,
+    window_ms: u64,
+    lease_ms: u64,
+) -> Vec<Gateway> {
     let body = format!(
-        "[redis]\nurl = \"{}\"\ntimeout_ms = 2000\n[limits]\nenabled = true\n[[rules]]\nname = \"api\"\npath_prefix = \"/\"\nkey = \"header:X-Api-Key\"\nlimit = {limit}\nwindow_ms = 60000\nskip_default = true\nsync = \"lease\"\nlease_size = 10\nlease_ms = 60000\n",
+        "[redis]\nurl = \"{}\"\ntimeout_ms = 2000\n[limits]\nenabled = true\n[[rules]]\nname = \"api\"\npath_prefix = \"/\"\nkey = \"header:X-Api-Key\"\nlimit = {limit}\nwindow_ms = {window_ms}\nskip_default = true\nsync = \"lease\"\nlease_size = 10\nlease_ms = {lease_ms}\n",
         redis.url()
     );
     let upstreams = format!("upstreams = [\"{}\"]", up.addr);
@@ -430,5 +445,107 @@ fn three_gateways_on_leases_stay_within_the_limit_and_sigterm_gives_back() {
         few + rest,
         LIMIT as usize,
         "{few} before, {rest} after SIGTERM"
+    );
+}
+
+/// One request on `key` through `addr`: whether it was allowed.
+fn allowed(addr: &str, key: &str) -> bool {
+    match common::http::get(addr, "/", &[("X-Api-Key", key)])
+        .unwrap()
+        .status
+    {
+        200 => true,
+        429 => false,
+        other => panic!("unexpected status {other}"),
+    }
+}
+
+#[test]
+fn under_admission_stays_within_the_stated_bound_and_ends_with_the_leases() {
+    // The README: while other nodes hold unused slots, a node refuses early by at most
+    // (nodes - 1) x lease_size requests, for at most lease_ms (plus the 50 ms sweep).
+    const LIMIT: usize = 100;
+    let redis = RedisServer::start();
+    let up = Upstream::start();
+    let nodes = gateways_leasing(&redis, &up, 3, LIMIT as u32, 60_000, 1_000);
+    // Each node allows one request and holds the other 9 slots of its lease.
+    for n in &nodes {
+        assert!(allowed(&n.proxy, "k"));
+    }
+    let mut first = 0;
+    while allowed(&nodes[0].proxy, "k") {
+        first += 1;
+        assert!(first <= LIMIT, "no end");
+    }
+    let under = LIMIT - 3 - first;
+    eprintln!("node 0 allowed {first} more; refused early by {under} (bound 20)");
+    assert!(
+        under <= 2 * 10,
+        "refused early by {under}, more than (3 - 1) x 10"
+    );
+    // Once the other leases end and go back, node 0 gets exactly the rest.
+    let started = std::time::Instant::now();
+    let mut rest = 0;
+    loop {
+        if allowed(&nodes[0].proxy, "k") {
+            rest += 1;
+        } else if rest > 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the held slots never came back"
+        );
+        if rest == 0 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    assert_eq!(
+        3 + first + rest,
+        LIMIT,
+        "{first} + {rest} after the leases ended"
+    );
+    assert!(started.elapsed() < Duration::from_millis(1_000 + 50 + 1_000));
+}
+
+#[test]
+fn a_sigkilled_node_loses_at_most_its_lease_until_the_window_passes() {
+    const LIMIT: usize = 50;
+    let redis = RedisServer::start();
+    let up = Upstream::start();
+    let (window, lease) = (1_000u64, 500u64);
+    let mut nodes = gateways_leasing(&redis, &up, 2, LIMIT as u32, window, lease);
+    // Node 0 uses 3 slots of its lease of 10 and dies with the other 7.
+    for _ in 0..3 {
+        assert!(allowed(&nodes[0].proxy, "k"));
+    }
+    let killed_at = std::time::Instant::now();
+    nodes[0].signal("KILL");
+    nodes[0].wait_exit(Duration::from_secs(5));
+    // Node 1 gets the rest, less the 7 lost slots: never more.
+    let mut got = 0;
+    while allowed(&nodes[1].proxy, "k") {
+        got += 1;
+        assert!(got <= LIMIT, "no end");
+    }
+    assert_eq!(
+        got,
+        LIMIT - 10,
+        "the killed node's whole lease is out of use"
+    );
+    // The lost slots count as used at the lease's end: they free one window after it.
+    let freed = loop {
+        if allowed(&nodes[1].proxy, "k2-probe") && allowed(&nodes[1].proxy, "k") {
+            break killed_at.elapsed();
+        }
+        assert!(killed_at.elapsed() < Duration::from_secs(6), "never freed");
+        std::thread::sleep(Duration::from_millis(25));
+    };
+    eprintln!(
+        "the killed node's slots freed after {freed:?} (lease {lease} ms + window {window} ms)"
+    );
+    assert!(
+        freed >= Duration::from_millis(lease + window - 200),
+        "{freed:?}"
     );
 }
