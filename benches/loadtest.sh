@@ -11,7 +11,8 @@
 # certificate made here (ECDSA P-256) in nginx and in the gateway; wrk and oha speak
 # HTTP/1.1 over TLS to both, oha also HTTP/2 (tool "oha-h2"); mode 13 makes a new TLS
 # connection per request (the handshake's cost). Mode 12 is mode 4 with the access log on
-# (JSON lines to a file).
+# (JSON lines to a file). Modes 14 and 15 are one hot key on a rule with sync = "lease"
+# (wrk too sends one key there), counted with the sliding log and with GCRA.
 #
 #   benches/loadtest.sh                 # defaults: CONNS=64 DURATION=10s THREADS=1
 #   CONNS=64 DURATION=20s THREADS=2 benches/loadtest.sh
@@ -256,7 +257,7 @@ measure() {
   local calls; calls=$(redis_calls); calls=${calls:-0}
   local reqs; reqs=$(echo "$r" | awk '{ print $5 }')
   local per_req cpu rcpu
-  per_req=$(awk -v c="$calls" -v r="$reqs" 'BEGIN { if (r > 0) printf "%.3f", c / r; else print "-" }')
+  per_req=$(awk -v c="$calls" -v r="$reqs" 'BEGIN { if (r > 0) printf "%.4f", c / r; else print "-" }')
   cpu=$(awk -v a="$c0" -v b="$c1" -v r="$reqs" -v p="$pids" 'BEGIN { if (r > 0 && p != "") printf "%.1f", (b - a) / 1000 / r; else print "-" }')
   rcpu=$(awk -v a="$r0" -v b="$r1" -v r="$reqs" 'BEGIN { if (r > 0) printf "%.1f", (b - a) / 1000 / r; else print "-" }')
   printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$tool" "$r" "$per_req" "$cpu" "$rcpu" >> "$ROWS"
@@ -354,6 +355,13 @@ wanted 8 && each_build "8 redis, three rules" "$BY_KEY" "$REDIS" "$THREE_RULES"
 wanted 9 && each_build "9 redis, gcra" "$BY_KEY" "$REDIS" "$(algorithm_rule gcra)"
 wanted 10 && each_build "10 redis, sliding_window" "$BY_KEY" "$REDIS" "$(algorithm_rule sliding_window)"
 UNIQUE_KEYS=0
+# One hot key on a leasing rule (never full): slots taken 1000 at a time, decided locally;
+# 14 counts with the sliding log (one entry per slot in Redis), 15 with GCRA (one integer).
+lease_rule() {
+  printf '[[rules]]\nname = "api"\npath_prefix = "/"\nkey = "header:X-Api-Key"\nalgorithm = "%s"\nlimit = 1000000000\nwindow_ms = 1000\nskip_default = true\nsync = "lease"\n' "$1"
+}
+wanted 14 && each_build "14 redis, lease rule, one key" "$BY_KEY" "$REDIS" "$(lease_rule sliding_log)"
+wanted 15 && each_build "15 redis, gcra lease rule, one key" "$BY_KEY" "$REDIS" "$(lease_rule gcra)"
 wanted 6 && each_build "6 gateway redis blocked" 'default_limit = 10
 default_window_ms = 3600000' "$REDIS"
 
@@ -404,14 +412,14 @@ print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for (label, tool), r in rows.items():
     rps = med([x[0] for x in r])
     ratio = lambda base: f"{rps / base:.2f}" if base else "-"
-    redis = label.split()[0] in ("5", "6", "7", "8", "9", "10")
+    redis = label.split()[0] in ("5", "6", "7", "8", "9", "10", "14", "15")
     https = "https" in label
     passthrough = "11 gateway https pass-through" if https else "3 gateway pass-through"
     nginx = "2c nginx https proxy_pass" if https else "2a nginx proxy_pass"
     print(f"| {label} | {tool} | {rps:.0f} | {med([x[1] for x in r]):.2f} | {med([x[2] for x in r]):.2f} "
           f"| {med([x[3] for x in r]):.2f} | {ratio(rps_of(passthrough, tool))} "
           f"| {ratio(rps_of(nginx, tool))} | {num([x[5] for x in r])} "
-          f"| {num([x[6] for x in r]) if redis else '-'} | {num([x[4] for x in r], 3, False) if redis else '-'} |")
+          f"| {num([x[6] for x in r]) if redis else '-'} | {num([x[4] for x in r], 4, False) if redis else '-'} |")
 PY
   echo
   echo "wrk: keys in 4, 5 and 7-10 are new per request (X-Api-Key from a Lua script); oha sends one"
@@ -421,7 +429,8 @@ PY
   echo "TLS (the same ECDSA P-256 certificate; connections kept alive, so handshakes are few) and"
   echo "compare with each other; oha-h2 is oha over HTTP/2; 13 makes a TLS handshake per request."
   echo "12 is 4 with the access log on (JSON"
-  echo "lines to a file); compare its CPU µs/req with 4's."
+  echo "lines to a file); compare its CPU µs/req with 4's. 14 and 15: one hot key on a rule"
+  echo "with sync = \"lease\" (leases of 1000 slots; sliding_log, gcra), with wrk and oha alike."
   echo "CPU µs/req: the proxy under test (the gateway, or nginx with its workers), all threads."
   echo "$CONNS connections, $DURATION per run, $THREADS worker thread(s) for the gateway and nginx, $(nproc) cores, $RUNS run(s) per mode (medians)."
 } | tee "$OUT/table.md"

@@ -314,8 +314,12 @@ fn sync(s: &Section, errors: &mut Collector) -> Option<SyncMode> {
     let size = s.integer(
         "lease_size",
         0,
-        u32::MAX as i64,
-        "an integer 0..=4294967295 (0: about a hundredth of the limit)",
+        i64::from(SyncMode::LEASE_MAX),
+        &format!(
+            "an integer 0..={} (0: a hundredth of the limit, at most {})",
+            SyncMode::LEASE_MAX,
+            SyncMode::AUTO_LEASE_MAX
+        ),
         errors,
     );
     let ms = s.integer(

@@ -50,6 +50,10 @@ pub enum SyncMode {
 impl SyncMode {
     /// The default lease length.
     pub const LEASE_MS: u64 = 100;
+    /// The largest automatic lease (a sliding log keeps one entry per slot).
+    pub const AUTO_LEASE_MAX: u32 = 1_000;
+    /// The largest lease that may be asked for.
+    pub const LEASE_MAX: u32 = 100_000;
 
     /// A lease's size and length for a counter of `limit`, when this mode leases.
     pub fn lease(self, limit: u32) -> Option<(u64, u64)> {
@@ -57,7 +61,7 @@ impl SyncMode {
             SyncMode::Exact => None,
             SyncMode::Lease { size, ms } => {
                 let size = if size == 0 {
-                    limit / 100
+                    (limit / 100).min(Self::AUTO_LEASE_MAX)
                 } else {
                     size.min(limit)
                 };
@@ -174,4 +178,28 @@ pub trait Backend: Send + Sync {
     /// Gives back what this node holds of shared counters (the unused slots of its leases),
     /// at shutdown. Blocks; called outside any runtime.
     fn give_back_leases(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SyncMode;
+
+    #[test]
+    fn lease_sizes() {
+        assert_eq!(SyncMode::Exact.lease(100), None);
+        let auto = SyncMode::Lease { size: 0, ms: 100 };
+        assert_eq!(auto.lease(10_000), Some((100, 100)));
+        assert_eq!(auto.lease(50), Some((1, 100)), "at least one slot");
+        assert_eq!(
+            auto.lease(1_000_000_000),
+            Some((1_000, 100)),
+            "at most 1000"
+        );
+        let asked = SyncMode::Lease { size: 500, ms: 0 };
+        assert_eq!(
+            asked.lease(200),
+            Some((200, 1)),
+            "never more than the limit"
+        );
+    }
 }

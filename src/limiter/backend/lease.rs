@@ -140,7 +140,11 @@ impl Leases {
     }
 
     fn slot(&self, key: &str) -> Slot {
-        lock(&self.held).entry(key.to_string()).or_default().clone()
+        let mut held = lock(&self.held);
+        if let Some(slot) = held.get(key) {
+            return slot.clone();
+        }
+        held.entry(key.to_string()).or_default().clone()
     }
 
     /// Decides one request on `check` from this node's lease of its key, taking a lease of
@@ -244,7 +248,12 @@ impl Leases {
             .map(|(k, s)| (k.clone(), s.clone()))
             .collect();
         for (key, slot) in slots {
-            let mut state = slot.lock().await;
+            // A key busy deciding (taking a lease) is left for the next sweep, unless all go.
+            let mut state = match slot.try_lock() {
+                Ok(state) => state,
+                Err(_) if all => slot.lock().await,
+                Err(_) => continue,
+            };
             if state.lease.as_ref().is_some_and(&done) {
                 if let Some(old) = state.lease.take() {
                     self.give(&old).await;
