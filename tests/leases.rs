@@ -605,3 +605,48 @@ fn leases_stay_exact_through_sentinels() {
         set.urls()
     ));
 }
+
+#[test]
+fn a_request_also_owing_an_exact_rule_is_decided_exactly_and_explain_reads_redis() {
+    let redis = RedisServer::start();
+    let up = Upstream::start();
+    // The leasing rule does not skip the default rule (exact): every request owes both.
+    let body = format!(
+        "[redis]\nurl = \"{}\"\n[limits]\ndefault_limit = 1000\ndefault_window_ms = 60000\n[[rules]]\nname = \"api\"\npath_prefix = \"/api/\"\nlimit = 100\nwindow_ms = 60000\nsync = \"lease\"\nlease_size = 10\nlease_ms = 60000\n",
+        redis.url()
+    );
+    let gw = Gateway::start(&format!("upstreams = [\"{}\"]", up.addr), &body);
+    let before = script_calls(&redis);
+    for _ in 0..20 {
+        assert_eq!(
+            common::http::get(&gw.proxy, "/api/x", &[]).unwrap().status,
+            200
+        );
+    }
+    let calls = script_calls(&redis) - before;
+    assert!(
+        calls >= 20,
+        "mixed requests take the check script: {calls} calls"
+    );
+    let mut conn = redis.conn();
+    let api: usize = redis::cmd("ZCARD")
+        .arg("ratelimit:api/ip:127.0.0.1")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(api, 20, "recorded one by one, no lease taken");
+
+    // A leasing rule alone: one lease of 10 slots for the first request; explain, which
+    // looks at Redis, counts all 10 as used.
+    let leasing = format!(
+        "[redis]\nurl = \"{}\"\n[limits]\ndefault_limit = 1000\n[[rules]]\nname = \"solo\"\npath_prefix = \"/\"\nlimit = 100\nwindow_ms = 60000\nskip_default = true\nsync = \"lease\"\nlease_size = 10\nlease_ms = 60000\n",
+        redis.url()
+    );
+    let solo = Gateway::start(&format!("upstreams = [\"{}\"]", up.addr), &leasing);
+    assert_eq!(
+        common::http::get(&solo.proxy, "/", &[]).unwrap().status,
+        200
+    );
+    let r = common::http::post(&solo.admin, "/api/explain", &[], r#"{"ip":"127.0.0.1"}"#).unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains("\"count\":10"), "{}", r.body);
+}

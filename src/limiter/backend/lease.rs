@@ -70,8 +70,6 @@ pub struct Leases {
     instance: String,
     seq: AtomicU64,
     held: Mutex<HashMap<String, Slot>>,
-    /// Script calls made (takes and gives).
-    calls: AtomicU64,
     /// `ratelimiter_lease_calls_total{rule}`, once the metrics are known.
     counted: std::sync::OnceLock<prometheus::IntCounterVec>,
 }
@@ -83,7 +81,6 @@ impl Leases {
             instance,
             seq: AtomicU64::new(0),
             held: Mutex::new(HashMap::new()),
-            calls: AtomicU64::new(0),
             counted: std::sync::OnceLock::new(),
         }
     }
@@ -94,7 +91,6 @@ impl Leases {
     }
 
     fn count_call(&self, rule: &str) {
-        self.calls.fetch_add(1, Ordering::Relaxed);
         if let Some(c) = self.counted.get() {
             c.with_label_values(&[rule]).inc();
         }
@@ -284,10 +280,5 @@ impl Leases {
                 (unused > 0).then(|| (k.clone(), unused))
             })
             .collect()
-    }
-
-    /// Script calls made so far (takes and gives).
-    pub fn calls(&self) -> u64 {
-        self.calls.load(Ordering::Relaxed)
     }
 }

@@ -101,11 +101,8 @@ impl Scripts {
             .arg(u8::from(mode.record) | (u8::from(mode.reset) << 1))
             .arg(member);
         for check in checks {
-            invocation
-                .arg(check.limit.algorithm.script_id())
-                .arg(check.limit.quota.limit.get())
-                .arg(check.limit.quota.window_ms.get())
-                .arg(u8::from(check.shadow));
+            algorithm_args(&mut invocation, check);
+            invocation.arg(u8::from(check.shadow));
         }
         // Once more on a broken connection: after an outage each thread's connection heals on
         // its next call, and this way that call is not lost. (A script that ran before the
@@ -135,11 +132,8 @@ impl Scripts {
         }
         invocation.arg(member).arg(RESET_CHANNEL).arg(KEY_PREFIX);
         for (check, mark) in checks.iter().zip(marks) {
-            invocation
-                .arg(check.limit.algorithm.script_id())
-                .arg(check.limit.quota.limit.get())
-                .arg(check.limit.quota.window_ms.get())
-                .arg(mark);
+            algorithm_args(&mut invocation, check);
+            invocation.arg(mark);
         }
         // Off the request path (in the recording task): the longer bound, so a take-back is
         // not given up on under load.
@@ -163,17 +157,9 @@ impl Scripts {
         lease_ms: u64,
         id: &str,
     ) -> Result<Grant, StoreError> {
-        let mut invocation = self.lease.prepare_invoke();
-        invocation
-            .key(format!("{KEY_PREFIX}{}", check.key))
-            .arg("take");
-        algorithm_args(&mut invocation, check);
-        invocation.arg(wanted.max(1)).arg(lease_ms.max(1)).arg(id);
-        let invocation = &invocation;
-        let reply: Vec<i64> = self
-            .redis
-            .retried(self.redis.timeout(), |mut conn| async move {
-                invocation.invoke_async(&mut conn).await
+        let reply = self
+            .lease_call(check, "take", self.redis.timeout(), |i| {
+                i.arg(wanted.max(1)).arg(lease_ms.max(1)).arg(id);
             })
             .await?;
         let n = |v: i64| v.max(0) as u64;
@@ -202,25 +188,39 @@ impl Scripts {
         grant: &Grant,
         unused: u64,
     ) -> Result<u64, StoreError> {
-        let mut invocation = self.lease.prepare_invoke();
-        invocation
-            .key(format!("{KEY_PREFIX}{}", check.key))
-            .arg("give");
-        algorithm_args(&mut invocation, check);
-        invocation
-            .arg(id)
-            .arg(grant.granted)
-            .arg(unused.min(grant.granted))
-            .arg(grant.mark)
-            .arg(grant.ends_ms);
-        let invocation = &invocation;
-        let reply: Vec<i64> = self
-            .redis
-            .retried(self.redis.slow_timeout(), |mut conn| async move {
-                invocation.invoke_async(&mut conn).await
+        let reply = self
+            .lease_call(check, "give", self.redis.slow_timeout(), |i| {
+                i.arg(id)
+                    .arg(grant.granted)
+                    .arg(unused.min(grant.granted))
+                    .arg(grant.mark)
+                    .arg(grant.ends_ms);
             })
             .await?;
         Ok(reply.first().map_or(0, |v| (*v).max(0) as u64))
+    }
+}
+
+impl Scripts {
+    /// One call of the lease script on `check`'s key: `op`, the algorithm's arguments, then
+    /// what `args` adds; within `limit`.
+    async fn lease_call(
+        &self,
+        check: &Check,
+        op: &str,
+        limit: std::time::Duration,
+        args: impl FnOnce(&mut redis::ScriptInvocation<'_>),
+    ) -> Result<Vec<i64>, StoreError> {
+        let mut invocation = self.lease.prepare_invoke();
+        invocation.key(format!("{KEY_PREFIX}{}", check.key)).arg(op);
+        algorithm_args(&mut invocation, check);
+        args(&mut invocation);
+        let invocation = &invocation;
+        self.redis
+            .retried(limit, |mut conn| async move {
+                invocation.invoke_async(&mut conn).await
+            })
+            .await
     }
 }
 
