@@ -9,29 +9,15 @@
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local now = math.floor(now_us / 1000)
-local key, id = KEYS[1], ARGV[1]
-
-if id == '1' then
-  -- A log knows its own window, which /check may have set: the check sets the key's expiry
-  -- to `window` after its newest entry, so newest - PTTL = now - window is the cut-off.
-  local newest = redis.pcall('ZRANGE', key, -1, -1, 'WITHSCORES')
-  if type(newest) ~= 'table' or newest.err or #newest == 0 then
-    return 0
-  end
-  local pttl = redis.call('PTTL', key)
-  if pttl < 0 then
-    -- No expiry: not written by the check script; count what is there.
-    return redis.call('ZCARD', key)
-  end
-  local cutoff = tonumber(newest[2]) - pttl
-  return redis.call('ZCOUNT', key, '(' .. cutoff, '+inf')
+local key = KEYS[1]
+local loaders = {sliding_log, gcra, sliding_window}
+local load = loaders[tonumber(ARGV[1])]
+if not load then
+  return redis.error_reply('unknown algorithm id ' .. tostring(ARGV[1]))
 end
-
-local peek
-if id == '3' then
-  peek = sliding_window()
-else
-  peek = gcra()
+local peek, _, _, _, _, own_count = load()
+if own_count then
+  return own_count(key, now)
 end
 local _, count = peek(key, now, now_us, tonumber(ARGV[2]), tonumber(ARGV[3]), true, false)
 return count

@@ -4,6 +4,12 @@
 -- has room when fewer than `limit` remain. Only recorded requests are added, and the key
 -- expires one window after its newest entry.
 --
+-- A lease (lua/lease.lua) is one entry for all its slots, member '<lease id>#<slots>', so
+-- taking and giving back cost the same whatever the lease's size. The member '#' keeps the
+-- tally of the slots such entries hold beyond one each, in its score (TALLY_BASE + slots,
+-- above every time, so no window ever drops it): a count stays ZCARD - 1 + tally. It exists
+-- from a key's first lease until the key expires; a key that never had one is as before.
+--
 -- Like every algorithm file, this defines one function for lua/check.lua and lua/count.lua,
 -- named after the algorithm, that returns the algorithm's two steps. Only the steps of the
 -- algorithms a call uses are made (a script's functions are made anew on every call), and
@@ -24,60 +30,132 @@
 --     window ever holds more than the limit.
 --   give(key, now_ms, now_us, limit, window_ms, lease_id, granted, unused, mark, lease_end_ms)
 --     -> given: takes back the `unused` slots of a lease that `take` granted.
+--   count(key, now_ms) -> how many slots the key holds now (lua/count.lua), when the
+--     algorithm knows better than peek with the rule's window (a log knows its own).
 
 local function sliding_log()
+  local TALLY, TALLY_BASE = '#', 10000000000000
+
+  -- The slots an entry holds: a lease's are in its member's name.
+  local function slots(member)
+    local n = string.match(member, '#(%d+)$')
+    if n then
+      return tonumber(n)
+    end
+    return 1
+  end
+
+  -- The slots beyond one each held by the entries at or before `cutoff` (they have left the
+  -- window and are still in the set).
+  local function tally_upto(key, cutoff)
+    local sum = 0
+    for _, member in ipairs(redis.call('ZRANGEBYSCORE', key, '-inf', cutoff)) do
+      sum = sum + slots(member) - 1
+    end
+    return sum
+  end
+
+  -- The time of the live entry holding the n-th slot (from 1, oldest first), on a key with
+  -- leases: entries are read a batch at a time, as far as needed.
+  local function slot_time(key, cutoff, n)
+    local seen, from = 0, 0
+    while true do
+      local batch = redis.call('ZRANGEBYSCORE', key, '(' .. cutoff, '(' .. TALLY_BASE,
+        'WITHSCORES', 'LIMIT', from, 64)
+      if #batch == 0 then
+        return nil
+      end
+      for j = 1, #batch, 2 do
+        seen = seen + slots(batch[j])
+        if seen >= n then
+          return tonumber(batch[j + 1])
+        end
+      end
+      from = from + 64
+    end
+  end
+
   -- The decision as if the request were not recorded. A look-only call (`dry`) writes nothing;
   -- a deciding call first drops what has left the window. `reset_ms` (when the oldest entry
   -- leaves) costs one more read, so it is worked out only when asked for or when full.
+  -- `state` is the key's tally of leased slots, false when it never had a lease.
   local function peek(key, now, _, limit, window, dry, want_reset)
     local cutoff = now - window
-    local count
-    if dry then
-      count = redis.pcall('ZCOUNT', key, '(' .. cutoff, '+inf')
-    else
-      count = redis.pcall('ZREMRANGEBYSCORE', key, '-inf', cutoff)
-      if type(count) == 'number' then
-        count = redis.call('ZCARD', key)
-      end
-    end
-    if type(count) ~= 'number' then
+    local tally = redis.pcall('ZSCORE', key, TALLY)
+    if type(tally) == 'table' then
       -- Another algorithm's state: a rule that changed algorithm on reload starts afresh.
       if not dry then
         redis.call('DEL', key)
       end
-      return 1, 0, limit, 0, 0
+      return 1, 0, limit, 0, 0, false
     end
-    -- The i-th live entry (from 0, oldest first) is read only when needed.
-    local i
+    local count
+    if tally then
+      tally = tonumber(tally) - TALLY_BASE
+      local gone = tally_upto(key, cutoff)
+      if dry then
+        count = redis.call('ZCOUNT', key, '(' .. cutoff, '(' .. TALLY_BASE) + tally - gone
+      else
+        if gone > 0 then
+          tally = tally - gone
+          redis.call('ZINCRBY', key, -gone, TALLY)
+        end
+        redis.call('ZREMRANGEBYSCORE', key, '-inf', cutoff)
+        count = redis.call('ZCARD', key) - 1 + tally
+      end
+    elseif dry then
+      count = redis.call('ZCOUNT', key, '(' .. cutoff, '+inf')
+    else
+      redis.call('ZREMRANGEBYSCORE', key, '-inf', cutoff)
+      count = redis.call('ZCARD', key)
+    end
+    -- The time of the entry whose leaving frees a slot (when full), or of the oldest.
+    local at
     if count >= limit then
       -- Full: a slot frees when the entry that keeps the log at `limit` leaves the window.
-      i = count - limit
+      at = count - limit
     elseif want_reset and count > 0 then
-      i = 0
+      at = 0
     else
-      return 1, count, limit - count, 0, 0
+      return 1, count, limit - count, 0, 0, tally
     end
-    local e
-    if dry then
-      e = redis.call('ZRANGEBYSCORE', key, '(' .. cutoff, '+inf', 'WITHSCORES', 'LIMIT', i, 1)
+    local oldest
+    if tally then
+      -- (The tally never counts more than the entries hold; `now` only guards the sum.)
+      oldest = slot_time(key, cutoff, at + 1) or now
     else
-      e = redis.call('ZRANGE', key, i, i, 'WITHSCORES')
+      -- The at-th live entry (from 0, oldest first).
+      local e
+      if dry then
+        e = redis.call('ZRANGEBYSCORE', key, '(' .. cutoff, '+inf', 'WITHSCORES', 'LIMIT', at,
+          1)
+      else
+        e = redis.call('ZRANGE', key, at, at, 'WITHSCORES')
+      end
+      oldest = tonumber(e[2])
     end
-    local wait = tonumber(e[2]) + window - now
+    local wait = oldest + window - now
     if wait < 1 then
       wait = 1
     end
     if count >= limit then
-      return 0, count, 0, wait, wait
+      return 0, count, 0, wait, wait, tally
     end
-    return 1, count, limit - count, 0, wait
+    return 1, count, limit - count, 0, wait, tally
+  end
+
+  -- Sets the key to expire `ms` from now, unless a lease keeps it longer.
+  local function expire_after(key, ms, leased)
+    if not leased or redis.call('PTTL', key) < ms then
+      redis.call('PEXPIRE', key, ms)
+    end
   end
 
   -- Records the request at `now`.
-  local function record(key, now, _, _, window, member, count, remaining, reset)
+  local function record(key, now, _, _, window, member, count, remaining, reset, tally)
     redis.call('ZADD', key, now, member)
     -- The newest entry is the last to expire: the key lives exactly as long as it matters.
-    redis.call('PEXPIRE', key, window)
+    expire_after(key, window, tally)
     if count == 0 then
       -- The new entry is the oldest: more quota frees when it leaves.
       reset = window
@@ -89,43 +167,56 @@ local function sliding_log()
     redis.call('ZREM', key, member)
   end
 
-  -- Calls `command` on `key` for the members of lease `id` from `from` to `to`, each after
-  -- `score` when there is one, at most 500 at a time; returns the sum of the replies.
-  local function each_member(command, key, id, from, to, score)
-    local sum, i = 0, from
-    while i <= to do
-      local last = math.min(to, i + 499)
-      local args = {}
-      for j = i, last do
-        if score then
-          args[#args + 1] = score
-        end
-        args[#args + 1] = id .. ':' .. j
-      end
-      sum = sum + redis.call(command, key, unpack(args))
-      i = last + 1
-    end
-    return sum
-  end
-
-  -- A lease's slots are entries stamped at its end: they stay in every window that could
-  -- hold a request made with them, and leave one window after the lease.
-  local function take(key, now, _, _, window, lease, id, wanted, remaining)
+  -- A lease's slots are stamped at its end: they stay in every window that could hold a
+  -- request made with them, and leave one window after the lease.
+  local function take(key, now, _, _, window, lease, id, wanted, remaining, tally)
     local granted = math.min(wanted, remaining)
     local stamp = now + lease
-    each_member('ZADD', key, id, 1, granted, stamp)
-    -- Never shorten the key's life: another lease may end later.
-    local need = stamp + window - now
-    if redis.call('PTTL', key) < need then
-      redis.call('PEXPIRE', key, need)
+    redis.call('ZADD', key, stamp, id .. '#' .. granted)
+    if not tally then
+      redis.call('ZADD', key, TALLY_BASE, TALLY)
     end
+    if granted > 1 then
+      redis.call('ZINCRBY', key, granted - 1, TALLY)
+    end
+    expire_after(key, stamp + window - now, true)
     return granted, stamp, 0
   end
 
-  -- The unused slots are the lease's last members.
-  local function give(key, _, _, _, _, id, granted, unused)
-    return each_member('ZREM', key, id, granted - unused + 1, granted)
+  -- The lease's entry shrinks to the slots used, or goes when none were; nothing is given
+  -- once it has left the window (or the counter was reset).
+  local function give(key, _, _, _, _, id, granted, unused, _, stamp)
+    if redis.call('ZREM', key, id .. '#' .. granted) == 0 then
+      return 0
+    end
+    unused = math.min(unused, granted)
+    local used = granted - unused
+    if used > 0 then
+      redis.call('ZADD', key, stamp, id .. '#' .. used)
+      redis.call('ZINCRBY', key, -unused, TALLY)
+    else
+      redis.call('ZINCRBY', key, 1 - granted, TALLY)
+    end
+    return unused
   end
 
-  return peek, record, release, take, give
+  -- A log knows its own window, which /check may have set: the key expires `window` after
+  -- its newest entry, so newest - PTTL = now - window is the cut-off.
+  local function count(key, now)
+    local newest = redis.pcall('ZREVRANGEBYSCORE', key, '(' .. TALLY_BASE, '-inf', 'WITHSCORES',
+      'LIMIT', 0, 1)
+    if type(newest) ~= 'table' or newest.err or #newest == 0 then
+      return 0
+    end
+    local pttl = redis.call('PTTL', key)
+    -- No expiry: not written by the check script; everything there counts.
+    local window = now + 1
+    if pttl >= 0 then
+      window = now - tonumber(newest[2]) + pttl
+    end
+    local _, n = peek(key, now, nil, math.huge, window, true, false)
+    return n
+  end
+
+  return peek, record, release, take, give, count
 end

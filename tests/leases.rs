@@ -199,6 +199,62 @@ fn a_sliding_log_lease_counts_until_one_window_after_it_ends() {
 }
 
 /// Script calls Redis has run (EVALSHA and EVAL), from its command statistics.
+/// The number of entries in a counter's sorted set.
+fn entries(server: &RedisServer, key: &str) -> usize {
+    redis::cmd("ZCARD")
+        .arg(format!("ratelimit:{key}"))
+        .query(&mut server.conn())
+        .unwrap()
+}
+
+#[test]
+fn a_sliding_log_lease_is_one_entry_that_counts_all_its_slots() {
+    let server = RedisServer::start();
+    let s = scripts(&server);
+    let rt = runtime();
+    let key = "weights:sliding_log";
+    let c = check(key, Algorithm::SlidingLog, 10, 60_000);
+    // The same key as a rule with a lower limit would see it (after a reload).
+    let c2 = check(key, Algorithm::SlidingLog, 2, 60_000);
+    rt.block_on(async {
+        // A lease of 8 ending at once, then two requests recorded one by one after it.
+        let a = s.take(&c, 8, 1, "a:1").await.unwrap();
+        assert_eq!(a.granted, 8);
+        assert_eq!(entries(&server, key), 2, "the lease's entry and the tally");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for member in ["req-1", "req-2"] {
+            let d = s.call(&[&c], Mode::RECORD, member, true).await.unwrap();
+            assert!(d.decisions[0].allowed, "{:?}", d.decisions[0]);
+        }
+        let full = s.call(&[&c], Mode::RECORD, "req-3", true).await.unwrap();
+        let full = full.decisions[0];
+        assert!(!full.allowed && full.count == 10, "{full:?}");
+        // Limit 10: the first slot to free is the lease's, one window after it ended.
+        // Limit 2: the ninth, the first request's, about 50 ms later.
+        let low = s.call(&[&c2], Mode::RECORD, "req-3", true).await.unwrap();
+        let low = low.decisions[0];
+        assert!(!low.allowed && low.count == 10, "{low:?}");
+        assert!(
+            low.retry_after_ms >= full.retry_after_ms + 30,
+            "the ninth slot frees after the lease's: {low:?} {full:?}"
+        );
+        assert!(full.retry_after_ms > 59_000, "{full:?}");
+
+        // Giving back 3 shrinks the entry: 7 slots used, 3 free again.
+        assert_eq!(s.give(&c, "a:1", &a, 3).await.unwrap(), 3);
+        assert_eq!(entries(&server, key), 4);
+        for (i, member) in ["req-4", "req-5", "req-6"].into_iter().enumerate() {
+            let d = s.call(&[&c], Mode::RECORD, member, true).await.unwrap();
+            let d = d.decisions[0];
+            assert!(d.allowed && d.count == 8 + i as u64, "{d:?}");
+        }
+        let d = s.call(&[&c], Mode::RECORD, "req-7", true).await.unwrap();
+        assert!(!d.decisions[0].allowed, "{:?}", d.decisions[0]);
+        // Given back twice, or after the lease's entry is gone: nothing more.
+        assert_eq!(s.give(&c, "a:1", &a, 3).await.unwrap(), 0);
+    });
+}
+
 fn script_calls(server: &RedisServer) -> u64 {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
@@ -435,7 +491,17 @@ fn three_gateways_on_leases_stay_within_the_limit_and_sigterm_gives_back() {
     assert_eq!(few, 12);
     let listed = common::http::get(&nodes[0].admin, "/api/counters", &[]).unwrap();
     let text = listed.body.clone();
-    assert!(text.contains("\"leased\""), "{text}");
+    let counters: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let partial = counters["counters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["key"] == "api/x-api-key:partial")
+        .unwrap_or_else(|| panic!("{text}"));
+    // Each node leased 10 and used 4: the count holds every leased slot, this node's 6
+    // unused ones shown apart.
+    assert_eq!(partial["count"], 30, "{text}");
+    assert_eq!(partial["leased"], 6, "{text}");
     for n in &nodes {
         n.signal("TERM");
     }
