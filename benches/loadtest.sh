@@ -355,8 +355,8 @@ wanted 8 && each_build "8 redis, three rules" "$BY_KEY" "$REDIS" "$THREE_RULES"
 wanted 9 && each_build "9 redis, gcra" "$BY_KEY" "$REDIS" "$(algorithm_rule gcra)"
 wanted 10 && each_build "10 redis, sliding_window" "$BY_KEY" "$REDIS" "$(algorithm_rule sliding_window)"
 UNIQUE_KEYS=0
-# One hot key on a leasing rule (never full): slots taken 1000 at a time, decided locally;
-# 14 counts with the sliding log (one entry per slot in Redis), 15 with GCRA (one integer).
+# One hot key on a leasing rule (never full): slots taken limit/100 at a time, decided locally;
+# 14 counts with the sliding log (one entry per lease in Redis), 15 with GCRA (one integer).
 lease_rule() {
   printf '[[rules]]\nname = "api"\npath_prefix = "/"\nkey = "header:X-Api-Key"\nalgorithm = "%s"\nlimit = 1000000000\nwindow_ms = 1000\nskip_default = true\nsync = "lease"\n' "$1"
 }

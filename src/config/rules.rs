@@ -316,9 +316,8 @@ fn sync(s: &Section, errors: &mut Collector) -> Option<SyncMode> {
         0,
         i64::from(SyncMode::LEASE_MAX),
         &format!(
-            "an integer 0..={} (0: a hundredth of the limit, at most {})",
-            SyncMode::LEASE_MAX,
-            SyncMode::AUTO_LEASE_MAX
+            "an integer 0..={} (0: a hundredth of the limit)",
+            SyncMode::LEASE_MAX
         ),
         errors,
     );

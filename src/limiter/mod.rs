@@ -50,10 +50,8 @@ pub enum SyncMode {
 impl SyncMode {
     /// The default lease length.
     pub const LEASE_MS: u64 = 100;
-    /// The largest automatic lease (a sliding log keeps one entry per slot).
-    pub const AUTO_LEASE_MAX: u32 = 1_000;
-    /// The largest lease that may be asked for.
-    pub const LEASE_MAX: u32 = 100_000;
+    /// The largest lease that may be asked for (a lease is never more than the limit).
+    pub const LEASE_MAX: u32 = u32::MAX;
 
     /// A lease's size and length for a counter of `limit`, when this mode leases.
     pub fn lease(self, limit: u32) -> Option<(u64, u64)> {
@@ -61,7 +59,7 @@ impl SyncMode {
             SyncMode::Exact => None,
             SyncMode::Lease { size, ms } => {
                 let size = if size == 0 {
-                    (limit / 100).min(Self::AUTO_LEASE_MAX)
+                    limit / 100
                 } else {
                     size.min(limit)
                 };
@@ -158,6 +156,13 @@ pub trait Backend: Send + Sync {
         mode: Mode,
     ) -> Result<Vec<Option<Decision>>, StoreError>;
 
+    /// What [`Backend::decide`] would return, when the backend knows it without waiting on
+    /// its store (the embedded store always; Redis from this node's leases or from a key
+    /// remembered full); `None` when only `decide` can tell.
+    fn decide_local(&self, _checks: &[Check], _mode: Mode) -> Option<Vec<Option<Decision>>> {
+        None
+    }
+
     /// Every key with at least one request in its window, counted as the limit `limit_of` gives
     /// it (its rule's, as configured now) counts: each algorithm reports its own estimate.
     async fn counters(
@@ -190,11 +195,7 @@ mod tests {
         let auto = SyncMode::Lease { size: 0, ms: 100 };
         assert_eq!(auto.lease(10_000), Some((100, 100)));
         assert_eq!(auto.lease(50), Some((1, 100)), "at least one slot");
-        assert_eq!(
-            auto.lease(1_000_000_000),
-            Some((1_000, 100)),
-            "at most 1000"
-        );
+        assert_eq!(auto.lease(1_000_000_000), Some((10_000_000, 100)));
         let asked = SyncMode::Lease { size: 500, ms: 0 };
         assert_eq!(
             asked.lease(200),

@@ -59,7 +59,10 @@ impl Limiter {
     pub async fn check(&self, checks: Vec<Check>, reset: bool) -> Verdict {
         let start = Instant::now();
         let mode = Mode::RECORD.with_reset(reset);
-        let result = self.bounded(self.backend.decide(&checks, mode)).await;
+        let result = match self.backend.decide_local(&checks, mode) {
+            Some(decisions) => Ok(decisions),
+            None => self.bounded(self.backend.decide(&checks, mode)).await,
+        };
         self.metrics.observe_check(start.elapsed());
         match result {
             Ok(decisions) => {

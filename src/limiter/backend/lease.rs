@@ -11,12 +11,12 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use super::scripts::{Grant, Scripts};
 use crate::limiter::{Check, Decision, StoreError};
-use crate::sync::lock;
+use crate::sync::{lock, read, write};
 
 /// One key's lease, while held.
 struct Held {
@@ -62,14 +62,40 @@ struct State {
     refused: Option<(Instant, Decision)>,
 }
 
-type Slot = Arc<tokio::sync::Mutex<State>>;
+impl State {
+    /// The decision for one more request on this key, when this node knows it without asking
+    /// Redis: a slot of a usable lease, or a refusal still fresh.
+    fn local(&mut self, now: Instant) -> Option<Decision> {
+        if let Some(h) = self.lease.as_mut().filter(|h| h.usable(now)) {
+            h.used += 1;
+            return Some(h.decision());
+        }
+        let (until, refused) = self.refused.filter(|(until, _)| now < *until)?;
+        let left = until.saturating_duration_since(now).as_millis() as u64;
+        let wait = left.max(1).min(refused.retry_after_ms.max(1));
+        Some(Decision {
+            retry_after_ms: wait,
+            reset_ms: wait,
+            ..refused
+        })
+    }
+}
+
+/// One key on this node. Requests decide under `state`, a plain lock held for a few
+/// instructions; the one that must call Redis also holds `calling` across the call, so the
+/// others on the key wait for its lease rather than take their own.
+#[derive(Default)]
+struct Slot {
+    state: Mutex<State>,
+    calling: tokio::sync::Mutex<()>,
+}
 
 pub struct Leases {
     scripts: Arc<Scripts>,
     /// Unique per process: with `seq`, makes every lease id unique across nodes.
     instance: String,
     seq: AtomicU64,
-    held: Mutex<HashMap<String, Slot>>,
+    held: RwLock<HashMap<String, Arc<Slot>>>,
     /// `ratelimiter_lease_calls_total{rule}`, once the metrics are known.
     counted: std::sync::OnceLock<prometheus::IntCounterVec>,
 }
@@ -80,7 +106,7 @@ impl Leases {
             scripts,
             instance,
             seq: AtomicU64::new(0),
-            held: Mutex::new(HashMap::new()),
+            held: RwLock::new(HashMap::new()),
             counted: std::sync::OnceLock::new(),
         }
     }
@@ -94,6 +120,31 @@ impl Leases {
         if let Some(c) = self.counted.get() {
             c.with_label_values(&[rule]).inc();
         }
+    }
+
+    /// Decides a request whose checks all lease from this node's leases alone, when it can:
+    /// `None` when some check needs a call to Redis (then nothing was taken), else what
+    /// [`Leases::decide_all`] would decide.
+    pub fn decide_local(&self, checks: &[Check]) -> Option<Vec<Option<Decision>>> {
+        let now = Instant::now();
+        let mut out: Vec<Option<Decision>> = vec![None; checks.len()];
+        for (i, check) in checks.iter().enumerate() {
+            let decided = {
+                let held = read(&self.held);
+                held.get(&check.key)
+                    .and_then(|slot| lock(&slot.state).local(now))
+            };
+            let Some(d) = decided else {
+                self.unuse_allowed(&checks[..i], &out);
+                return None;
+            };
+            out[i] = Some(d);
+            if !d.allowed && !check.shadow {
+                self.unuse_allowed(&checks[..i], &out);
+                break;
+            }
+        }
+        Some(out)
     }
 
     /// Decides a request whose checks all lease, atomically as the check script would: when
@@ -112,11 +163,7 @@ impl Leases {
                 Err(_) => true,
             };
             if refused {
-                for (before, d) in checks[..i].iter().zip(&out) {
-                    if d.is_some_and(|d| d.allowed) {
-                        self.unuse(before).await;
-                    }
-                }
+                self.unuse_allowed(&checks[..i], &out);
             }
             out[i] = Some(decided?);
             if refused {
@@ -126,21 +173,30 @@ impl Leases {
         Ok(out)
     }
 
-    /// Puts back a slot a request took from its key's lease and did not use after all.
-    async fn unuse(&self, check: &Check) {
-        let slot = self.slot(&check.key);
-        let mut state = slot.lock().await;
-        if let Some(h) = state.lease.as_mut().filter(|h| h.used > 0) {
-            h.used -= 1;
+    /// Puts back the slots that the allowed ones of `decided` took from their keys' leases,
+    /// for a request that will not be made after all.
+    fn unuse_allowed(&self, checks: &[Check], decided: &[Option<Decision>]) {
+        for (check, d) in checks.iter().zip(decided) {
+            if !d.is_some_and(|d| d.allowed) {
+                continue;
+            }
+            if let Some(slot) = read(&self.held).get(&check.key) {
+                let mut state = lock(&slot.state);
+                if let Some(h) = state.lease.as_mut().filter(|h| h.used > 0) {
+                    h.used -= 1;
+                }
+            }
         }
     }
 
-    fn slot(&self, key: &str) -> Slot {
-        let mut held = lock(&self.held);
-        if let Some(slot) = held.get(key) {
+    fn slot(&self, key: &str) -> Arc<Slot> {
+        if let Some(slot) = read(&self.held).get(key) {
             return slot.clone();
         }
-        held.entry(key.to_string()).or_default().clone()
+        write(&self.held)
+            .entry(key.to_string())
+            .or_default()
+            .clone()
     }
 
     /// Decides one request on `check` from this node's lease of its key, taking a lease of
@@ -152,25 +208,22 @@ impl Leases {
         lease_ms: u64,
     ) -> Result<Decision, StoreError> {
         let slot = self.slot(&check.key);
-        let mut state = slot.lock().await;
-        let now = Instant::now();
-        if let Some(h) = state.lease.as_mut().filter(|h| h.usable(now)) {
-            h.used += 1;
-            return Ok(h.decision());
+        if let Some(d) = lock(&slot.state).local(Instant::now()) {
+            return Ok(d);
         }
-        if let Some((until, refused)) = state.refused.filter(|(until, _)| now < *until) {
-            let left = until.saturating_duration_since(now).as_millis() as u64;
-            let wait = left.max(1).min(refused.retry_after_ms.max(1));
-            return Ok(Decision {
-                retry_after_ms: wait,
-                reset_ms: wait,
-                ..refused
-            });
-        }
-        state.refused = None;
+        let _calling = slot.calling.lock().await;
         // Spent or over: the unused slots go back before the next lease is taken (with GCRA
-        // they could not once a later lease is built on this one).
-        if let Some(old) = state.lease.take() {
+        // they could not once a later lease is built on this one). Another request may have
+        // taken a new lease while this one waited.
+        let old = {
+            let mut state = lock(&slot.state);
+            if let Some(d) = state.local(Instant::now()) {
+                return Ok(d);
+            }
+            state.refused = None;
+            state.lease.take()
+        };
+        if let Some(old) = old {
             self.give(&old).await;
         }
         let id = format!(
@@ -181,6 +234,7 @@ impl Leases {
         let asked = Instant::now();
         self.count_call(check.rule);
         let grant = self.scripts.take(check, size, lease_ms, &id).await?;
+        let mut state = lock(&slot.state);
         if grant.granted == 0 {
             let limit = check.limit.quota.limit.get();
             let wait = grant.retry_after_ms.max(1);
@@ -239,44 +293,51 @@ impl Leases {
     }
 
     async fn give_back(&self, done: impl Fn(&Held) -> bool, all: bool) {
-        let slots: Vec<(String, Slot)> = lock(&self.held)
+        let slots: Vec<(String, Arc<Slot>)> = read(&self.held)
             .iter()
             .map(|(k, s)| (k.clone(), s.clone()))
             .collect();
         for (key, slot) in slots {
-            // A key busy deciding (taking a lease) is left for the next sweep, unless all go.
-            let mut state = match slot.try_lock() {
-                Ok(state) => state,
-                Err(_) if all => slot.lock().await,
+            // A key busy calling Redis is left for the next sweep, unless all go.
+            let _calling = match slot.calling.try_lock() {
+                Ok(calling) => calling,
+                Err(_) if all => slot.calling.lock().await,
                 Err(_) => continue,
             };
-            if state.lease.as_ref().is_some_and(&done) {
-                if let Some(old) = state.lease.take() {
-                    self.give(&old).await;
+            let old = {
+                let mut state = lock(&slot.state);
+                let old = if state.lease.as_ref().is_some_and(&done) {
+                    state.lease.take()
+                } else {
+                    None
+                };
+                let now = Instant::now();
+                if state.refused.is_some_and(|(until, _)| now >= until || all) {
+                    state.refused = None;
                 }
+                old
+            };
+            if let Some(old) = old {
+                self.give(&old).await;
             }
-            let now = Instant::now();
-            if state.refused.is_some_and(|(until, _)| now >= until || all) {
-                state.refused = None;
-            }
-            if state.lease.is_none() && state.refused.is_none() {
-                drop(state);
-                let mut map = lock(&self.held);
-                // Forgotten unless a request is using it right now.
-                if map.get(&key).is_some_and(|s| Arc::strong_count(s) == 2) {
-                    map.remove(&key);
-                }
+            let mut map = write(&self.held);
+            // Forgotten when idle, unless a request is using it right now.
+            let idle = |s: &Arc<Slot>| {
+                let state = lock(&s.state);
+                Arc::strong_count(s) == 2 && state.lease.is_none() && state.refused.is_none()
+            };
+            if map.get(&key).is_some_and(idle) {
+                map.remove(&key);
             }
         }
     }
 
     /// Slots leased by this node and not yet used, per key.
     pub fn leased(&self) -> Vec<(String, u64)> {
-        lock(&self.held)
+        read(&self.held)
             .iter()
             .filter_map(|(k, s)| {
-                let state = s.try_lock().ok()?;
-                let unused = state.lease.as_ref().map_or(0, Held::unused);
+                let unused = lock(&s.state).lease.as_ref().map_or(0, Held::unused);
                 (unused > 0).then(|| (k.clone(), unused))
             })
             .collect()

@@ -202,6 +202,10 @@ impl Backend for MemoryStore {
         Ok(self.decide_now(checks, mode))
     }
 
+    fn decide_local(&self, checks: &[Check], mode: Mode) -> Option<Vec<Option<Decision>>> {
+        Some(self.decide_now(checks, mode))
+    }
+
     async fn counters(
         &self,
         limit_of: &(dyn for<'k> Fn(&'k str) -> Limit + Send + Sync),

@@ -154,6 +154,16 @@ impl Backend for RedisStore {
         }
     }
 
+    fn decide_local(&self, checks: &[Check], mode: Mode) -> Option<Vec<Option<Decision>>> {
+        if !mode.record {
+            return None;
+        }
+        if checks.iter().all(|c| c.sync != SyncMode::Exact) {
+            return self.leases.decide_local(checks);
+        }
+        self.remembered_block(checks, Instant::now())
+    }
+
     async fn decide(
         &self,
         checks: &[Check],
