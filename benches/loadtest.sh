@@ -430,7 +430,7 @@ PY
   echo "compare with each other; oha-h2 is oha over HTTP/2; 13 makes a TLS handshake per request."
   echo "12 is 4 with the access log on (JSON"
   echo "lines to a file); compare its CPU µs/req with 4's. 14 and 15: one hot key on a rule"
-  echo "with sync = \"lease\" (leases of 1000 slots; sliding_log, gcra), with wrk and oha alike."
+  echo "with sync = \"lease\" (automatic leases: limit/100 slots; sliding_log, gcra), with wrk and oha alike."
   echo "CPU µs/req: the proxy under test (the gateway, or nginx with its workers), all threads."
   echo "$CONNS connections, $DURATION per run, $THREADS worker thread(s) for the gateway and nginx, $(nproc) cores, $RUNS run(s) per mode (medians)."
 } | tee "$OUT/table.md"
