@@ -144,11 +144,24 @@ fn an_acl_user_with_only_the_needed_commands_keys_and_channel() {
     let gw = Gateway::start(
         DIRECT,
         &format!(
-            "[node]\nid = \"gw\"\n[redis]\nurl = \"redis://gw:gw-secret@127.0.0.1:{}\"\ntimeout_ms = 1000\n[limits]\ndefault_limit = 2\n",
+            "[node]\nid = \"gw\"\n[redis]\nurl = \"redis://gw:gw-secret@127.0.0.1:{}\"\ntimeout_ms = 1000\n[limits]\ndefault_limit = 2\n[[rules]]\nname = \"leased\"\npath_prefix = \"/lease/\"\nlimit = 3\nwindow_ms = 60000\nskip_default = true\nsync = \"lease\"\nlease_size = 2\n",
             redis.port
         ),
     );
     works_end_to_end(&gw);
+    // Leases too: two calls take 2 and 1 slots, the third is refused; the listing counts them.
+    let statuses: Vec<u16> = (0..4)
+        .map(|_| get(&gw.proxy, "/lease/x", &[]).unwrap().status)
+        .collect();
+    assert_eq!(statuses, [200, 200, 200, 429], "{}", gw.log());
+    let counters = get(&gw.admin, "/api/counters", &[]).unwrap();
+    assert!(
+        counters
+            .body
+            .contains(r#""key":"leased/ip:127.0.0.1","count":3"#),
+        "{}",
+        counters.body
+    );
     // Every algorithm's script runs under the user too.
     for algorithm in ["gcra", "sliding_window"] {
         let body = format!(r#"{{"key":"svc-{algorithm}","limit":1,"algorithm":"{algorithm}"}}"#);
