@@ -485,6 +485,29 @@ fn three_gateways_on_leases_stay_within_the_limit_and_sigterm_gives_back() {
         metrics.body
     );
 
+    let limits: serde_json::Value = serde_json::from_str(
+        &common::http::get(&nodes[0].admin, "/api/limits", &[])
+            .unwrap()
+            .body,
+    )
+    .unwrap();
+    let api = &limits["rules"][1];
+    assert_eq!(
+        (
+            &api["name"],
+            &api["sync"],
+            &api["lease_size"],
+            &api["lease_ms"]
+        ),
+        (
+            &serde_json::json!("api"),
+            &serde_json::json!("lease"),
+            &serde_json::json!(10),
+            &serde_json::json!(60_000)
+        ),
+        "{limits}"
+    );
+
     // A few requests each on a second key leave each node holding unused slots, shown in
     // /api/counters; SIGTERM gives them back.
     let (few, _) = hammer(&addrs, 3, 4, "partial");

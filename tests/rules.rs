@@ -600,12 +600,15 @@ unlimited = true
         limits["rules"],
         json!([
             {"name":"default","limit":7,"window_ms":1000,"key":"ip","algorithm":"sliding_log",
+             "sync":"exact","lease_size":null,"lease_ms":null,
              "shadow":false,"skip_default":false,"unlimited":false,"match":{},"overrides":{}},
             {"name":"login","limit":5,"window_ms":1000,"key":"ip","algorithm":"sliding_log",
+             "sync":"exact","lease_size":null,"lease_ms":null,
              "shadow":false,"skip_default":false,"unlimited":false,
              "match":{"methods":["POST"],"path_prefix":"/login","host":"api.example.com"},
              "overrides":{"10.0.0.7":50}},
             {"name":"health","limit":null,"window_ms":null,"key":"ip","algorithm":null,
+             "sync":"exact","lease_size":null,"lease_ms":null,
              "shadow":false,"skip_default":false,"unlimited":true,
              "match":{"path":"/healthz"},"overrides":{}},
         ])

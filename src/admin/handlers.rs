@@ -12,7 +12,7 @@ use super::router::Route;
 use super::{error, json, reply, to_json, AdminApp};
 use crate::config::{OnError, MAX_WINDOW_MS};
 use crate::headers::limit_headers;
-use crate::limiter::{Algorithm, Check, Counter, Limit, Outcome, StoreError, Verdict};
+use crate::limiter::{Algorithm, Check, Counter, Limit, Outcome, StoreError, SyncMode, Verdict};
 use crate::live::Live;
 use crate::registry::iso8601;
 use crate::response::{decision_json, error_json, store_unavailable_json};
@@ -138,12 +138,20 @@ fn rule_json(rule: &Rule) -> Value {
         .into_iter()
         .map(|(k, v)| (k.to_string(), json!(v.get())))
         .collect();
+    // As configured: lease_size 0 is automatic (a hundredth of each key's limit).
+    let lease = match rule.sync {
+        SyncMode::Lease { size, ms } => Some((size, ms)),
+        SyncMode::Exact => None,
+    };
     json!({
         "name": rule.name,
         "limit": rule.limit.map(|l| l.quota.limit.get()),
         "window_ms": rule.limit.map(|l| l.quota.window_ms.get()),
         "key": rule.key.to_string(),
         "algorithm": rule.limit.map(|l| l.algorithm.name()),
+        "sync": rule.sync.name(),
+        "lease_size": lease.map(|(size, _)| size),
+        "lease_ms": lease.map(|(_, ms)| ms),
         "shadow": rule.shadow,
         "skip_default": rule.skip_default,
         "unlimited": rule.unlimited(),

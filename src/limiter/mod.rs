@@ -53,6 +53,14 @@ impl SyncMode {
     /// The largest lease that may be asked for (a lease is never more than the limit).
     pub const LEASE_MAX: u32 = u32::MAX;
 
+    /// Its name in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            SyncMode::Exact => "exact",
+            SyncMode::Lease { .. } => "lease",
+        }
+    }
+
     /// A lease's size and length for a counter of `limit`, when this mode leases.
     pub fn lease(self, limit: u32) -> Option<(u64, u64)> {
         match self {
