@@ -172,20 +172,23 @@ local function sliding_log()
   local function take(key, now, _, _, window, lease, id, wanted, remaining, tally)
     local granted = math.min(wanted, remaining)
     local stamp = now + lease
-    redis.call('ZADD', key, stamp, id .. '#' .. granted)
-    if not tally then
-      redis.call('ZADD', key, TALLY_BASE, TALLY)
-    end
-    if granted > 1 then
-      redis.call('ZINCRBY', key, granted - 1, TALLY)
+    -- Taken already when the call is retried after a lost reply: counted once. (A retry
+    -- granted fewer adds a second entry, which only keeps slots out until it leaves.)
+    if redis.call('ZADD', key, 'NX', stamp, id .. '#' .. granted) == 1 then
+      if not tally then
+        redis.call('ZADD', key, TALLY_BASE, TALLY)
+      end
+      if granted > 1 then
+        redis.call('ZINCRBY', key, granted - 1, TALLY)
+      end
     end
     expire_after(key, stamp + window - now, true)
     return granted, stamp, 0
   end
 
   -- The lease's entry shrinks to the slots used, or goes when none were; nothing is given
-  -- once it has left the window (or the counter was reset).
-  local function give(key, _, _, _, _, id, granted, unused, _, stamp)
+  -- once it has left the window (or the counter was reset), or a second time.
+  local function give(key, now, _, _, window, id, granted, unused, _, stamp)
     if redis.call('ZREM', key, id .. '#' .. granted) == 0 then
       return 0
     end
@@ -194,8 +197,17 @@ local function sliding_log()
     if used > 0 then
       redis.call('ZADD', key, stamp, id .. '#' .. used)
       redis.call('ZINCRBY', key, -unused, TALLY)
+      return unused
+    end
+    redis.call('ZINCRBY', key, 1 - granted, TALLY)
+    -- The entry may have been what kept the key alive: it now lives one window after its
+    -- newest entry again (which lua/count.lua relies on), or goes with the last one.
+    local newest = redis.call('ZREVRANGEBYSCORE', key, '(' .. TALLY_BASE, '-inf', 'WITHSCORES',
+      'LIMIT', 0, 1)
+    if #newest == 0 then
+      redis.call('DEL', key)
     else
-      redis.call('ZINCRBY', key, 1 - granted, TALLY)
+      redis.call('PEXPIRE', key, math.max(tonumber(newest[2]) + window - now, 1))
     end
     return unused
   end

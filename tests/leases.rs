@@ -255,6 +255,38 @@ fn a_sliding_log_lease_is_one_entry_that_counts_all_its_slots() {
     });
 }
 
+#[test]
+fn a_retried_sliding_log_take_counts_once_and_a_full_give_back_ends_its_hold() {
+    let server = RedisServer::start();
+    let s = scripts(&server);
+    let rt = runtime();
+    let key = "retry:sliding_log";
+    let c = check(key, Algorithm::SlidingLog, 10, 1_000);
+    let pttl = || -> i64 {
+        redis::cmd("PTTL")
+            .arg(format!("ratelimit:{key}"))
+            .query(&mut server.conn())
+            .unwrap()
+    };
+    rt.block_on(async {
+        let d = s.call(&[&c], Mode::RECORD, "req-1", true).await.unwrap();
+        assert!(d.decisions[0].allowed);
+        // The same take twice, as after a reply lost to a broken connection.
+        let a = s.take(&c, 4, 60_000, "a:1").await.unwrap();
+        let again = s.take(&c, 4, 60_000, "a:1").await.unwrap();
+        assert_eq!((a.granted, again.granted), (4, 4));
+        let d = s.call(&[&c], Mode::RECORD, "req-2", true).await.unwrap();
+        assert_eq!(d.decisions[0].count, 6, "{:?}", d.decisions[0]);
+        // The lease keeps the key for a minute; given back whole, the key lives one window
+        // after its newest request again.
+        assert!(pttl() > 59_000);
+        assert_eq!(s.give(&c, "a:1", &a, 4).await.unwrap(), 4);
+        assert!((0..=1_000).contains(&pttl()), "{}", pttl());
+        let d = s.call(&[&c], Mode::RECORD, "req-3", true).await.unwrap();
+        assert_eq!(d.decisions[0].count, 3, "{:?}", d.decisions[0]);
+    });
+}
+
 fn script_calls(server: &RedisServer) -> u64 {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")

@@ -335,6 +335,23 @@ impl Redis {
             .unwrap_or(Err(StoreError::Timeout))
     }
 
+    /// Runs a call on this thread's connection within `limit`, with no second attempt: for a
+    /// call that must not run twice, since a broken connection may have lost the reply of a
+    /// call that ran (giving back a lease's slots twice would free slots still in use).
+    pub async fn once<T, F, Fut>(&self, limit: Duration, call: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let attempt = async {
+            let conn = self.conn().await?;
+            call(conn).await.map_err(store_error)
+        };
+        tokio::time::timeout(limit, attempt)
+            .await
+            .unwrap_or(Err(StoreError::Timeout))
+    }
+
     /// As [`Redis::retried`], with no bound of its own: for a caller that bounds the whole
     /// call already (a check, under the limiter's `timeout_ms`), so no second timer is set.
     pub async fn attempts<T, F, Fut>(&self, mut call: F) -> Result<T, StoreError>

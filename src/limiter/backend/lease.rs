@@ -21,6 +21,8 @@ use crate::sync::{lock, read, write};
 /// One key's lease, while held.
 struct Held {
     id: String,
+    /// This node's number for the lease (in `id` too): tells a slot's lease from a later one.
+    n: u64,
     grant: Grant,
     used: u64,
     /// When the lease ends, on this node's clock (measured from before the call, so never
@@ -64,20 +66,21 @@ struct State {
 
 impl State {
     /// The decision for one more request on this key, when this node knows it without asking
-    /// Redis: a slot of a usable lease, or a refusal still fresh.
-    fn local(&mut self, now: Instant) -> Option<Decision> {
+    /// Redis: a slot of a usable lease (with the lease's number), or a refusal still fresh.
+    fn local(&mut self, now: Instant) -> Option<(Decision, u64)> {
         if let Some(h) = self.lease.as_mut().filter(|h| h.usable(now)) {
             h.used += 1;
-            return Some(h.decision());
+            return Some((h.decision(), h.n));
         }
         let (until, refused) = self.refused.filter(|(until, _)| now < *until)?;
         let left = until.saturating_duration_since(now).as_millis() as u64;
         let wait = left.max(1).min(refused.retry_after_ms.max(1));
-        Some(Decision {
+        let refused = Decision {
             retry_after_ms: wait,
             reset_ms: wait,
             ..refused
-        })
+        };
+        Some((refused, 0))
     }
 }
 
@@ -128,19 +131,25 @@ impl Leases {
     pub fn decide_local(&self, checks: &[Check]) -> Option<Vec<Option<Decision>>> {
         let now = Instant::now();
         let mut out: Vec<Option<Decision>> = vec![None; checks.len()];
+        let mut from = [0u64; 4];
+        let mut from_more = Vec::new();
         for (i, check) in checks.iter().enumerate() {
             let decided = {
                 let held = read(&self.held);
                 held.get(&check.key)
                     .and_then(|slot| lock(&slot.state).local(now))
             };
-            let Some(d) = decided else {
-                self.unuse_allowed(&checks[..i], &out);
+            let Some((d, n)) = decided else {
+                self.unuse_allowed(&checks[..i], &out, &from, &from_more);
                 return None;
             };
             out[i] = Some(d);
+            match from.get_mut(i) {
+                Some(f) => *f = n,
+                None => from_more.push(n),
+            }
             if !d.allowed && !check.shadow {
-                self.unuse_allowed(&checks[..i], &out);
+                self.unuse_allowed(&checks[..i], &out, &from, &from_more);
                 break;
             }
         }
@@ -152,20 +161,23 @@ impl Leases {
     /// the checks after it are not asked (`None`).
     pub async fn decide_all(&self, checks: &[Check]) -> Result<Vec<Option<Decision>>, StoreError> {
         let mut out: Vec<Option<Decision>> = vec![None; checks.len()];
+        let mut from = Vec::with_capacity(checks.len());
         for (i, check) in checks.iter().enumerate() {
             let (size, ms) = check
                 .sync
                 .lease(check.limit.quota.limit.get())
                 .unwrap_or((1, 1));
-            let decided = self.decide(check, size, ms).await;
+            let decided = self.decide_from(check, size, ms).await;
             let refused = match &decided {
-                Ok(d) => !d.allowed && !check.shadow,
+                Ok((d, _)) => !d.allowed && !check.shadow,
                 Err(_) => true,
             };
             if refused {
-                self.unuse_allowed(&checks[..i], &out);
+                self.unuse_allowed(&checks[..i], &out, &from, &[]);
             }
-            out[i] = Some(decided?);
+            let (d, n) = decided?;
+            out[i] = Some(d);
+            from.push(n);
             if refused {
                 break;
             }
@@ -173,16 +185,25 @@ impl Leases {
         Ok(out)
     }
 
-    /// Puts back the slots that the allowed ones of `decided` took from their keys' leases,
-    /// for a request that will not be made after all.
-    fn unuse_allowed(&self, checks: &[Check], decided: &[Option<Decision>]) {
-        for (check, d) in checks.iter().zip(decided) {
+    /// Puts back the slots that the allowed ones of `decided` took from their keys' leases
+    /// (numbered in `from`, then `more`), for a request that will not be made after all. A
+    /// slot whose lease has been replaced since stays used: that lease is spent or given
+    /// back, and the slot only stays counted until it leaves the window.
+    fn unuse_allowed(
+        &self,
+        checks: &[Check],
+        decided: &[Option<Decision>],
+        from: &[u64],
+        more: &[u64],
+    ) {
+        let lease_of = from.iter().chain(more);
+        for ((check, d), &n) in checks.iter().zip(decided).zip(lease_of) {
             if !d.is_some_and(|d| d.allowed) {
                 continue;
             }
             if let Some(slot) = read(&self.held).get(&check.key) {
                 let mut state = lock(&slot.state);
-                if let Some(h) = state.lease.as_mut().filter(|h| h.used > 0) {
+                if let Some(h) = state.lease.as_mut().filter(|h| h.n == n && h.used > 0) {
                     h.used -= 1;
                 }
             }
@@ -207,6 +228,17 @@ impl Leases {
         size: u64,
         lease_ms: u64,
     ) -> Result<Decision, StoreError> {
+        Ok(self.decide_from(check, size, lease_ms).await?.0)
+    }
+
+    /// As [`Leases::decide`], with the number of the lease an allowed request took its slot
+    /// from.
+    async fn decide_from(
+        &self,
+        check: &Check,
+        size: u64,
+        lease_ms: u64,
+    ) -> Result<(Decision, u64), StoreError> {
         let slot = self.slot(&check.key);
         if let Some(d) = lock(&slot.state).local(Instant::now()) {
             return Ok(d);
@@ -226,11 +258,9 @@ impl Leases {
         if let Some(old) = old {
             self.give(&old).await;
         }
-        let id = format!(
-            "{}:l{}",
-            self.instance,
-            self.seq.fetch_add(1, Ordering::Relaxed)
-        );
+        // Numbered from 1: 0 is no lease.
+        let n = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let id = format!("{}:l{n}", self.instance);
         let asked = Instant::now();
         self.count_call(check.rule);
         let grant = self.scripts.take(check, size, lease_ms, &id).await?;
@@ -250,16 +280,17 @@ impl Leases {
             // back what they did not use.
             let again = Duration::from_millis(wait.min(lease_ms.max(1)));
             state.refused = Some((asked + again, refused));
-            return Ok(refused);
+            return Ok((refused, 0));
         }
         let h = state.lease.insert(Held {
             id,
+            n,
             grant,
             used: 1,
             ends: asked + Duration::from_millis(grant.left_ms),
             check: check.clone(),
         });
-        Ok(h.decision())
+        Ok((h.decision(), n))
     }
 
     /// Gives back what a lease left unused; a failure only keeps the slots out of use until

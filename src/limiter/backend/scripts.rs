@@ -10,7 +10,7 @@ use redis::Script;
 use super::blocked::RESET_CHANNEL;
 use super::redis::KEY_PREFIX;
 use crate::limiter::{Check, Decision, Mode, StoreError};
-use crate::redis::Redis;
+use crate::redis::{Conn, Redis};
 
 /// The algorithm files every script starts with.
 macro_rules! with_algorithms {
@@ -157,8 +157,9 @@ impl Scripts {
         lease_ms: u64,
         id: &str,
     ) -> Result<Grant, StoreError> {
+        // Retried after a broken connection: a take that ran twice only holds more slots.
         let reply = self
-            .lease_call(check, "take", self.redis.timeout(), |i| {
+            .lease_call(check, "take", self.redis.timeout(), true, |i| {
                 i.arg(wanted.max(1)).arg(lease_ms.max(1)).arg(id);
             })
             .await?;
@@ -188,8 +189,10 @@ impl Scripts {
         grant: &Grant,
         unused: u64,
     ) -> Result<u64, StoreError> {
+        // Never retried: a give that ran twice could free slots in use. One that failed
+        // only keeps its slots out until they leave the window.
         let reply = self
-            .lease_call(check, "give", self.redis.slow_timeout(), |i| {
+            .lease_call(check, "give", self.redis.slow_timeout(), false, |i| {
                 i.arg(id)
                     .arg(grant.granted)
                     .arg(unused.min(grant.granted))
@@ -203,12 +206,13 @@ impl Scripts {
 
 impl Scripts {
     /// One call of the lease script on `check`'s key: `op`, the algorithm's arguments, then
-    /// what `args` adds; within `limit`.
+    /// what `args` adds; within `limit`, once more after a broken connection if `retry`.
     async fn lease_call(
         &self,
         check: &Check,
         op: &str,
         limit: std::time::Duration,
+        retry: bool,
         args: impl FnOnce(&mut redis::ScriptInvocation<'_>),
     ) -> Result<Vec<i64>, StoreError> {
         let mut invocation = self.lease.prepare_invoke();
@@ -216,11 +220,12 @@ impl Scripts {
         algorithm_args(&mut invocation, check);
         args(&mut invocation);
         let invocation = &invocation;
-        self.redis
-            .retried(limit, |mut conn| async move {
-                invocation.invoke_async(&mut conn).await
-            })
-            .await
+        let call = |mut conn: Conn| async move { invocation.invoke_async(&mut conn).await };
+        if retry {
+            self.redis.retried(limit, call).await
+        } else {
+            self.redis.once(limit, call).await
+        }
     }
 }
 
