@@ -323,7 +323,17 @@ fn master_failure_under_load(fault: Fault, what: &str) {
     }
     let fresh = key_per_master(&cluster, "after-");
     let allowed = hammer(&gws.iter().collect::<Vec<_>>(), &fresh, "/", 6, 10);
-    assert_eq!(allowed, vec![15; 3]);
+    let stored: Vec<usize> = fresh
+        .iter()
+        .map(|k| zcard(&cluster, &format!("ratelimit:x-api-key:{k}")))
+        .collect();
+    assert_eq!(
+        allowed,
+        vec![15; 3],
+        "stored {stored:?}\n{}\n{}",
+        gws[0].log(),
+        gws[1].log()
+    );
     for key in &fresh {
         assert_eq!(zcard(&cluster, &format!("ratelimit:x-api-key:{key}")), 15);
     }

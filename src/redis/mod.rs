@@ -57,11 +57,35 @@ enum Target {
 }
 
 struct ClusterTarget {
-    client: ClusterClient,
+    /// Makes every new connection: first from the config's seeds, after a failover from
+    /// the masters then serving ([`ClusterTarget::reseed`]).
+    client: std::sync::RwLock<ClusterClient>,
     /// The seeds' settings; the first one's also serve for a client to any node (the
     /// subscription, the topology watch).
     seeds: Vec<redis::ConnectionInfo>,
     tls: tls::Tls,
+    connect: Duration,
+    response: Duration,
+}
+
+impl ClusterTarget {
+    /// New connections start from `masters` (host, port), the masters serving now. A new
+    /// cluster connection waits for every seed, so a seed that hangs (a master that failed
+    /// over, its machine stopped) would hold each thread's next connection for the whole
+    /// connect timeout, and its requests past theirs.
+    fn reseed(&self, masters: &[(String, u16)]) {
+        if masters.is_empty() {
+            return;
+        }
+        let infos = masters
+            .iter()
+            .map(|(host, port)| tls::at(&self.seeds[0], host, *port))
+            .collect();
+        match tls::cluster_client_at(infos, &self.tls, self.connect, self.response) {
+            Ok(client) => *crate::sync::write(&self.client) = client,
+            Err(e) => log::warn!("keeping the cluster seeds after a failover: {e}"),
+        }
+    }
 }
 
 /// A connection to whichever topology the config names.
@@ -189,11 +213,18 @@ impl Redis {
         let tls = tls::Tls::load(&config.tls)?;
         let target = match &config.topology {
             RedisTopology::Standalone(url) => Target::Standalone(tls.client(tls::info(url)?)?),
-            RedisTopology::Cluster(seeds) => Target::Cluster(Box::new(ClusterTarget {
-                client: tls::cluster_client(seeds, &tls, connect, slow_timeout(config.timeout))?,
-                seeds: seeds.iter().map(tls::info).collect::<Result<_, _>>()?,
-                tls,
-            })),
+            RedisTopology::Cluster(seeds) => {
+                let response = slow_timeout(config.timeout);
+                Target::Cluster(Box::new(ClusterTarget {
+                    client: std::sync::RwLock::new(tls::cluster_client(
+                        seeds, &tls, connect, response,
+                    )?),
+                    seeds: seeds.iter().map(tls::info).collect::<Result<_, _>>()?,
+                    tls,
+                    connect,
+                    response,
+                }))
+            }
             RedisTopology::Sentinel { sentinels, master } => {
                 Target::Sentinel(Sentinels::new(sentinels, master, &tls, connect)?)
             }
@@ -290,7 +321,7 @@ impl Redis {
                 })
             }
             Target::Cluster(cluster) => {
-                let client = cluster.client.clone();
+                let client = crate::sync::read(&cluster.client).clone();
                 Box::pin(async move {
                     client
                         .get_async_connection()

@@ -102,6 +102,16 @@ pub fn cluster_client(
     response: Duration,
 ) -> Result<ClusterClient, StoreError> {
     let infos: Vec<ConnectionInfo> = seeds.iter().map(info).collect::<Result<_, _>>()?;
+    cluster_client_at(infos, tls, connect, response)
+}
+
+/// As [`cluster_client`], from the seeds' connection settings.
+pub fn cluster_client_at(
+    infos: Vec<ConnectionInfo>,
+    tls: &Tls,
+    connect: Duration,
+    response: Duration,
+) -> Result<ClusterClient, StoreError> {
     let secure = infos
         .iter()
         .any(|i| matches!(i.addr(), ConnectionAddr::TcpTls { .. }));

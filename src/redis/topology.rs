@@ -30,14 +30,19 @@ pub async fn follow(redis: Arc<Redis>) {
     let mut known: Vec<redis::Client> = Vec::new();
     let mut last: Option<String> = None;
     loop {
-        let now = match &redis.target {
+        let (now, masters) = match &redis.target {
             Target::Standalone(_) => return,
-            Target::Cluster(cluster) => cluster_view(cluster, &mut probe, &mut known).await,
-            Target::Sentinel(sentinels) => sentinels.master_addr(&mut probe).await,
+            Target::Cluster(cluster) => cluster_view(cluster, &mut probe, &mut known)
+                .await
+                .map_or((None, Vec::new()), |(now, masters)| (Some(now), masters)),
+            Target::Sentinel(sentinels) => (sentinels.master_addr(&mut probe).await, Vec::new()),
         };
         if let Some(now) = now {
             if last.as_ref().is_some_and(|last| *last != now) {
                 log::warn!("Redis failover seen: now served by {now}");
+                if let Target::Cluster(cluster) = &redis.target {
+                    cluster.reseed(&masters);
+                }
                 redis.topology_changed();
             }
             last = Some(now);
@@ -47,12 +52,13 @@ pub async fn follow(redis: Arc<Redis>) {
 }
 
 /// The cluster's masters and their slots, one line each in a stable order, asked of the
-/// nodes it listed last time (else the seeds).
+/// nodes it listed last time (else the seeds); and the masters serving, none suspected of
+/// failing.
 async fn cluster_view(
     cluster: &ClusterTarget,
     probe: &mut Probe,
     known: &mut Vec<redis::Client>,
-) -> Option<String> {
+) -> Option<(String, Vec<(String, u16)>)> {
     let seeds = || -> Vec<redis::Client> {
         cluster
             .seeds
@@ -78,7 +84,7 @@ async fn cluster_view(
         *known = nodes;
         probe.keep_only(known);
     }
-    Some(fingerprint(&text))
+    Some((fingerprint(&text), sound_masters(&text)))
 }
 
 /// Plain connections to single nodes (cluster nodes, sentinels), kept between rounds.
@@ -207,6 +213,15 @@ pub fn cluster_masters(text: &str) -> Vec<Node> {
         .collect()
 }
 
+/// The masters that serve slots and that no node suspects (`fail?`), as (host, port).
+fn sound_masters(text: &str) -> Vec<(String, u16)> {
+    text.lines()
+        .filter_map(NodeLine::parse)
+        .filter(|n| n.serving() && !n.has("fail?"))
+        .map(|n| (n.host, n.port))
+        .collect()
+}
+
 /// Every node the cluster lists with an address and not failed, masters first.
 fn cluster_nodes(text: &str) -> Vec<(String, u16)> {
     let mut nodes: Vec<(bool, (String, u16))> = text
@@ -255,6 +270,16 @@ e7d1 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-5460
             })
             .collect();
         assert_eq!(ports, [30002, 30003, 30001]);
+    }
+
+    #[test]
+    fn new_connections_start_from_the_sound_masters() {
+        let suspected = NODES.replace("30002@40002 master -", "30002@40002 master,fail? -");
+        let ports: Vec<u16> = sound_masters(&suspected)
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect();
+        assert_eq!(ports, [30003, 30001]);
     }
 
     #[test]
