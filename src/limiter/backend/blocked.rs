@@ -5,7 +5,10 @@
 //! recorded and no slot can free before the time the script reported, so Redis would answer
 //! "blocked" to every one of them. The only other way out is a reset, which every node hears
 //! at once through Redis pub/sub ([`RESET_CHANNEL`]); when that subscription drops (Redis
-//! restarted, and may have lost its data) the whole memory is forgotten. The expiry is taken
+//! restarted, and may have lost its data) the whole memory is forgotten. A reset may also
+//! overtake a refusal's reply (pub/sub comes on another connection): a refusal sent before
+//! the last reset heard is not remembered, since that reset may have undone its cause (a
+//! cross-slot take-back of a record that made the key look full). The expiry is taken
 //! from the moment the call was *sent*, so it can only end early (and ask Redis again), never
 //! late. What it cannot see: an operator deleting keys in Redis by hand (not through the admin
 //! API); such keys stay blocked here for at most the time a slot would have taken to free.
@@ -13,7 +16,7 @@
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -43,6 +46,10 @@ pub struct BlockedKeys {
     live: AtomicBool,
     /// Every reset heard on the channel, for a resetting caller waiting to hear its own.
     heard: tokio::sync::broadcast::Sender<Arc<str>>,
+    /// When the last reset was heard (ns after `started`, plus one; 0: none yet): a refusal
+    /// sent before it may be what that reset undid, and is not remembered.
+    last_reset_ns: AtomicU64,
+    started: Instant,
 }
 
 impl Default for BlockedKeys {
@@ -53,6 +60,8 @@ impl Default for BlockedKeys {
             entries: AtomicUsize::new(0),
             live: AtomicBool::new(false),
             heard: tokio::sync::broadcast::channel(1024).0,
+            last_reset_ns: AtomicU64::new(0),
+            started: Instant::now(),
         }
     }
 }
@@ -113,6 +122,13 @@ impl BlockedKeys {
             until: sent + Duration::from_millis(d.retry_after_ms),
         };
         let mut shard = self.shard(key);
+        // A reset heard since the call was sent may have come after the refusal and before
+        // its reply (a cross-slot take-back, or an admin reset): the key may have room now.
+        // Read under the shard's lock, which `forget` takes after noting the time.
+        let sent_ns = sent.saturating_duration_since(self.started).as_nanos() as u64;
+        if self.last_reset_ns.load(Ordering::SeqCst) > sent_ns {
+            return;
+        }
         let list = shard.entry(key.into()).or_default();
         match list.iter_mut().find(|e| e.limit == entry.limit) {
             Some(e) => *e = entry,
@@ -125,6 +141,8 @@ impl BlockedKeys {
 
     /// Forgets a key (it was reset).
     pub fn forget(&self, key: &str) {
+        let now = self.started.elapsed().as_nanos() as u64 + 1;
+        self.last_reset_ns.fetch_max(now, Ordering::SeqCst);
         if let Some(list) = self.shard(key).remove(key) {
             self.entries.fetch_sub(list.len(), Ordering::Relaxed);
         }
@@ -271,6 +289,20 @@ mod tests {
         b.clear();
         assert!(b.get("b", q(3), t0).is_none());
         assert!(b.is_empty());
+    }
+
+    #[test]
+    fn a_refusal_sent_before_a_reset_heard_is_not_remembered() {
+        let b = live();
+        let sent = Instant::now();
+        // The reset of a record that made the key look full, heard before the reply.
+        b.forget("k");
+        b.remember("k", q(3), &blocked(500), sent);
+        assert!(b.get("k", q(3), sent).is_none());
+        // A refusal sent after it is.
+        let later = Instant::now();
+        b.remember("k", q(3), &blocked(500), later);
+        assert!(b.get("k", q(3), later).is_some());
     }
 
     #[test]
