@@ -136,10 +136,12 @@ impl Scripts {
             invocation.arg(mark);
         }
         // Off the request path (in the recording task): the longer bound, so a take-back is
-        // not given up on under load.
+        // not given up on under load. Never retried: a sliding window's take-back that ran
+        // twice (its reply lost) would free a place in use; one that failed only counts the
+        // client once too often.
         let invocation = &invocation;
         self.redis
-            .retried(self.redis.slow_timeout(), |mut conn| async move {
+            .once(self.redis.slow_timeout(), |mut conn| async move {
                 invocation.invoke_async::<i64>(&mut conn).await
             })
             .await
