@@ -287,6 +287,45 @@ fn a_retried_sliding_log_take_counts_once_and_a_full_give_back_ends_its_hold() {
     });
 }
 
+#[test]
+fn a_request_refused_by_its_second_rule_gives_its_first_slot_back_to_that_lease() {
+    let server = RedisServer::start();
+    let rt = runtime();
+    let lease = |key: &str, limit| Check {
+        sync: ratelimiter::limiter::SyncMode::Lease {
+            size: 5,
+            ms: 60_000,
+        },
+        ..check(key, Algorithm::SlidingLog, limit, 60_000)
+    };
+    let (a, b) = (lease("two:a", 100), lease("two:b", 5));
+    let node = Leases::new(Arc::new(scripts(&server)), "node".into());
+    let other = Leases::new(Arc::new(scripts(&server)), "other".into());
+    rt.block_on(async {
+        // The node holds a lease on A; another node holds all of B.
+        assert!(node.decide(&a, 5, 60_000).await.unwrap().allowed);
+        assert!(other.decide(&b, 5, 60_000).await.unwrap().allowed);
+        let leased = |l: &Leases, key: &str| {
+            l.leased()
+                .into_iter()
+                .find(|(k, _)| k == key)
+                .map_or(0, |(_, n)| n)
+        };
+        assert_eq!(leased(&node, "two:a"), 4);
+        // A request owing A and B: B refuses, so A's slot goes back to A's lease, whether
+        // decided from memory (a second time, B's refusal is remembered) or by a call.
+        for _ in 0..2 {
+            let both = [a.clone(), b.clone()];
+            let d = match node.decide_local(&both) {
+                Some(d) => d,
+                None => node.decide_all(&both).await.unwrap(),
+            };
+            assert!(d[0].unwrap().allowed && !d[1].unwrap().allowed, "{d:?}");
+            assert_eq!(leased(&node, "two:a"), 4);
+        }
+    });
+}
+
 fn script_calls(server: &RedisServer) -> u64 {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")

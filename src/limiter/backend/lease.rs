@@ -131,8 +131,9 @@ impl Leases {
     pub fn decide_local(&self, checks: &[Check]) -> Option<Vec<Option<Decision>>> {
         let now = Instant::now();
         let mut out: Vec<Option<Decision>> = vec![None; checks.len()];
-        let mut from = [0u64; 4];
-        let mut from_more = Vec::new();
+        // The lease each check's slot came from, kept only while a later check may refuse
+        // (so a one-check request allocates nothing for it).
+        let mut from = Vec::new();
         for (i, check) in checks.iter().enumerate() {
             let decided = {
                 let held = read(&self.held);
@@ -140,16 +141,15 @@ impl Leases {
                     .and_then(|slot| lock(&slot.state).local(now))
             };
             let Some((d, n)) = decided else {
-                self.unuse_allowed(&checks[..i], &out, &from, &from_more);
+                self.unuse_allowed(&checks[..i], &out, &from);
                 return None;
             };
             out[i] = Some(d);
-            match from.get_mut(i) {
-                Some(f) => *f = n,
-                None => from_more.push(n),
+            if i + 1 < checks.len() {
+                from.push(n);
             }
             if !d.allowed && !check.shadow {
-                self.unuse_allowed(&checks[..i], &out, &from, &from_more);
+                self.unuse_allowed(&checks[..i], &out, &from);
                 break;
             }
         }
@@ -173,7 +173,7 @@ impl Leases {
                 Err(_) => true,
             };
             if refused {
-                self.unuse_allowed(&checks[..i], &out, &from, &[]);
+                self.unuse_allowed(&checks[..i], &out, &from);
             }
             let (d, n) = decided?;
             out[i] = Some(d);
@@ -186,18 +186,11 @@ impl Leases {
     }
 
     /// Puts back the slots that the allowed ones of `decided` took from their keys' leases
-    /// (numbered in `from`, then `more`), for a request that will not be made after all. A
-    /// slot whose lease has been replaced since stays used: that lease is spent or given
-    /// back, and the slot only stays counted until it leaves the window.
-    fn unuse_allowed(
-        &self,
-        checks: &[Check],
-        decided: &[Option<Decision>],
-        from: &[u64],
-        more: &[u64],
-    ) {
-        let lease_of = from.iter().chain(more);
-        for ((check, d), &n) in checks.iter().zip(decided).zip(lease_of) {
+    /// (numbered in `from`), for a request that will not be made after all. A slot whose
+    /// lease has been replaced since stays used: that lease is spent or given back, and the
+    /// slot only stays counted until it leaves the window.
+    fn unuse_allowed(&self, checks: &[Check], decided: &[Option<Decision>], from: &[u64]) {
+        for ((check, d), &n) in checks.iter().zip(decided).zip(from) {
             if !d.is_some_and(|d| d.allowed) {
                 continue;
             }
