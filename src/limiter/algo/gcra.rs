@@ -50,15 +50,7 @@ pub fn peek(tat_us: u64, now_us: u64, quota: Quota) -> Decision {
             },
         }
     } else {
-        let wait = ceil_ms(d - tau).max(1);
-        Decision {
-            allowed: false,
-            count: u64::from(limit),
-            limit,
-            remaining: 0,
-            retry_after_ms: wait,
-            reset_ms: wait,
-        }
+        Decision::refused(u64::from(limit), limit, ceil_ms(d - tau).max(1))
     }
 }
 

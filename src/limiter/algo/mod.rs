@@ -136,6 +136,18 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// A refusal: `count` in use of `limit`, and a slot frees in `wait_ms` (also the reset).
+    pub fn refused(count: u64, limit: u32, wait_ms: u64) -> Decision {
+        Decision {
+            allowed: false,
+            count,
+            limit,
+            remaining: 0,
+            retry_after_ms: wait_ms,
+            reset_ms: wait_ms,
+        }
+    }
+
     /// `Retry-After`: whole seconds, rounded up, at least 1 when blocked (contract §3.4).
     pub fn retry_after_secs(&self) -> u64 {
         if self.allowed {

@@ -46,15 +46,11 @@ pub fn peek_indexed(
         };
     }
     // The entry whose expiry brings the log below the limit.
-    let wait = until_leaves(entry((count - limit64) as usize));
-    Decision {
-        allowed: false,
+    Decision::refused(
         count,
         limit,
-        remaining: 0,
-        retry_after_ms: wait,
-        reset_ms: wait,
-    }
+        until_leaves(entry((count - limit64) as usize)),
+    )
 }
 
 /// [`peek_indexed`] over a slice.

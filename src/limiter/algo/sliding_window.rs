@@ -92,15 +92,7 @@ pub fn peek(c: Counts, quota: Quota) -> Decision {
             },
         }
     } else {
-        let wait = until_below(u64::from(limit), c, window_ms);
-        Decision {
-            allowed: false,
-            count: n,
-            limit,
-            remaining: 0,
-            retry_after_ms: wait,
-            reset_ms: wait,
-        }
+        Decision::refused(n, limit, until_below(u64::from(limit), c, window_ms))
     }
 }
 

@@ -79,17 +79,10 @@ impl BlockedKeys {
         let before = entries.len();
         entries.retain(|e| e.until > now);
         let removed = before - entries.len();
-        let found = entries.iter().find(|e| e.limit == limit).map(|e| {
-            let wait = ceil_ms(e.until - now);
-            Decision {
-                allowed: false,
-                count: e.count,
-                limit: e.limit.quota.limit.get(),
-                remaining: 0,
-                retry_after_ms: wait,
-                reset_ms: wait,
-            }
-        });
+        let found = entries
+            .iter()
+            .find(|e| e.limit == limit)
+            .map(|e| Decision::refused(e.count, e.limit.quota.limit.get(), ceil_ms(e.until - now)));
         if entries.is_empty() {
             shard.remove(key);
         }

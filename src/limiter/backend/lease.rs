@@ -75,12 +75,7 @@ impl State {
         let (until, refused) = self.refused.filter(|(until, _)| now < *until)?;
         let left = until.saturating_duration_since(now).as_millis() as u64;
         let wait = left.max(1).min(refused.retry_after_ms.max(1));
-        let refused = Decision {
-            retry_after_ms: wait,
-            reset_ms: wait,
-            ..refused
-        };
-        Some((refused, 0))
+        Some((Decision::refused(refused.count, refused.limit, wait), 0))
     }
 }
 
@@ -261,14 +256,7 @@ impl Leases {
         if grant.granted == 0 {
             let limit = check.limit.quota.limit.get();
             let wait = grant.retry_after_ms.max(1);
-            let refused = Decision {
-                allowed: false,
-                count: grant.count.max(u64::from(limit)),
-                limit,
-                remaining: 0,
-                retry_after_ms: wait,
-                reset_ms: wait,
-            };
+            let refused = Decision::refused(grant.count.max(u64::from(limit)), limit, wait);
             // Asked again when a slot frees, or sooner when other nodes' leases end and give
             // back what they did not use.
             let again = Duration::from_millis(wait.min(lease_ms.max(1)));
