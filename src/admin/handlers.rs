@@ -366,7 +366,7 @@ impl AdminApp {
             key: req.key,
             limit: Limit::new(algorithm, limit, window_ms),
             shadow: false,
-            sync: crate::limiter::SyncMode::Exact,
+            sync: SyncMode::Exact,
         };
         let reset = live.config.headers.style.shows_reset();
         match self.limiter.check(vec![check], reset).await {

@@ -157,7 +157,8 @@ pub trait Backend: Send + Sync {
     ///
     /// Returns one entry per check, in order. An entry is `None` only when the backend knew
     /// the request blocked without asking its store (a key remembered full): then at least one
-    /// entry is a blocked decision of an enforced check.
+    /// entry is a blocked decision of an enforced check. Callers try
+    /// [`Backend::decide_local`] first; this does not repeat what it looked at.
     async fn decide(
         &self,
         checks: &[Check],

@@ -30,6 +30,11 @@ use crate::redis::{pubsub, topology, Redis};
 
 pub use super::scripts::SCRIPT;
 
+/// Whether every check of a request leases: then the lease table decides it.
+fn all_lease(checks: &[Check]) -> bool {
+    checks.iter().all(|c| c.sync != SyncMode::Exact)
+}
+
 /// How often ended leases give back their unused slots.
 const GIVE_BACK_EVERY: Duration = Duration::from_millis(50);
 
@@ -158,25 +163,21 @@ impl Backend for RedisStore {
         if !mode.record {
             return None;
         }
-        if checks.iter().all(|c| c.sync != SyncMode::Exact) {
+        if all_lease(checks) {
             return self.leases.decide_local(checks);
         }
         self.remembered_block(checks, Instant::now())
     }
 
+    /// Asks Redis (keys remembered full were looked up already, in `decide_local`).
     async fn decide(
         &self,
         checks: &[Check],
         mode: Mode,
     ) -> Result<Vec<Option<Decision>>, StoreError> {
         let sent = Instant::now();
-        if mode.record && checks.iter().all(|c| c.sync != SyncMode::Exact) {
+        if mode.record && all_lease(checks) {
             return self.leases.decide_all(checks).await;
-        }
-        if mode.record {
-            if let Some(known) = self.remembered_block(checks, sent) {
-                return Ok(known);
-            }
         }
         let member = self.member();
         let groups = if self.redis.is_cluster() && checks.len() > 1 {

@@ -1,7 +1,8 @@
 //! The store's Lua scripts and their calls: `lua/check.lua` decides a set of checks in one
 //! call, `lua/release.lua` takes back what a check call recorded, `lua/count.lua` counts a
-//! key for listings, `lua/lease.lua` takes a lease of slots and gives back what it left. Each is the algorithm files followed by its driver, embedded at build
-//! time, sent with `EVALSHA` and loaded again on `NOSCRIPT`.
+//! key for listings, `lua/lease.lua` takes a lease of slots and gives back what it left.
+//! Each is the algorithm files followed by its driver, embedded at build time, sent with
+//! `EVALSHA` and loaded again on `NOSCRIPT`.
 
 use std::sync::Arc;
 
@@ -147,9 +148,7 @@ impl Scripts {
             .await
             .map(|_| ())
     }
-}
 
-impl Scripts {
     /// Reserves up to `wanted` of `check`'s slots for lease `id` (unique across nodes) of
     /// `lease_ms`, within `timeout_ms`.
     pub async fn take(
@@ -204,9 +203,7 @@ impl Scripts {
             .await?;
         Ok(reply.first().map_or(0, |v| (*v).max(0) as u64))
     }
-}
 
-impl Scripts {
     /// One call of the lease script on `check`'s key: `op`, the algorithm's arguments, then
     /// what `args` adds; within `limit`, once more after a broken connection if `retry`.
     async fn lease_call(
