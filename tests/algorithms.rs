@@ -19,16 +19,7 @@ fn body(r: &common::http::Response) -> Value {
 }
 
 fn evalsha_calls(redis: &RedisServer) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut redis.conn())
-        .unwrap();
-    info.lines()
-        .find(|l| l.starts_with("cmdstat_evalsha:"))
-        .and_then(|l| l.split("calls=").nth(1))
-        .and_then(|v| v.split(',').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    common::command_calls(&mut redis.conn(), &["evalsha"])
 }
 
 /// One rule on every path with this algorithm, replacing the default.

@@ -12,13 +12,7 @@ use common::upstream::Upstream;
 use common::wait_for;
 
 fn evalsha_calls(conn: &mut redis::Connection) -> u64 {
-    let info: String = redis::cmd("INFO").arg("commandstats").query(conn).unwrap();
-    info.lines()
-        .find(|l| l.starts_with("cmdstat_evalsha:"))
-        .and_then(|l| l.split("calls=").nth(1))
-        .and_then(|v| v.split(',').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    common::command_calls(conn, &["evalsha"])
 }
 
 fn subscribers(conn: &mut redis::Connection) -> u64 {

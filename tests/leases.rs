@@ -327,21 +327,7 @@ fn a_request_refused_by_its_second_rule_gives_its_first_slot_back_to_that_lease(
 }
 
 fn script_calls(server: &RedisServer) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut server.conn())
-        .unwrap();
-    info.lines()
-        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-        .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
+    common::command_calls(&mut server.conn(), &["evalsha", "eval"])
 }
 
 /// `tasks` tasks per node, each making `requests` requests on `c`, all at once: how many

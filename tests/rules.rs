@@ -64,16 +64,7 @@ fn zcard(redis: &RedisServer, key: &str) -> u64 {
 }
 
 fn evalsha_calls(redis: &RedisServer) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut redis.conn())
-        .unwrap();
-    info.lines()
-        .find(|l| l.starts_with("cmdstat_evalsha:"))
-        .and_then(|l| l.split("calls=").nth(1))
-        .and_then(|v| v.split(',').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    common::command_calls(&mut redis.conn(), &["evalsha"])
 }
 
 /// (method, path, headers, the rules that must apply).

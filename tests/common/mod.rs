@@ -26,6 +26,27 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Optio
     }
 }
 
+/// How many times Redis ran each of `commands` (lower case, e.g. `evalsha`), from
+/// `INFO commandstats`, summed.
+pub fn command_calls(conn: &mut redis::Connection, commands: &[&str]) -> u64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(conn).unwrap();
+    info.lines()
+        .filter_map(|l| {
+            let (name, stats) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            if !commands.contains(&name) {
+                return None;
+            }
+            stats
+                .split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
 /// A port that was free a moment ago, from below the kernel's ephemeral range.
 ///
 /// Asking the kernel for port 0 would hand out an ephemeral port, and until the process under
