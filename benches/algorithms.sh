@@ -22,7 +22,7 @@ trap 'kill $REDIS_PID 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do redis-cli -p "$PORT" ping >/dev/null 2>&1 && break; sleep 0.05; done
 
 cli() { redis-cli -p "$PORT" "$@"; }
-SCRIPT=$(cat lua/sliding_log.lua lua/gcra.lua lua/sliding_window.lua lua/check.lua)
+SCRIPT=$(cat lua/typed.lua lua/sliding_log.lua lua/gcra.lua lua/sliding_window.lua lua/check.lua)
 SHA=$(cli SCRIPT LOAD "$SCRIPT")
 CALLS=${CALLS:-200000}
 

@@ -18,7 +18,7 @@ local function gcra()
   local function peek(key, _, now_us, limit, window)
     local t, tau = params(limit, window)
     -- Absent, or another algorithm's state (a rule that changed algorithm on reload): fresh.
-    local v = redis.pcall('GET', key)
+    local v = typed('GET', key)
     local tat = 0
     if type(v) == 'string' then
       tat = tonumber(v) or 0
@@ -63,7 +63,7 @@ local function gcra()
   -- (or later, never earlier, when the TAT had already passed at the record).
   local function release(key, _, now_us, limit, window)
     local t = params(limit, window)
-    local v = redis.pcall('GET', key)
+    local v = typed('GET', key)
     if type(v) ~= 'string' or not tonumber(v) then
       return
     end
@@ -94,7 +94,7 @@ local function gcra()
   -- lease, which counted on it), and the slots free as the TAT passes.
   local function give(key, _, now_us, limit, window, _, granted, unused, before, ends)
     local t = params(limit, window)
-    local v = redis.pcall('GET', key)
+    local v = typed('GET', key)
     if type(v) ~= 'string' or not tonumber(v) then
       return 0
     end

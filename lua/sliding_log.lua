@@ -81,9 +81,10 @@ local function sliding_log()
   -- `state` is the key's tally of leased slots, false when it never had a lease.
   local function peek(key, now, _, limit, window, dry, want_reset)
     local cutoff = now - window
-    local tally = redis.pcall('ZSCORE', key, TALLY)
-    if type(tally) == 'table' then
-      -- Another algorithm's state: a rule that changed algorithm on reload starts afresh.
+    -- nil: another algorithm's state; false: a log that never had a lease.
+    local tally = typed('ZSCORE', key, TALLY)
+    if tally == nil then
+      -- A rule that changed algorithm on reload starts afresh.
       if not dry then
         redis.call('DEL', key)
       end
@@ -215,9 +216,9 @@ local function sliding_log()
   -- A log knows its own window, which /check may have set: the key expires `window` after
   -- its newest entry, so newest - PTTL = now - window is the cut-off.
   local function count(key, now)
-    local newest = redis.pcall('ZREVRANGEBYSCORE', key, '(' .. TALLY_BASE, '-inf', 'WITHSCORES',
+    local newest = typed('ZREVRANGEBYSCORE', key, '(' .. TALLY_BASE, '-inf', 'WITHSCORES',
       'LIMIT', 0, 1)
-    if type(newest) ~= 'table' or newest.err or #newest == 0 then
+    if not newest or #newest == 0 then
       return 0
     end
     local pttl = redis.call('PTTL', key)

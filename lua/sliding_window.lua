@@ -38,8 +38,8 @@ local function sliding_window()
   local function counts(key, now, window)
     local idx = math.floor(now / window)
     local elapsed = now - idx * window
-    local v = redis.pcall('HMGET', key, 'w', 'c', 'p', 'l')
-    if type(v) ~= 'table' or v.err or not v[1] or tonumber(v[4]) ~= window then
+    local v = typed('HMGET', key, 'w', 'c', 'p', 'l')
+    if not v or not v[1] or tonumber(v[4]) ~= window then
       return idx, elapsed, 0, 0, false
     end
     local s, c, p = tonumber(v[1]), tonumber(v[2]) or 0, tonumber(v[3]) or 0
@@ -89,8 +89,8 @@ local function sliding_window()
   -- Takes `n` requests back from the window they were counted in (`mark`): still the current
   -- one, or by now the previous one. Returns how many it took back.
   local function take_back(key, window, mark, n)
-    local v = redis.pcall('HMGET', key, 'w', 'c', 'p', 'l')
-    if type(v) ~= 'table' or v.err or not v[1] or tonumber(v[4]) ~= window then
+    local v = typed('HMGET', key, 'w', 'c', 'p', 'l')
+    if not v or not v[1] or tonumber(v[4]) ~= window then
       return 0
     end
     local w, field, held = tonumber(v[1]), nil, 0

@@ -278,3 +278,31 @@ fn sliding_window_stays_within_its_bounds_across_three_nodes() {
         .unwrap();
     assert_eq!((p, c), (LIMIT as u64, second as u64));
 }
+
+/// A counter whose algorithm changes (a rule's, on reload) holds another type in Redis: the
+/// new algorithm starts it afresh rather than failing. (The last one has another limit: this
+/// node still remembers the key full under the first.)
+#[test]
+fn a_counter_whose_algorithm_changes_starts_afresh() {
+    let redis = RedisServer::start();
+    let gw = Gateway::start(
+        "[proxy.direct_response]\nbody = \"ok\"",
+        &format!("[redis]\nurl = \"{}\"\ntimeout_ms = 1000\n", redis.url()),
+    );
+    let check = |algorithm: &str, limit: u32| {
+        let body =
+            format!(r#"{{"key":"a","limit":{limit},"window_ms":60000,"algorithm":"{algorithm}"}}"#);
+        post(&gw.admin, "/check", &[], &body).unwrap().status
+    };
+    for (algorithm, limit) in [
+        ("sliding_log", 2),
+        ("sliding_window", 2),
+        ("gcra", 2),
+        ("sliding_log", 3),
+    ] {
+        let statuses: Vec<u16> = (0..=limit).map(|_| check(algorithm, limit)).collect();
+        let mut expected = vec![200; limit as usize];
+        expected.push(429);
+        assert_eq!(statuses, expected, "{algorithm}: {}", gw.log());
+    }
+}

@@ -175,3 +175,29 @@ fn an_acl_user_with_only_the_needed_commands_keys_and_channel() {
     assert!(log.is_empty(), "the ACL refused: {log:?}");
     assert!(!gw.log().contains("NOPERM"), "{}", gw.log());
 }
+
+#[test]
+fn an_acl_user_without_the_lease_commands_fails_every_check_and_on_error_decides() {
+    // The user of a version before leases: no ZSCORE, ZINCRBY or ZREVRANGEBYSCORE.
+    let redis = RedisServer::start();
+    let mut setuser = redis::cmd("ACL");
+    setuser.arg("SETUSER").arg("gw");
+    let lease_commands = ["+zscore", "+zincrby", "+zrevrangebyscore"];
+    for rule in GATEWAY_ACL.iter().filter(|r| !lease_commands.contains(r)) {
+        setuser.arg(*rule);
+    }
+    setuser.query::<()>(&mut redis.conn()).unwrap();
+    let gw = Gateway::start(
+        DIRECT,
+        &format!(
+            "[redis]\nurl = \"redis://gw:gw-secret@127.0.0.1:{}\"\ntimeout_ms = 1000\non_error = \"deny\"\n[limits]\ndefault_limit = 2\n",
+            redis.port
+        ),
+    );
+    assert_eq!(get(&gw.proxy, "/", &[]).unwrap().status, 503);
+    // Refused, and said so; never taken for an empty counter (which would allow everything).
+    assert_eq!(get(&gw.proxy, "/", &[]).unwrap().status, 503);
+    wait_for("the refusal in the log", Duration::from_secs(5), || {
+        gw.log().contains("can't run this command").then_some(())
+    });
+}

@@ -13,10 +13,11 @@ use super::redis::KEY_PREFIX;
 use crate::limiter::{Check, Decision, Mode, StoreError};
 use crate::redis::{Conn, Redis};
 
-/// The algorithm files every script starts with.
+/// The algorithm files every script starts with (after the protected call they share).
 macro_rules! with_algorithms {
     ($driver:literal) => {
         concat!(
+            include_str!("../../../lua/typed.lua"),
             include_str!("../../../lua/sliding_log.lua"),
             include_str!("../../../lua/gcra.lua"),
             include_str!("../../../lua/sliding_window.lua"),
