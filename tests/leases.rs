@@ -221,6 +221,19 @@ fn a_sliding_log_lease_is_one_entry_that_counts_all_its_slots() {
         let a = s.take(&c, 8, 1, "a:1").await.unwrap();
         assert_eq!(a.granted, 8);
         assert_eq!(entries(&server, key), 2, "the lease's entry and the tally");
+        let tally: f64 = redis::cmd("ZSCORE")
+            .arg(format!("ratelimit:{key}"))
+            .arg("#")
+            .query(&mut server.conn())
+            .unwrap();
+        assert_eq!(tally, 1e13 + 7.0, "the slots beyond one, over 10^13");
+        let members: Vec<String> = redis::cmd("ZRANGE")
+            .arg(format!("ratelimit:{key}"))
+            .arg(0)
+            .arg(0)
+            .query(&mut server.conn())
+            .unwrap();
+        assert_eq!(members, ["a:1#8"]);
         tokio::time::sleep(Duration::from_millis(50)).await;
         for member in ["req-1", "req-2"] {
             let d = s.call(&[&c], Mode::RECORD, member, true).await.unwrap();
