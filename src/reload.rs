@@ -67,7 +67,6 @@ impl Reloader {
     pub async fn reload(&self) -> Result<Reloaded, ConfigErrors> {
         self.access.reopen();
         let result = self.put_in_force().await;
-        self.metrics.count_reload(result.is_ok());
         match &result {
             Ok(Reloaded { kept }) => {
                 for key in kept {
@@ -92,6 +91,8 @@ impl Reloader {
                 }
             }
         }
+        // Counted once logged: whoever watches the counter finds the whole story in the log.
+        self.metrics.count_reload(result.is_ok());
         result
     }
 
