@@ -8,6 +8,8 @@ mod common;
 
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::free_port;
@@ -493,6 +495,46 @@ fn a_websocket_upgrade_keeps_its_headers_and_streams_both_ways() {
     assert_eq!(
         conn.read_exactly(33).unwrap(),
         b"ping over the switched connection"
+    );
+}
+
+/// The upstream's 101 can be read before the gateway has passed on the upgrade request's own
+/// (empty) body; the tunnel must stay open either way (pingora-proxy 0.9.1 closed it, which
+/// `vendor/pingora-proxy/PATCHED.md` explains). Many quick upgrades make both orders happen.
+#[test]
+fn every_upgrade_streams_whichever_side_is_first() {
+    let up = Upstream::start();
+    let gw = Gateway::start(
+        &upstreams(&[&up.addr]),
+        "[limits]\ndefault_limit = 1000000\n",
+    );
+    let cut = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (proxy, cut) = (gw.proxy.clone(), cut.clone());
+            std::thread::spawn(move || {
+                for _ in 0..100 {
+                    let mut conn = Conn::open(&proxy).unwrap();
+                    conn.send_raw(
+                        b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+                    )
+                    .unwrap();
+                    assert_eq!(conn.read(true).unwrap().status, 101);
+                    conn.send_raw(b"ping").unwrap();
+                    if conn.read_exactly(4).ok().as_deref() != Some(b"ping") {
+                        cut.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().unwrap();
+    }
+    assert_eq!(
+        cut.load(Ordering::SeqCst),
+        0,
+        "upgrades cut after their 101, of 800"
     );
 }
 
