@@ -198,13 +198,23 @@ fn a_sliding_log_lease_counts_until_one_window_after_it_ends() {
     });
 }
 
-/// Script calls Redis has run (EVALSHA and EVAL), from its command statistics.
-/// The number of entries in a counter's sorted set.
-fn entries(server: &RedisServer, key: &str) -> usize {
-    redis::cmd("ZCARD")
+/// `command` on a counter's Redis key, `args` after the key.
+fn on_key<T: redis::FromRedisValue>(
+    server: &RedisServer,
+    command: &str,
+    key: &str,
+    args: &[&str],
+) -> T {
+    redis::cmd(command)
         .arg(format!("ratelimit:{key}"))
+        .arg(args)
         .query(&mut server.conn())
         .unwrap()
+}
+
+/// The number of entries in a counter's sorted set.
+fn entries(server: &RedisServer, key: &str) -> usize {
+    on_key(server, "ZCARD", key, &[])
 }
 
 #[test]
@@ -221,18 +231,9 @@ fn a_sliding_log_lease_is_one_entry_that_counts_all_its_slots() {
         let a = s.take(&c, 8, 1, "a:1").await.unwrap();
         assert_eq!(a.granted, 8);
         assert_eq!(entries(&server, key), 2, "the lease's entry and the tally");
-        let tally: f64 = redis::cmd("ZSCORE")
-            .arg(format!("ratelimit:{key}"))
-            .arg("#")
-            .query(&mut server.conn())
-            .unwrap();
+        let tally: f64 = on_key(&server, "ZSCORE", key, &["#"]);
         assert_eq!(tally, 1e13 + 7.0, "the slots beyond one, over 10^13");
-        let members: Vec<String> = redis::cmd("ZRANGE")
-            .arg(format!("ratelimit:{key}"))
-            .arg(0)
-            .arg(0)
-            .query(&mut server.conn())
-            .unwrap();
+        let members: Vec<String> = on_key(&server, "ZRANGE", key, &["0", "0"]);
         assert_eq!(members, ["a:1#8"]);
         tokio::time::sleep(Duration::from_millis(50)).await;
         for member in ["req-1", "req-2"] {
@@ -275,12 +276,7 @@ fn a_retried_sliding_log_take_counts_once_and_a_full_give_back_ends_its_hold() {
     let rt = runtime();
     let key = "retry:sliding_log";
     let c = check(key, Algorithm::SlidingLog, 10, 1_000);
-    let pttl = || -> i64 {
-        redis::cmd("PTTL")
-            .arg(format!("ratelimit:{key}"))
-            .query(&mut server.conn())
-            .unwrap()
-    };
+    let pttl = || -> i64 { on_key(&server, "PTTL", key, &[]) };
     rt.block_on(async {
         let d = s.call(&[&c], Mode::RECORD, "req-1", true).await.unwrap();
         assert!(d.decisions[0].allowed);
@@ -375,6 +371,30 @@ async fn burst(
     total
 }
 
+/// Every node gives back what it holds; then `node` takes `c`'s slots until one is refused:
+/// how many it was allowed.
+async fn give_back_and_take_the_rest(
+    nodes: &[Arc<Leases>],
+    node: usize,
+    c: &Check,
+    size: u64,
+    lease_ms: u64,
+) -> u64 {
+    for n in nodes {
+        n.give_back_all().await;
+    }
+    let mut m = 0u64;
+    while nodes[node].decide(c, size, lease_ms).await.unwrap().allowed {
+        m += 1;
+        assert!(
+            m <= u64::from(c.limit.quota.limit.get()),
+            "{}: no end",
+            c.key
+        );
+    }
+    m
+}
+
 #[test]
 fn three_nodes_on_leases_never_exceed_the_limit_and_give_everything_back() {
     let server = RedisServer::start();
@@ -402,19 +422,7 @@ fn three_nodes_on_leases_never_exceed_the_limit_and_give_everything_back() {
         );
 
         // Every node gives back what it holds; then one node takes what is left.
-        rt.block_on(async {
-            for n in &nodes {
-                n.give_back_all().await;
-            }
-        });
-        let more: u64 = rt.block_on(async {
-            let mut m = 0u64;
-            while nodes[0].decide(&c, size, lease_ms).await.unwrap().allowed {
-                m += 1;
-                assert!(m <= u64::from(limit), "{name}: no end");
-            }
-            m
-        });
+        let more = rt.block_on(give_back_and_take_the_rest(&nodes, 0, &c, size, lease_ms));
         let total = allowed + more;
         eprintln!("{name}: {allowed} of 3000 allowed with {calls} script calls, {more} more after the leases went back");
         match algorithm {
@@ -443,19 +451,7 @@ fn three_nodes_on_leases_never_exceed_the_limit_and_give_everything_back() {
             held > 0 && held < 3 * size,
             "{name}: {held} slots held unused"
         );
-        rt.block_on(async {
-            for n in &nodes {
-                n.give_back_all().await;
-            }
-        });
-        let rest: u64 = rt.block_on(async {
-            let mut m = 0u64;
-            while nodes[1].decide(&c, size, lease_ms).await.unwrap().allowed {
-                m += 1;
-                assert!(m <= u64::from(limit), "{name}: no end");
-            }
-            m
-        });
+        let rest = rt.block_on(give_back_and_take_the_rest(&nodes, 1, &c, size, lease_ms));
         eprintln!("{name}: {few} allowed, {held} leased and unused went back, then {rest} more");
         match algorithm {
             Algorithm::Gcra => {
@@ -730,19 +726,7 @@ fn three_tables_stay_exact(body: &str) {
             .collect();
         let allowed = rt.block_on(burst(&nodes, &c, 10, 20, 10, 60_000));
         assert!(allowed <= 100, "{name}: {allowed}");
-        rt.block_on(async {
-            for n in &nodes {
-                n.give_back_all().await;
-            }
-        });
-        let rest: u64 = rt.block_on(async {
-            let mut m = 0u64;
-            while nodes[2].decide(&c, 10, 60_000).await.unwrap().allowed {
-                m += 1;
-                assert!(m <= 100, "{name}: no end");
-            }
-            m
-        });
+        let rest = rt.block_on(give_back_and_take_the_rest(&nodes, 2, &c, 10, 60_000));
         match algorithm {
             Algorithm::Gcra => assert!(allowed + rest <= 105 && allowed + rest + 60 >= 100),
             _ => assert_eq!(allowed + rest, 100, "{name}: {allowed} + {rest}"),
