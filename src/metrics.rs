@@ -38,7 +38,7 @@ pub struct Metrics {
     pub node_up: IntGauge,
     pub active_counters: IntGauge,
     store_errors: IntCounterVec,
-    /// Lease script calls, per rule (contract §11).
+    /// Calls taking slots of a shared counter, per rule (contract §11).
     pub lease_calls: IntCounterVec,
     reloads: IntCounterVec,
     config_loaded: Gauge,
@@ -134,7 +134,7 @@ impl Metrics {
         let lease_calls = IntCounterVec::new(
             Opts::new(
                 "ratelimiter_lease_calls_total",
-                "Lease script calls (taking slots of a shared counter, or giving them back), by rule.",
+                "Lease calls taking slots of a shared counter, by rule.",
             ),
             &["rule"],
         )?;

@@ -8,7 +8,7 @@
 //! limit, and once their leases have gone back exactly the limit (GCRA: within what it
 //! holds back), with about one script call per lease size of allowed requests. Three
 //! gateways with a leasing rule: 3,000 concurrent requests never over the limit, about one script
-//! call per lease, the calls counted in the metrics, unused slots shown in /api/counters and
+//! call per lease, each counted in the metrics, unused slots shown in /api/counters and
 //! given back on SIGTERM.
 
 mod common;
@@ -339,6 +339,24 @@ fn script_calls(server: &RedisServer) -> u64 {
     common::command_calls(&mut server.conn(), &["evalsha", "eval"])
 }
 
+#[test]
+fn the_metric_counts_calls_taking_slots_and_not_give_backs() {
+    let server = RedisServer::start();
+    let rt = runtime();
+    let node = Leases::new(Arc::new(scripts(&server)), "node".into());
+    let counted =
+        prometheus::IntCounterVec::new(prometheus::Opts::new("calls", "calls"), &["rule"]).unwrap();
+    node.count_calls_in(counted.clone());
+    let c = check("metric", Algorithm::SlidingLog, 100, 60_000);
+    rt.block_on(async {
+        assert!(node.decide(&c, 10, 60_000).await.unwrap().allowed);
+        let before = script_calls(&server);
+        node.give_back_all().await;
+        assert_eq!(script_calls(&server) - before, 1, "a give-back");
+    });
+    assert_eq!(counted.with_label_values(&["api"]).get(), 1);
+}
+
 /// `tasks` tasks per node, each making `requests` requests on `c`, all at once: how many
 /// were allowed.
 async fn burst(
@@ -523,6 +541,23 @@ fn gateways_leasing(
     (0..n).map(|_| Gateway::start(&upstreams, &body)).collect()
 }
 
+/// `ratelimiter_lease_calls_total{rule="api"}`, summed over the nodes' metrics.
+fn lease_calls_counted(nodes: &[Gateway]) -> u64 {
+    nodes
+        .iter()
+        .map(|n| {
+            let metrics = common::http::get(&n.admin, "/metrics", &[]).unwrap().body;
+            metrics
+                .lines()
+                .find(|l| {
+                    l.starts_with("ratelimiter_lease_calls_total{") && l.contains("rule=\"api\"")
+                })
+                .and_then(|l| l.rsplit(' ').next())
+                .map_or(0, |v| v.parse().unwrap())
+        })
+        .sum()
+}
+
 #[test]
 fn three_gateways_on_leases_stay_within_the_limit_and_sigterm_gives_back() {
     const LIMIT: u32 = 300;
@@ -541,14 +576,12 @@ fn three_gateways_on_leases_stay_within_the_limit_and_sigterm_gives_back() {
     );
     assert_eq!(allowed + refused, 3000);
     assert!(allowed as u64 / 10 <= calls && calls <= allowed as u64 / 10 + 3 * 4);
-    let metrics = common::http::get(&nodes[0].admin, "/metrics", &[]).unwrap();
+    // Each node counts its calls taking slots: at least one per 10 allowed, and no more
+    // than Redis ran (it also ran the heartbeat's counts).
+    let counted = lease_calls_counted(&nodes);
     assert!(
-        metrics
-            .body
-            .lines()
-            .any(|l| l.starts_with("ratelimiter_lease_calls_total{") && l.contains("rule=\"api\"")),
-        "the lease calls are counted: {}",
-        metrics.body
+        allowed as u64 / 10 <= counted && counted <= calls,
+        "{counted} calls counted"
     );
 
     let limits: serde_json::Value = serde_json::from_str(
@@ -578,6 +611,11 @@ fn three_gateways_on_leases_stay_within_the_limit_and_sigterm_gives_back() {
     // /api/counters; SIGTERM gives them back.
     let (few, _) = hammer(&addrs, 3, 4, "partial");
     assert_eq!(few, 12);
+    assert_eq!(
+        lease_calls_counted(&nodes),
+        counted + 3,
+        "one lease per node"
+    );
     let listed = common::http::get(&nodes[0].admin, "/api/counters", &[]).unwrap();
     let text = listed.body.clone();
     let counters: serde_json::Value = serde_json::from_str(&text).unwrap();

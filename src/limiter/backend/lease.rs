@@ -94,7 +94,7 @@ pub struct Leases {
     instance: String,
     seq: AtomicU64,
     held: RwLock<HashMap<String, Arc<Slot>>>,
-    /// `ratelimiter_lease_calls_total{rule}`, once the metrics are known.
+    /// `ratelimiter_lease_calls_total{rule}` (calls taking slots), once the metrics are known.
     counted: std::sync::OnceLock<prometheus::IntCounterVec>,
 }
 
@@ -109,7 +109,7 @@ impl Leases {
         }
     }
 
-    /// Counts this table's script calls, per rule, in `counter`.
+    /// Counts this table's calls taking slots (contract §11), per rule, in `counter`.
     pub fn count_calls_in(&self, counter: prometheus::IntCounterVec) {
         let _ = self.counted.set(counter);
     }
@@ -280,7 +280,6 @@ impl Leases {
         if held.unused() == 0 {
             return;
         }
-        self.count_call(held.check.rule);
         if let Err(e) = self
             .scripts
             .give(&held.check, &held.id, &held.grant, held.unused())
