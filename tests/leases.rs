@@ -683,9 +683,11 @@ fn under_admission_stays_within_the_stated_bound_and_ends_with_the_leases() {
     // Once the other leases end and go back, node 0 gets exactly the rest.
     let started = std::time::Instant::now();
     let mut rest = 0;
+    let mut back = None;
     loop {
         if allowed(&nodes[0].proxy, "k") {
             rest += 1;
+            back.get_or_insert(started.elapsed());
         } else if rest > 0 {
             break;
         }
@@ -703,6 +705,11 @@ fn under_admission_stays_within_the_stated_bound_and_ends_with_the_leases() {
         "{first} + {rest} after the leases ended"
     );
     assert!(started.elapsed() < Duration::from_millis(1_000 + 50 + 1_000));
+    // Refused early for at most lease_ms and one sweep after the refusal (with room for
+    // this machine's scheduling): never a second lease_ms.
+    let back = back.unwrap();
+    eprintln!("node 0 allowed again {back:?} after its refusal");
+    assert!(back < Duration::from_millis(1_000 + 50 + 600), "{back:?}");
 }
 
 #[test]

@@ -18,6 +18,9 @@ use super::scripts::{Grant, Scripts};
 use crate::limiter::{Check, Decision, StoreError};
 use crate::sync::{lock, read, write};
 
+/// How often ended leases give back their unused slots.
+pub const GIVE_BACK_EVERY: Duration = Duration::from_millis(50);
+
 /// One key's lease, while held.
 struct Held {
     id: String,
@@ -257,9 +260,11 @@ impl Leases {
             let limit = check.limit.quota.limit.get();
             let wait = grant.retry_after_ms.max(1);
             let refused = Decision::refused(grant.count.max(u64::from(limit)), limit, wait);
-            // Asked again when a slot frees, or sooner when other nodes' leases end and give
-            // back what they did not use.
-            let again = Duration::from_millis(wait.min(lease_ms.max(1)));
+            // Asked again when a slot frees, or sooner: once every lease that other nodes held
+            // now has ended and been given back (a sweep later), so the next ask is not
+            // refused again by the same unused slots.
+            let sweep = GIVE_BACK_EVERY.as_millis() as u64;
+            let again = Duration::from_millis(wait.min(lease_ms.max(1) + sweep));
             state.refused = Some((asked + again, refused));
             return Ok((refused, 0));
         }
@@ -290,6 +295,15 @@ impl Leases {
                 held.unused(),
                 held.check.key
             );
+        }
+    }
+
+    /// Gives back the unused slots of ended leases every [`GIVE_BACK_EVERY`], for as long as
+    /// the store lives.
+    pub async fn give_back_ended_forever(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(GIVE_BACK_EVERY).await;
+            self.give_back_ended().await;
         }
     }
 

@@ -35,17 +35,6 @@ fn all_lease(checks: &[Check]) -> bool {
     checks.iter().all(|c| c.sync != SyncMode::Exact)
 }
 
-/// How often ended leases give back their unused slots.
-const GIVE_BACK_EVERY: Duration = Duration::from_millis(50);
-
-/// Gives back the unused slots of ended leases, for as long as the store lives.
-async fn give_back_ended(leases: Arc<Leases>) {
-    loop {
-        tokio::time::sleep(GIVE_BACK_EVERY).await;
-        leases.give_back_ended().await;
-    }
-}
-
 /// How long a reset waits to hear its own message back from Redis.
 const RESET_ECHO_WAIT: Duration = Duration::from_millis(200);
 
@@ -99,7 +88,7 @@ impl RedisStore {
         let instance = format!("{:016x}", h.finish());
         let scripts = Arc::new(Scripts::new(redis.clone()));
         let leases = Arc::new(Leases::new(scripts.clone(), instance.clone()));
-        runtime.spawn(give_back_ended(leases.clone()));
+        runtime.spawn(leases.clone().give_back_ended_forever());
         Ok(RedisStore {
             scripts,
             leases,
