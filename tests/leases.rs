@@ -9,7 +9,7 @@
 //! holds back), with about one script call per lease size of allowed requests. Three
 //! gateways with a leasing rule: 3,000 concurrent requests never over the limit, about one script
 //! call per lease, each counted in the metrics, unused slots shown in /api/counters and
-//! given back on SIGTERM.
+//! given back on SIGTERM and SIGINT.
 
 mod common;
 
@@ -629,8 +629,9 @@ fn three_gateways_on_leases_stay_within_the_limit_and_sigterm_gives_back() {
     // unused ones shown apart.
     assert_eq!(partial["count"], 30, "{text}");
     assert_eq!(partial["leased"], 6, "{text}");
-    for n in &nodes {
-        n.signal("TERM");
+    // SIGINT gives back as SIGTERM does.
+    for (n, signal) in nodes.iter().zip(["INT", "TERM", "TERM"]) {
+        n.signal(signal);
     }
     for n in &mut nodes {
         assert_eq!(n.wait_exit(Duration::from_secs(10)), Some(0));
@@ -641,7 +642,7 @@ fn three_gateways_on_leases_stay_within_the_limit_and_sigterm_gives_back() {
     assert_eq!(
         few + rest,
         LIMIT as usize,
-        "{few} before, {rest} after SIGTERM"
+        "{few} before, {rest} after SIGINT and SIGTERM"
     );
 }
 

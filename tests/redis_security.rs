@@ -200,4 +200,12 @@ fn an_acl_user_without_the_lease_commands_fails_every_check_and_on_error_decides
     wait_for("the refusal in the log", Duration::from_secs(5), || {
         gw.log().contains("can't run this command").then_some(())
     });
+    // The other algorithms need none of them.
+    for algorithm in ["gcra", "sliding_window"] {
+        let body = format!(r#"{{"key":"old-{algorithm}","limit":1,"algorithm":"{algorithm}"}}"#);
+        let statuses: Vec<u16> = (0..2)
+            .map(|_| post(&gw.admin, "/check", &[], &body).unwrap().status)
+            .collect();
+        assert_eq!(statuses, [200, 429], "{algorithm}: {}", gw.log());
+    }
 }
