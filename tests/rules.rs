@@ -583,6 +583,11 @@ overrides = { "10.0.0.7" = 50 }
 name = "health"
 path = "/healthz"
 unlimited = true
+[[rules]]
+name = "feed"
+path_regex = "^/feed/[0-9]+$"
+limit = 1000
+sync = "lease"
 "#,
     );
     let limits = body(&get(&gw.admin, "/api/limits", &[]).unwrap());
@@ -602,6 +607,10 @@ unlimited = true
              "sync":"exact","lease_size":null,"lease_ms":null,
              "shadow":false,"skip_default":false,"unlimited":true,
              "match":{"path":"/healthz"},"overrides":{}},
+            {"name":"feed","limit":1000,"window_ms":1000,"key":"ip","algorithm":"sliding_log",
+             "sync":"lease","lease_size":0,"lease_ms":100,
+             "shadow":false,"skip_default":false,"unlimited":false,
+             "match":{"path_regex":"^/feed/[0-9]+$"},"overrides":{}},
         ])
     );
     assert!(limits["config_loaded_at"].as_str().unwrap().ends_with('Z'));
