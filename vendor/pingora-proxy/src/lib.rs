@@ -347,23 +347,22 @@ where
             }
             Err(mut e) => {
                 e.as_down();
-                if matches!(e.etype, InvalidHTTPHeader) {
-                    debug!(
-                        "Fail to proxy: {e}, downstream session type: {}",
-                        downstream_session.session_type()
-                    );
+                // A malformed (400), too large (431) or too slow (408) request header is
+                // answered; otherwise the connection is broken and nothing can be sent. Either
+                // way it is the client's doing, logged at debug.
+                debug!(
+                    "Fail to proxy: {e}, downstream session type: {}",
+                    downstream_session.session_type()
+                );
+                if let Some(code) =
+                    pingora_core::protocols::http::server::status_for_request_error(&e)
+                {
                     downstream_session
-                        .respond_error(400)
+                        .respond_error(code)
                         .await
                         .unwrap_or_else(|e| {
-                            error!("failed to send error response to downstream: {e}");
+                            debug!("failed to send error response to downstream: {e}");
                         });
-                } else {
-                    // otherwise the connection must be broken, no need to send anything
-                    error!(
-                        "Fail to proxy: {e}, downstream session type: {}",
-                        downstream_session.session_type()
-                    );
                 }
                 downstream_session.shutdown().await;
                 return None;

@@ -39,6 +39,12 @@ pub trait ServeHttp {
     /// So it is not suitable for streaming response or interactive communications.
     /// Users need to implement their own [`super::HttpServerApp`] for those use cases.
     async fn response(&self, http_session: &mut ServerSession) -> Response<Vec<u8>>;
+
+    /// Options on how the connections of this app are served (see
+    /// [`super::HttpServerApp::server_options`]); `None`: the defaults.
+    fn server_options(&self) -> Option<&super::HttpServerOptions> {
+        None
+    }
 }
 
 // TODO: remove this in favor of HttpServer?
@@ -63,7 +69,13 @@ where
                 }
             },
             Err(e) => {
-                error!("HTTP server fails to read from downstream: {e}");
+                // A client's bad or slow request is its own affair: answered when it can be,
+                // logged at debug.
+                debug!("HTTP server fails to read from downstream: {e}");
+                if let Some(code) = crate::protocols::http::server::status_for_request_error(&e) {
+                    let _ = http.respond_error(code).await;
+                }
+                http.shutdown().await;
                 return None;
             }
         }
@@ -106,7 +118,12 @@ where
             }
         }
     }
+
+    fn server_options(&self) -> Option<&super::HttpServerOptions> {
+        ServeHttp::server_options(self)
+    }
 }
+
 
 /// A helper struct for HTTP server with http modules embedded
 pub struct HttpServer<SV> {
@@ -154,7 +171,13 @@ where
                 }
             },
             Err(e) => {
-                error!("HTTP server fails to read from downstream: {e}");
+                // A client's bad or slow request is its own affair: answered when it can be,
+                // logged at debug.
+                debug!("HTTP server fails to read from downstream: {e}");
+                if let Some(code) = crate::protocols::http::server::status_for_request_error(&e) {
+                    let _ = http.respond_error(code).await;
+                }
+                http.shutdown().await;
                 return None;
             }
         }

@@ -89,6 +89,15 @@ pub struct HttpServerOptions {
     ///
     /// Default: `None`
     pub h2_idle_timeout: Option<Duration>,
+
+    /// The largest HTTP/1 request header section accepted; a larger one gets 431. `None`:
+    /// pingora's own bound (1 MiB).
+    pub max_request_header_bytes: Option<usize>,
+
+    /// How long an HTTP/1 request header section may take as a whole, from the start of a new
+    /// connection or the first byte of a request on a reused one (nginx's
+    /// `client_header_timeout`); a slower one gets 408. `None`: only per-read timeouts.
+    pub request_header_timeout: Option<Duration>,
 }
 
 /// Settings persisted across HTTP/1.x keepalive requests on the same downstream connection.
@@ -344,7 +353,11 @@ where
             return self.clone().process_custom_session(stream, shutdown).await;
         } else {
             // No ALPN or ALPN::H1 and h2c was not configured, fallback to HTTP/1.1
+            let (max_header, header_timeout) = self.server_options().map_or((None, None), |o| {
+                (o.max_request_header_bytes, o.request_header_timeout)
+            });
             let mut session = ServerSession::new_http1(stream);
+            session.set_request_header_limits(max_header, header_timeout, true);
             if *shutdown.borrow() {
                 // stop downstream from reusing if this service is shutting down soon
                 session.set_keepalive(None);
@@ -360,6 +373,7 @@ where
             let mut result = self.process_new_http(session, shutdown).await;
             while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
                 let mut session = ServerSession::new_http1(stream);
+                session.set_request_header_limits(max_header, header_timeout, false);
                 if let Some(persistent_settings) = persistent_settings {
                     persistent_settings.apply_to_session(&mut session);
                 }

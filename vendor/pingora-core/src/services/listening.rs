@@ -39,6 +39,7 @@ use pingora_timeout::timeout;
 use std::fs::Permissions;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Semaphore;
 
 /// Override the runtime options used to run a listening service.
 pub type RuntimeOptsOverride = Arc<dyn Fn(&RuntimeOpts) -> Option<RuntimeOpts> + Send + Sync>;
@@ -53,7 +54,17 @@ pub struct Service<A> {
     runtime_opts_override: Option<RuntimeOptsOverride>,
     #[cfg(feature = "connection_filter")]
     connection_filter: Arc<dyn ConnectionFilter>,
+    /// At most this many connections at once over all endpoints (`None`: no bound). A
+    /// connection counts from its accept, TLS handshake included, to its close; past the
+    /// bound no connection is accepted until one closes, so the rest wait in the kernel's
+    /// accept queue instead of taking a descriptor each.
+    max_connections: Option<usize>,
+    /// How long a TLS handshake may take.
+    handshake_timeout: Duration,
 }
+
+/// The handshake timeout without [`Service::set_connection_limits`].
+const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl<A> Service<A> {
     /// Create a new [`Service`] with the given application (see [`crate::apps`]).
@@ -66,6 +77,8 @@ impl<A> Service<A> {
             runtime_opts_override: None,
             #[cfg(feature = "connection_filter")]
             connection_filter: Arc::new(AcceptAllFilter),
+            max_connections: None,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         }
     }
 
@@ -80,7 +93,16 @@ impl<A> Service<A> {
             runtime_opts_override: None,
             #[cfg(feature = "connection_filter")]
             connection_filter: Arc::new(AcceptAllFilter),
+            max_connections: None,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         }
+    }
+
+    /// Bounds the connections this service holds at once over all its endpoints (`None`: no
+    /// bound), and how long a TLS handshake may take.
+    pub fn set_connection_limits(&mut self, max: Option<usize>, handshake_timeout: Duration) {
+        self.max_connections = max;
+        self.handshake_timeout = handshake_timeout;
     }
 
     /// Set a runtime options override for this service.
@@ -203,9 +225,25 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
         app_logic: Arc<A>,
         mut stack: TransportStack,
         mut shutdown: ShutdownWatch,
+        slots: Option<Arc<Semaphore>>,
+        handshake_timeout: Duration,
     ) {
         // the accept loop, until the system is shutting down
         loop {
+            // A free slot first: without one, nothing is accepted.
+            let slot = match &slots {
+                None => None,
+                Some(slots) => tokio::select! {
+                    slot = slots.clone().acquire_owned() => slot.ok(),
+                    _ = shutdown.changed() => {
+                        if *shutdown.borrow() {
+                            info!("Shutting down {}", stack.as_str());
+                            break;
+                        }
+                        continue;
+                    }
+                },
+            };
             let new_io = tokio::select! { // TODO: consider biased for perf reason?
                 new_io = stack.accept() => new_io,
                 shutdown_signal = shutdown.changed() => {
@@ -230,23 +268,26 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                     let app = app_logic.clone();
                     let shutdown = shutdown.clone();
                     current_handle().spawn(async move {
+                        // Held until the connection is done with.
+                        let _slot = slot;
                         let peer_addr = io.peer_addr();
-                        match timeout(Duration::from_secs(60), io.handshake()).await {
+                        match timeout(handshake_timeout, io.handshake()).await {
                             Ok(handshake) => {
                                 match handshake {
                                     Ok(io) => Self::handle_event(io, app, shutdown).await,
                                     Err(e) => {
-                                        // TODO: Maybe IOApp trait needs a fn to handle/filter out this error
+                                        // A client's failed handshake is its own affair, not
+                                        // the server's error.
                                         if let Some(addr) = peer_addr {
-                                            error!("Downstream handshake error from {}: {e}", addr);
+                                            debug!("Downstream handshake error from {}: {e}", addr);
                                         } else {
-                                            error!("Downstream handshake error: {e}");
+                                            debug!("Downstream handshake error: {e}");
                                         }
                                     }
                                 }
                             }
                             Err(_) => {
-                                error!("Downstream handshake timeout");
+                                debug!("Downstream handshake timeout");
                             }
                         }
                     });
@@ -300,14 +341,19 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceTrait for Service<A> {
 
         let mut handlers = Vec::new();
 
+        // One count of connections for every endpoint of the service.
+        let slots = self.max_connections.map(|n| Arc::new(Semaphore::new(n)));
+        let handshake_timeout = self.handshake_timeout;
         endpoints.into_iter().for_each(|endpoint| {
             for _ in 0..listeners_per_fd {
                 let shutdown = shutdown.clone();
                 let my_app_logic = app_logic.clone();
                 let endpoint = endpoint.clone();
+                let slots = slots.clone();
 
                 let jh = runtime.spawn(async move {
-                    Self::run_endpoint(my_app_logic, endpoint, shutdown).await;
+                    Self::run_endpoint(my_app_logic, endpoint, shutdown, slots, handshake_timeout)
+                        .await;
                 });
 
                 handlers.push(jh);

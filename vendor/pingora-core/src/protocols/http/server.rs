@@ -311,6 +311,27 @@ impl Session {
         }
     }
 
+    /// Bounds the HTTP/1 request header section in size and in time (noop for the other
+    /// kinds); `new_connection`: this is the connection's first request, whose clock starts
+    /// now rather than at its first byte.
+    pub fn set_request_header_limits(
+        &mut self,
+        max_bytes: Option<usize>,
+        timeout: Option<std::time::Duration>,
+        new_connection: bool,
+    ) {
+        if let Self::H1(s) = self {
+            if let Some(max) = max_bytes {
+                s.set_request_header_limits(max, timeout);
+            } else if timeout.is_some() {
+                s.set_request_header_limits(usize::MAX, timeout);
+            }
+            if new_connection && timeout.is_some() {
+                s.start_header_clock();
+            }
+        }
+    }
+
     /// Set connection reuse. `duration` defines how long the connection is kept open for the next
     /// request to reuse. Noop for h2 and subrequest
     pub fn set_keepalive(&mut self, duration: Option<u64>) {
@@ -1280,5 +1301,17 @@ mod tests {
         ) -> Result<()> {
             unreachable!("not used by proxy task dispatch test")
         }
+    }
+}
+
+/// The status a client gets for a request header that could not be read, when it gets one:
+/// 400 for a malformed one, 431 for one too large, 408 for one too slow; `None` when the
+/// connection is broken and nothing can be sent.
+pub fn status_for_request_error(e: &pingora_error::Error) -> Option<u16> {
+    match e.etype() {
+        pingora_error::ErrorType::InvalidHTTPHeader => Some(400),
+        pingora_error::ErrorType::HTTPStatus(code) => Some(*code),
+        pingora_error::ErrorType::ReadTimedout => Some(408),
+        _ => None,
     }
 }

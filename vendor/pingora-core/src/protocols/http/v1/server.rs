@@ -29,7 +29,7 @@ use pingora_timeout::timeout;
 use regex::bytes::Regex;
 use std::any::Any;
 use std::collections::VecDeque;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::body::{BodyReader, BodyWriter};
@@ -158,6 +158,15 @@ pub struct HttpSession {
     /// [`super::super::HttpPersistentSettings`] into the next session.
     /// Scoped narrowly so it cannot affect FIN / `abort_on_close` semantics.
     pipelined_idle_bytes_stashed: bool,
+    /// The largest request header section read; a larger one fails with status 431.
+    max_header_bytes: usize,
+    /// How long the whole request header section may take, from its first byte (or from the
+    /// start of a new connection, see [`Self::start_header_clock`]); `None`: no bound beyond
+    /// the per-read timeouts. A client trickling its header a byte at a time cannot hold the
+    /// connection past it.
+    header_timeout: Option<Duration>,
+    /// When the header section's clock started.
+    header_clock: Option<Instant>,
 }
 
 impl HttpSession {
@@ -206,7 +215,46 @@ impl HttpSession {
             pipelining_enabled: false,
             pipelined_prefix: None,
             pipelined_idle_bytes_stashed: false,
+            max_header_bytes: MAX_HEADER_SIZE,
+            header_timeout: None,
+            header_clock: None,
         }
+    }
+
+    /// Bounds the request header section: at most `max_bytes` (a larger one fails with
+    /// `HTTPStatus(431)`), and complete within `timeout` of its first byte (else
+    /// `ReadTimedout`).
+    pub fn set_request_header_limits(&mut self, max_bytes: usize, timeout: Option<Duration>) {
+        self.max_header_bytes = max_bytes.min(MAX_HEADER_SIZE);
+        self.header_timeout = timeout;
+    }
+
+    /// Starts the header clock now instead of at the first byte: for the first request of a
+    /// new connection, which gets no idle time before it (nginx's `client_header_timeout`).
+    pub fn start_header_clock(&mut self) {
+        self.header_clock = Some(Instant::now());
+    }
+
+    /// How long the header section may still take, when it is bounded; an error once it is
+    /// over.
+    fn header_time_left(&self) -> Result<Option<Duration>> {
+        match (self.header_timeout, self.header_clock) {
+            (Some(limit), Some(started)) => match limit.checked_sub(started.elapsed()) {
+                Some(left) if !left.is_zero() => Ok(Some(left)),
+                _ => Error::e_explain(
+                    ReadTimedout,
+                    format!("request header not complete within {limit:?}"),
+                ),
+            },
+            _ => Ok(None),
+        }
+    }
+
+    fn header_too_large<T>(&self) -> Result<T> {
+        Error::e_explain(
+            HTTPStatus(431),
+            format!("request header section over {} bytes", self.max_header_bytes),
+        )
     }
 
     async fn read_request_buf(
@@ -276,8 +324,6 @@ impl HttpSession {
     /// Return `Ok(None)` when the client closed the connection without sending any data, which
     /// is common on a reused connection.
     pub async fn read_request(&mut self) -> Result<Option<usize>> {
-        const MAX_ERR_BUF_LEN: usize = 2048;
-
         self.buf.clear();
         // Account parsing a fully buffered request against Tokio's cooperative task budget. Do
         // this before taking the prefix so cancellation cannot discard bytes between sessions.
@@ -305,14 +351,11 @@ impl HttpSession {
         let mut skip_next_read = already_read != 0;
         let mut detached_suffix = None;
         loop {
-            if already_read > MAX_HEADER_SIZE {
+            if already_read > self.max_header_bytes {
                 /* NOTE: this check only blocks second read. The first large read is allowed
                 since the buf is already allocated. The goal is to avoid slowly bloating
                 this buffer */
-                return Error::e_explain(
-                    InvalidHTTPHeader,
-                    format!("Request header larger than {MAX_HEADER_SIZE}"),
-                );
+                return self.header_too_large();
             }
 
             // On the first iteration after a pipelined prefix was injected,
@@ -323,10 +366,32 @@ impl HttpSession {
             // this request and is waiting for our response).
             if skip_next_read {
                 skip_next_read = false;
-            } else if let Some(n) = self.read_request_buf(&mut buf, already_read).await? {
-                already_read += n;
             } else {
-                return Ok(None);
+                // The read, within what is left of the header's time when it is bounded.
+                let read = match self.header_time_left()? {
+                    Some(left) => {
+                        match timeout(left, self.read_request_buf(&mut buf, already_read)).await {
+                            Ok(read) => read?,
+                            Err(_) => {
+                                self.header_time_left()?;
+                                // Only reachable if the clock and the timer disagree.
+                                return Error::e_explain(
+                                    ReadTimedout,
+                                    "request header not complete in time",
+                                );
+                            }
+                        }
+                    }
+                    None => self.read_request_buf(&mut buf, already_read).await?,
+                };
+                match read {
+                    Some(n) => {
+                        already_read += n;
+                        // The header's clock starts at its first byte.
+                        self.header_clock.get_or_insert_with(Instant::now);
+                    }
+                    None => return Ok(None),
+                }
             }
 
             // Use loop as GOTO to retry escaped request buffer, not a real loop
@@ -336,6 +401,10 @@ impl HttpSession {
                 let parsed = parse_req_buffer(&mut req, &buf);
                 match parsed {
                     HeaderParseState::Complete(s) => {
+                        if s > self.max_header_bytes {
+                            return self.header_too_large();
+                        }
+                        self.header_clock = None;
                         self.raw_header = Some(BufRef(0, s));
 
                         // We have the header name and values we parsed to be just 0 copy Bytes
@@ -434,6 +503,9 @@ impl HttpSession {
                         break; /* continue the read loop */
                     }
                     HeaderParseState::Invalid(e) => match e {
+                        // HTTP/1.2 to 1.9: processed as 1.1, the highest minor version known
+                        // (RFC 9110 section 2.5).
+                        httparse::Error::Version if as_http11(&mut buf) => continue,
                         httparse::Error::Token | httparse::Error::Version => {
                             // URI escaping rebuilds the current header. Detach any request body or
                             // pipelined suffix first so normalization never copies queued requests.
@@ -454,20 +526,20 @@ impl HttpSession {
                                 already_read = buf.len();
                             } else {
                                 debug!("Invalid request header from {:?}", self.underlying_stream);
-                                buf.truncate(MAX_ERR_BUF_LEN);
+                                // Only the size: the bytes may hold keys and tokens, and
+                                // errors reach the logs.
                                 return Error::e_because(
                                     InvalidHTTPHeader,
-                                    format!("buf: {}", buf.escape_ascii()),
+                                    format!("malformed request header ({} bytes)", buf.len()),
                                     e,
                                 );
                             }
                         }
                         _ => {
                             debug!("Invalid request header from {:?}", self.underlying_stream);
-                            buf.truncate(MAX_ERR_BUF_LEN);
                             return Error::e_because(
                                 InvalidHTTPHeader,
-                                format!("buf: {:?}", buf.as_bstr()),
+                                format!("malformed request header ({} bytes)", buf.len()),
                                 e,
                             );
                         }
@@ -1762,10 +1834,40 @@ static REQUEST_LINE_REGEX: Lazy<Regex> =
 // Almost https://url.spec.whatwg.org/#query-percent-encode-set + {}
 const URI_ESC_CHARSET: &AsciiSet = &CONTROLS.add(b' ').add(b'<').add(b'>').add(b'"');
 
+/// Rewrites the version of a complete request line from `HTTP/1.2`..`HTTP/1.9` to `HTTP/1.1`,
+/// in place; whether it did.
+fn as_http11(buf: &mut BytesMut) -> bool {
+    let Some(end) = buf.iter().position(|b| *b == b'\n') else {
+        return false;
+    };
+    let line = buf[..end].strip_suffix(b"\r").unwrap_or(&buf[..end]);
+    let n = line.len();
+    let minor = n
+        .checked_sub(1)
+        .map(|i| line[i])
+        .filter(|b| (b'2'..=b'9').contains(b));
+    if minor.is_none() || !line[..n - 1].ends_with(b" HTTP/1.") {
+        return false;
+    }
+    buf[n - 1] = b'1';
+    true
+}
+
 fn escape_illegal_request_line(buf: &BytesMut) -> Option<BytesMut> {
     if let Some(captures) = REQUEST_LINE_REGEX.captures(buf) {
         // return if nothing matches: not a request line at all
         let uri = captures.name("uri")?;
+
+        // A space or a control byte in the target is refused (400), as nginx and HAProxy
+        // refuse it: what the client meant by it is a guess, and a guess is a way past
+        // rules that match paths.
+        if uri
+            .as_bytes()
+            .iter()
+            .any(|b| *b == b' ' || b.is_ascii_control())
+        {
+            return None;
+        }
 
         let escaped_uri = percent_encode(uri.as_bytes(), URI_ESC_CHARSET);
 
