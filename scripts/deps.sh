@@ -4,7 +4,7 @@
 # ones: standalone, TLS, a cluster and sentinels; redis-cli comes with it), openssl (the TLS
 # tests make their own CA and certificates, and s_server is an HTTPS upstream), curl (HTTP/2
 # to the HTTPS listener) and prometheus (promtool checks /metrics; a real
-# Prometheus runs the monitor's queries).
+# Prometheus runs the monitor's queries); then Flask and Express, the framework upstreams.
 # Usage: scripts/deps.sh [build|test]   (default: test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,17 +31,30 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# schemathesis (PyPI) drives the admin API from its OpenAPI document in the tests; it goes
-# into a virtualenv under target/tools so no system Python is touched.
-if [ "${1:-test}" = test ] && ! command -v st >/dev/null 2>&1 && [ ! -x target/tools/bin/st ]; then
+# Python tools for the tests, in a virtualenv under target/tools so no system Python is
+# touched: schemathesis (PyPI) drives the admin API from its OpenAPI document, and Flask is a
+# real framework upstream (tests/frameworks/flask_app.py).
+if [ "${1:-test}" = test ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  if ! python3 -m venv --help >/dev/null 2>&1; then
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+  if [ ! -x target/tools/bin/python ]; then
+    if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+      $sudo apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+    fi
+    python3 -m venv target/tools
   fi
-  python3 -m venv target/tools
-  target/tools/bin/pip install --quiet schemathesis
+  { [ -x target/tools/bin/st ] || command -v st >/dev/null 2>&1; } || target/tools/bin/pip install --quiet schemathesis
+  target/tools/bin/python -c 'import flask' 2>/dev/null || target/tools/bin/pip install --quiet 'flask>=3,<4'
+  # Express 4 on node is the other framework upstream (tests/frameworks/express_app.js).
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+  fi
+  if [ ! -f target/tools/node/node_modules/express/package.json ]; then
+    mkdir -p target/tools/node
+    npm install --silent --no-audit --no-fund --prefix target/tools/node 'express@4' >/dev/null
+  fi
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -1,59 +1,16 @@
-//! HTTP/1 hygiene at the edge (contract §10), as pure functions of headers: which requests
-//! are refused before anything else (no Host on HTTP/1.1, a transfer coding other than
-//! `chunked`), the forwarding headers the upstream gets (`X-Forwarded-For` appended,
-//! `X-Real-IP` and `X-Forwarded-Proto` replaced), and the hop-by-hop headers removed from
-//! a response. Pingora already strips hop-by-hop request headers on the way to the upstream.
+//! HTTP/1 hygiene at the edge (contract §10), as pure functions of headers: the forwarding
+//! headers the upstream gets (`X-Forwarded-For` appended, `X-Real-IP` and
+//! `X-Forwarded-Proto` replaced), and the hop-by-hop headers removed from a response. Pingora
+//! already strips hop-by-hop request headers on the way to the upstream. What is refused
+//! before anything else is [`crate::request`]'s.
 
 use std::io::Write;
 use std::net::IpAddr;
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Method, StatusCode, Version};
+use http::{HeaderName, HeaderValue, Method, StatusCode};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::{ErrorType::InvalidHTTPHeader, OrErr};
-
-/// Why a request is refused before it is limited or proxied, as nginx refuses it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    /// 400: an HTTP/1.1 request without `Host` (RFC 9112 §3.2).
-    NoHost,
-    /// 501: a transfer coding other than `chunked` alone, which nobody here decodes.
-    TransferCoding,
-}
-
-impl Refusal {
-    pub fn status(self) -> u16 {
-        match self {
-            Refusal::NoHost => 400,
-            Refusal::TransferCoding => 501,
-        }
-    }
-
-    pub fn message(self) -> &'static str {
-        match self {
-            Refusal::NoHost => "an HTTP/1.1 request needs a Host header",
-            Refusal::TransferCoding => "only the chunked transfer coding is supported",
-        }
-    }
-}
-
-/// Whether a request is refused, and why.
-pub fn refusal(req: &RequestHeader) -> Option<Refusal> {
-    let has_host = req.headers.contains_key(http::header::HOST) || req.uri.authority().is_some();
-    if req.version == Version::HTTP_11 && !has_host {
-        return Some(Refusal::NoHost);
-    }
-    let codings: Vec<String> = req
-        .headers
-        .get_all(http::header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| comma_list(v.as_bytes()))
-        .collect();
-    if !codings.is_empty() && codings != ["chunked"] {
-        return Some(Refusal::TransferCoding);
-    }
-    None
-}
 
 /// `http` or `https`, as the client reached this gateway.
 pub fn proto(tls: bool) -> &'static str {
@@ -165,15 +122,6 @@ pub fn strip_hop_by_hop(resp: &mut ResponseHeader) {
     }
 }
 
-/// The elements of a comma-separated header value, trimmed and lowercased.
-fn comma_list(value: &[u8]) -> Vec<String> {
-    String::from_utf8_lossy(value)
-        .split(',')
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty())
-        .collect()
-}
-
 /// Whether a response to this request has no body (HEAD, or a status without one).
 pub fn bodiless(method: &Method, status: u16) -> bool {
     method == Method::HEAD || (100..200).contains(&status) || status == 204 || status == 304
@@ -182,6 +130,7 @@ pub fn bodiless(method: &Method, status: u16) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::Version;
 
     fn req(version: Version, headers: &[(&str, &str)]) -> RequestHeader {
         let mut r = RequestHeader::build("GET", b"/x", None).unwrap();
@@ -190,23 +139,6 @@ mod tests {
             r.append_header(k.to_string(), *v).unwrap();
         }
         r
-    }
-
-    #[test]
-    fn framing_refusals() {
-        assert_eq!(refusal(&req(Version::HTTP_11, &[])), Some(Refusal::NoHost));
-        assert_eq!(refusal(&req(Version::HTTP_10, &[])), None);
-        assert_eq!(refusal(&req(Version::HTTP_11, &[("Host", "a")])), None);
-        let te = |v: &str| {
-            refusal(&req(
-                Version::HTTP_11,
-                &[("Host", "a"), ("Transfer-Encoding", v)],
-            ))
-        };
-        assert_eq!(te("chunked"), None);
-        assert_eq!(te("Chunked"), None);
-        assert_eq!(te("gzip, chunked"), Some(Refusal::TransferCoding));
-        assert_eq!(te("gzip"), Some(Refusal::TransferCoding));
     }
 
     #[test]

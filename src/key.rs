@@ -168,8 +168,10 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
         .map(|s| canonical(s.ip()))
 }
 
-/// IPv4-mapped IPv6 addresses key as the IPv4 address they are.
-fn canonical(ip: IpAddr) -> IpAddr {
+/// An IPv4-mapped IPv6 address (`::ffff:10.0.0.1`, how an IPv4 client reaches a listener
+/// bound to an IPv6 address) as the IPv4 address it is, so trusted proxies, keys and
+/// overrides written in IPv4 apply to it.
+pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,

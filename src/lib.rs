@@ -37,6 +37,7 @@ pub mod proxy;
 pub mod redis;
 pub mod registry;
 pub mod reload;
+pub mod request;
 pub mod response;
 pub mod rules;
 pub mod server;

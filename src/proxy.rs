@@ -18,12 +18,13 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::access_log::{self, AccessLog, Entry};
-use crate::forwarding::{self, Refusal};
+use crate::forwarding;
 use crate::headers::{insert_limit_headers, limit_headers};
-use crate::key::{client_ip, RequestView};
+use crate::key::{canonical, client_ip, RequestView};
 use crate::limiter::{Limiter, Outcome, Verdict};
 use crate::live::{Live, LiveConfig};
 use crate::metrics::Metrics;
+use crate::request::{self, Refusal};
 use crate::response::{blocked_json, error_json, store_unavailable_json};
 use crate::rules::Selection;
 
@@ -52,6 +53,9 @@ pub struct RequestCtx {
     tried: Vec<SocketAddr>,
     /// The upstream it went to, and when the connection was ready.
     upstream: Option<(SocketAddr, Instant)>,
+    /// The target to send the upstream instead of the client's: its normal form, when that
+    /// differs ([`crate::request`]).
+    target: Option<Vec<u8>>,
 }
 
 impl Gateway {
@@ -69,11 +73,12 @@ impl Gateway {
         }
     }
 
+    /// The TCP peer; an IPv4 client of an IPv6 listener as the IPv4 address it is.
     fn peer_ip(session: &Session) -> Option<IpAddr> {
         session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| a.ip())
+            .map(|a| canonical(a.ip()))
     }
 
     /// The client as the limits see it: the peer, or the address a trusted proxy forwarded.
@@ -91,28 +96,41 @@ impl Gateway {
         session.digest().is_some_and(|d| d.ssl_digest.is_some())
     }
 
+    /// Accepts the request in its normal form ([`crate::request`]) and selects the rules it
+    /// owes (`None` with limiting off), or says why it is refused.
+    fn admit(
+        session: &Session,
+        live: &Live,
+        ctx: &mut RequestCtx,
+    ) -> std::result::Result<Option<Selection>, Refusal> {
+        let req = session.req_header();
+        let policy = request::Policy {
+            escaped_slashes: live.config.proxy.escaped_slashes,
+            allowed_hosts: &live.config.proxy.allowed_hosts,
+            key_headers: live.rules.key_headers(),
+        };
+        let admitted = request::admit(req, &policy)?;
+        ctx.target = admitted.target;
+        if !live.config.limits.enabled {
+            return Ok(None);
+        }
+        Ok(Some(live.rules.select(&RequestView {
+            peer: Self::peer_ip(session),
+            method: &req.method,
+            host: admitted.host,
+            path: &admitted.path,
+            headers: &req.headers,
+        })))
+    }
+
     /// Decides the request, answering it when it may not go on.
     async fn limit(
         &self,
         session: &mut Session,
         live: &Live,
         ctx: &mut RequestCtx,
+        selection: Selection,
     ) -> Result<bool> {
-        let selection = {
-            let req = session.req_header();
-            let host = req
-                .headers
-                .get(http::header::HOST)
-                .and_then(|v| v.to_str().ok())
-                .or_else(|| req.uri.authority().map(|a| a.as_str()));
-            live.rules.select(&RequestView {
-                peer: Self::peer_ip(session),
-                method: &req.method,
-                host,
-                path: req.uri.path(),
-                headers: &req.headers,
-            })
-        };
         let checks = match selection {
             Selection::Unlimited { rule } => {
                 ctx.decision = "unlimited";
@@ -240,6 +258,7 @@ impl ProxyHttp for Gateway {
             client: None,
             tried: Vec::new(),
             upstream: None,
+            target: None,
         }
     }
 
@@ -263,13 +282,18 @@ impl ProxyHttp for Gateway {
             None => ctx.live.insert(self.live.load()).clone(),
         };
         ctx.client = Self::client(session, &live);
-        if let Some(refusal) = forwarding::refusal(session.req_header()) {
-            ctx.decision = "rejected";
-            refuse(session, refusal).await?;
-            return Ok(true);
-        }
-        if live.config.limits.enabled && self.limit(session, &live, ctx).await? {
-            return Ok(true);
+        let selection = match Self::admit(session, &live, ctx) {
+            Ok(selection) => selection,
+            Err(refusal) => {
+                ctx.decision = "rejected";
+                refuse(session, refusal).await?;
+                return Ok(true);
+            }
+        };
+        if let Some(selection) = selection {
+            if self.limit(session, &live, ctx, selection).await? {
+                return Ok(true);
+            }
         }
         if let Some(direct) = &live.config.proxy.direct_response {
             let headers = Self::limit_headers(ctx);
@@ -340,6 +364,22 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        if let Some(target) = &ctx.target {
+            upstream_request.set_raw_path(target)?;
+        }
+        // An HTTP/1.0 request may come without a Host; the upstream gets HTTP/1.1, which
+        // needs one: the upstream's own name, as nginx sends by default.
+        if !upstream_request.headers.contains_key(http::header::HOST)
+            && upstream_request.uri.authority().is_none()
+        {
+            let name = match (&ctx.upstream, &ctx.live) {
+                (Some((addr, _)), Some(live)) => live.pool.name_of(addr),
+                _ => None,
+            };
+            if let Some(name) = name {
+                upstream_request.insert_header(http::header::HOST, name)?;
+            }
+        }
         let proto = forwarding::proto(Self::is_tls(session));
         forwarding::set_forwarded(upstream_request, Self::peer_ip(session), ctx.client, proto)
     }
@@ -458,7 +498,7 @@ impl ProxyHttp for Gateway {
 /// trusted for a next request.
 async fn refuse(session: &mut Session, refusal: Refusal) -> Result<()> {
     session.set_keepalive(None);
-    let body = Bytes::from(error_json(refusal.message()));
+    let body = Bytes::from(error_json(&refusal.message()));
     let close = [("Connection", "close".to_string())];
     respond(session, refusal.status(), &close, "application/json", body).await
 }

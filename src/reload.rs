@@ -4,7 +4,7 @@
 //! reload is counted as failed.
 //!
 //! Some keys are read once at start (contract §8: the listen addresses, `[redis]`, `[node]
-//! id` and `[server]`). A reload that changes one of them names it in the log and keeps its
+//! id` and `[server]`; also `[log]` and the client connection bounds of `[proxy]`). A reload that changes one of them names it in the log and keeps its
 //! running value; a restart applies it. Everything else takes effect: the rules and limits for
 //! the next request, `[node]` address, TTL and heartbeat at the next heartbeat,
 //! `metrics.max_key_labels` for keys not labelled yet, and the HTTPS certificate (its files
@@ -181,6 +181,10 @@ pub fn keep_restart_only(running: &Config, new: &mut Config) -> Vec<&'static str
         kept.push("proxy.tls_listen");
         new.proxy.tls = running.proxy.tls.clone();
     }
+    // Read where connections are accepted and their headers read.
+    keep!("proxy.max_header_bytes", proxy.clients.max_header_bytes);
+    keep!("proxy.header_timeout_ms", proxy.clients.header_timeout);
+    keep!("proxy.max_connections", proxy.clients.max_connections);
     keep!("admin.listen", admin.listen);
     keep!("node.id", node.id);
     keep!("redis", redis);

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pingora::apps::HttpServerOptions;
+use pingora::protocols::http::v2::server::default_h2_options;
 use pingora::proxy::http_proxy_service;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
@@ -14,7 +15,7 @@ use pingora::services::listening::Service;
 
 use crate::access_log::AccessLog;
 use crate::admin::AdminApp;
-use crate::config::Config;
+use crate::config::{ClientLimits, Config};
 use crate::limiter::backend::memory::MemoryStore;
 use crate::limiter::backend::redis::RedisStore;
 use crate::limiter::{Backend, Limiter};
@@ -137,14 +138,20 @@ pub fn run(config: Config, path: Option<String>) -> Result<(), String> {
         shared.metrics.clone(),
         shared.access.clone(),
     );
+    let clients = config.proxy.clients;
+    let max_connections = connection_budget(clients.max_connections);
     let mut proxy = http_proxy_service(&server.configuration, gateway);
     if let Some(app) = proxy.app_logic_mut() {
+        let mut options = client_options(&clients);
         // HTTP/2 connections are not closed by the per-request keep-alive of HTTP/1: pingora
         // closes them after this idle time, set once at start.
-        let mut options = HttpServerOptions::default();
         options.h2_idle_timeout = Some(config.proxy.keepalive_timeout.max(Duration::from_secs(1)));
         app.server_options = Some(options);
+        let mut h2 = default_h2_options();
+        h2.max_header_list_size(u32::try_from(clients.max_header_bytes).unwrap_or(u32::MAX));
+        app.h2_options = Some(h2);
     }
+    proxy.set_connection_limits(Some(max_connections), clients.header_timeout);
     proxy.add_tcp(&config.proxy.listen.to_string());
     if let Some((listen, settings)) = tls {
         proxy.add_tls_with_settings(&listen.to_string(), None, settings);
@@ -165,8 +172,11 @@ pub fn run(config: Config, path: Option<String>) -> Result<(), String> {
             limiter: shared.limiter.clone(),
             registry: shared.registry.clone(),
             metrics: shared.metrics.clone(),
+            options: client_options(&clients),
+            listings: tokio::sync::Semaphore::new(crate::admin::LISTINGS_AT_ONCE),
         },
     );
+    admin.set_connection_limits(Some(ADMIN_CONNECTIONS), clients.header_timeout);
     admin.add_tcp(&config.admin.listen.to_string());
     server.add_service(admin);
 
@@ -210,6 +220,66 @@ pub fn run(config: Config, path: Option<String>) -> Result<(), String> {
     shared.access.flush();
     log::info!("node {} stopped", config.node.id);
     Ok(())
+}
+
+/// Connections the admin port serves at once (the monitor, Prometheus, operators): past it,
+/// new ones wait in the accept queue, so no flood of them takes the node's descriptors.
+pub const ADMIN_CONNECTIONS: usize = 256;
+
+/// Descriptors kept for everything but client connections: the admin port's, Redis, the
+/// access log, health checks.
+const RESERVED_FDS: u64 = ADMIN_CONNECTIONS as u64 + 256;
+
+/// How each listener reads request headers.
+fn client_options(clients: &ClientLimits) -> HttpServerOptions {
+    let mut options = HttpServerOptions::default();
+    options.max_request_header_bytes = Some(clients.max_header_bytes);
+    options.request_header_timeout = Some(clients.header_timeout);
+    options
+}
+
+/// The client connections the proxy serves at once: `proxy.max_connections`, or fewer when
+/// the descriptor limit could not hold them (each may need a second one to its upstream) and
+/// the rest of the node. The soft descriptor limit is raised to the hard one first, as nginx's
+/// `worker_rlimit_nofile` and Go's runtime do, so the cap and not the limit is what binds.
+fn connection_budget(wanted: usize) -> usize {
+    let limit = raise_fd_limit();
+    let budget = usize::try_from(limit.saturating_sub(RESERVED_FDS) / 2).unwrap_or(usize::MAX);
+    if wanted > budget {
+        log::warn!(
+            "proxy.max_connections = {wanted} needs up to {} descriptors, and this process may \
+             open {limit}: serving at most {} connections at once; raise the limit \
+             (LimitNOFILE=, ulimit -n) for more",
+            wanted as u64 * 2 + RESERVED_FDS,
+            budget.max(1)
+        );
+        return budget.max(1);
+    }
+    wanted
+}
+
+/// Raises the soft limit on open descriptors to the hard limit; returns the soft limit then.
+fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+    }
+    lim.rlim_cur
 }
 
 /// Binds every listen address once, as pingora will, so an address in use or not allowed is

@@ -121,7 +121,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
     (
         "unknown_key",
         &[
-            r#"3:1: unknown key `listne` in [proxy]; expected one of: listen, tls_listen, tls_cert_file, tls_key_file, upstreams, upstream_tls_ca_file, connect_timeout_ms, read_timeout_ms, write_timeout_ms, keepalive_timeout_seconds, retries, health_check, direct_response"#,
+            r#"3:1: unknown key `listne` in [proxy]; expected one of: listen, tls_listen, tls_cert_file, tls_key_file, upstreams, upstream_tls_ca_file, connect_timeout_ms, read_timeout_ms, write_timeout_ms, keepalive_timeout_seconds, retries, health_check, direct_response, escaped_slashes, allowed_hosts, max_header_bytes, header_timeout_ms, max_connections"#,
         ],
     ),
     (
@@ -259,7 +259,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
     (
         "rule_unknown_key",
         &[
-            r#"4:1: unknown key `burst` in [[rules]] #1; expected one of: name, methods, path, path_prefix, path_regex, host, key, limit, window_ms, algorithm, shadow, skip_default, unlimited, overrides, sync, lease_size, lease_ms"#,
+            r#"4:1: unknown key `burst` in [[rules]] #1; expected one of: name, methods, path, path_prefix, path_regex, path_ignore_case, host, key, limit, window_ms, algorithm, shadow, skip_default, unlimited, overrides, sync, lease_size, lease_ms"#,
         ],
     ),
     (
@@ -289,7 +289,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
             r#"33:47: [[rules]] #6 overrides: "10.0.0.7": expected an integer 1..=4294967295, found integer 0"#,
             r#"39:13: [[rules]] #7 overrides: a rule keyed by "global" has one counter; overrides need key = "ip" or "header:<Header-Name>""#,
             r#"45:16: [[rules]] #8 skip_default: a shadow rule never changes what is enforced; remove skip_default or shadow"#,
-            r#"46:1: unknown key `limt` in [[rules]] #8; expected one of: name, methods, path, path_prefix, path_regex, host, key, limit, window_ms, algorithm, shadow, skip_default, unlimited, overrides, sync, lease_size, lease_ms"#,
+            r#"46:1: unknown key `limt` in [[rules]] #8; expected one of: name, methods, path, path_prefix, path_regex, path_ignore_case, host, key, limit, window_ms, algorithm, shadow, skip_default, unlimited, overrides, sync, lease_size, lease_ms"#,
         ],
     ),
     (
@@ -318,6 +318,22 @@ const EXPECTED: &[(&str, &[&str])] = &[
             r#"3:19: [proxy] read_timeout_ms: expected an integer 1..=3600000 (ms), found integer 3600001"#,
             r#"4:29: [proxy] keepalive_timeout_seconds: expected an integer 0..=3600 (seconds; 0: no keep-alive), found integer -1"#,
             r#"5:11: [proxy] retries: expected an integer 0..=10, found integer 11"#,
+        ],
+    ),
+    (
+        "proxy_bad_request_bounds",
+        &[
+            r#"2:19: [proxy] escaped_slashes: expected "reject", "decode" or "keep", found "allow""#,
+            r#"3:37: [proxy] allowed_hosts: expected a host name like "api.example.com" or "*.example.com", without a port, found "api.example.com:443""#,
+            r#"4:20: [proxy] max_header_bytes: expected an integer 1024..=1048575 (bytes), found integer 1048576"#,
+            r#"5:21: [proxy] header_timeout_ms: expected an integer 100..=3600000 (ms), found integer 0"#,
+            r#"6:19: [proxy] max_connections: expected an integer 1..=1000000, found integer 0"#,
+        ],
+    ),
+    (
+        "rule_path_ignore_case_without_path",
+        &[
+            r#"4:20: [[rules]] #1 path_ignore_case: applies to a path condition; set path, path_prefix or path_regex"#,
         ],
     ),
     (

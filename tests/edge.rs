@@ -7,7 +7,6 @@
 mod common;
 
 use std::net::TcpListener;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,34 +43,11 @@ fn try_curl(
     path: &str,
     headers: &[&str],
 ) -> Result<Response, String> {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "-i", version_flag, "--cacert", ca])
-        .args(["--resolve", &format!("localhost:{port}:127.0.0.1")]);
+    let mut args = vec![version_flag];
     for h in headers {
-        cmd.args(["-H", h]);
+        args.extend(["-H", h]);
     }
-    cmd.arg(format!("https://localhost:{port}{path}"));
-    let out = cmd.stderr(Stdio::piped()).output().expect("curl runs");
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").expect("headers, then a body");
-    let mut lines = head.lines();
-    let status_line = lines.next().unwrap();
-    let mut parts = status_line.split_whitespace();
-    let version = parts.next().unwrap().to_string();
-    let status = parts.next().unwrap().parse().unwrap();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    Ok(Response {
-        version,
-        status,
-        headers,
-        body: body.to_string(),
-    })
+    common::http::curl_tls(port, ca, &args, path)
 }
 
 #[test]

@@ -550,7 +550,7 @@ unlimited = true
     .unwrap();
     assert_eq!(
         body(&health),
-        json!({"decision":"unlimited","rule":"health","retry_after_seconds":0,
+        json!({"decision":"unlimited","path":"/healthz","rule":"health","retry_after_seconds":0,
                "matched":["health"],"default_applies":false,"checks":[]})
     );
     let bad = post(

@@ -9,7 +9,8 @@
 //!
 //! `ip` is the TCP peer the request would come from (with `trusted_proxies`, an
 //! `X-Forwarded-For` in `headers` is honoured as the proxy would); `method` defaults to `GET`,
-//! `path` to `/`; `host` defaults to a `Host` in `headers`.
+//! `path` to `/` and is taken as the proxy takes it, in its normal form (the answer's `path`),
+//! a path the proxy would refuse being a 422; `host` defaults to a `Host` in `headers`.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -21,6 +22,7 @@ use serde_json::{json, Value};
 use super::to_json;
 use crate::key::RequestView;
 use crate::limiter::{Check, Decision, Outcome};
+use crate::request::{path, EscapedSlashes};
 use crate::rules::{RuleSet, Selection};
 
 /// At most this many headers in a described request.
@@ -47,6 +49,8 @@ pub struct ExplainRequest {
 
 /// What the rules make of a described request.
 pub struct Plan {
+    /// The path the rules saw (the normal form of the one described).
+    path: String,
     /// The named rules it matches, in config order.
     matched: Vec<&'static str>,
     /// The matching rule that makes it unlimited.
@@ -55,7 +59,8 @@ pub struct Plan {
 }
 
 impl ExplainRequest {
-    pub fn parse(body: &[u8]) -> Result<ExplainRequest, String> {
+    /// `slashes`: what an escaped slash means, as on the proxy.
+    pub fn parse(body: &[u8], slashes: EscapedSlashes) -> Result<ExplainRequest, String> {
         let raw: Raw = serde_json::from_slice(body).map_err(|e| format!("invalid body: {e}"))?;
         let method = match raw.method.as_deref().unwrap_or("GET") {
             m if !m.is_empty() && m.len() <= 32 && m.bytes().all(|b| b.is_ascii_uppercase()) => {
@@ -68,15 +73,19 @@ impl ExplainRequest {
             }
         };
         let target = raw.path.unwrap_or_else(|| "/".to_string());
-        let path = target.split('?').next().unwrap_or("").to_string();
-        if !path.starts_with('/')
+        let sent = target.split('?').next().unwrap_or("");
+        if !sent.starts_with('/')
             || target.len() > 8192
-            || path.bytes().any(|b| !b.is_ascii_graphic())
+            || sent.bytes().any(|b| !b.is_ascii_graphic())
         {
             return Err(format!(
                 "path: expected a request path starting with \"/\", without spaces, at most 8192 bytes, found {target:?}"
             ));
         }
+        let path = path::normalize(sent.as_bytes(), slashes)
+            .map_err(|e| format!("path: the proxy refuses it with 400: {}", e.message()))?
+            .matched
+            .into_owned();
         let ip: IpAddr = raw
             .ip
             .parse()
@@ -134,6 +143,7 @@ impl ExplainRequest {
             Selection::Checks(checks) => (None, checks),
         };
         Plan {
+            path: self.path.clone(),
             matched,
             unlimited,
             checks,
@@ -148,6 +158,7 @@ impl Plan {
         if let Some(rule) = self.unlimited {
             return to_json(&json!({
                 "decision": "unlimited",
+                "path": self.path,
                 "rule": rule,
                 "retry_after_seconds": 0,
                 "matched": self.matched,
@@ -177,6 +188,7 @@ impl Plan {
         let rule = outcome.headline().filter(|_| blocked).map(|(c, _)| c.rule);
         to_json(&json!({
             "decision": if blocked { "blocked" } else { "allowed" },
+            "path": self.path,
             "rule": rule,
             "retry_after_seconds": outcome.retry_after_secs(),
             "matched": self.matched,
@@ -203,16 +215,26 @@ mod tests {
             ),
             (r#"{"ip":"10.0.0.1","bogus":1}"#, "unknown field"),
         ] {
-            let err = ExplainRequest::parse(body.as_bytes()).err().unwrap();
+            let err = ExplainRequest::parse(body.as_bytes(), EscapedSlashes::Reject)
+                .err()
+                .unwrap();
             assert!(err.contains(says), "{body}: {err}");
         }
         let ok = ExplainRequest::parse(
-            br#"{"ip":"::1","path":"/a?b=c","headers":{"Host":"x.example"}}"#,
+            br#"{"ip":"::1","path":"/a/../%62?b=c","headers":{"Host":"x.example"}}"#,
+            EscapedSlashes::Reject,
         )
         .unwrap();
         assert_eq!(
             (ok.path.as_str(), ok.host.as_deref()),
-            ("/a", Some("x.example"))
+            ("/b", Some("x.example"))
         );
+        let slash = br#"{"ip":"::1","path":"/a/..%2Fb"}"#;
+        let err = ExplainRequest::parse(slash, EscapedSlashes::Reject)
+            .err()
+            .unwrap();
+        assert!(err.contains("escaped slash"), "{err}");
+        let kept = ExplainRequest::parse(slash, EscapedSlashes::Keep).unwrap();
+        assert_eq!(kept.path, "/a/..%2Fb");
     }
 }

@@ -25,6 +25,9 @@ const OPENAPI: &str = include_str!("openapi.json");
 /// message come back from Redis): off the request path, so longer than `redis.timeout_ms`.
 const ADMIN_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// How long a counter listing waits for the one before it.
+const LISTING_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Longest key `/check` accepts; longer keys would only bloat the store.
 const MAX_CHECK_KEY: usize = 512;
 
@@ -128,6 +131,9 @@ fn rule_json(rule: &Rule) -> Value {
     if let Some(path) = &m.path {
         let (key, text) = path.describe();
         matcher.insert(key.into(), json!(text));
+        if m.path_ignore_case {
+            matcher.insert("path_ignore_case".into(), json!(true));
+        }
     }
     if let Some(host) = &m.host {
         matcher.insert("host".into(), json!(host.as_str()));
@@ -171,9 +177,23 @@ impl AdminApp {
         match route {
             Route::Health => self.health(&live).await,
             Route::Nodes => self.nodes().await,
-            Route::Counters => self.counters(&live).await,
+            Route::Counters | Route::Blocks => {
+                let Ok(Ok(_turn)) =
+                    tokio::time::timeout(LISTING_WAIT, self.listings.acquire()).await
+                else {
+                    return reply(
+                        503,
+                        "application/json",
+                        &[("Retry-After", "1".to_string())],
+                        error_json("counter listings are busy; try again"),
+                    );
+                };
+                match route {
+                    Route::Counters => self.counters(&live).await,
+                    _ => self.blocks(&live).await,
+                }
+            }
             Route::Limits => self.limits(&live),
-            Route::Blocks => self.blocks(&live).await,
             Route::Reset(_) | Route::Check if !authorized(&live, session) => unauthorized(),
             Route::Reset(key) => self.reset(&key).await,
             Route::Check => self.check(&live, body).await,
@@ -386,7 +406,8 @@ impl AdminApp {
     }
 
     async fn explain(&self, live: &Live, body: &[u8]) -> Response<Vec<u8>> {
-        let request = match super::explain::ExplainRequest::parse(body) {
+        let slashes = live.config.proxy.escaped_slashes;
+        let request = match super::explain::ExplainRequest::parse(body, slashes) {
             Ok(r) => r,
             Err(why) => return error(422, &why),
         };

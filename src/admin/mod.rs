@@ -14,8 +14,9 @@
 //! | `GET /openapi.json` | an OpenAPI 3 description of this API |
 //!
 //! Every body is JSON; a bad body or parameter gets 422, an unknown path 404, a wrong method
-//! 405, each with `{"error":"..."}`. `HEAD` is answered wherever `GET` is. Request bodies are bounded in size and in time, so no
-//! client can stall or exhaust the node.
+//! 405, each with `{"error":"..."}`. `HEAD` is answered wherever `GET` is. Request headers and
+//! bodies are bounded in size and in time, connections in number, and counter listings run
+//! one at a time, so no client can stall or exhaust the node.
 
 mod explain;
 mod handlers;
@@ -48,7 +49,15 @@ pub struct AdminApp {
     pub limiter: Arc<Limiter>,
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
+    /// How request headers are read: bounded in size and time, as on the proxy port.
+    pub options: pingora::apps::HttpServerOptions,
+    /// One counter listing at a time: a listing of 100,000 keys holds tens of megabytes
+    /// until it is sent, and forty at once held half a gigabyte.
+    pub listings: tokio::sync::Semaphore,
 }
+
+/// Listings one at a time ([`AdminApp::listings`]).
+pub const LISTINGS_AT_ONCE: usize = 1;
 
 /// A response with the headers every admin answer carries.
 pub(crate) fn reply(
@@ -121,6 +130,10 @@ async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, Response<Vec<
 
 #[async_trait]
 impl ServeHttp for AdminApp {
+    fn server_options(&self) -> Option<&pingora::apps::HttpServerOptions> {
+        Some(&self.options)
+    }
+
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let method = session.req_header().method.as_str().to_string();
         let target = session

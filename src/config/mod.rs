@@ -82,6 +82,26 @@ pub struct ProxyConfig {
     /// When set, allowed requests are answered by the gateway itself (Envoy's
     /// `direct_response`, nginx's `return`), and `upstreams` is not used.
     pub direct_response: Option<DirectResponse>,
+    /// What an escaped slash in a path means.
+    pub escaped_slashes: crate::request::EscapedSlashes,
+    /// The hosts served; empty: any. Other hosts get 421.
+    pub allowed_hosts: Vec<crate::rules::HostMatch>,
+    /// What one client connection may hold, on both listeners.
+    pub clients: ClientLimits,
+}
+
+/// Bounds on client connections, applied where connections are accepted and their request
+/// headers read (restart-only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// The largest request header section; a larger one gets 431.
+    pub max_header_bytes: usize,
+    /// How long a request header section (and a TLS handshake) may take as a whole; a slower
+    /// one gets 408.
+    pub header_timeout: Duration,
+    /// Client connections held at once over both proxy listeners; past it, new ones wait in
+    /// the kernel's accept queue.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,7 +8,11 @@ use std::time::Duration;
 use super::error::Collector;
 use super::pem::{self, Pem};
 use super::reader::{At, Section};
-use super::{DirectResponse, HealthCheck, ProxyConfig, TlsListener, Upstream, UpstreamTimeouts};
+use super::{
+    ClientLimits, DirectResponse, HealthCheck, ProxyConfig, TlsListener, Upstream, UpstreamTimeouts,
+};
+use crate::request::EscapedSlashes;
+use crate::rules::HostMatch;
 
 pub(super) const KEYS: &[&str] = &[
     "listen",
@@ -24,6 +28,11 @@ pub(super) const KEYS: &[&str] = &[
     "retries",
     "health_check",
     "direct_response",
+    "escaped_slashes",
+    "allowed_hosts",
+    "max_header_bytes",
+    "header_timeout_ms",
+    "max_connections",
 ];
 
 /// The upstream when none is written.
@@ -101,6 +110,67 @@ pub(super) fn read(s: &Section, errors: &mut Collector) -> Option<ProxyConfig> {
             );
         }
     }
+    let escaped_slashes = match s.string("escaped_slashes", errors) {
+        None => EscapedSlashes::default(),
+        Some(At { value, span }) => {
+            match EscapedSlashes::ALL.iter().find(|(name, _)| *name == value) {
+                Some((_, v)) => *v,
+                None => {
+                    errors.at(
+                        span,
+                        format!(
+                            "{} escaped_slashes: expected \"reject\", \"decode\" or \"keep\", found {value:?}",
+                            s.name
+                        ),
+                    );
+                    EscapedSlashes::default()
+                }
+            }
+        }
+    };
+    let mut allowed_hosts = Vec::new();
+    for At { value, span } in s.strings("allowed_hosts", errors).unwrap_or_default() {
+        match HostMatch::parse(&value) {
+            Some(h) => allowed_hosts.push(h),
+            None => errors.at(
+                span,
+                format!(
+                    "{} allowed_hosts: expected a host name like \"api.example.com\" or \"*.example.com\", without a port, found {value:?}",
+                    s.name
+                ),
+            ),
+        }
+    }
+    let clients = ClientLimits {
+        max_header_bytes: s
+            .integer(
+                "max_header_bytes",
+                1024,
+                1_048_575,
+                "an integer 1024..=1048575 (bytes)",
+                errors,
+            )
+            .map_or(65_536, |v| v.value as usize),
+        header_timeout: Duration::from_millis(
+            s.integer(
+                "header_timeout_ms",
+                100,
+                3_600_000,
+                "an integer 100..=3600000 (ms)",
+                errors,
+            )
+            .map_or(10_000, |v| v.value as u64),
+        ),
+        max_connections: s
+            .integer(
+                "max_connections",
+                1,
+                1_000_000,
+                "an integer 1..=1000000",
+                errors,
+            )
+            .map_or(10_000, |v| v.value as usize),
+    };
     Some(ProxyConfig {
         listen: listen?,
         tls: tls.ok()?,
@@ -111,6 +181,9 @@ pub(super) fn read(s: &Section, errors: &mut Collector) -> Option<ProxyConfig> {
         retries,
         health_check,
         direct_response,
+        escaped_slashes,
+        allowed_hosts,
+        clients,
     })
 }
 

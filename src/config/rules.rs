@@ -22,6 +22,7 @@ const KEYS: &[&str] = &[
     "path",
     "path_prefix",
     "path_regex",
+    "path_ignore_case",
     "host",
     "key",
     "limit",
@@ -173,9 +174,24 @@ fn matcher(s: &Section, errors: &mut Collector) -> Option<Matcher> {
             );
         }
     }
+    let ignore_case = s.boolean("path_ignore_case", errors);
+    if let Some(v) = ignore_case.as_ref().filter(|_| written.is_empty()) {
+        ok = false;
+        errors.at(
+            v.span.clone(),
+            format!(
+                "{} path_ignore_case: applies to a path condition; set path, path_prefix or path_regex",
+                s.name
+            ),
+        );
+    }
+    let ignore_case = ignore_case.is_some_and(|v| v.value);
     if let Some((k, At { value, span })) = written.into_iter().next() {
         path = match k {
-            "path_regex" => match regex::Regex::new(&value) {
+            "path_regex" => match regex::RegexBuilder::new(&value)
+                .case_insensitive(ignore_case)
+                .build()
+            {
                 Ok(r) => Some(PathMatch::Regex(r)),
                 Err(e) => {
                     let why = e
@@ -225,9 +241,14 @@ fn matcher(s: &Section, errors: &mut Collector) -> Option<Matcher> {
             }
         },
     };
+    // `GET` covers `HEAD`: every framework answers a HEAD with its GET handler.
+    if methods.contains(&Method::GET) && !methods.contains(&Method::HEAD) {
+        methods.push(Method::HEAD);
+    }
     ok.then_some(Matcher {
         methods,
         path,
+        path_ignore_case: ignore_case,
         host,
     })
 }

@@ -1,14 +1,14 @@
 //! Which requests a rule applies to (contract §7): methods, a path condition and a host, all
 //! pure functions of a [`RequestView`].
 //!
-//! Paths are compared as nginx compares them in its `location` blocks: percent-escapes
-//! decoded, `.` and `..` segments resolved and repeated slashes merged, so `/%6Cogin`,
-//! `//login` and `/api/../login` are all `/login` and cannot slip past a rule for `/login`.
-//! The request itself is forwarded as sent. Paths are case-sensitive; a prefix is a plain
-//! string prefix (`/login` also matches `/login-help`), as in nginx and Envoy.
-
-use std::borrow::Cow;
-
+//! The path is the request's normal path ([`crate::request::path`]): escapes decoded, `.` and
+//! `..` resolved and repeated slashes merged, the same path the upstream is sent, so
+//! `/%6Cogin`, `//login` and `/api/../login` are all `/login` here and there. Paths are
+//! case-sensitive unless the rule says `path_ignore_case` (for upstreams that route without
+//! regard to case, as Express does by default); a prefix is a plain string prefix (`/login`
+//! also matches `/login-help`), as in nginx and Envoy. A rule for `GET` also matches `HEAD`,
+//! which every framework answers with its `GET` handler (nginx's `limit_except GET` does the
+//! same).
 use http::Method;
 
 use crate::key::RequestView;
@@ -23,9 +23,15 @@ pub enum PathMatch {
 }
 
 impl PathMatch {
-    pub fn matches(&self, path: &str) -> bool {
+    /// `ignore_case`: ASCII letters compare without regard to case (a regex is compiled so).
+    pub fn matches(&self, path: &str, ignore_case: bool) -> bool {
         match self {
+            PathMatch::Exact(p) if ignore_case => path.eq_ignore_ascii_case(p),
             PathMatch::Exact(p) => path == p,
+            PathMatch::Prefix(p) if ignore_case => path
+                .as_bytes()
+                .get(..p.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(p.as_bytes())),
             PathMatch::Prefix(p) => path.starts_with(p.as_str()),
             PathMatch::Regex(r) => r.is_match(path),
         }
@@ -88,16 +94,17 @@ fn host_name(host: &str) -> &str {
 /// Everything a rule can require of a request; an empty matcher matches every request.
 #[derive(Debug, Clone, Default)]
 pub struct Matcher {
-    /// Any of these methods; empty: any method.
+    /// Any of these methods; empty: any method. `HEAD` is in it whenever `GET` is.
     pub methods: Vec<Method>,
     pub path: Option<PathMatch>,
+    /// The path compares without regard to ASCII case.
+    pub path_ignore_case: bool,
     pub host: Option<HostMatch>,
 }
 
 impl Matcher {
-    /// Whether the request matches; `path` is the request's [`normalize_path`], computed by the
-    /// caller once for all rules.
-    pub fn matches(&self, view: &RequestView, path: &mut LazyPath) -> bool {
+    /// Whether the request matches.
+    pub fn matches(&self, view: &RequestView) -> bool {
         if !self.methods.is_empty() && !self.methods.contains(view.method) {
             return false;
         }
@@ -107,58 +114,10 @@ impl Matcher {
             }
         }
         match &self.path {
-            Some(p) => p.matches(path.get(view.path)),
+            Some(p) => p.matches(view.path, self.path_ignore_case),
             None => true,
         }
     }
-}
-
-/// A request's normalized path, computed the first time a rule asks for it.
-#[derive(Default)]
-pub struct LazyPath(Option<String>);
-
-impl LazyPath {
-    pub fn get(&mut self, raw: &str) -> &str {
-        self.0
-            .get_or_insert_with(|| normalize_path(raw).into_owned())
-            .as_str()
-    }
-}
-
-/// The path as rules see it: percent-escapes decoded (invalid UTF-8 replaced), `.` and `..`
-/// segments resolved (never above the root), repeated slashes merged. Borrowed when already
-/// normal.
-pub fn normalize_path(raw: &str) -> Cow<'_, str> {
-    let plain =
-        raw.starts_with('/') && !raw.contains('%') && !raw.contains("//") && !raw.contains("/.");
-    if plain {
-        return Cow::Borrowed(raw);
-    }
-    let decoded = percent_encoding::percent_decode_str(raw).decode_utf8_lossy();
-    let mut segments: Vec<&str> = Vec::new();
-    for segment in decoded.split('/') {
-        match segment {
-            "" | "." => {}
-            ".." => {
-                segments.pop();
-            }
-            s => segments.push(s),
-        }
-    }
-    let trailing = decoded.ends_with('/')
-        || decoded.ends_with("/.")
-        || decoded.ends_with("/..")
-        || decoded == "."
-        || decoded == "..";
-    let mut out = String::with_capacity(decoded.len() + 1);
-    for s in &segments {
-        out.push('/');
-        out.push_str(s);
-    }
-    if out.is_empty() || (trailing && !segments.is_empty()) {
-        out.push('/');
-    }
-    Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -182,38 +141,26 @@ mod tests {
     }
 
     #[test]
-    fn paths_are_normalized_as_nginx_does() {
-        for (raw, want) in [
-            ("/login", "/login"),
-            ("/", "/"),
-            ("", "/"),
-            ("//login", "/login"),
-            ("/%6Cogin", "/login"),
-            ("/api/../login", "/login"),
-            ("/api/./v1//users/", "/api/v1/users/"),
-            ("/../../etc", "/etc"),
-            ("/a/b/..", "/a/"),
-            ("/a%2F..%2Flogin", "/login"),
-            ("/caf%C3%A9", "/café"),
-            ("/bad%FF", "/bad\u{FFFD}"),
-            ("/100%", "/100%"),
-        ] {
-            assert_eq!(normalize_path(raw), want, "{raw:?}");
-        }
-        assert!(matches!(normalize_path("/api/v1"), Cow::Borrowed(_)));
-    }
-
-    #[test]
     fn path_conditions() {
-        assert!(PathMatch::Exact("/login".into()).matches("/login"));
-        assert!(!PathMatch::Exact("/login".into()).matches("/login/"));
-        assert!(PathMatch::Prefix("/api/".into()).matches("/api/v1"));
-        assert!(!PathMatch::Prefix("/api/".into()).matches("/apix"));
+        let exact = PathMatch::Exact("/login".into());
+        assert!(exact.matches("/login", false));
+        assert!(!exact.matches("/login/", false));
+        assert!(!exact.matches("/LOGIN", false));
+        assert!(exact.matches("/LOGIN", true));
+        assert!(!exact.matches("/LOGIN/", true));
+        let prefix = PathMatch::Prefix("/api/".into());
+        assert!(prefix.matches("/api/v1", false));
+        assert!(!prefix.matches("/apix", false));
+        assert!(!prefix.matches("/API/v1", false));
+        assert!(prefix.matches("/API/v1", true));
+        assert!(!prefix.matches("/AP", true));
+        // A multi-byte character never splits: a shorter path than the prefix does not match.
+        assert!(!PathMatch::Prefix("/é".into()).matches("/", true));
         let r = PathMatch::Regex(regex::Regex::new(r"^/users/\d+$").unwrap());
-        assert!(r.matches("/users/42"));
-        assert!(!r.matches("/users/42/posts"));
+        assert!(r.matches("/users/42", false));
+        assert!(!r.matches("/users/42/posts", false));
         // Unanchored patterns search, as nginx's `location ~`.
-        assert!(PathMatch::Regex(regex::Regex::new("search").unwrap()).matches("/v1/search"));
+        assert!(PathMatch::Regex(regex::Regex::new("search").unwrap()).matches("/v1/search", false));
     }
 
     #[test]
@@ -244,20 +191,21 @@ mod tests {
         let m = Matcher {
             methods: vec![Method::POST],
             path: Some(PathMatch::Prefix("/login".into())),
+            path_ignore_case: false,
             host: Some(HostMatch::parse("api.example.com").unwrap()),
         };
         let post = Method::POST;
         let get = Method::GET;
-        let yes = view(&post, Some("api.example.com"), "//login/x", &h);
-        assert!(m.matches(&yes, &mut LazyPath::default()));
+        let yes = view(&post, Some("api.example.com"), "/login/x", &h);
+        assert!(m.matches(&yes));
         for no in [
             view(&get, Some("api.example.com"), "/login", &h),
             view(&post, Some("other.example.com"), "/login", &h),
             view(&post, None, "/login", &h),
             view(&post, Some("api.example.com"), "/logout", &h),
         ] {
-            assert!(!m.matches(&no, &mut LazyPath::default()), "{no:?}");
+            assert!(!m.matches(&no), "{no:?}");
         }
-        assert!(Matcher::default().matches(&yes, &mut LazyPath::default()));
+        assert!(Matcher::default().matches(&yes));
     }
 }

@@ -22,7 +22,7 @@ use once_cell::sync::Lazy;
 
 use crate::key::{header_key, ip_key, key_value, request_key, KeySource, RequestView, GLOBAL};
 use crate::limiter::{Check, Limit};
-pub use matcher::{HostMatch, LazyPath, Matcher, PathMatch};
+pub use matcher::{HostMatch, Matcher, PathMatch};
 
 /// The name of the rule `[limits]` defines.
 pub const DEFAULT_RULE: &str = "default";
@@ -197,6 +197,8 @@ pub struct RuleSet {
     default_limit: Limit,
     rules: Vec<Rule>,
     trusted_proxies: Vec<IpNet>,
+    /// Every header a key is read from, once.
+    key_headers: Vec<http::HeaderName>,
 }
 
 impl RuleSet {
@@ -208,11 +210,20 @@ impl RuleSet {
         rules: Vec<Rule>,
         trusted_proxies: Vec<IpNet>,
     ) -> RuleSet {
+        let mut key_headers = Vec::new();
+        for source in std::iter::once(&default_key).chain(rules.iter().map(|r| &r.key)) {
+            if let KeySource::Header(name) = source {
+                if !key_headers.contains(name) {
+                    key_headers.push(name.clone());
+                }
+            }
+        }
         RuleSet {
             default: Rule::default_rule(default_key, default_limit),
             default_limit,
             rules,
             trusted_proxies,
+            key_headers,
         }
     }
 
@@ -231,11 +242,15 @@ impl RuleSet {
 
     /// The named rules a request matches, in config order (for `/api/explain`).
     pub fn matching<'r>(&'r self, view: &RequestView) -> Vec<&'r Rule> {
-        let mut path = LazyPath::default();
         self.rules
             .iter()
-            .filter(|r| r.matcher.matches(view, &mut path))
+            .filter(|r| r.matcher.matches(view))
             .collect()
+    }
+
+    /// The headers some rule's key is read from, each of which a request may send once.
+    pub fn key_headers(&self) -> &[http::HeaderName] {
+        &self.key_headers
     }
 
     /// The checks a request owes: the default rule (unless skipped), then each matching named

@@ -2,6 +2,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
@@ -176,4 +177,37 @@ pub fn post(
     body: &str,
 ) -> std::io::Result<Response> {
     Conn::open(addr)?.send("POST", path, headers, body)
+}
+
+/// One request with curl over TLS to `localhost:port` (resolved to 127.0.0.1), trusting `ca`,
+/// with curl's own `args` (`--http2`, `-H ...`, `-X ...`, `--path-as-is`); the response as
+/// this client's type (the version from the status line, e.g. `HTTP/2`), or curl's complaint
+/// when it fails (e.g. the certificate does not verify).
+pub fn curl_tls(port: u16, ca: &str, args: &[&str], path: &str) -> Result<Response, String> {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-i", "--cacert", ca])
+        .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+        .args(args)
+        .arg(format!("https://localhost:{port}{path}"));
+    let out = cmd.stderr(Stdio::piped()).output().expect("curl runs");
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("headers, then a body");
+    let mut lines = head.lines();
+    let status_line = lines.next().unwrap();
+    let mut parts = status_line.split_whitespace();
+    let version = parts.next().unwrap().to_string();
+    let status = parts.next().unwrap().parse().unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    Ok(Response {
+        version,
+        status,
+        headers,
+        body: body.to_string(),
+    })
 }

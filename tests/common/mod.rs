@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod failover;
+pub mod frameworks;
 pub mod http;
 pub mod procs;
 pub mod topologies;
