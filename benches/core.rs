@@ -3,8 +3,9 @@
 //!
 //! - window arithmetic (`peek`) on a full log, against summing the log (a lower bound on
 //!   any per-request work over it);
-//! - key extraction (ip, header, trusted X-Forwarded-For, over-long value digest), against
-//!   formatting the peer address alone;
+//! - key extraction (ip, header, trusted X-Forwarded-For, over-long value digest, a query
+//!   parameter, a cookie, a composite, a JWT claim verified with RS256 and with HS256), against
+//!   formatting the peer address alone; the display form of a private key (§17);
 //! - rule selection with the default rule alone and with five path rules, against the key
 //!   extraction it includes;
 //! - the embedded store on one hot key, over 100,000 keys, and from two threads, against one
@@ -22,15 +23,17 @@ use std::num::{NonZeroU32, NonZeroU64};
 use std::sync::{Arc, Mutex};
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use http::{HeaderMap, HeaderValue, Method};
 use pingora::http::{RequestHeader, ResponseHeader};
 use ratelimiter::config::Config;
 use ratelimiter::forwarding;
 use ratelimiter::headers::{self, HeaderStyle};
-use ratelimiter::key::{request_key, KeySource, RequestView};
+use ratelimiter::key::jwt::{JwtConfig, KeyFile, Verifier};
+use ratelimiter::key::{counter, KeySource, Keys, Missing, Part};
 use ratelimiter::limiter::algo::sliding_log::peek;
 use ratelimiter::limiter::backend::memory::MemoryStore;
 use ratelimiter::limiter::{Check, Decision, Limit, Mode, Outcome, Quota};
+use ratelimiter::request::RequestView;
 
 fn quota(limit: u32) -> Quota {
     Quota {
@@ -61,10 +64,45 @@ fn window(c: &mut Criterion) {
     g.finish();
 }
 
+fn view<'a>(peer: IpAddr, headers: &'a HeaderMap, query: Option<&'a [u8]>) -> RequestView<'a> {
+    RequestView {
+        peer: Some(peer),
+        method: &Method::GET,
+        host: Some("api.example.com"),
+        path: "/",
+        query,
+        headers,
+    }
+}
+
+/// The key of one request under one source, as the proxy works it out.
+fn key_of(
+    source: &KeySource,
+    view: &RequestView,
+    trusted: &[ipnet::IpNet],
+    jwt: Option<&Verifier>,
+) -> Option<String> {
+    Keys::new(view, trusted, jwt).request_key(source, Missing::Ip)
+}
+
+/// A token for the bench keys (`benches/fixtures/`), valid for an hour.
+fn token(alg: jsonwebtoken::Algorithm, key: &jsonwebtoken::EncodingKey) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let mut header = jsonwebtoken::Header::new(alg);
+    header.kid = Some("bench".into());
+    let claims = serde_json::json!({"sub":"customer-1234","org":"acme","exp":exp});
+    jsonwebtoken::encode(&header, &claims, key).unwrap()
+}
+
 fn keys(c: &mut Criterion) {
     let peer: IpAddr = "10.0.0.1".parse().unwrap();
     let trusted = vec!["10.0.0.0/8".parse().unwrap()];
-    let api = KeySource::Header(HeaderName::from_static("x-api-key"));
+    let ip = KeySource::ip();
+    let api = KeySource::parse("header:x-api-key").unwrap();
     let mut with_key = HeaderMap::new();
     with_key.insert("x-api-key", HeaderValue::from_static("customer-1234"));
     let mut long = HeaderMap::new();
@@ -77,23 +115,125 @@ fn keys(c: &mut Criterion) {
         "x-forwarded-for",
         HeaderValue::from_static("198.51.100.7, 203.0.113.9, 10.0.0.2"),
     );
+    let mut cookies = HeaderMap::new();
+    cookies.insert(
+        "cookie",
+        HeaderValue::from_static("theme=dark; _ga=GA1.2.3; session=s-1234567890; lang=en"),
+    );
     let none = HeaderMap::new();
+    let query = b"page=2&api_key=customer-1234&sort=asc".as_slice();
+    let composite = KeySource::composite(vec![
+        Part::parse("header:x-api-key").unwrap(),
+        Part::parse("query:api_key").unwrap(),
+    ])
+    .unwrap();
+
+    // JWT: an RS256 key pair made for the bench (benches/fixtures/), and an HS256 secret.
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/fixtures");
+    let rs = Verifier::load(&JwtConfig {
+        keys: KeyFile::Jwks(format!("{fixtures}/rs256.jwks.json").into()),
+        algorithms: vec![jsonwebtoken::Algorithm::RS256],
+        issuer: None,
+        audience: None,
+        leeway_seconds: 30,
+    })
+    .unwrap();
+    let pem = std::fs::read(format!("{fixtures}/rs256.pem")).unwrap();
+    let rs_token = token(
+        jsonwebtoken::Algorithm::RS256,
+        &jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap(),
+    );
+    let secret_file =
+        std::env::temp_dir().join(format!("ratelimiter-bench-{}", std::process::id()));
+    std::fs::write(&secret_file, [42u8; 32]).unwrap();
+    let hs = Verifier::load(&JwtConfig {
+        keys: KeyFile::Secret(secret_file.clone()),
+        algorithms: vec![jsonwebtoken::Algorithm::HS256],
+        issuer: None,
+        audience: None,
+        leeway_seconds: 30,
+    })
+    .unwrap();
+    let _ = std::fs::remove_file(&secret_file);
+    let hs_token = token(
+        jsonwebtoken::Algorithm::HS256,
+        &jsonwebtoken::EncodingKey::from_secret(&[42u8; 32]),
+    );
+    let bearer = |t: &str| {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "authorization",
+            HeaderValue::from_str(&format!("Bearer {t}")).unwrap(),
+        );
+        h
+    };
+    let (rs_headers, hs_headers) = (bearer(&rs_token), bearer(&hs_token));
+    let sub = KeySource::parse("jwt:sub").unwrap();
+    assert_eq!(
+        key_of(&sub, &view(peer, &rs_headers, None), &[], Some(&rs)).unwrap(),
+        "jwt(sub):customer-1234"
+    );
+    assert_eq!(
+        key_of(&sub, &view(peer, &hs_headers, None), &[], Some(&hs)).unwrap(),
+        "jwt(sub):customer-1234"
+    );
 
     let mut g = c.benchmark_group("key");
     g.bench_function("baseline_format_peer", |b| {
         b.iter(|| format!("ip:{}", black_box(peer)))
     });
     g.bench_function("ip", |b| {
-        b.iter(|| request_key(&KeySource::Ip, Some(black_box(peer)), &none, &[]))
+        b.iter(|| key_of(&ip, &view(black_box(peer), &none, None), &[], None))
     });
     g.bench_function("ip_trusted_xff", |b| {
-        b.iter(|| request_key(&KeySource::Ip, Some(black_box(peer)), &xff, &trusted))
+        b.iter(|| key_of(&ip, &view(black_box(peer), &xff, None), &trusted, None))
     });
     g.bench_function("header", |b| {
-        b.iter(|| request_key(&api, Some(black_box(peer)), &with_key, &[]))
+        b.iter(|| key_of(&api, &view(black_box(peer), &with_key, None), &[], None))
     });
     g.bench_function("header_1k_digest", |b| {
-        b.iter(|| request_key(&api, Some(black_box(peer)), &long, &[]))
+        b.iter(|| key_of(&api, &view(black_box(peer), &long, None), &[], None))
+    });
+    let q = KeySource::parse("query:api_key").unwrap();
+    g.bench_function("query", |b| {
+        b.iter(|| key_of(&q, &view(black_box(peer), &none, Some(query)), &[], None))
+    });
+    let cookie = KeySource::parse("cookie:session").unwrap();
+    g.bench_function("cookie", |b| {
+        b.iter(|| key_of(&cookie, &view(black_box(peer), &cookies, None), &[], None))
+    });
+    g.bench_function("composite_header_query", |b| {
+        b.iter(|| {
+            key_of(
+                &composite,
+                &view(black_box(peer), &with_key, Some(query)),
+                &[],
+                None,
+            )
+        })
+    });
+    g.bench_function("jwt_rs256", |b| {
+        b.iter(|| {
+            key_of(
+                &sub,
+                &view(black_box(peer), &rs_headers, None),
+                &[],
+                Some(&rs),
+            )
+        })
+    });
+    g.bench_function("jwt_hs256", |b| {
+        b.iter(|| {
+            key_of(
+                &sub,
+                &view(black_box(peer), &hs_headers, None),
+                &[],
+                Some(&hs),
+            )
+        })
+    });
+    g.bench_function("display_private", |b| {
+        b.iter(|| counter::display(black_box("api/x-api-key:customer-1234")).into_owned())
     });
     g.finish();
 }
@@ -122,6 +262,7 @@ fn rules(c: &mut Criterion) {
         method: &Method::GET,
         host: Some("api.example.com"),
         path,
+        query: None,
         headers: &none,
     };
     let alone = Config::parse("b.toml", "", &|_| None).unwrap().rule_set();
@@ -135,15 +276,9 @@ fn rules(c: &mut Criterion) {
         .unwrap()
         .rule_set();
     let mut g = c.benchmark_group("rules");
+    let ip = KeySource::ip();
     g.bench_function("baseline_key_only", |b| {
-        b.iter(|| {
-            request_key(
-                &KeySource::Ip,
-                black_box(view("/search/x")).peer,
-                &none,
-                &[],
-            )
-        })
+        b.iter(|| key_of(&ip, &black_box(view("/search/x")), &[], None))
     });
     g.bench_function("default_alone", |b| {
         b.iter(|| alone.select(black_box(&view("/search/x"))))

@@ -3,7 +3,8 @@
 -- with room. A request blocked by any check is recorded in none. Time comes from this
 -- server's clock (TIME), so gateway nodes with skewed clocks agree.
 --
--- The algorithm files in lua/ are prepended to this one (src/limiter/backend/redis.rs).
+-- The algorithm files in lua/ are prepended to this one, with ALGORITHMS, the table of them by
+-- id, generated from the registry in src/limiter/algo/mod.rs.
 --
 -- KEYS[i]   ratelimit:<counter key>, one per check
 -- ARGV[1]   flags: 1 = decide and record (else look only, writing nothing, for /api/explain);
@@ -26,16 +27,11 @@ local want_reset = flags >= 2
 -- One check, the common case: only its algorithm's steps are made, and no bookkeeping.
 if #KEYS == 1 then
   local id, key = ARGV[3], KEYS[1]
-  local peek, record_step
-  if id == '1' then
-    peek, record_step = sliding_log()
-  elseif id == '2' then
-    peek, record_step = gcra()
-  elseif id == '3' then
-    peek, record_step = sliding_window()
-  else
+  local load = ALGORITHMS[tonumber(id)]
+  if not load then
     return redis.error_reply('unknown algorithm id ' .. tostring(id))
   end
+  local peek, record_step = load()
   local limit, window = tonumber(ARGV[4]), tonumber(ARGV[5])
   local room, count, remaining, retry, reset, state =
     peek(key, now, now_us, limit, window, not record, want_reset)
@@ -48,7 +44,7 @@ if #KEYS == 1 then
 end
 
 -- Several checks: the steps of each algorithm used, made once.
-local loaders = {sliding_log, gcra, sliding_window}
+local loaders = ALGORITHMS
 local steps = {}
 local function steps_of(i)
   local id = tonumber(ARGV[3 + (i - 1) * 4])

@@ -1,6 +1,6 @@
 -- How many requests one counter holds now, for the admin API (contract §5: `count` excludes
 -- expired entries), as the algorithm's own estimate. The algorithm files in lua/ are
--- prepended to this one.
+-- prepended to this one, with ALGORITHMS (by id).
 --
 -- KEYS[1]  ratelimit:<counter key>
 -- ARGV[1]  algorithm id (1 sliding_log, 2 gcra, 3 sliding_window), from the key's rule
@@ -10,7 +10,7 @@ local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local now = math.floor(now_us / 1000)
 local key = KEYS[1]
-local loaders = {sliding_log, gcra, sliding_window}
+local loaders = ALGORITHMS
 local load = loaders[tonumber(ARGV[1])]
 if not load then
   return redis.error_reply('unknown algorithm id ' .. tostring(ARGV[1]))

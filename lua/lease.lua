@@ -1,8 +1,9 @@
 -- One counter key's lease (contract §11): a node takes up to `wanted` slots of the counter in
 -- one call and decides from them by itself until they are used or the lease ends; it gives
 -- back what it did not use. Time comes from this server's clock, as in lua/check.lua. The
--- algorithm files in lua/ are prepended to this one; each counts a lease's slots so that the
--- limit holds however and whenever the node spends them (see their `take`).
+-- algorithm files in lua/ are prepended to this one (with ALGORITHMS, by id); each counts a
+-- lease's slots so that the limit holds however and whenever the node spends them (see their
+-- `take`).
 --
 -- KEYS[1]   ratelimit:<counter key>
 -- ARGV[1]   'take' or 'give'
@@ -21,7 +22,7 @@ local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local now = math.floor(now_us / 1000)
 local key, op = KEYS[1], ARGV[1]
-local loaders = {sliding_log, gcra, sliding_window}
+local loaders = ALGORITHMS
 local load = loaders[tonumber(ARGV[2])]
 if not load then
   return redis.error_reply('unknown algorithm id ' .. tostring(ARGV[2]))

@@ -7,7 +7,7 @@
 -- on remembering such a key as full, each key taken back is published on the resets
 -- channel, which makes every node forget what it remembered about it.
 --
--- The algorithm files in lua/ are prepended to this one.
+-- The algorithm files in lua/ are prepended to this one, with ALGORITHMS (by id).
 --
 -- KEYS[i]   ratelimit:<counter key>, the keys whose checks recorded the request
 -- ARGV[1]   the member id the request was recorded under
@@ -19,7 +19,7 @@
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local now = math.floor(now_us / 1000)
-local loaders = {sliding_log, gcra, sliding_window}
+local loaders = ALGORITHMS
 
 local prefix = #ARGV[3]
 for i = 1, #KEYS do

@@ -1,5 +1,5 @@
 -- The one protected call of the scripts, prepended before the algorithm files
--- (src/limiter/backend/scripts.rs).
+-- (src/limiter/backend/redis/scripts.rs).
 --
 -- typed(command, key, ...): `command` on a key that may hold another algorithm's state (a
 -- rule that changed algorithm on reload). Returns nil for a key of another type, which the

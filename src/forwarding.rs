@@ -8,7 +8,7 @@ use std::io::Write;
 use std::net::IpAddr;
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Method, StatusCode};
+use http::{HeaderName, HeaderValue, StatusCode};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::{ErrorType::InvalidHTTPHeader, OrErr};
 
@@ -120,11 +120,6 @@ pub fn strip_hop_by_hop(resp: &mut ResponseHeader) {
             resp.remove_header(&http::header::UPGRADE);
         }
     }
-}
-
-/// Whether a response to this request has no body (HEAD, or a status without one).
-pub fn bodiless(method: &Method, status: u16) -> bool {
-    method == Method::HEAD || (100..200).contains(&status) || status == 204 || status == 304
 }
 
 #[cfg(test)]

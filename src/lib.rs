@@ -15,7 +15,7 @@
 //!    the rest with [`response`];
 //! 5. [`metrics`] — Prometheus counters and histograms of every decision.
 //!
-//! Beside the request path: [`redis`] is the one Redis layer (standalone, Sentinel, Cluster;
+//! Beside the request path: [`redis_conn`] is the one Redis layer (standalone, Sentinel, Cluster;
 //! TLS) that the store, the registry and the admin API share; [`admin`] serves the JSON admin
 //! API and `/metrics` on its own port; [`registry`] keeps this node listed in Redis with a
 //! heartbeat; [`shutdown`] turns
@@ -34,7 +34,7 @@ pub mod live;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
-pub mod redis;
+pub mod redis_conn;
 pub mod registry;
 pub mod reload;
 pub mod request;

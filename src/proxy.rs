@@ -20,11 +20,11 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use crate::access_log::{self, AccessLog, Entry};
 use crate::forwarding;
 use crate::headers::{insert_limit_headers, limit_headers};
-use crate::key::{canonical, client_ip, RequestView};
+use crate::key::{canonical, client_ip};
 use crate::limiter::{Limiter, Outcome, Verdict};
 use crate::live::{Live, LiveConfig};
 use crate::metrics::Metrics;
-use crate::request::{self, Refusal};
+use crate::request::{self, Refusal, RequestView};
 use crate::response::{blocked_json, error_json, store_unavailable_json};
 use crate::rules::Selection;
 
@@ -119,6 +119,7 @@ impl Gateway {
             method: &req.method,
             host: admitted.host,
             path: &admitted.path,
+            query: admitted.query,
             headers: &req.headers,
         })))
     }
@@ -135,6 +136,10 @@ impl Gateway {
             Selection::Unlimited { rule } => {
                 ctx.decision = "unlimited";
                 ctx.unlimited_by = Some(rule);
+                return Ok(false);
+            }
+            Selection::Skipped => {
+                ctx.decision = "skipped";
                 return Ok(false);
             }
             Selection::Checks(checks) => checks,

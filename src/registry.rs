@@ -6,13 +6,13 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use crate::config::NodeConfig;
-use crate::limiter::{Limiter, StoreError};
+use crate::limiter::{Counters, StoreError};
 use crate::metrics::Metrics;
-use crate::redis::scan::Scan;
-use crate::redis::Redis;
+use crate::redis_conn::scan::Scan;
+use crate::redis_conn::Redis;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -117,6 +117,7 @@ impl Registry {
                 pipe.query_async::<()>(&mut c).await
             })
             .await
+            .map_err(StoreError::from)
     }
 
     /// Deletes this node's entry (best effort) and stops further heartbeats.
@@ -132,6 +133,7 @@ impl Registry {
                 redis::cmd("DEL").arg(key).query_async::<()>(&mut c).await
             })
             .await
+            .map_err(StoreError::from)
     }
 
     /// Every live node sharing this Redis, sorted by id.
@@ -178,7 +180,7 @@ impl Registry {
 /// active-counter gauge on the same beat. Stops on shutdown.
 pub struct Heartbeat {
     pub registry: Arc<Registry>,
-    pub limiter: Arc<Limiter>,
+    pub counters: Arc<dyn Counters>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -200,7 +202,7 @@ impl BackgroundService for Heartbeat {
                     was_failing = true;
                 }
             }
-            if let Ok(n) = self.limiter.backend().active_counters().await {
+            if let Ok(n) = self.counters.active_counters().await {
                 self.metrics.active_counters.set(n as i64);
             }
             tokio::select! {
@@ -211,36 +213,15 @@ impl BackgroundService for Heartbeat {
     }
 }
 
-/// `2026-11-22T10:00:00Z`: ISO 8601 in UTC, to the second.
+/// `2026-11-22T10:00:00Z`: ISO 8601 (RFC 3339) in UTC, to the second.
 pub fn iso8601(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     #[test]
     fn formats_utc_iso8601() {

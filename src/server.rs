@@ -18,7 +18,7 @@ use crate::admin::AdminApp;
 use crate::config::{ClientLimits, Config};
 use crate::limiter::backend::memory::MemoryStore;
 use crate::limiter::backend::redis::RedisStore;
-use crate::limiter::{Backend, Limiter};
+use crate::limiter::{Counters, Decide, Limiter};
 use crate::live::LiveConfig;
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
@@ -33,6 +33,8 @@ pub struct Shared {
     pub live: Arc<LiveConfig>,
     pub metrics: Arc<Metrics>,
     pub limiter: Arc<Limiter>,
+    /// The store's admin side (the limiter has its hot path).
+    pub counters: Arc<dyn Counters>,
     pub registry: Arc<Registry>,
     pub access: Arc<AccessLog>,
 }
@@ -43,28 +45,40 @@ impl Shared {
             Metrics::new(&config.node.id, config.metrics.max_key_labels)
                 .map_err(|e| format!("cannot set up metrics: {e}"))?,
         );
-        let (store, registry, timeout, on_error): (Arc<dyn Backend>, _, _, _) = match &config.redis
-        {
+        // One store, seen by role: the limiter decides, the admin side lists and resets.
+        let (decide, counters, registry, timeout, on_error): (
+            Arc<dyn Decide>,
+            Arc<dyn Counters>,
+            _,
+            _,
+            _,
+        ) = match &config.redis {
             Some(redis) => {
                 let store =
                     RedisStore::new(redis).map_err(|e| format!("cannot set up Redis: {e}"))?;
                 store.leases().count_calls_in(metrics.lease_calls.clone());
                 let registry = Registry::new(&config.node, Some(store.redis()));
+                let store = Arc::new(store);
                 (
-                    Arc::new(store),
+                    store.clone(),
+                    store,
                     registry,
                     Some(redis.timeout),
                     redis.on_error,
                 )
             }
-            None => (
-                Arc::new(MemoryStore::default()),
-                Registry::new(&config.node, None),
-                None,
-                crate::config::OnError::Allow,
-            ),
+            None => {
+                let store = Arc::new(MemoryStore::default());
+                (
+                    store.clone(),
+                    store,
+                    Registry::new(&config.node, None),
+                    None,
+                    crate::config::OnError::Allow,
+                )
+            }
         };
-        let limiter = Arc::new(Limiter::new(store, timeout, on_error, metrics.clone()));
+        let limiter = Arc::new(Limiter::new(decide, timeout, on_error, metrics.clone()));
         let access = Arc::new(AccessLog::open(&config.log)?);
         let live = Arc::new(LiveConfig::new(config)?);
         metrics.config_loaded_at(live.load().loaded_at);
@@ -72,6 +86,7 @@ impl Shared {
             live,
             metrics,
             limiter,
+            counters,
             registry: Arc::new(registry),
             access,
         })
@@ -160,7 +175,7 @@ pub fn run(config: Config, path: Option<String>) -> Result<(), String> {
 
     server.add_service(background_service(
         "upstreams",
-        upstreams::Watch {
+        upstreams::watch::Watch {
             live: shared.live.clone(),
         },
     ));
@@ -170,6 +185,7 @@ pub fn run(config: Config, path: Option<String>) -> Result<(), String> {
         AdminApp {
             live: shared.live.clone(),
             limiter: shared.limiter.clone(),
+            counters: shared.counters.clone(),
             registry: shared.registry.clone(),
             metrics: shared.metrics.clone(),
             options: client_options(&clients),
@@ -184,7 +200,7 @@ pub fn run(config: Config, path: Option<String>) -> Result<(), String> {
         "heartbeat",
         Heartbeat {
             registry: shared.registry.clone(),
-            limiter: shared.limiter.clone(),
+            counters: shared.counters.clone(),
             metrics: shared.metrics.clone(),
         },
     ));
@@ -216,7 +232,7 @@ pub fn run(config: Config, path: Option<String>) -> Result<(), String> {
             metrics: shared.metrics.clone(),
         }),
     });
-    shared.limiter.backend().give_back_leases();
+    shared.limiter.give_back_leases();
     shared.access.flush();
     log::info!("node {} stopped", config.node.id);
     Ok(())

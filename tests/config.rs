@@ -29,12 +29,14 @@ const EXPECTED: &[(&str, &[&str])] = &[
     (
         "bad_header_name",
         &[
-            r#"2:7: [limits] key: expected "ip" or "header:<Header-Name>", found "header:X Api Key""#,
+            r#"2:7: [limits] key: expected "ip", "ip/<1..=128>", "header:<Header-Name>", "query:<name>", "cookie:<name>" or "jwt:<claim>", found "header:X Api Key""#,
         ],
     ),
     (
         "bad_key_source",
-        &[r#"2:7: [limits] key: expected "ip" or "header:<Header-Name>", found "cookie""#],
+        &[
+            r#"2:7: [limits] key: expected "ip", "ip/<1..=128>", "header:<Header-Name>", "query:<name>", "cookie:<name>" or "jwt:<claim>", found "cookie""#,
+        ],
     ),
     (
         "bad_listen",
@@ -99,8 +101,8 @@ const EXPECTED: &[(&str, &[&str])] = &[
         &[
             r#"2:10: [proxy] listen: expected an IP address and port like "127.0.0.1:8080", found "nowhere""#,
             r#"5:17: [limits] default_limit: expected an integer 1..=4294967295, found integer 0"#,
-            r#"6:7: [limits] key: expected "ip" or "header:<Header-Name>", found "cookie""#,
-            r#"7:1: unknown key `bogus` in [limits]; expected one of: enabled, default_limit, default_window_ms, key, trusted_proxies"#,
+            r#"6:7: [limits] key: expected "ip", "ip/<1..=128>", "header:<Header-Name>", "query:<name>", "cookie:<name>" or "jwt:<claim>", found "cookie""#,
+            r#"7:1: unknown key `bogus` in [limits]; expected one of: enabled, default_limit, default_window_ms, key, missing, trusted_proxies"#,
         ],
     ),
     (
@@ -127,7 +129,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
     (
         "unknown_section",
         &[
-            r#"1:2: unknown section [proxies]; expected one of: server, proxy, admin, node, redis, limits, headers, metrics, log, rules"#,
+            r#"1:2: unknown section [proxies]; expected one of: server, proxy, admin, node, redis, limits, jwt, privacy, headers, metrics, log, rules"#,
         ],
     ),
     (
@@ -162,7 +164,9 @@ const EXPECTED: &[(&str, &[&str])] = &[
     ),
     (
         "global_default_key",
-        &[r#"2:7: [limits] key: expected "ip" or "header:<Header-Name>", found "global""#],
+        &[
+            r#"2:7: [limits] key: expected "ip", "ip/<1..=128>", "header:<Header-Name>", "query:<name>", "cookie:<name>" or "jwt:<claim>", found "global""#,
+        ],
     ),
     (
         "rule_bad_host",
@@ -173,7 +177,14 @@ const EXPECTED: &[(&str, &[&str])] = &[
     (
         "rule_bad_key",
         &[
-            r#"3:7: [[rules]] #1 key: expected "ip", "header:<Header-Name>" or "global", found "cookie:session""#,
+            r#"3:7: [[rules]] #1 key: expected "ip", "ip/<1..=128>", "header:<Header-Name>", "query:<name>", "cookie:<name>", "jwt:<claim>" or "global", found "token:session""#,
+            r#"8:8: [[rules]] #2 key: "jwt:org" needs a [jwt] table (jwks_file or secret_file) to verify tokens"#,
+            r#"8:19: [[rules]] #2 key: "global" cannot be part of a composite key"#,
+            r#"13:7: [[rules]] #3 key: expected "ip", "ip/<1..=128>", "header:<Header-Name>", "query:<name>", "cookie:<name>", "jwt:<claim>" or "global", found "ip/129""#,
+            r#"18:7: [[rules]] #4 key: header:x-org is listed twice"#,
+            r#"23:7: [[rules]] #5 key: query: expected a name of 1 to 128 visible ASCII characters without ( ) [ ] |, found "a|b""#,
+            r#"24:11: [[rules]] #5 missing: expected "ip" or "skip", found "never""#,
+            r#"29:7: [[rules]] #6 key: expected a string or an array of strings, found integer 7"#,
         ],
     ),
     (
@@ -259,7 +270,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
     (
         "rule_unknown_key",
         &[
-            r#"4:1: unknown key `burst` in [[rules]] #1; expected one of: name, methods, path, path_prefix, path_regex, path_ignore_case, host, key, limit, window_ms, algorithm, shadow, skip_default, unlimited, overrides, sync, lease_size, lease_ms"#,
+            r#"4:1: unknown key `burst` in [[rules]] #1; expected one of: name, methods, path, path_prefix, path_regex, path_ignore_case, host, key, missing, limit, window_ms, algorithm, shadow, skip_default, unlimited, overrides, sync, lease_size, lease_ms"#,
         ],
     ),
     (
@@ -284,12 +295,12 @@ const EXPECTED: &[(&str, &[&str])] = &[
             r#"24:1: [[rules]] #5: limit is required (or unlimited = true)"#,
             r#"25:12: [[rules]] #5 methods: expected an upper-case HTTP method like "GET", found "get""#,
             r#"26:8: [[rules]] #5 host: expected a host name like "api.example.com" or "*.example.com", without a port, found "api.example.com:80""#,
-            r#"27:7: [[rules]] #5 key: expected "ip", "header:<Header-Name>" or "global", found "cookie""#,
+            r#"27:7: [[rules]] #5 key: expected "ip", "ip/<1..=128>", "header:<Header-Name>", "query:<name>", "cookie:<name>", "jwt:<claim>" or "global", found "cookie""#,
             r#"33:15: [[rules]] #6 overrides: "premium-1" is not an IP address, and this rule is keyed by ip"#,
             r#"33:47: [[rules]] #6 overrides: "10.0.0.7": expected an integer 1..=4294967295, found integer 0"#,
             r#"39:13: [[rules]] #7 overrides: a rule keyed by "global" has one counter; overrides need key = "ip" or "header:<Header-Name>""#,
             r#"45:16: [[rules]] #8 skip_default: a shadow rule never changes what is enforced; remove skip_default or shadow"#,
-            r#"46:1: unknown key `limt` in [[rules]] #8; expected one of: name, methods, path, path_prefix, path_regex, path_ignore_case, host, key, limit, window_ms, algorithm, shadow, skip_default, unlimited, overrides, sync, lease_size, lease_ms"#,
+            r#"46:1: unknown key `limt` in [[rules]] #8; expected one of: name, methods, path, path_prefix, path_regex, path_ignore_case, host, key, missing, limit, window_ms, algorithm, shadow, skip_default, unlimited, overrides, sync, lease_size, lease_ms"#,
         ],
     ),
     (
@@ -334,6 +345,29 @@ const EXPECTED: &[(&str, &[&str])] = &[
         "rule_path_ignore_case_without_path",
         &[
             r#"4:20: [[rules]] #1 path_ignore_case: applies to a path condition; set path, path_prefix or path_regex"#,
+        ],
+    ),
+    (
+        "jwt_bad",
+        &[
+            r#"3:15: [jwt] secret_file: give jwks_file or secret_file, not both"#,
+            r#"4:24: [jwt] algorithms: expected HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA (never none), found "none""#,
+            r#"5:18: [jwt] leeway_seconds: expected an integer 0..=3600, found integer 7200"#,
+        ],
+    ),
+    (
+        "jwt_unreadable",
+        &[
+            r#"2:13: [jwt] jwks_file: cannot read /nonexistent/jwks.json: No such file or directory (os error 2)"#,
+        ],
+    ),
+    (
+        "rule_override_composite",
+        &[
+            r#"5:15: [[rules]] #1 overrides: "acme": expected 2 values joined by "|", one per part of the key (or the client IP)"#,
+            r#"5:28: [[rules]] #1 overrides: "acme|nonsense": "nonsense" is not an IP address, and that part is keyed by ip"#,
+            r#"5:90: [[rules]] #1 overrides: "a b": expected 1 to 256 visible ASCII characters (a key value as requests send it)"#,
+            r#"11:15: [[rules]] #2 overrides: "2001:db8::/64" is not an IP address or an IPv6 network /48, and this rule is keyed by ip/48"#,
         ],
     ),
     (

@@ -21,10 +21,10 @@ use common::procs::{Gateway, RedisServer};
 use common::topologies::{Cluster, Sentinels};
 use common::upstream::Upstream;
 use ratelimiter::config::Config;
-use ratelimiter::limiter::backend::lease::Leases;
-use ratelimiter::limiter::backend::scripts::Scripts;
+use ratelimiter::limiter::backend::redis::lease::Leases;
+use ratelimiter::limiter::backend::redis::scripts::Scripts;
 use ratelimiter::limiter::{Algorithm, Check, Limit, Mode, Quota};
-use ratelimiter::redis::Redis;
+use ratelimiter::redis_conn::Redis;
 
 const ALGORITHMS: [Algorithm; 3] = [
     Algorithm::SlidingLog,

@@ -17,7 +17,7 @@ use std::time::Duration;
 use common::procs::RedisServer;
 use common::topologies::{Cluster, Sentinels};
 use ratelimiter::config::Config;
-use ratelimiter::redis::Redis;
+use ratelimiter::redis_conn::Redis;
 
 fn redis_for(body: &str) -> Arc<Redis> {
     let config = Config::parse("test.toml", body, &|_| None).expect("config");

@@ -184,7 +184,7 @@ limit = 50
     );
     let mut c = Conn::open(&gw.proxy).unwrap();
     // Loaded ahead, so the count below has no NOSCRIPT round trip in it.
-    redis::Script::new(ratelimiter::limiter::backend::redis::SCRIPT)
+    redis::Script::new(&ratelimiter::limiter::backend::redis::SCRIPT)
         .load(&mut redis.conn())
         .unwrap();
     redis::cmd("CONFIG")
@@ -508,11 +508,16 @@ unlimited = true
     assert_eq!(checks.len(), 2);
     assert_eq!(
         checks[1],
-        json!({"rule":"login","key":"login/ip:10.0.0.1","limit":2,"window_ms":60000,
+        json!({"rule":"login","key":"login/ip:10.0.0.1",
+               "parts":[{"source":"ip","value":"10.0.0.1"}],"limit":2,"window_ms":60000,
                "algorithm":"sliding_log","shadow":false,"allowed":true,"count":0,
                "remaining":2,"retry_after_seconds":0})
     );
     assert_eq!(checks[0]["key"], "x-api-key:k");
+    assert_eq!(
+        checks[0]["parts"],
+        json!([{"source":"header:x-api-key","value":"k"}])
+    );
     for _ in 0..5 {
         explain();
     }
@@ -595,19 +600,19 @@ sync = "lease"
     assert_eq!(
         limits["rules"],
         json!([
-            {"name":"default","limit":7,"window_ms":1000,"key":"ip","algorithm":"sliding_log",
+            {"name":"default","limit":7,"window_ms":1000,"key":"ip","missing":"ip","algorithm":"sliding_log",
              "sync":"exact","lease_size":null,"lease_ms":null,
              "shadow":false,"skip_default":false,"unlimited":false,"match":{},"overrides":{}},
-            {"name":"login","limit":5,"window_ms":1000,"key":"ip","algorithm":"sliding_log",
+            {"name":"login","limit":5,"window_ms":1000,"key":"ip","missing":"ip","algorithm":"sliding_log",
              "sync":"exact","lease_size":null,"lease_ms":null,
              "shadow":false,"skip_default":false,"unlimited":false,
              "match":{"methods":["POST"],"path_prefix":"/login","host":"api.example.com"},
              "overrides":{"10.0.0.7":50}},
-            {"name":"health","limit":null,"window_ms":null,"key":"ip","algorithm":null,
+            {"name":"health","limit":null,"window_ms":null,"key":"ip","missing":"ip","algorithm":null,
              "sync":"exact","lease_size":null,"lease_ms":null,
              "shadow":false,"skip_default":false,"unlimited":true,
              "match":{"path":"/healthz"},"overrides":{}},
-            {"name":"feed","limit":1000,"window_ms":1000,"key":"ip","algorithm":"sliding_log",
+            {"name":"feed","limit":1000,"window_ms":1000,"key":"ip","missing":"ip","algorithm":"sliding_log",
              "sync":"lease","lease_size":0,"lease_ms":100,
              "shadow":false,"skip_default":false,"unlimited":false,
              "match":{"path_regex":"^/feed/[0-9]+$"},"overrides":{}},

@@ -12,7 +12,7 @@ use common::procs::RedisServer;
 use ratelimiter::config::Config;
 use ratelimiter::limiter::backend::memory::MemoryStore;
 use ratelimiter::limiter::backend::redis::RedisStore;
-use ratelimiter::limiter::{Algorithm, Backend, Check, Limit, Mode};
+use ratelimiter::limiter::{Algorithm, Check, Counters, Decide, Limit, Mode};
 
 use Algorithm::{Gcra, SlidingLog, SlidingWindow};
 
@@ -151,7 +151,7 @@ type Seen = Vec<Vec<(bool, u64, u64, u64, u64)>>;
 /// How far the two stores' waits may differ: they read their clocks a moment apart.
 const CLOCK_SLACK_MS: u64 = 30;
 
-async fn run(store: &dyn Backend, trace: &[Event], start: Instant) -> Seen {
+async fn run(store: &dyn Decide, trace: &[Event], start: Instant) -> Seen {
     let mut out = Vec::new();
     for (at, checks, mode) in trace {
         tokio::time::sleep_until((start + Duration::from_millis(*at)).into()).await;

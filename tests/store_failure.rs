@@ -43,7 +43,7 @@ fn assert_limiting_resumes(gw: &Gateway, redis: &RedisServer) {
     });
     // The restarted Redis lost the script cache; the gateway re-loaded the script itself.
     let mut conn = redis.conn();
-    let sha = redis::Script::new(ratelimiter::limiter::backend::redis::SCRIPT)
+    let sha = redis::Script::new(&ratelimiter::limiter::backend::redis::SCRIPT)
         .get_hash()
         .to_string();
     let exists: Vec<bool> = redis::cmd("SCRIPT")

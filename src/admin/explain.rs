@@ -10,7 +10,10 @@
 //! `ip` is the TCP peer the request would come from (with `trusted_proxies`, an
 //! `X-Forwarded-For` in `headers` is honoured as the proxy would); `method` defaults to `GET`,
 //! `path` to `/` and is taken as the proxy takes it, in its normal form (the answer's `path`),
-//! a path the proxy would refuse being a 422; `host` defaults to a `Host` in `headers`.
+//! a path the proxy would refuse being a 422; `host` defaults to a `Host` in `headers`;
+//! `query` (a query string, also taken from `path` after `?`) and `cookies` (name → value)
+//! feed `query:` and `cookie:` parts, `headers` every other (`Authorization` for `jwt:`).
+//! Each check shows every part of its key, as read from the described request.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -20,8 +23,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::to_json;
-use crate::key::RequestView;
 use crate::limiter::{Check, Decision, Outcome};
+use crate::request::RequestView;
 use crate::request::{path, EscapedSlashes};
 use crate::rules::{RuleSet, Selection};
 
@@ -36,6 +39,8 @@ struct Raw {
     host: Option<String>,
     ip: String,
     headers: Option<BTreeMap<String, String>>,
+    query: Option<String>,
+    cookies: Option<BTreeMap<String, String>>,
 }
 
 /// A described request, checked.
@@ -44,6 +49,7 @@ pub struct ExplainRequest {
     path: String,
     host: Option<String>,
     ip: IpAddr,
+    query: Option<String>,
     headers: HeaderMap,
 }
 
@@ -56,6 +62,8 @@ pub struct Plan {
     /// The matching rule that makes it unlimited.
     unlimited: Option<&'static str>,
     pub checks: Vec<Check>,
+    /// For each check, every part of its key as read (`null`: missing).
+    parts: Vec<Vec<Value>>,
 }
 
 impl ExplainRequest {
@@ -73,7 +81,17 @@ impl ExplainRequest {
             }
         };
         let target = raw.path.unwrap_or_else(|| "/".to_string());
-        let sent = target.split('?').next().unwrap_or("");
+        let (sent, in_path) = match target.split_once('?') {
+            Some((p, q)) => (p, Some(q.to_string())),
+            None => (target.as_str(), None),
+        };
+        let query = raw.query.or(in_path);
+        if query
+            .as_ref()
+            .is_some_and(|q| q.len() > 8192 || q.bytes().any(|b| !b.is_ascii_graphic()))
+        {
+            return Err("query: expected a query string without spaces, at most 8192 bytes".into());
+        }
         if !sent.starts_with('/')
             || target.len() > 8192
             || sent.bytes().any(|b| !b.is_ascii_graphic())
@@ -108,6 +126,30 @@ impl ExplainRequest {
                 .ok_or_else(|| format!("headers: the value of {name:?} is not a header value"))?;
             headers.append(n, v);
         }
+        let cookies = raw.cookies.unwrap_or_default();
+        if cookies.len() > MAX_HEADERS {
+            return Err(format!("cookies: at most {MAX_HEADERS}"));
+        }
+        if !cookies.is_empty() {
+            let mut line = Vec::new();
+            for (name, value) in &cookies {
+                let fine = |s: &str| {
+                    !s.is_empty()
+                        && s.bytes()
+                            .all(|b| b.is_ascii_graphic() && b != b';' && b != b'=')
+                };
+                if !fine(name) || !value.bytes().all(|b| b.is_ascii_graphic() && b != b';') {
+                    return Err(format!("cookies: {name:?}={value:?} is not a cookie"));
+                }
+                if !line.is_empty() {
+                    line.extend_from_slice(b"; ");
+                }
+                line.extend_from_slice(format!("{name}={value}").as_bytes());
+            }
+            let v = HeaderValue::from_bytes(&line)
+                .map_err(|_| "cookies: not a Cookie header".to_string())?;
+            headers.append(http::header::COOKIE, v);
+        }
         let host = match raw.host {
             Some(h)
                 if h.is_empty() || h.len() > 255 || h.bytes().any(|b| !b.is_ascii_graphic()) =>
@@ -125,28 +167,48 @@ impl ExplainRequest {
             path,
             host,
             ip,
+            query,
             headers,
         })
     }
 
     pub fn plan(&self, rules: &RuleSet) -> Plan {
         let view = RequestView {
-            peer: Some(self.ip),
+            peer: Some(crate::key::canonical(self.ip)),
             method: &self.method,
             host: self.host.as_deref(),
             path: &self.path,
+            query: self.query.as_deref().map(str::as_bytes),
             headers: &self.headers,
         };
         let matched = rules.matching(&view).iter().map(|r| r.name).collect();
         let (unlimited, checks) = match rules.select(&view) {
             Selection::Unlimited { rule } => (Some(rule), Vec::new()),
+            Selection::Skipped => (None, Vec::new()),
             Selection::Checks(checks) => (None, checks),
         };
+        // Every part of each applied rule's key, as read from this request.
+        let mut keys = rules.keys(&view);
+        let parts = checks
+            .iter()
+            .map(|c| {
+                let rule = rules.get(c.rule);
+                let source = rule.map(|r| r.key.parts()).unwrap_or_default();
+                source
+                    .iter()
+                    .map(|p| {
+                        let read = keys.value_of(p);
+                        json!({"source": p.to_string(), "value": read.as_ref().map(|r| r.text())})
+                    })
+                    .collect()
+            })
+            .collect();
         Plan {
             path: self.path.clone(),
             matched,
             unlimited,
             checks,
+            parts,
         }
     }
 }
@@ -167,12 +229,15 @@ impl Plan {
             }));
         }
         let outcome = Outcome::new(self.checks, decisions);
+        let parts = self.parts;
         let checks: Vec<Value> = outcome
             .iter()
-            .map(|(c, d)| {
+            .zip(parts)
+            .map(|((c, d), parts)| {
                 json!({
                     "rule": c.rule,
                     "key": c.key,
+                    "parts": parts,
                     "limit": c.limit.quota.limit.get(),
                     "window_ms": c.limit.quota.window_ms.get(),
                     "algorithm": c.limit.algorithm.name(),

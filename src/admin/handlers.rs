@@ -117,7 +117,8 @@ fn whole(n: &serde_json::Number, max: u64) -> Option<u64> {
 
 /// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
 fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    bool::from(a.ct_eq(b))
 }
 
 /// One rule as `/api/limits` lists it.
@@ -153,7 +154,8 @@ fn rule_json(rule: &Rule) -> Value {
         "name": rule.name,
         "limit": rule.limit.map(|l| l.quota.limit.get()),
         "window_ms": rule.limit.map(|l| l.quota.window_ms.get()),
-        "key": rule.key.to_string(),
+        "key": rule.key.to_json(),
+        "missing": rule.missing.name(),
         "algorithm": rule.limit.map(|l| l.algorithm.name()),
         "sync": rule.sync.name(),
         "lease_size": lease.map(|(size, _)| size),
@@ -209,8 +211,7 @@ impl AdminApp {
     }
 
     async fn health(&self, live: &Live) -> Response<Vec<u8>> {
-        let backend = self.limiter.backend();
-        let up = self.limiter.bounded(backend.ping()).await.is_ok();
+        let up = self.limiter.bounded(self.counters.ping()).await.is_ok();
         let (status, word) = if up {
             (200, "healthy")
         } else {
@@ -250,7 +251,7 @@ impl AdminApp {
     ) -> Result<Vec<(Counter, &'static str, u32)>, Response<Vec<u8>>> {
         let rules = &live.rules;
         let limit_of = |key: &str| rules.describe(key).1;
-        match self.limiter.backend().counters(&limit_of).await {
+        match self.counters.counters(&limit_of).await {
             Ok(c) => {
                 self.metrics.active_counters.set(c.len() as i64);
                 Ok(c.into_iter()
@@ -321,7 +322,7 @@ impl AdminApp {
                 "default_limit": l.default.limit.get(),
                 "default_window_ms": l.default.window_ms.get(),
                 "enabled": l.enabled,
-                "key": l.key.to_string(),
+                "key": l.key.to_json(),
                 "store": store,
                 "on_error": on_error,
                 "headers": config.headers.style.name(),
@@ -332,8 +333,7 @@ impl AdminApp {
     }
 
     async fn reset(&self, key: &str) -> Response<Vec<u8>> {
-        let backend = self.limiter.backend();
-        let bounded = tokio::time::timeout(ADMIN_CALL_TIMEOUT, backend.reset(key));
+        let bounded = tokio::time::timeout(ADMIN_CALL_TIMEOUT, self.counters.reset(key));
         match bounded.await.unwrap_or(Err(StoreError::Timeout)) {
             Ok(_) => json(200, to_json(&json!({ "key": key, "reset": true }))),
             Err(e) => self.store_down(&e),

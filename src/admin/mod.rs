@@ -47,6 +47,8 @@ pub struct AdminApp {
     /// The config in force: rules, limits and the token change on reload.
     pub live: Arc<LiveConfig>,
     pub limiter: Arc<Limiter>,
+    /// The store's admin side: listings, resets, health.
+    pub counters: Arc<dyn crate::limiter::Counters>,
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
     /// How request headers are read: bounded in size and time, as on the proxy port.

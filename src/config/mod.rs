@@ -1,13 +1,18 @@
 //! Configuration: the TOML file (contract §2), checked once into types that cannot hold a bad
 //! value. Nothing outside this module sees the raw document.
 //!
-//! - `reader`: walks the spanned TOML tree, recording unknown keys and wrong types;
+//! - [`document`]: the format-neutral tree every section is validated on (a TOML file or a
+//!   JSON document become it), each value with where it was written;
+//! - `reader`: walks that tree section by section, recording unknown keys and wrong types;
 //! - `validate`: turns each section into its validated type and applies `RATELIMITER_*`
-//!   environment overrides;
-//! - `rules`: the `[[rules]]` tables, into [`crate::rules::Rule`]s;
+//!   environment overrides; `proxy`, `redis`, `log` do their sections;
+//! - `rules`: the `[[rules]]` tables, into [`crate::rules::Rule`]s; `keys`: what keys are read
+//!   from (`key`, `missing`, overrides, `[jwt]`), for `[limits]` and rules alike;
 //! - `error`: file:line:column errors, all of them at once.
 
+pub mod document;
 mod error;
+mod keys;
 mod log;
 mod pem;
 mod proxy;
@@ -24,7 +29,8 @@ pub use error::{ConfigError, ConfigErrors, Origin};
 use ipnet::IpNet;
 
 use crate::headers::HeaderStyle;
-use crate::key::KeySource;
+use crate::key::jwt::Verifier;
+use crate::key::{KeySource, Missing};
 use crate::limiter::{Algorithm, Limit, Quota};
 use crate::rules::{Rule, RuleSet};
 
@@ -47,6 +53,9 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// The named rules (`[[rules]]`), in file order.
     pub rules: Vec<Rule>,
+    /// Verifies bearer tokens for `jwt:` key parts (`[jwt]`, its key file read).
+    pub jwt: Option<std::sync::Arc<Verifier>>,
+    pub privacy: PrivacyConfig,
     pub headers: HeadersConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
@@ -85,7 +94,7 @@ pub struct ProxyConfig {
     /// What an escaped slash in a path means.
     pub escaped_slashes: crate::request::EscapedSlashes,
     /// The hosts served; empty: any. Other hosts get 421.
-    pub allowed_hosts: Vec<crate::rules::HostMatch>,
+    pub allowed_hosts: Vec<crate::request::HostMatch>,
     /// What one client connection may hold, on both listeners.
     pub clients: ClientLimits,
 }
@@ -320,7 +329,17 @@ pub struct LimitsConfig {
     pub enabled: bool,
     pub default: Quota,
     pub key: KeySource,
+    /// What a request whose key part is missing gets under the default rule.
+    pub missing: Missing,
     pub trusted_proxies: Vec<IpNet>,
+}
+
+/// `[privacy]` (contract §17).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PrivacyConfig {
+    /// Show private key values (headers, query parameters, cookies, claims) in clear in
+    /// metrics, logs and listings; by default they are digested.
+    pub clear_keys: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -366,14 +385,15 @@ impl Config {
 
     /// The default rule and the named rules, with what keys need.
     pub fn rule_set(&self) -> RuleSet {
+        let default = Limit {
+            algorithm: Algorithm::SlidingLog,
+            quota: self.limits.default,
+        };
         RuleSet::new(
-            self.limits.key.clone(),
-            Limit {
-                algorithm: Algorithm::SlidingLog,
-                quota: self.limits.default,
-            },
+            Rule::default_rule(self.limits.key.clone(), self.limits.missing, default),
             self.rules.clone(),
             self.limits.trusted_proxies.clone(),
+            self.jwt.clone(),
         )
     }
 

@@ -12,7 +12,7 @@ use super::{
     ClientLimits, DirectResponse, HealthCheck, ProxyConfig, TlsListener, Upstream, UpstreamTimeouts,
 };
 use crate::request::EscapedSlashes;
-use crate::rules::HostMatch;
+use crate::request::HostMatch;
 
 pub(super) const KEYS: &[&str] = &[
     "listen",
@@ -39,7 +39,7 @@ pub(super) const KEYS: &[&str] = &[
 const DEFAULT_UPSTREAM: &str = "127.0.0.1:3000";
 
 pub(super) fn read(s: &Section, errors: &mut Collector) -> Option<ProxyConfig> {
-    let listen = super::validate::socket_addr(s, "listen", "127.0.0.1:8080", errors);
+    let listen = s.socket_addr("listen", "127.0.0.1:8080", errors);
     let tls = tls_listener(s, errors);
     let upstreams = upstreams(s, errors);
     let upstream_tls_ca_file = pem::file(s, "upstream_tls_ca_file", Pem::Certificate, errors);
@@ -190,7 +190,7 @@ pub(super) fn read(s: &Section, errors: &mut Collector) -> Option<ProxyConfig> {
 /// `tls_listen` with its certificate and key, all three or none. `Err(())`: bad (recorded).
 fn tls_listener(s: &Section, errors: &mut Collector) -> Result<Option<TlsListener>, ()> {
     let listen = if s.has("tls_listen") {
-        super::validate::socket_addr(s, "tls_listen", "", errors).ok_or(())
+        s.socket_addr("tls_listen", "", errors).ok_or(())
     } else {
         Err(())
     };

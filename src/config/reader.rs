@@ -1,17 +1,14 @@
-//! The raw layer: a walk over the parsed TOML document that keeps every value's span.
+//! The raw layer: a walk over the document (the format-neutral tree of [`super::document`])
+//! that keeps every value's span.
 //!
-//! serde stops at the first bad value; an operator fixing a config wants them all. So the
-//! document is parsed into toml's spanned tree and each section is read key by key: unknown
-//! keys and wrong types are recorded in the [`Collector`] and reading goes on.
+//! serde stops at the first bad value; an operator fixing a config wants them all. So each
+//! section is read key by key: unknown keys and wrong types are recorded in the
+//! [`Collector`] and reading goes on.
 
-use std::ops::Range;
-
-use toml::de::{DeTable, DeValue};
-use toml::Spanned;
-
+use super::document::{Spanned, Table, Value};
 use super::error::Collector;
 
-pub(crate) type Span = Range<usize>;
+pub(crate) use super::document::Span;
 
 /// How errors name the document's top level.
 const ROOT: &str = "the top level";
@@ -23,29 +20,29 @@ pub(crate) struct At<T> {
 }
 
 /// One TOML table being read: `name` is how errors refer to it (`[proxy]`).
-pub(crate) struct Section<'a, 'i> {
+pub(crate) struct Section<'a> {
     pub name: String,
-    table: Option<&'a DeTable<'i>>,
+    table: Option<&'a Table>,
 }
 
-impl<'a, 'i> Section<'a, 'i> {
+impl<'a> Section<'a> {
     /// Reads a table, reporting every key that is not in `known`.
     pub(crate) fn new(
         name: impl Into<String>,
-        table: Option<&'a DeTable<'i>>,
+        table: Option<&'a Table>,
         known: &[&str],
         errors: &mut Collector,
     ) -> Self {
         let name = name.into();
         if let Some(table) = table {
             for key in table.keys() {
-                if !known.contains(&key.get_ref().as_ref()) {
+                if !known.contains(&key.value.as_str()) {
                     let what = match name.as_str() {
-                        ROOT => format!("unknown section [{}]", key.get_ref()),
-                        _ => format!("unknown key `{}` in {name}", key.get_ref()),
+                        ROOT => format!("unknown section [{}]", key.value),
+                        _ => format!("unknown key `{}` in {name}", key.value),
                     };
                     errors.at(
-                        key.span(),
+                        key.span.clone(),
                         format!("{what}; expected one of: {}", known.join(", ")),
                     );
                 }
@@ -57,19 +54,19 @@ impl<'a, 'i> Section<'a, 'i> {
     /// The root of the document, whose keys are the section names: `tables` are written
     /// `[name]`, `arrays` `[[name]]`.
     pub(crate) fn root(
-        table: &'a DeTable<'i>,
+        table: &'a Table,
         tables: &[&str],
         arrays: &[&str],
         errors: &mut Collector,
     ) -> Self {
         let known: Vec<&str> = tables.iter().chain(arrays).copied().collect();
         let section = Section::new(ROOT, Some(table), &known, errors);
-        for (key, value) in table {
-            let name = key.get_ref().as_ref();
-            let v = value.get_ref();
+        for (key, value) in table.iter() {
+            let name = key.value.as_str();
+            let v = &value.value;
             if tables.contains(&name) && v.as_table().is_none() {
                 errors.at(
-                    value.span(),
+                    value.span.clone(),
                     format!(
                         "`{name}` must be a table ([{name}]), found {}",
                         v.type_str()
@@ -78,10 +75,10 @@ impl<'a, 'i> Section<'a, 'i> {
             }
             let array_of_tables = v
                 .as_array()
-                .is_some_and(|a| a.iter().all(|t| t.get_ref().as_table().is_some()));
+                .is_some_and(|a| a.iter().all(|t| t.value.as_table().is_some()));
             if arrays.contains(&name) && !array_of_tables {
                 errors.at(
-                    value.span(),
+                    value.span.clone(),
                     format!(
                         "`{name}` must be an array of tables ([[{name}]]), found {}",
                         v.type_str()
@@ -92,7 +89,7 @@ impl<'a, 'i> Section<'a, 'i> {
         section
     }
 
-    fn raw(&self, key: &str) -> Option<&'a Spanned<DeValue<'i>>> {
+    fn raw(&self, key: &str) -> Option<&'a Spanned<Value>> {
         self.table?.get(key)
     }
 
@@ -101,9 +98,39 @@ impl<'a, 'i> Section<'a, 'i> {
         self.raw(key).is_some()
     }
 
+    /// An `IP:port`; `default` when not written.
+    pub(crate) fn socket_addr(
+        &self,
+        key: &str,
+        default: &str,
+        errors: &mut Collector,
+    ) -> Option<std::net::SocketAddr> {
+        match self.string(key, errors) {
+            None => default.parse().ok(),
+            Some(At { value, span }) => match value.parse() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    errors.at(
+                        span,
+                        format!(
+                            "{} {key}: expected an IP address and port like \"127.0.0.1:8080\", found {value:?}",
+                            self.name
+                        ),
+                    );
+                    None
+                }
+            },
+        }
+    }
+
+    /// Whether the key's value is an array.
+    pub(crate) fn is_array(&self, key: &str) -> bool {
+        self.raw(key).is_some_and(|v| v.value.as_array().is_some())
+    }
+
     /// Where the key's value is written.
     pub(crate) fn span(&self, key: &str) -> Option<Span> {
-        self.raw(key).map(|v| v.span())
+        self.raw(key).map(|v| v.span.clone())
     }
 
     /// A nested table, e.g. `[proxy.direct_response]`.
@@ -112,16 +139,16 @@ impl<'a, 'i> Section<'a, 'i> {
         key: &str,
         known: &[&str],
         errors: &mut Collector,
-    ) -> Option<Section<'a, 'i>> {
+    ) -> Option<Section<'a>> {
         let raw = self.raw(key)?;
         let name = format!(
             "[{}.{key}]",
             self.name.trim_matches(|c| c == '[' || c == ']')
         );
-        match raw.get_ref().as_table() {
+        match raw.value.as_table() {
             Some(t) => Some(Section::new(name, Some(t), known, errors)),
             None => {
-                errors.at(raw.span(), self.expected(key, "a table", raw));
+                errors.at(raw.span.clone(), self.expected(key, "a table", raw));
                 None
             }
         }
@@ -134,17 +161,20 @@ impl<'a, 'i> Section<'a, 'i> {
         key: &str,
         known: &[&str],
         errors: &mut Collector,
-    ) -> Vec<(Section<'a, 'i>, Span)> {
-        let Some(items) = self.raw(key).and_then(|v| v.get_ref().as_array()) else {
+    ) -> Vec<(Section<'a>, Span)> {
+        let Some(items) = self.raw(key).and_then(|v| v.value.as_array()) else {
             return Vec::new();
         };
         let mut out = Vec::new();
         for (i, item) in items.iter().enumerate() {
-            let Some(table) = item.get_ref().as_table() else {
+            let Some(table) = item.value.as_table() else {
                 continue;
             };
             let name = format!("[[{key}]] #{}", i + 1);
-            out.push((Section::new(name, Some(table), known, errors), item.span()));
+            out.push((
+                Section::new(name, Some(table), known, errors),
+                item.span.clone(),
+            ));
         }
         out
     }
@@ -160,30 +190,30 @@ impl<'a, 'i> Section<'a, 'i> {
         errors: &mut Collector,
     ) -> Option<Vec<(At<String>, At<i64>)>> {
         let raw = self.raw(key)?;
-        let Some(table) = raw.get_ref().as_table() else {
-            errors.at(raw.span(), self.expected(key, "a table", raw));
+        let Some(table) = raw.value.as_table() else {
+            errors.at(raw.span.clone(), self.expected(key, "a table", raw));
             return None;
         };
         let mut out = Vec::with_capacity(table.len());
-        for (k, v) in table {
-            match integer_of(v.get_ref()) {
+        for (k, v) in table.iter() {
+            match v.value.as_integer() {
                 Some(n) if (min..=max).contains(&n) => out.push((
                     At {
-                        value: k.get_ref().to_string(),
-                        span: k.span(),
+                        value: k.value.clone(),
+                        span: k.span.clone(),
                     },
                     At {
                         value: n,
-                        span: v.span(),
+                        span: v.span.clone(),
                     },
                 )),
                 _ => errors.at(
-                    v.span(),
+                    v.span.clone(),
                     format!(
                         "{} {key}: {:?}: expected {what}, found {}",
                         self.name,
-                        k.get_ref(),
-                        describe(v.get_ref())
+                        k.value,
+                        v.value.describe()
                     ),
                 ),
             }
@@ -193,27 +223,27 @@ impl<'a, 'i> Section<'a, 'i> {
 
     /// A sub-section of the root (`[proxy]`); `None` in the file gives an empty section.
     pub(crate) fn section(&self, key: &str, known: &[&str], errors: &mut Collector) -> Self {
-        let table = self.raw(key).and_then(|v| v.get_ref().as_table());
+        let table = self.raw(key).and_then(|v| v.value.as_table());
         Section::new(format!("[{key}]"), table, known, errors)
     }
 
-    fn expected(&self, key: &str, what: &str, raw: &Spanned<DeValue>) -> String {
+    fn expected(&self, key: &str, what: &str, raw: &Spanned<Value>) -> String {
         format!(
             "{} {key}: expected {what}, found {}",
             self.name,
-            describe(raw.get_ref())
+            raw.value.describe()
         )
     }
 
     pub(crate) fn string(&self, key: &str, errors: &mut Collector) -> Option<At<String>> {
         let raw = self.raw(key)?;
-        match raw.get_ref().as_str() {
+        match raw.value.as_str() {
             Some(s) => Some(At {
                 value: s.to_string(),
-                span: raw.span(),
+                span: raw.span.clone(),
             }),
             None => {
-                errors.at(raw.span(), self.expected(key, "a string", raw));
+                errors.at(raw.span.clone(), self.expected(key, "a string", raw));
                 None
             }
         }
@@ -221,13 +251,13 @@ impl<'a, 'i> Section<'a, 'i> {
 
     pub(crate) fn boolean(&self, key: &str, errors: &mut Collector) -> Option<At<bool>> {
         let raw = self.raw(key)?;
-        match raw.get_ref().as_bool() {
+        match raw.value.as_bool() {
             Some(b) => Some(At {
                 value: b,
-                span: raw.span(),
+                span: raw.span.clone(),
             }),
             None => {
-                errors.at(raw.span(), self.expected(key, "true or false", raw));
+                errors.at(raw.span.clone(), self.expected(key, "true or false", raw));
                 None
             }
         }
@@ -243,13 +273,13 @@ impl<'a, 'i> Section<'a, 'i> {
         errors: &mut Collector,
     ) -> Option<At<i64>> {
         let raw = self.raw(key)?;
-        match integer_of(raw.get_ref()) {
+        match raw.value.as_integer() {
             Some(n) if (min..=max).contains(&n) => Some(At {
                 value: n,
-                span: raw.span(),
+                span: raw.span.clone(),
             }),
             _ => {
-                errors.at(raw.span(), self.expected(key, what, raw));
+                errors.at(raw.span.clone(), self.expected(key, what, raw));
                 None
             }
         }
@@ -258,23 +288,63 @@ impl<'a, 'i> Section<'a, 'i> {
     /// An array of strings; each bad element is reported on its own.
     pub(crate) fn strings(&self, key: &str, errors: &mut Collector) -> Option<Vec<At<String>>> {
         let raw = self.raw(key)?;
-        let Some(items) = raw.get_ref().as_array() else {
-            errors.at(raw.span(), self.expected(key, "an array of strings", raw));
+        let Some(items) = raw.value.as_array() else {
+            errors.at(
+                raw.span.clone(),
+                self.expected(key, "an array of strings", raw),
+            );
             return None;
         };
+        self.string_items(key, items, errors)
+    }
+
+    /// A string or an array of strings (a composite key); each bad element is reported on
+    /// its own.
+    pub(crate) fn string_or_strings(
+        &self,
+        key: &str,
+        errors: &mut Collector,
+    ) -> Option<At<Vec<At<String>>>> {
+        let raw = self.raw(key)?;
+        let items = match &raw.value {
+            Value::String(s) => vec![At {
+                value: s.clone(),
+                span: raw.span.clone(),
+            }],
+            Value::Array(items) => self.string_items(key, items, errors)?,
+            _ => {
+                errors.at(
+                    raw.span.clone(),
+                    self.expected(key, "a string or an array of strings", raw),
+                );
+                return None;
+            }
+        };
+        Some(At {
+            value: items,
+            span: raw.span.clone(),
+        })
+    }
+
+    fn string_items(
+        &self,
+        key: &str,
+        items: &[Spanned<Value>],
+        errors: &mut Collector,
+    ) -> Option<Vec<At<String>>> {
         let mut out = Vec::with_capacity(items.len());
         for item in items.iter() {
-            match item.get_ref().as_str() {
+            match item.value.as_str() {
                 Some(s) => out.push(At {
                     value: s.to_string(),
-                    span: item.span(),
+                    span: item.span.clone(),
                 }),
                 None => errors.at(
-                    item.span(),
+                    item.span.clone(),
                     format!(
                         "{} {key}: expected a string element, found {}",
                         self.name,
-                        describe(item.get_ref())
+                        item.value.describe()
                     ),
                 ),
             }
@@ -283,36 +353,16 @@ impl<'a, 'i> Section<'a, 'i> {
     }
 }
 
-/// The value as an `i64`, when it is an integer that fits.
-fn integer_of(value: &DeValue) -> Option<i64> {
-    value
-        .as_integer()
-        .and_then(|i| i64::from_str_radix(i.as_str(), i.radix()).ok())
-}
-
-/// How a found value is named in messages: its type, and the value when it is short.
-fn describe(value: &DeValue) -> String {
-    match value {
-        DeValue::String(s) => format!("string {s:?}"),
-        DeValue::Integer(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
-            Ok(n) => format!("integer {n}"),
-            Err(_) => "an integer out of range".to_string(),
-        },
-        DeValue::Float(f) => format!("float {}", f.as_str()),
-        DeValue::Boolean(b) => format!("boolean {b}"),
-        other => other.type_str().to_string(),
+/// Parses a TOML document into the neutral tree, turning its syntax errors into located
+/// errors.
+pub(crate) fn parse(source: &str, errors: &mut Collector) -> Option<Table> {
+    match super::document::from_toml(source) {
+        Ok(table) => Some(table),
+        Err(syntax) => {
+            for (span, message) in syntax {
+                errors.at(span, message);
+            }
+            None
+        }
     }
-}
-
-/// Parses a document, turning toml's syntax errors into located errors.
-pub(crate) fn parse<'i>(source: &'i str, errors: &mut Collector) -> Option<DeTable<'i>> {
-    let (table, syntax) = DeTable::parse_recoverable(source);
-    if syntax.is_empty() {
-        return Some(table.into_inner());
-    }
-    for e in syntax {
-        let span = e.span().unwrap_or(0..0);
-        errors.at(span, format!("invalid TOML: {}", e.message().trim()));
-    }
-    None
 }

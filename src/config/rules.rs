@@ -2,7 +2,6 @@
 //! written, all at once.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::num::{NonZeroU32, NonZeroU64};
 
 use http::Method;
@@ -10,11 +9,10 @@ use http::Method;
 use super::error::Collector;
 use super::reader::{At, Section, Span};
 use super::MAX_WINDOW_MS;
-use crate::key::{KeySource, MAX_VALUE_LEN};
+use crate::key::{KeySource, Missing};
 use crate::limiter::{Algorithm, Limit, Quota, SyncMode};
-use crate::rules::{
-    intern, valid_name, HostMatch, Matcher, Overrides, PathMatch, Rule, DEFAULT_RULE, MAX_NAME_LEN,
-};
+use crate::request::HostMatch;
+use crate::rules::{intern, valid_name, Matcher, PathMatch, Rule, DEFAULT_RULE, MAX_NAME_LEN};
 
 const KEYS: &[&str] = &[
     "name",
@@ -25,6 +23,7 @@ const KEYS: &[&str] = &[
     "path_ignore_case",
     "host",
     "key",
+    "missing",
     "limit",
     "window_ms",
     "algorithm",
@@ -43,7 +42,10 @@ const MAX_LEASE_MS: i64 = 60_000;
 /// What a rule takes from `[limits]` when it does not say.
 pub(super) struct Defaults {
     pub key: KeySource,
+    pub missing: Missing,
     pub window_ms: NonZeroU64,
+    /// Whether `[jwt]` is written (`jwt:` parts need it).
+    pub jwt: bool,
 }
 
 /// Reads every `[[rules]]` table.
@@ -53,7 +55,12 @@ pub(super) fn read(root: &Section, limits: &Defaults, errors: &mut Collector) ->
     for (index, (s, at)) in root.tables("rules", KEYS, errors).into_iter().enumerate() {
         let name = name(&s, &at, index + 1, &mut names, errors);
         let matcher = matcher(&s, errors);
-        let key = key(&s, limits, errors);
+        let key = super::keys::source(&s, true, limits.jwt, errors)
+            .map(|k| k.unwrap_or(limits.key.clone()));
+        let missing = match s.has("missing") {
+            true => super::keys::missing(&s, errors),
+            false => Some(limits.missing),
+        };
         let unlimited = s.boolean("unlimited", errors);
         let shadow = s.boolean("shadow", errors);
         let skip_default = s.boolean("skip_default", errors);
@@ -72,13 +79,16 @@ pub(super) fn read(root: &Section, limits: &Defaults, errors: &mut Collector) ->
         }
         let unlimited = unlimited.is_some_and(|v| v.value);
         let limit = limit(&s, &at, limits, unlimited, errors);
-        let overrides = overrides(&s, key.as_ref(), errors);
+        let overrides = super::keys::overrides(&s, key.as_ref(), errors);
         let sync = sync(&s, errors);
-        if let (Some(name), Some(key), Some(limit), Some(sync)) = (name, key, limit, sync) {
+        if let (Some(name), Some(key), Some(missing), Some(limit), Some(sync)) =
+            (name, key, missing, limit, sync)
+        {
             rules.push(Rule {
                 name: intern(&name),
                 matcher: matcher.unwrap_or_default(),
                 key,
+                missing,
                 limit,
                 shadow: shadow.is_some_and(|v| v.value),
                 skip_default: skip_default.is_some_and(|v| v.value),
@@ -253,25 +263,6 @@ fn matcher(s: &Section, errors: &mut Collector) -> Option<Matcher> {
     })
 }
 
-fn key(s: &Section, limits: &Defaults, errors: &mut Collector) -> Option<KeySource> {
-    match s.string("key", errors) {
-        None => Some(limits.key.clone()),
-        Some(At { value, span }) => match KeySource::parse(&value) {
-            Some(k) => Some(k),
-            None => {
-                errors.at(
-                    span,
-                    format!(
-                        "{} key: expected \"ip\", \"header:<Header-Name>\" or \"global\", found {value:?}",
-                        s.name
-                    ),
-                );
-                None
-            }
-        },
-    }
-}
-
 /// `Some(None)` for an unlimited rule; `None` when something is wrong.
 fn limit(
     s: &Section,
@@ -384,61 +375,4 @@ fn sync(s: &Section, errors: &mut Collector) -> Option<SyncMode> {
         size: size.map_or(0, |v| v.value as u32),
         ms: ms.map_or(SyncMode::LEASE_MS, |v| v.value as u64),
     })
-}
-
-fn overrides(s: &Section, key: Option<&KeySource>, errors: &mut Collector) -> Option<Overrides> {
-    let entries = s.integer_table(
-        "overrides",
-        1,
-        u32::MAX as i64,
-        "an integer 1..=4294967295",
-        errors,
-    )?;
-    if key == Some(&KeySource::Global) {
-        if let Some(span) = s.span("overrides") {
-            errors.at(
-                span,
-                format!(
-                    "{} overrides: a rule keyed by \"global\" has one counter; overrides need key = \"ip\" or \"header:<Header-Name>\"",
-                    s.name
-                ),
-            );
-        }
-        return None;
-    }
-    let mut out = Overrides::default();
-    for (k, limit) in entries {
-        let value = match key {
-            Some(KeySource::Ip) => match k.value.parse::<IpAddr>() {
-                // Written the way keys print it (`::1`, not `0::1`).
-                Ok(ip) => ip.to_string(),
-                Err(_) => {
-                    errors.at(
-                        k.span,
-                        format!(
-                            "{} overrides: {:?} is not an IP address, and this rule is keyed by ip",
-                            s.name, k.value
-                        ),
-                    );
-                    continue;
-                }
-            },
-            _ => k.value,
-        };
-        let printable = value.bytes().all(|b| b.is_ascii_graphic());
-        if value.is_empty() || value.len() > MAX_VALUE_LEN || !printable {
-            errors.at(
-                k.span,
-                format!(
-                    "{} overrides: {value:?}: expected 1 to {MAX_VALUE_LEN} visible ASCII characters (a key value as requests send it)",
-                    s.name
-                ),
-            );
-            continue;
-        }
-        if let Some(n) = NonZeroU32::new(limit.value as u32) {
-            out.insert(&value, n);
-        }
-    }
-    Some(out)
 }

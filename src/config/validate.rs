@@ -7,7 +7,7 @@ use std::num::{NonZeroU32, NonZeroU64};
 use std::time::Duration;
 
 use crate::headers::HeaderStyle;
-use crate::key::KeySource;
+use crate::key::{KeySource, Missing};
 
 use ipnet::IpNet;
 
@@ -19,7 +19,8 @@ type Env<'e> = &'e dyn Fn(&str) -> Option<String>;
 
 /// The sections written `[name]`.
 const SECTIONS: &[&str] = &[
-    "server", "proxy", "admin", "node", "redis", "limits", "headers", "metrics", "log",
+    "server", "proxy", "admin", "node", "redis", "limits", "jwt", "privacy", "headers", "metrics",
+    "log",
 ];
 /// The sections written `[[name]]`.
 const ARRAYS: &[&str] = &["rules"];
@@ -63,6 +64,7 @@ pub(super) fn build(path: &str, source: &str, env: Env) -> Result<Config, Config
         env,
         &mut errors,
     );
+    let has_jwt = root.has("jwt");
     let limits = limits(
         &root.section(
             "limits",
@@ -71,11 +73,13 @@ pub(super) fn build(path: &str, source: &str, env: Env) -> Result<Config, Config
                 "default_limit",
                 "default_window_ms",
                 "key",
+                "missing",
                 "trusted_proxies",
             ],
             &mut errors,
         ),
         env,
+        has_jwt,
         &mut errors,
     );
     // Rules are read even when [limits] is bad, so every error shows at once; the config is
@@ -83,14 +87,27 @@ pub(super) fn build(path: &str, source: &str, env: Env) -> Result<Config, Config
     let rule_defaults = match &limits {
         Some(l) => super::rules::Defaults {
             key: l.key.clone(),
+            missing: l.missing,
             window_ms: l.default.window_ms,
+            jwt: root.has("jwt"),
         },
         None => super::rules::Defaults {
-            key: KeySource::Ip,
+            key: KeySource::ip(),
+            missing: Missing::Ip,
             window_ms: NonZeroU64::MIN,
+            jwt: root.has("jwt"),
         },
     };
     let rules = super::rules::read(&root, &rule_defaults, &mut errors);
+    let jwt = super::keys::jwt(
+        &root.section("jwt", super::keys::JWT_KEYS, &mut errors),
+        root.span("jwt"),
+        &mut errors,
+    );
+    let privacy = privacy(
+        &root.section("privacy", &["clear_keys"], &mut errors),
+        &mut errors,
+    );
     let headers = headers(
         &root.section("headers", &["style"], &mut errors),
         &mut errors,
@@ -114,6 +131,8 @@ pub(super) fn build(path: &str, source: &str, env: Env) -> Result<Config, Config
                 redis,
                 limits,
                 rules,
+                jwt: jwt.flatten(),
+                privacy,
                 headers,
                 metrics,
                 log,
@@ -153,29 +172,8 @@ fn server(s: &Section, errors: &mut Collector) -> ServerConfig {
     }
 }
 
-pub(super) fn socket_addr(
-    s: &Section,
-    key: &str,
-    default: &str,
-    errors: &mut Collector,
-) -> Option<SocketAddr> {
-    match s.string(key, errors) {
-        None => default.parse().ok(),
-        Some(At { value, span }) => match value.parse::<SocketAddr>() {
-            Ok(a) => Some(a),
-            Err(_) => {
-                errors.at(
-                    span,
-                    format!("{} {key}: expected an IP address and port like \"127.0.0.1:8080\", found {value:?}", s.name),
-                );
-                None
-            }
-        },
-    }
-}
-
 fn admin(s: &Section, errors: &mut Collector) -> Option<AdminConfig> {
-    let listen = socket_addr(s, "listen", "127.0.0.1:9090", errors);
+    let listen = s.socket_addr("listen", "127.0.0.1:9090", errors);
     let token = match s.string("token", errors) {
         Some(At { value, span })
             if value.is_empty() || value.chars().any(|c| c.is_whitespace() || c.is_control()) =>
@@ -375,7 +373,7 @@ fn env_int(
     out
 }
 
-fn limits(s: &Section, env: Env, errors: &mut Collector) -> Option<LimitsConfig> {
+fn limits(s: &Section, env: Env, has_jwt: bool, errors: &mut Collector) -> Option<LimitsConfig> {
     let enabled = s.boolean("enabled", errors).is_none_or(|v| v.value);
     let limit = env_int(
         s,
@@ -399,22 +397,9 @@ fn limits(s: &Section, env: Env, errors: &mut Collector) -> Option<LimitsConfig>
         errors,
     )
     .and_then(|v| NonZeroU64::new(v.value as u64));
-    let key = match s.string("key", errors) {
-        None => Some(KeySource::Ip),
-        Some(At { value, span }) => match KeySource::parse(&value) {
-            Some(k) if k != KeySource::Global => Some(k),
-            _ => {
-                errors.at(
-                    span,
-                    format!(
-                        "{} key: expected \"ip\" or \"header:<Header-Name>\", found {value:?}",
-                        s.name
-                    ),
-                );
-                None
-            }
-        },
-    };
+    let key =
+        super::keys::source(s, false, has_jwt, errors).map(|k| k.unwrap_or_else(KeySource::ip));
+    let missing = super::keys::missing(s, errors);
     let mut trusted_proxies = Vec::new();
     for At { value, span } in s.strings("trusted_proxies", errors).unwrap_or_default() {
         match parse_cidr(&value) {
@@ -431,6 +416,7 @@ fn limits(s: &Section, env: Env, errors: &mut Collector) -> Option<LimitsConfig>
             window_ms: window?,
         },
         key: key?,
+        missing: missing?,
         trusted_proxies,
     })
 }
@@ -440,6 +426,12 @@ fn parse_cidr(s: &str) -> Option<IpNet> {
         .ok()
         .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
         .map(|n| n.trunc())
+}
+
+fn privacy(s: &Section, errors: &mut Collector) -> PrivacyConfig {
+    PrivacyConfig {
+        clear_keys: s.boolean("clear_keys", errors).is_some_and(|v| v.value),
+    }
 }
 
 fn headers(s: &Section, errors: &mut Collector) -> HeadersConfig {

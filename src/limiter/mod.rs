@@ -1,8 +1,10 @@
 //! Deciding. A request owes a list of [`Check`]s (one per applied rule, from
-//! [`crate::rules`]); a [`Backend`] decides the whole list atomically, and [`Limiter`] wraps the
-//! backend with the time bound, the fail-open/fail-closed policy and the metrics.
+//! [`crate::rules`]); a store decides the whole list atomically ([`Decide`]), and [`Limiter`]
+//! wraps it with the time bound, the fail-open/fail-closed policy and the metrics.
 //!
 //! - [`algo`]: each algorithm's arithmetic, pure, apart from where its state lives;
+//! - [`store`]: what a store does, by role: the hot path ([`Decide`]) apart from the admin side
+//!   ([`Counters`]);
 //! - [`backend::memory`]: the embedded store, a single node's own memory;
 //! - [`backend::redis`]: the shared store, one Lua script call per request;
 //! - [`outcome`]: what a list of decisions means for the request (allowed, which rule shows);
@@ -12,14 +14,14 @@ pub mod algo;
 pub mod backend;
 pub mod outcome;
 pub mod policy;
+pub mod store;
 
 use std::fmt;
-
-use async_trait::async_trait;
 
 pub use algo::{Algorithm, Decision, Limit, Quota};
 pub use outcome::Outcome;
 pub use policy::{Limiter, Verdict};
+pub use store::{Counters, Decide};
 
 /// One counter a request is checked against: the rule it comes from, its counter key and what
 /// it applies.
@@ -146,52 +148,6 @@ pub struct Counter {
     pub count: u64,
     /// Slots of it this node has leased and not yet used.
     pub leased: u64,
-}
-
-/// Where counters live.
-#[async_trait]
-pub trait Backend: Send + Sync {
-    /// Decides a request's checks atomically: each check is peeked at; when every check that is
-    /// not a shadow has room (and `mode` records), each check with room records the request.
-    /// A request blocked by any check is recorded in none.
-    ///
-    /// Returns one entry per check, in order. An entry is `None` only when the backend knew
-    /// the request blocked without asking its store (a key remembered full): then at least one
-    /// entry is a blocked decision of an enforced check. Callers try
-    /// [`Backend::decide_local`] first; this does not repeat what it looked at.
-    async fn decide(
-        &self,
-        checks: &[Check],
-        mode: Mode,
-    ) -> Result<Vec<Option<Decision>>, StoreError>;
-
-    /// What [`Backend::decide`] would return, when the backend knows it without waiting on
-    /// its store (the embedded store always; Redis from this node's leases or from a key
-    /// remembered full); `None` when only `decide` can tell.
-    fn decide_local(&self, _checks: &[Check], _mode: Mode) -> Option<Vec<Option<Decision>>> {
-        None
-    }
-
-    /// Every key with at least one request in its window, counted as the limit `limit_of` gives
-    /// it (its rule's, as configured now) counts: each algorithm reports its own estimate.
-    async fn counters(
-        &self,
-        limit_of: &(dyn for<'k> Fn(&'k str) -> Limit + Send + Sync),
-    ) -> Result<Vec<Counter>, StoreError>;
-
-    /// How many keys have a live entry (the `ratelimiter_active_counters` gauge). May count a
-    /// key twice while Redis rehashes; never walks the entries themselves.
-    async fn active_counters(&self) -> Result<u64, StoreError>;
-
-    /// Forgets a counter; returns whether it existed.
-    async fn reset(&self, key: &str) -> Result<bool, StoreError>;
-
-    /// Whether the store answers now.
-    async fn ping(&self) -> Result<(), StoreError>;
-
-    /// Gives back what this node holds of shared counters (the unused slots of its leases),
-    /// at shutdown. Blocks; called outside any runtime.
-    fn give_back_leases(&self) {}
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Backend, Check, Decision, Mode, Outcome, StoreError};
+use super::{Check, Decide, Decision, Mode, Outcome, StoreError};
 use crate::config::OnError;
 use crate::metrics::Metrics;
 
@@ -23,7 +23,7 @@ pub enum Verdict {
 }
 
 pub struct Limiter {
-    backend: Arc<dyn Backend>,
+    store: Arc<dyn Decide>,
     /// `None` for the embedded store, which cannot hang.
     timeout: Option<Duration>,
     on_error: OnError,
@@ -35,13 +35,13 @@ pub struct Limiter {
 
 impl Limiter {
     pub fn new(
-        backend: Arc<dyn Backend>,
+        store: Arc<dyn Decide>,
         timeout: Option<Duration>,
         on_error: OnError,
         metrics: Arc<Metrics>,
     ) -> Self {
         Limiter {
-            backend,
+            store,
             timeout,
             on_error,
             metrics,
@@ -50,8 +50,9 @@ impl Limiter {
         }
     }
 
-    pub fn backend(&self) -> &Arc<dyn Backend> {
-        &self.backend
+    /// Gives back what this node holds of shared counters, at shutdown (blocks).
+    pub fn give_back_leases(&self) {
+        self.store.give_back_leases();
     }
 
     /// Decides and records a request's checks, timed and counted. `reset`: the caller shows
@@ -59,9 +60,9 @@ impl Limiter {
     pub async fn check(&self, checks: Vec<Check>, reset: bool) -> Verdict {
         let start = Instant::now();
         let mode = Mode::RECORD.with_reset(reset);
-        let result = match self.backend.decide_local(&checks, mode) {
+        let result = match self.store.decide_local(&checks, mode) {
             Some(decisions) => Ok(decisions),
-            None => self.bounded(self.backend.decide(&checks, mode)).await,
+            None => self.bounded(self.store.decide(&checks, mode)).await,
         };
         self.metrics.observe_check(start.elapsed());
         match result {
@@ -85,9 +86,7 @@ impl Limiter {
 
     /// What the checks would decide now, recording nothing and counting nothing.
     pub async fn explain(&self, checks: &[Check]) -> Result<Vec<Option<Decision>>, StoreError> {
-        let result = self
-            .bounded(self.backend.decide(checks, Mode::DRY_RUN))
-            .await;
+        let result = self.bounded(self.store.decide(checks, Mode::DRY_RUN)).await;
         if let Err(e) = &result {
             self.failed(e);
         }

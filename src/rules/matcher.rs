@@ -11,7 +11,7 @@
 //! same).
 use http::Method;
 
-use crate::key::RequestView;
+use crate::request::{HostMatch, RequestView};
 
 /// At most one of `path`, `path_prefix`, `path_regex`.
 #[derive(Debug, Clone)]
@@ -45,50 +45,6 @@ impl PathMatch {
             PathMatch::Regex(r) => ("path_regex", r.as_str()),
         }
     }
-}
-
-/// A host name, lower-cased; `*.example.com` matches any name ending in `.example.com`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostMatch(String);
-
-impl HostMatch {
-    /// A host pattern from the config: a name (or `*.` and a name), no port.
-    pub fn parse(s: &str) -> Option<HostMatch> {
-        let name = s.strip_prefix("*.").unwrap_or(s);
-        let valid = !name.is_empty()
-            && name.len() <= 253
-            && !name.starts_with('.')
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
-        valid.then(|| HostMatch(s.to_ascii_lowercase()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    pub fn matches(&self, host: &str) -> bool {
-        let host = host_name(host);
-        match self.0.strip_prefix("*.") {
-            Some(domain) => {
-                host.len() > domain.len() + 1
-                    && host.as_bytes()[host.len() - domain.len() - 1] == b'.'
-                    && host[host.len() - domain.len()..].eq_ignore_ascii_case(domain)
-            }
-            None => host.eq_ignore_ascii_case(&self.0),
-        }
-    }
-}
-
-/// The name part of a `Host` value: without the port and a trailing dot (`[::1]:80` → `[::1]`).
-fn host_name(host: &str) -> &str {
-    let name = if host.starts_with('[') {
-        host.find(']').map_or(host, |end| &host[..=end])
-    } else {
-        host.rsplit_once(':').map_or(host, |(name, _)| name)
-    };
-    name.strip_suffix('.').unwrap_or(name)
 }
 
 /// Everything a rule can require of a request; an empty matcher matches every request.
@@ -136,6 +92,7 @@ mod tests {
             method,
             host,
             path,
+            query: None,
             headers: h,
         }
     }
@@ -161,28 +118,6 @@ mod tests {
         assert!(!r.matches("/users/42/posts", false));
         // Unanchored patterns search, as nginx's `location ~`.
         assert!(PathMatch::Regex(regex::Regex::new("search").unwrap()).matches("/v1/search", false));
-    }
-
-    #[test]
-    fn hosts_ignore_case_port_and_trailing_dot() {
-        let h = HostMatch::parse("API.example.com").unwrap();
-        for host in [
-            "api.example.com",
-            "Api.Example.Com:8443",
-            "api.example.com.",
-        ] {
-            assert!(h.matches(host), "{host}");
-        }
-        assert!(!h.matches("www.example.com"));
-        let wild = HostMatch::parse("*.example.com").unwrap();
-        assert!(wild.matches("a.example.com:80"));
-        assert!(wild.matches("a.b.example.com"));
-        assert!(!wild.matches("example.com"));
-        assert!(!wild.matches("badexample.com"));
-        assert!(HostMatch::parse("[::1]").is_none());
-        assert!(HostMatch::parse("api.example.com:80").is_none());
-        assert!(HostMatch::parse("").is_none());
-        assert_eq!(host_name("[::1]:8080"), "[::1]");
     }
 
     #[test]

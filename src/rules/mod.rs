@@ -1,28 +1,30 @@
 //! Rules (contract §7): which limits a request owes, as a pure function of the request.
 //!
 //! `[limits]` is the rule named `default`, which matches every request; `[[rules]]` add named
-//! rules with match conditions ([`matcher`]). [`RuleSet::select`] turns a [`RequestView`] into
-//! the [`Check`]s the limiter decides: every named rule that matches, and the default unless a
-//! matching rule skips it; or nothing at all when a matching rule is `unlimited`.
-//!
-//! Counter keys: the default rule keeps the request key (`ip:10.0.0.1`); a named rule's is
-//! `<rule>/<key>` (`login/ip:10.0.0.1`, `search/global`). Rule names hold no `/` or `:` and a
-//! request key has a `:` before any `/`, so the two never collide and a counter key names its
-//! rule.
+//! rules with match conditions ([`matcher`]) and per-key limits ([`overrides`]). [`RuleSet::select`]
+//! turns a [`RequestView`] into the [`Check`]s the limiter decides: every named rule that
+//! matches, and the default unless a matching rule skips it; or nothing at all when a matching
+//! rule is `unlimited`. A rule whose key part is missing applies keyed by the client IP, or
+//! not at all with `missing = "skip"`. Counter keys are [`crate::key::counter`]'s: the default
+//! rule's is the request key (`ip:10.0.0.1`), a named rule's `<rule>/<key>`
+//! (`login/ip:10.0.0.1`). Rules are validated from the config's format-neutral document
+//! ([`crate::config::document`]), whatever it was written in.
 
 pub mod matcher;
+pub mod overrides;
 
-use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
-use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::collections::HashSet;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use ipnet::IpNet;
-use once_cell::sync::Lazy;
 
-use crate::key::{header_key, ip_key, key_value, request_key, KeySource, RequestView, GLOBAL};
+use crate::key::counter::{self, split_rule};
+use crate::key::jwt::Verifier;
+use crate::key::{KeySource, Keys, Missing, Part};
 use crate::limiter::{Check, Limit};
-pub use matcher::{HostMatch, Matcher, PathMatch};
+use crate::request::RequestView;
+pub use matcher::{Matcher, PathMatch};
+pub use overrides::Overrides;
 
 /// The name of the rule `[limits]` defines.
 pub const DEFAULT_RULE: &str = "default";
@@ -32,18 +34,14 @@ pub const MAX_NAME_LEN: usize = 64;
 
 /// Whether `name` is a valid rule name: 1..=64 of `a-z`, `0-9`, `_`, `-`.
 pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_NAME_LEN
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    counter::valid_rule_name(name)
 }
 
 /// Rule names as `&'static str`, so a check names its rule without a copy or a reference
 /// count per request. Each distinct name is kept once for the life of the process; only
 /// config loads add names, so the set is bounded by the names ever configured.
 pub fn intern(name: &str) -> &'static str {
-    static NAMES: Lazy<Mutex<HashSet<&'static str>>> = Lazy::new(Default::default);
+    static NAMES: LazyLock<Mutex<HashSet<&'static str>>> = LazyLock::new(Default::default);
     let mut names = crate::sync::lock(&NAMES);
     match names.get(name) {
         Some(known) => known,
@@ -61,6 +59,8 @@ pub struct Rule {
     pub name: &'static str,
     pub matcher: Matcher,
     pub key: KeySource,
+    /// What a request whose key part is missing gets: keyed by its IP, or this rule skipped.
+    pub missing: Missing,
     /// `None`: `unlimited = true`, the requests it matches are limited by no rule at all.
     pub limit: Option<Limit>,
     /// Decide and count, never block.
@@ -69,65 +69,18 @@ pub struct Rule {
     pub skip_default: bool,
     /// How its counters are kept in step across nodes (`sync`, `lease_size`, `lease_ms`).
     pub sync: crate::limiter::SyncMode,
-    /// Key value (`10.0.0.7`, `premium-1`) → its own limit.
+    /// Key value (`10.0.0.7`, `premium-1`, `acme|p1`) → its own limit.
     pub overrides: Overrides,
-}
-
-/// Per-key limits (tiers, allow-lists), looked up by the value part of a request key. An
-/// entry that is an IP address applies only to requests keyed by that IP (`ip:` keys,
-/// including a header rule's fall-back); any other entry only to requests that send it as
-/// their header value. So a client cannot claim an IP's override by sending the IP as its
-/// header value.
-#[derive(Debug, Clone, Default)]
-pub struct Overrides {
-    by_ip: HashMap<String, NonZeroU32>,
-    by_value: HashMap<String, NonZeroU32>,
-}
-
-impl Overrides {
-    /// Adds an entry; an IP address is kept the way keys print it (`::1`, not `0::1`).
-    pub fn insert(&mut self, value: &str, limit: NonZeroU32) {
-        match value.parse::<IpAddr>() {
-            Ok(ip) => self.by_ip.insert(ip.to_string(), limit),
-            Err(_) => self.by_value.insert(value.to_string(), limit),
-        };
-    }
-
-    /// The override for a request key, if any.
-    pub fn get(&self, request_key: &str) -> Option<NonZeroU32> {
-        let value = key_value(request_key)?;
-        let map = if request_key.starts_with("ip:") {
-            &self.by_ip
-        } else {
-            &self.by_value
-        };
-        map.get(value).copied()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_ip.is_empty() && self.by_value.is_empty()
-    }
-
-    /// Every entry, sorted by value.
-    pub fn entries(&self) -> Vec<(&str, NonZeroU32)> {
-        let mut all: Vec<(&str, NonZeroU32)> = self
-            .by_ip
-            .iter()
-            .chain(&self.by_value)
-            .map(|(k, v)| (k.as_str(), *v))
-            .collect();
-        all.sort();
-        all
-    }
 }
 
 impl Rule {
     /// The rule `[limits]` defines: every request, keyed by `key`.
-    pub fn default_rule(key: KeySource, limit: Limit) -> Rule {
+    pub fn default_rule(key: KeySource, missing: Missing, limit: Limit) -> Rule {
         Rule {
             name: intern(DEFAULT_RULE),
             matcher: Matcher::default(),
             key,
+            missing,
             limit: Some(limit),
             shadow: false,
             sync: crate::limiter::SyncMode::Exact,
@@ -146,15 +99,7 @@ impl Rule {
 
     /// The counter key of a request key under this rule.
     pub fn counter_key(&self, request_key: String) -> String {
-        if self.is_default() {
-            request_key
-        } else {
-            let mut key = String::with_capacity(self.name.len() + 1 + request_key.len());
-            key.push_str(self.name);
-            key.push('/');
-            key.push_str(&request_key);
-            key
-        }
+        counter::counter_key((!self.is_default()).then_some(self.name), request_key)
     }
 
     /// What this rule applies to a request key: its limit, or an override's.
@@ -185,6 +130,8 @@ impl Rule {
 pub enum Selection {
     /// A matching rule is `unlimited`: no rule applies.
     Unlimited { rule: &'static str },
+    /// Every rule it meets skips it (`missing = "skip"` and a key part missing).
+    Skipped,
     /// Decide these; never empty.
     Checks(Vec<Check>),
 }
@@ -199,31 +146,35 @@ pub struct RuleSet {
     trusted_proxies: Vec<IpNet>,
     /// Every header a key is read from, once.
     key_headers: Vec<http::HeaderName>,
+    /// Verifies bearer tokens for `jwt:` parts.
+    jwt: Option<Arc<Verifier>>,
 }
 
 impl RuleSet {
-    /// The rule set of `[limits]` (keyed by `default_key`, limited by `default_limit`) and the
-    /// named `rules`.
+    /// The rule set of `[limits]` (its `default` rule) and the named `rules`.
     pub fn new(
-        default_key: KeySource,
-        default_limit: Limit,
+        default: Rule,
         rules: Vec<Rule>,
         trusted_proxies: Vec<IpNet>,
+        jwt: Option<Arc<Verifier>>,
     ) -> RuleSet {
         let mut key_headers = Vec::new();
-        for source in std::iter::once(&default_key).chain(rules.iter().map(|r| &r.key)) {
-            if let KeySource::Header(name) = source {
-                if !key_headers.contains(name) {
-                    key_headers.push(name.clone());
+        for rule in std::iter::once(&default).chain(&rules) {
+            for part in rule.key.parts() {
+                if let Part::Header(name) = part {
+                    if !key_headers.contains(name) {
+                        key_headers.push(name.clone());
+                    }
                 }
             }
         }
         RuleSet {
-            default: Rule::default_rule(default_key, default_limit),
-            default_limit,
+            default_limit: default.limit.expect("the default rule has a limit"),
+            default,
             rules,
             trusted_proxies,
             key_headers,
+            jwt,
         }
     }
 
@@ -253,31 +204,37 @@ impl RuleSet {
         &self.key_headers
     }
 
+    /// A request's keys, for every rule.
+    pub fn keys<'v>(&'v self, view: &'v RequestView<'v>) -> Keys<'v> {
+        Keys::new(view, &self.trusted_proxies, self.jwt.as_deref())
+    }
+
     /// The checks a request owes: the default rule (unless skipped), then each matching named
     /// rule.
     pub fn select(&self, view: &RequestView) -> Selection {
+        let mut keys = self.keys(view);
         if self.rules.is_empty() {
-            // The common case of one limit: no matching, one key.
-            let key = request_key(
-                &self.default.key,
-                view.peer,
-                view.headers,
-                &self.trusted_proxies,
-            );
-            return Selection::Checks(self.default.check(key).into_iter().collect());
+            // The common case of one limit: no matching.
+            let key = keys.request_key(&self.default.key, self.default.missing);
+            return match key.and_then(|k| self.default.check(k)) {
+                Some(check) => Selection::Checks(vec![check]),
+                None => Selection::Skipped,
+            };
         }
         let matched = self.matching(view);
         if let Some(r) = matched.iter().find(|r| r.unlimited()) {
             return Selection::Unlimited { rule: r.name };
         }
         let skip_default = matched.iter().any(|r| r.skip_default && !r.shadow);
-        let mut keys = Keys::new(view, &self.trusted_proxies);
         let mut checks = Vec::with_capacity(matched.len() + 1);
-        if !skip_default {
-            checks.extend(self.default.check(keys.of(&self.default.key)));
+        let applied = (!skip_default).then_some(&self.default);
+        for rule in applied.into_iter().chain(matched) {
+            if let Some(key) = keys.request_key(&rule.key, rule.missing) {
+                checks.extend(rule.check(key));
+            }
         }
-        for rule in matched {
-            checks.extend(rule.check(keys.of(&rule.key)));
+        if checks.is_empty() {
+            return Selection::Skipped;
         }
         Selection::Checks(checks)
     }
@@ -286,55 +243,13 @@ impl RuleSet {
     /// rule is gone or unlimited since a reload, or that `/check` made, is judged by the
     /// default rule.
     pub fn describe(&self, counter_key: &str) -> (&Rule, Limit) {
-        if let Some((name, request_key)) = counter_key.split_once('/') {
-            if !name.contains(':') {
-                let rule = self.rules.iter().find(|r| r.name == name);
-                if let Some((rule, limit)) = rule.and_then(|r| Some((r, r.limit_for(request_key)?)))
-                {
-                    return (rule, limit);
-                }
+        if let (Some(name), request_key) = split_rule(counter_key) {
+            let rule = self.rules.iter().find(|r| r.name == name);
+            if let Some((rule, limit)) = rule.and_then(|r| Some((r, r.limit_for(request_key)?))) {
+                return (rule, limit);
             }
         }
         (&self.default, self.default_limit)
-    }
-}
-
-/// A request's keys, with the client IP worked out at most once for all rules.
-struct Keys<'v, 'r> {
-    view: &'v RequestView<'v>,
-    trusted: &'r [IpNet],
-    ip: Option<String>,
-}
-
-impl<'v, 'r> Keys<'v, 'r> {
-    fn new(view: &'v RequestView<'v>, trusted: &'r [IpNet]) -> Self {
-        Keys {
-            view,
-            trusted,
-            ip: None,
-        }
-    }
-
-    fn of(&mut self, source: &KeySource) -> String {
-        match source {
-            KeySource::Global => GLOBAL.to_string(),
-            KeySource::Header(name) => {
-                let value = self.view.headers.get(name).map(|v| v.as_bytes());
-                match value.filter(|v| !v.is_empty()) {
-                    Some(value) => header_key(name.as_str(), value),
-                    None => self.ip(),
-                }
-            }
-            KeySource::Ip => self.ip(),
-        }
-    }
-
-    fn ip(&mut self) -> String {
-        let view = self.view;
-        let trusted = self.trusted;
-        self.ip
-            .get_or_insert_with(|| ip_key(view.peer, view.headers, trusted))
-            .clone()
     }
 }
 
@@ -342,8 +257,8 @@ impl<'v, 'r> Keys<'v, 'r> {
 mod tests {
     use super::*;
     use crate::limiter::Algorithm;
-    use http::{HeaderMap, HeaderName, HeaderValue, Method};
-    use std::num::NonZeroU64;
+    use http::{HeaderMap, HeaderValue, Method};
+    use std::num::{NonZeroU32, NonZeroU64};
 
     fn limit(n: u32) -> Limit {
         Limit::sliding_log(
@@ -357,6 +272,7 @@ mod tests {
             name: intern(name),
             matcher: Matcher::default(),
             key,
+            missing: Missing::Ip,
             limit: n.map(limit),
             shadow: false,
             sync: crate::limiter::SyncMode::Exact,
@@ -373,7 +289,12 @@ mod tests {
     }
 
     fn set(rules: Vec<Rule>) -> RuleSet {
-        RuleSet::new(KeySource::Ip, limit(100), rules, vec![])
+        RuleSet::new(
+            Rule::default_rule(KeySource::ip(), Missing::Ip, limit(100)),
+            rules,
+            vec![],
+            None,
+        )
     }
 
     fn select(set: &RuleSet, method: &Method, path: &str, headers: &HeaderMap) -> Selection {
@@ -382,6 +303,7 @@ mod tests {
             method,
             host: Some("api.example.com"),
             path,
+            query: None,
             headers,
         })
     }
@@ -392,7 +314,7 @@ mod tests {
                 .iter()
                 .map(|c| (c.rule, c.key.as_str(), c.limit.quota.limit.get()))
                 .collect(),
-            Selection::Unlimited { .. } => vec![],
+            Selection::Unlimited { .. } | Selection::Skipped => vec![],
         }
     }
 
@@ -420,7 +342,7 @@ mod tests {
 
     #[test]
     fn matching_rules_stack_on_the_default() {
-        let mut login = rule("login", KeySource::Ip, Some(5));
+        let mut login = rule("login", KeySource::ip(), Some(5));
         login.matcher = prefix("/login");
         let mut search = rule("search", KeySource::Global, Some(1000));
         search.matcher = prefix("/search");
@@ -445,10 +367,10 @@ mod tests {
 
     #[test]
     fn skip_default_and_unlimited() {
-        let mut api = rule("api", KeySource::Ip, Some(50));
+        let mut api = rule("api", KeySource::ip(), Some(50));
         api.matcher = prefix("/api");
         api.skip_default = true;
-        let mut health = rule("health", KeySource::Ip, None);
+        let mut health = rule("health", KeySource::ip(), None);
         health.matcher = prefix("/health");
         let s = set(vec![api, health]);
         let h = HeaderMap::new();
@@ -464,7 +386,7 @@ mod tests {
 
     #[test]
     fn a_shadow_rule_never_skips_the_default() {
-        let mut dry = rule("dry", KeySource::Ip, Some(1));
+        let mut dry = rule("dry", KeySource::ip(), Some(1));
         dry.shadow = true;
         dry.skip_default = true;
         let s = set(vec![dry]);
@@ -474,14 +396,14 @@ mod tests {
 
     #[test]
     fn overrides_by_key_value_with_the_ip_fallback() {
-        let api_key = KeySource::Header(HeaderName::from_static("x-api-key"));
+        let api_key = KeySource::parse("header:x-api-key").unwrap();
         let mut tiers = rule("tiers", api_key, Some(10));
         tiers
             .overrides
-            .insert("premium-1", NonZeroU32::new(10_000).unwrap());
+            .insert_value("premium-1".into(), NonZeroU32::new(10_000).unwrap());
         tiers
             .overrides
-            .insert("10.0.0.1", NonZeroU32::new(1000).unwrap());
+            .insert_ip("10.0.0.1".into(), NonZeroU32::new(1000).unwrap());
         let s = set(vec![tiers]);
         let mut h = HeaderMap::new();
         h.insert("x-api-key", HeaderValue::from_static("premium-1"));
@@ -506,10 +428,10 @@ mod tests {
 
     #[test]
     fn counter_keys_name_their_rule() {
-        let mut login = rule("login", KeySource::Ip, Some(5));
+        let mut login = rule("login", KeySource::ip(), Some(5));
         login
             .overrides
-            .insert("10.0.0.7", NonZeroU32::new(50).unwrap());
+            .insert_ip("10.0.0.7".into(), NonZeroU32::new(50).unwrap());
         let s = set(vec![login]);
         let (r, l) = s.describe("login/ip:10.0.0.7");
         assert_eq!((r.name, l.quota.limit.get()), ("login", 50));
@@ -519,5 +441,28 @@ mod tests {
         assert_eq!(s.describe("x-api-key:a/b").0.name, "default");
         assert_eq!(s.describe("gone/ip:10.0.0.1").0.name, "default");
         assert_eq!(l.algorithm, Algorithm::SlidingLog);
+    }
+
+    #[test]
+    fn a_rule_whose_key_is_missing_applies_by_ip_or_not_at_all() {
+        let mut keyed = rule(
+            "keyed",
+            KeySource::parse("header:x-api-key").unwrap(),
+            Some(5),
+        );
+        keyed.missing = Missing::Skip;
+        let s = set(vec![keyed]);
+        let h = HeaderMap::new();
+        assert_eq!(
+            keys(&select(&s, &Method::GET, "/", &h)),
+            [("default", "ip:10.0.0.1", 100)]
+        );
+        let mut skipping_default = set(vec![]);
+        skipping_default.default.key = KeySource::parse("query:k").unwrap();
+        skipping_default.default.missing = Missing::Skip;
+        assert_eq!(
+            select(&skipping_default, &Method::GET, "/", &h),
+            Selection::Skipped
+        );
     }
 }

@@ -8,8 +8,11 @@
 //!    and its decision is updated to count it.
 //!
 //! The embedded store keeps a [`State`] per counter key and calls these functions under a lock;
-//! the Redis store runs the Lua twins inside one script call. `tests/store_equivalence.rs` runs
-//! one trace through both, for every algorithm.
+//! the Redis store runs the Lua twins inside one script call. Each algorithm is registered once,
+//! in [`REGISTRY`]: its name in the config, its id in the scripts and its Lua file; the scripts'
+//! table of algorithms by id is generated from it ([`lua_dispatch`]), and a unit test checks
+//! the Lua files against it. `tests/store_equivalence.rs` runs one trace through both stores,
+//! for every algorithm.
 //!
 //! | algorithm | state per key | exact? |
 //! |---|---|---|
@@ -43,6 +46,57 @@ pub enum Algorithm {
     SlidingWindow,
 }
 
+/// One algorithm, as everything that dispatches on it knows it.
+pub struct Registered {
+    pub algorithm: Algorithm,
+    /// Its name in the config (`algorithm = "gcra"`) and the admin API.
+    pub name: &'static str,
+    /// The number the Redis scripts dispatch on.
+    pub id: u8,
+    /// Its Lua file, which defines a function of the same name as `name` returning the
+    /// algorithm's steps (`lua/sliding_log.lua` says which).
+    pub lua: &'static str,
+}
+
+/// Every algorithm, once. Adding one is a line here, its Rust module and state, and its Lua
+/// file; the scripts' dispatch follows from this table.
+pub const REGISTRY: [Registered; 3] = [
+    Registered {
+        algorithm: Algorithm::SlidingLog,
+        name: "sliding_log",
+        id: 1,
+        lua: include_str!("../../../lua/sliding_log.lua"),
+    },
+    Registered {
+        algorithm: Algorithm::Gcra,
+        name: "gcra",
+        id: 2,
+        lua: include_str!("../../../lua/gcra.lua"),
+    },
+    Registered {
+        algorithm: Algorithm::SlidingWindow,
+        name: "sliding_window",
+        id: 3,
+        lua: include_str!("../../../lua/sliding_window.lua"),
+    },
+];
+
+/// The Lua that defines every algorithm and `ALGORITHMS`, the table the scripts dispatch on
+/// (id → the algorithm's function), for the scripts to start with.
+pub fn lua_dispatch() -> String {
+    let mut out = String::new();
+    for r in &REGISTRY {
+        out.push_str(r.lua);
+        out.push('\n');
+    }
+    out.push_str("local ALGORITHMS = {");
+    for r in &REGISTRY {
+        out.push_str(&format!("[{}] = {}, ", r.id, r.name));
+    }
+    out.push_str("}\n");
+    out
+}
+
 impl Algorithm {
     pub const ALL: &'static [Algorithm] = &[
         Algorithm::SlidingLog,
@@ -50,21 +104,21 @@ impl Algorithm {
         Algorithm::SlidingWindow,
     ];
 
-    pub fn name(self) -> &'static str {
-        match self {
-            Algorithm::SlidingLog => "sliding_log",
-            Algorithm::Gcra => "gcra",
-            Algorithm::SlidingWindow => "sliding_window",
-        }
+    fn registered(self) -> &'static Registered {
+        // Each algorithm is in the registry: the unit test below checks every one.
+        REGISTRY
+            .iter()
+            .find(|r| r.algorithm == self)
+            .unwrap_or(&REGISTRY[0])
     }
 
-    /// The number the Redis scripts dispatch on (`lua/check.lua`, `lua/count.lua`).
+    pub fn name(self) -> &'static str {
+        self.registered().name
+    }
+
+    /// The number the Redis scripts dispatch on (`ALGORITHMS` in the scripts).
     pub fn script_id(self) -> u8 {
-        match self {
-            Algorithm::SlidingLog => 1,
-            Algorithm::Gcra => 2,
-            Algorithm::SlidingWindow => 3,
-        }
+        self.registered().id
     }
 }
 
@@ -264,5 +318,50 @@ mod tests {
         assert_eq!(blocked(1001).retry_after_secs(), 2);
         assert_eq!(blocked(59_999).retry_after_secs(), 60);
         assert_eq!(blocked(1001).reset_secs(), 2);
+    }
+
+    /// The registry and the Lua files agree: every algorithm registered once, with a unique
+    /// name and id, its file defining the function the scripts' table names and returning the
+    /// same steps as every other; and no driver script dispatches on its own.
+    #[test]
+    fn the_registry_and_the_lua_files_agree() {
+        for a in Algorithm::ALL {
+            let r = a.registered();
+            assert_eq!(r.algorithm, *a);
+            assert_eq!(REGISTRY.iter().filter(|o| o.name == r.name).count(), 1);
+            assert_eq!(REGISTRY.iter().filter(|o| o.id == r.id).count(), 1);
+            assert!(
+                r.lua.contains(&format!("\nlocal function {}()\n", r.name)),
+                "lua for {} does not define {}()",
+                r.name,
+                r.name
+            );
+            assert!(
+                r.lua.contains("  return peek, record, release, take, give"),
+                "{} returns other steps",
+                r.name
+            );
+            assert!(lua_dispatch().contains(&format!("[{}] = {},", r.id, r.name)));
+        }
+        assert_eq!(REGISTRY.len(), Algorithm::ALL.len());
+        for driver in [
+            include_str!("../../../lua/check.lua"),
+            include_str!("../../../lua/count.lua"),
+            include_str!("../../../lua/release.lua"),
+            include_str!("../../../lua/lease.lua"),
+        ] {
+            for r in &REGISTRY {
+                let code: String = driver
+                    .lines()
+                    .filter(|l| !l.trim_start().starts_with("--"))
+                    .collect();
+                assert!(
+                    !code.contains(&format!("{}(", r.name))
+                        && !code.contains(&format!("{},", r.name)),
+                    "a driver names {} itself",
+                    r.name
+                );
+            }
+        }
     }
 }

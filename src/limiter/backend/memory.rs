@@ -17,7 +17,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 
 use crate::limiter::algo::{Decision, State};
-use crate::limiter::{Backend, Check, Counter, Limit, Mode, StoreError};
+use crate::limiter::{Check, Counter, Counters, Decide, Limit, Mode, StoreError};
 use crate::sync::lock;
 
 /// A source of monotonic microseconds; tests drive a manual one.
@@ -193,7 +193,7 @@ impl MemoryStore {
 /// so keep serving rather than take the node down.
 
 #[async_trait]
-impl Backend for MemoryStore {
+impl Decide for MemoryStore {
     async fn decide(
         &self,
         checks: &[Check],
@@ -205,7 +205,10 @@ impl Backend for MemoryStore {
     fn decide_local(&self, checks: &[Check], mode: Mode) -> Option<Vec<Option<Decision>>> {
         Some(self.decide_now(checks, mode))
     }
+}
 
+#[async_trait]
+impl Counters for MemoryStore {
     async fn counters(
         &self,
         limit_of: &(dyn for<'k> Fn(&'k str) -> Limit + Send + Sync),

@@ -4,39 +4,42 @@
 //! Each is the algorithm files followed by its driver, embedded at build time, sent with
 //! `EVALSHA` and loaded again on `NOSCRIPT`.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use redis::Script;
 
 use super::blocked::RESET_CHANNEL;
-use super::redis::KEY_PREFIX;
+use crate::limiter::algo::lua_dispatch;
 use crate::limiter::{Check, Decision, Mode, StoreError};
-use crate::redis::{Conn, Redis};
+use crate::redis_conn::{Conn, Redis};
 
-/// The algorithm files every script starts with (after the protected call they share).
-macro_rules! with_algorithms {
-    ($driver:literal) => {
-        concat!(
-            include_str!("../../../lua/typed.lua"),
-            include_str!("../../../lua/sliding_log.lua"),
-            include_str!("../../../lua/gcra.lua"),
-            include_str!("../../../lua/sliding_window.lua"),
-            include_str!($driver),
-        )
-    };
+/// Prefix of every counter key in Redis (contract §4).
+pub const KEY_PREFIX: &str = "ratelimit:";
+
+/// A script: the protected call the algorithm files share, every registered algorithm and
+/// the `ALGORITHMS` table generated from the registry ([`lua_dispatch`]), then the driver.
+fn script(driver: &str) -> String {
+    let mut text = String::from(include_str!("../../../../lua/typed.lua"));
+    text.push_str(&lua_dispatch());
+    text.push_str(driver);
+    text
 }
 
-/// The check script: the algorithms, then the driver that runs them.
-pub const SCRIPT: &str = with_algorithms!("../../../lua/check.lua");
+/// The check script: decides a request's checks.
+pub static SCRIPT: LazyLock<String> =
+    LazyLock::new(|| script(include_str!("../../../../lua/check.lua")));
 
 /// Counts one key's live entries, for listing counters.
-pub const COUNT_SCRIPT: &str = with_algorithms!("../../../lua/count.lua");
+pub static COUNT_SCRIPT: LazyLock<String> =
+    LazyLock::new(|| script(include_str!("../../../../lua/count.lua")));
 
 /// Takes back a request's records on the slots that allowed it, when another refused it.
-const RELEASE_SCRIPT: &str = with_algorithms!("../../../lua/release.lua");
+static RELEASE_SCRIPT: LazyLock<String> =
+    LazyLock::new(|| script(include_str!("../../../../lua/release.lua")));
 
 /// Takes a lease of a counter's slots, and gives back the unused ones.
-const LEASE_SCRIPT: &str = with_algorithms!("../../../lua/lease.lua");
+static LEASE_SCRIPT: LazyLock<String> =
+    LazyLock::new(|| script(include_str!("../../../../lua/lease.lua")));
 
 /// What a lease call got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,9 +83,9 @@ impl Scripts {
     pub fn new(redis: Arc<Redis>) -> Scripts {
         Scripts {
             redis,
-            check: Script::new(SCRIPT),
-            release: Script::new(RELEASE_SCRIPT),
-            lease: Script::new(LEASE_SCRIPT),
+            check: Script::new(&SCRIPT),
+            release: Script::new(&RELEASE_SCRIPT),
+            lease: Script::new(&LEASE_SCRIPT),
         }
     }
 
@@ -148,6 +151,7 @@ impl Scripts {
             })
             .await
             .map(|_| ())
+            .map_err(StoreError::from)
     }
 
     /// Reserves up to `wanted` of `check`'s slots for lease `id` (unique across nodes) of
@@ -222,9 +226,9 @@ impl Scripts {
         let invocation = &invocation;
         let call = |mut conn: Conn| async move { invocation.invoke_async(&mut conn).await };
         if retry {
-            self.redis.retried(limit, call).await
+            Ok(self.redis.retried(limit, call).await?)
         } else {
-            self.redis.once(limit, call).await
+            Ok(self.redis.once(limit, call).await?)
         }
     }
 }

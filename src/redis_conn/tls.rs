@@ -3,14 +3,14 @@
 //! `tls_cert_file`/`tls_key_file` (mutual TLS) and `tls_insecure`. TLS is rustls with the
 //! ring provider.
 
+use super::Error;
 use std::time::Duration;
 
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::{ClientTlsConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, TlsCertificates};
 
-use super::store_error;
+use super::error;
 use crate::config::{RedisTls, RedisUrl};
-use crate::limiter::StoreError;
 
 /// The TLS material, read once.
 #[derive(Clone)]
@@ -20,10 +20,10 @@ pub struct Tls {
 }
 
 impl Tls {
-    pub fn load(config: &RedisTls) -> Result<Tls, StoreError> {
+    pub fn load(config: &RedisTls) -> Result<Tls, Error> {
         let read = |path: &std::path::Path| {
             std::fs::read(path)
-                .map_err(|e| StoreError::Connection(format!("cannot read {}: {e}", path.display())))
+                .map_err(|e| Error::Connection(format!("cannot read {}: {e}", path.display())))
         };
         let root_cert = config.ca_file.as_deref().map(read).transpose()?;
         let client_tls = match (&config.cert_file, &config.key_file) {
@@ -44,14 +44,14 @@ impl Tls {
     }
 
     /// A client for `info`, with the TLS material when the address is TLS.
-    pub fn client(&self, info: ConnectionInfo) -> Result<redis::Client, StoreError> {
+    pub fn client(&self, info: ConnectionInfo) -> Result<redis::Client, Error> {
         let info = self.with_insecure(info);
         let tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
         match (&self.certs, tls) {
             (Some(certs), true) => redis::Client::build_with_tls(info, certs.clone()),
             _ => redis::Client::open(info),
         }
-        .map_err(store_error)
+        .map_err(error)
     }
 
     fn with_insecure(&self, info: ConnectionInfo) -> ConnectionInfo {
@@ -73,8 +73,8 @@ impl Tls {
 }
 
 /// The connection info of a URL (its address, user, password, database and scheme).
-pub fn info(url: &RedisUrl) -> Result<ConnectionInfo, StoreError> {
-    url.expose().into_connection_info().map_err(store_error)
+pub fn info(url: &RedisUrl) -> Result<ConnectionInfo, Error> {
+    url.expose().into_connection_info().map_err(error)
 }
 
 /// The same connection settings at another address (a Sentinel's master, a cluster node).
@@ -100,7 +100,7 @@ pub fn cluster_client(
     tls: &Tls,
     connect: Duration,
     response: Duration,
-) -> Result<ClusterClient, StoreError> {
+) -> Result<ClusterClient, Error> {
     let infos: Vec<ConnectionInfo> = seeds.iter().map(info).collect::<Result<_, _>>()?;
     cluster_client_at(infos, tls, connect, response)
 }
@@ -111,7 +111,7 @@ pub fn cluster_client_at(
     tls: &Tls,
     connect: Duration,
     response: Duration,
-) -> Result<ClusterClient, StoreError> {
+) -> Result<ClusterClient, Error> {
     let secure = infos
         .iter()
         .any(|i| matches!(i.addr(), ConnectionAddr::TcpTls { .. }));
@@ -131,5 +131,5 @@ pub fn cluster_client_at(
             builder = builder.certs(certs.clone());
         }
     }
-    builder.build().map_err(store_error)
+    builder.build().map_err(error)
 }

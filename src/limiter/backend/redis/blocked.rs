@@ -197,7 +197,7 @@ impl BlockedKeys {
 }
 
 /// The subscription to resets tells the memory what it hears.
-impl crate::redis::pubsub::Listener for BlockedKeys {
+impl crate::redis_conn::pubsub::Listener for BlockedKeys {
     fn live(&self, live: bool) {
         self.set_live(live);
     }

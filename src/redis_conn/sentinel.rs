@@ -6,6 +6,7 @@
 //! The credentials, database and scheme of the sentinel URLs are used for the sentinels and
 //! for the master alike (one ACL user, one TLS setup).
 
+use super::Error;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,10 +15,9 @@ use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Cmd, ConnectionInfo, Pipeline, RedisError, RedisFuture, Value};
 use tokio::sync::watch;
 
-use super::store_error;
+use super::error;
 use super::tls::{self, Tls};
 use crate::config::RedisUrl;
-use crate::limiter::StoreError;
 
 /// How to find the master.
 #[derive(Clone)]
@@ -42,7 +42,7 @@ impl Sentinels {
         master: &str,
         tls: &Tls,
         connect: Duration,
-    ) -> Result<Sentinels, StoreError> {
+    ) -> Result<Sentinels, Error> {
         let infos: Vec<ConnectionInfo> = urls.iter().map(tls::info).collect::<Result<_, _>>()?;
         let sentinels = infos
             .iter()
@@ -68,11 +68,11 @@ impl Sentinels {
     }
 
     /// A connection to the master as the sentinels name it now, checked with `ROLE`.
-    async fn find(&self) -> Result<(redis::Client, MultiplexedConnection), StoreError> {
+    async fn find(&self) -> Result<(redis::Client, MultiplexedConnection), Error> {
         let inner = &self.inner;
         let n = inner.sentinels.len();
         let first = inner.next.load(Ordering::Relaxed);
-        let mut last = StoreError::Connection("no sentinel answered".into());
+        let mut last = Error::Connection("no sentinel answered".into());
         for i in 0..n {
             let k = (first + i) % n;
             match self.ask(&inner.sentinels[k]).await {
@@ -89,20 +89,20 @@ impl Sentinels {
     async fn ask(
         &self,
         sentinel: &redis::Client,
-    ) -> Result<(redis::Client, MultiplexedConnection), StoreError> {
+    ) -> Result<(redis::Client, MultiplexedConnection), Error> {
         let config = self.config();
         let mut s = sentinel
             .get_multiplexed_async_connection_with_config(&config)
             .await
-            .map_err(store_error)?;
+            .map_err(error)?;
         let addr: Option<(String, u16)> = redis::cmd("SENTINEL")
             .arg("GET-MASTER-ADDR-BY-NAME")
             .arg(&self.inner.master)
             .query_async(&mut s)
             .await
-            .map_err(store_error)?;
+            .map_err(error)?;
         let Some((host, port)) = addr else {
-            return Err(StoreError::Reply(format!(
+            return Err(Error::Reply(format!(
                 "the sentinel knows no master named {:?}",
                 self.inner.master
             )));
@@ -114,14 +114,14 @@ impl Sentinels {
         let mut conn = client
             .get_multiplexed_async_connection_with_config(&config)
             .await
-            .map_err(store_error)?;
+            .map_err(error)?;
         let role: Vec<Value> = redis::cmd("ROLE")
             .query_async(&mut conn)
             .await
-            .map_err(store_error)?;
+            .map_err(error)?;
         match role.first() {
             Some(Value::BulkString(r)) if r == b"master" => Ok((client, conn)),
-            _ => Err(StoreError::Reply(format!(
+            _ => Err(Error::Reply(format!(
                 "{host}:{port}, named by a sentinel, is not a master (yet)"
             ))),
         }
@@ -137,7 +137,7 @@ impl Sentinels {
     }
 
     /// A client for the master now (for the subscription to resets).
-    pub async fn master_client(&self) -> Result<redis::Client, StoreError> {
+    pub async fn master_client(&self) -> Result<redis::Client, Error> {
         self.find().await.map(|(client, _)| client)
     }
 
@@ -192,8 +192,8 @@ impl SentinelConn {
     }
 
     /// Resolves once the master is found (it may take as long as the sentinels do).
-    pub async fn ready(&self) -> Result<(), StoreError> {
-        self.master().await.map(|_| ()).map_err(store_error)
+    pub async fn ready(&self) -> Result<(), Error> {
+        self.master().await.map(|_| ()).map_err(error)
     }
 
     fn find_in_background(&self) {

@@ -4,13 +4,15 @@
 //! health checks, one per upstream (each has its own host name and TLS); and the `HttpPeer`
 //! for a choice, with TLS and SNI, the CA, and the connect, read and write timeouts.
 //!
-//! A reload builds a new pool; [`Watch`] runs the health checks and the re-resolution of
+//! A reload builds a new pool; [`watch::Watch`] runs the health checks and the re-resolution of
 //! whichever pool is in force.
+
+pub mod watch;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::FutureExt;
@@ -20,17 +22,14 @@ use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::prelude::*;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::utils::tls::WrappedX509;
 
 use crate::config::{HealthCheck as HealthConfig, ProxyConfig, Upstream, UpstreamTimeouts};
-use crate::live::LiveConfig;
 use crate::sync::lock;
 
 /// How often upstream host names are resolved again.
-const RESOLVE_EVERY: Duration = Duration::from_secs(5);
+pub(crate) const RESOLVE_EVERY: Duration = Duration::from_secs(5);
 /// How long one resolution may take.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -48,9 +47,9 @@ pub struct Pool {
     lb: LoadBalancer<RoundRobin>,
     ca: Option<Arc<[WrappedX509]>>,
     timeouts: UpstreamTimeouts,
-    health: Option<HealthConfig>,
+    pub(crate) health: Option<HealthConfig>,
     /// Whether any upstream is a name (else there is nothing to resolve again).
-    has_names: bool,
+    pub(crate) has_names: bool,
 }
 
 impl Pool {
@@ -126,7 +125,7 @@ impl Pool {
         }
     }
 
-    async fn resolve_again(&self) {
+    pub(crate) async fn resolve_again(&self) {
         if let Err(e) = self.lb.update().await {
             log::warn!("resolving the upstreams again: {e}");
         }
@@ -308,54 +307,5 @@ impl HealthCheck for Checks {
     /// One failed check takes an upstream out, one passed check brings it back.
     fn health_threshold(&self, _success: bool) -> usize {
         1
-    }
-}
-
-/// Runs the health checks and the re-resolution of the pool in force, restarting its
-/// schedule when a reload brings a new pool.
-pub struct Watch {
-    pub live: Arc<LiveConfig>,
-}
-
-#[async_trait]
-impl BackgroundService for Watch {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut current: Option<Arc<crate::live::Live>> = None;
-        let mut next_check = Instant::now();
-        let mut next_resolve = Instant::now() + RESOLVE_EVERY;
-        loop {
-            let live = self.live.load();
-            if current.as_ref().is_none_or(|c| !Arc::ptr_eq(c, &live)) {
-                // A new pool: check it at once.
-                next_check = Instant::now();
-                next_resolve = Instant::now() + RESOLVE_EVERY;
-                current = Some(live.clone());
-            }
-            let pool = &live.pool;
-            let now = Instant::now();
-            if let Some(health) = &pool.health {
-                if now >= next_check {
-                    pool.check_health().await;
-                    next_check = Instant::now() + health.interval;
-                }
-            }
-            if pool.has_names && now >= next_resolve {
-                pool.resolve_again().await;
-                next_resolve = Instant::now() + RESOLVE_EVERY;
-            }
-            // Look again at least every 250 ms, so a reload's new pool is checked promptly.
-            let mut wake = Instant::now() + Duration::from_millis(250);
-            if pool.has_names {
-                wake = wake.min(next_resolve);
-            }
-            if pool.health.is_some() {
-                wake = wake.min(next_check);
-            }
-            let sleep = wake.saturating_duration_since(Instant::now());
-            tokio::select! {
-                _ = tokio::time::sleep(sleep) => {}
-                _ = shutdown.changed() => return,
-            }
-        }
     }
 }

@@ -12,8 +12,7 @@ use std::sync::Arc;
 
 use redis::cluster_routing::Slot;
 
-use super::redis::KEY_PREFIX;
-use super::scripts::Scripts;
+use super::scripts::{Scripts, KEY_PREFIX};
 use crate::limiter::{Check, Decision, Mode, StoreError};
 
 /// Checks grouped by cluster slot, in the order their slots first appear.

@@ -1,11 +1,14 @@
 //! The shared store: counters in Redis, all of a request's checks decided by one Lua script
-//! call ([`scripts`](super::scripts)), so the decision is atomic across every node and costs
-//! one round trip however many rules apply.
+//! call ([`scripts`]), so the decision is atomic across every node and costs one round trip
+//! however many rules apply. Beside it: [`blocked`] remembers keys known full, [`lease`] holds
+//! this node's leases of counters, [`cross_slot`] decides a request whose keys live on several
+//! Redis Cluster slots. The files depend on each other in that order only: `scripts` and
+//! `blocked` at the bottom, this store at the top.
 //!
-//! Every call goes through the Redis layer ([`crate::redis`]): the calling thread's own
+//! Every call goes through the Redis layer ([`crate::redis_conn`]): the calling thread's own
 //! connection, to a standalone server, a Sentinel's master or a Redis Cluster. On a cluster a
 //! request's keys may live on several slots, and one script can only touch one: such a
-//! request is decided slot by slot ([`cross_slot`](super::cross_slot)), never above a limit.
+//! request is decided slot by slot ([`cross_slot`]), never above a limit.
 //!
 //! The subscription to resets and the watch on the topology run on a small runtime of their
 //! own, owned by the store.
@@ -19,16 +22,33 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use redis::Script;
 
-use super::blocked::{BlockedKeys, RESET_CHANNEL};
-use super::cross_slot;
-use super::lease::Leases;
-use super::scripts::{Scripts, COUNT_SCRIPT};
-use crate::config::RedisConfig;
-use crate::limiter::{Backend, Check, Counter, Decision, Limit, Mode, StoreError, SyncMode};
-use crate::redis::scan::Scan;
-use crate::redis::{pubsub, topology, Redis};
+pub mod blocked;
+pub mod cross_slot;
+pub mod lease;
+pub mod scripts;
 
-pub use super::scripts::SCRIPT;
+use crate::config::RedisConfig;
+use crate::limiter::{
+    Check, Counter, Counters, Decide, Decision, Limit, Mode, StoreError, SyncMode,
+};
+use crate::redis_conn::scan::Scan;
+use crate::redis_conn::{pubsub, topology, Redis};
+use blocked::{BlockedKeys, RESET_CHANNEL};
+use lease::Leases;
+use scripts::{Scripts, COUNT_SCRIPT};
+
+pub use scripts::{KEY_PREFIX, SCRIPT};
+
+/// A Redis failure, as the limiter's policy sees it.
+impl From<crate::redis_conn::Error> for StoreError {
+    fn from(e: crate::redis_conn::Error) -> StoreError {
+        match e {
+            crate::redis_conn::Error::Timeout => StoreError::Timeout,
+            crate::redis_conn::Error::Connection(e) => StoreError::Connection(e),
+            crate::redis_conn::Error::Reply(e) => StoreError::Reply(e),
+        }
+    }
+}
 
 /// Whether every check of a request leases: then the lease table decides it.
 fn all_lease(checks: &[Check]) -> bool {
@@ -37,9 +57,6 @@ fn all_lease(checks: &[Check]) -> bool {
 
 /// How long a reset waits to hear its own message back from Redis.
 const RESET_ECHO_WAIT: Duration = Duration::from_millis(200);
-
-/// Prefix of every counter key in Redis (contract §4).
-pub const KEY_PREFIX: &str = "ratelimit:";
 
 pub struct RedisStore {
     redis: Arc<Redis>,
@@ -94,7 +111,7 @@ impl RedisStore {
             leases,
             redis,
             blocked,
-            count_script: Script::new(COUNT_SCRIPT),
+            count_script: Script::new(&COUNT_SCRIPT),
             instance,
             seq: AtomicU64::new(0),
             runtime: Some(runtime),
@@ -133,7 +150,7 @@ impl RedisStore {
 }
 
 #[async_trait]
-impl Backend for RedisStore {
+impl Decide for RedisStore {
     fn give_back_leases(&self) {
         let Some(rt) = &self.runtime else {
             return;
@@ -192,7 +209,10 @@ impl Backend for RedisStore {
         }
         Ok(decisions.into_iter().map(Some).collect())
     }
+}
 
+#[async_trait]
+impl Counters for RedisStore {
     /// Walks the keys of every master with SCAN (never KEYS, which blocks Redis) and counts
     /// each batch in one pipelined round trip on its master, so listing 100,000 counters takes
     /// a few hundred round trips. A key that is not a counter (another service's, under the
@@ -281,6 +301,6 @@ impl Backend for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.redis.ping().await
+        Ok(self.redis.ping().await?)
     }
 }

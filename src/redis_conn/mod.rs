@@ -40,9 +40,31 @@ use thread_local::ThreadLocal;
 use tokio::sync::watch;
 
 use crate::config::{RedisConfig, RedisTopology};
-use crate::limiter::StoreError;
 use crate::sync::lock;
 use sentinel::{SentinelConn, Sentinels};
+
+/// Why a Redis call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// No answer within the call's bound.
+    Timeout,
+    /// Connection refused, reset or not yet established.
+    Connection(String),
+    /// Redis answered with an error, or with a reply nobody here understands.
+    Reply(String),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Timeout => f.write_str("timed out"),
+            Error::Connection(e) => write!(f, "connection: {e}"),
+            Error::Reply(e) => write!(f, "reply: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
 
 /// How soon a thread tries again to connect after a failed attempt: until then its calls
 /// fail at once (or go to the connection it already has).
@@ -165,7 +187,7 @@ struct Attempt {
 }
 
 impl Attempt {
-    fn finish(mut self, made: Result<Conn, StoreError>, epoch: u64) {
+    fn finish(mut self, made: Result<Conn, Error>, epoch: u64) {
         let mut state = lock(&self.slot.state);
         match made {
             Ok(conn) => {
@@ -208,7 +230,7 @@ pub struct Redis {
 
 impl Redis {
     /// Prepares the clients without connecting: callable with Redis down.
-    pub fn new(config: &RedisConfig) -> Result<Redis, StoreError> {
+    pub fn new(config: &RedisConfig) -> Result<Redis, Error> {
         let connect = connect_timeout(config.timeout);
         let tls = tls::Tls::load(&config.tls)?;
         let target = match &config.topology {
@@ -256,7 +278,7 @@ impl Redis {
     /// lives there too). After a topology change the old connection may point at a master
     /// that hangs, so the successor is waited for (within the caller's own bound) and the old
     /// one is used only if making the successor fails.
-    pub async fn conn(&self) -> Result<Conn, StoreError> {
+    pub async fn conn(&self) -> Result<Conn, Error> {
         let slot = self.conns.get_or_default().clone();
         let epoch = *self.epoch.borrow();
         let mut made = {
@@ -273,9 +295,7 @@ impl Redis {
             }
             match &state.conn {
                 Some(conn) if !stale || !state.connecting => return Ok(conn.clone()),
-                None if !state.connecting => {
-                    return Err(StoreError::Connection("not connected".into()))
-                }
+                None if !state.connecting => return Err(Error::Connection("not connected".into())),
                 _ => slot.made.subscribe(),
             }
         };
@@ -284,7 +304,7 @@ impl Redis {
         state
             .conn
             .clone()
-            .ok_or_else(|| StoreError::Connection("not connected".into()))
+            .ok_or_else(|| Error::Connection("not connected".into()))
     }
 
     /// Makes a connection on this thread's runtime and puts it in `slot`.
@@ -302,7 +322,7 @@ impl Redis {
     }
 
     /// Connecting, as a future that owns what it needs.
-    fn connector(&self) -> BoxFuture<'static, Result<Conn, StoreError>> {
+    fn connector(&self) -> BoxFuture<'static, Result<Conn, Error>> {
         match &self.target {
             Target::Standalone(client) => {
                 let config = ConnectionManagerConfig::new()
@@ -317,7 +337,7 @@ impl Redis {
                 Box::pin(async move {
                     ConnectionManager::new_lazy_with_config(client, config)
                         .map(Conn::Standalone)
-                        .map_err(store_error)
+                        .map_err(error)
                 })
             }
             Target::Cluster(cluster) => {
@@ -327,7 +347,7 @@ impl Redis {
                         .get_async_connection()
                         .await
                         .map(Conn::Cluster)
-                        .map_err(store_error)
+                        .map_err(error)
                 })
             }
             Target::Sentinel(sentinels) => {
@@ -356,36 +376,36 @@ impl Redis {
     /// Runs a call on this thread's connection within `limit`, once more if the first
     /// attempt finds the connection broken: a connection heals on the call after an outage,
     /// and a quiet thread (the admin port's, the heartbeat's) may have made none since.
-    pub async fn retried<T, F, Fut>(&self, limit: Duration, call: F) -> Result<T, StoreError>
+    pub async fn retried<T, F, Fut>(&self, limit: Duration, call: F) -> Result<T, Error>
     where
         F: FnMut(Conn) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         tokio::time::timeout(limit, self.attempts(call))
             .await
-            .unwrap_or(Err(StoreError::Timeout))
+            .unwrap_or(Err(Error::Timeout))
     }
 
     /// Runs a call on this thread's connection within `limit`, with no second attempt: for a
     /// call that must not run twice, since a broken connection may have lost the reply of a
     /// call that ran (giving back a lease's slots twice would free slots still in use).
-    pub async fn once<T, F, Fut>(&self, limit: Duration, call: F) -> Result<T, StoreError>
+    pub async fn once<T, F, Fut>(&self, limit: Duration, call: F) -> Result<T, Error>
     where
         F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let attempt = async {
             let conn = self.conn().await?;
-            call(conn).await.map_err(store_error)
+            call(conn).await.map_err(error)
         };
         tokio::time::timeout(limit, attempt)
             .await
-            .unwrap_or(Err(StoreError::Timeout))
+            .unwrap_or(Err(Error::Timeout))
     }
 
     /// As [`Redis::retried`], with no bound of its own: for a caller that bounds the whole
     /// call already (a check, under the limiter's `timeout_ms`), so no second timer is set.
-    pub async fn attempts<T, F, Fut>(&self, mut call: F) -> Result<T, StoreError>
+    pub async fn attempts<T, F, Fut>(&self, mut call: F) -> Result<T, Error>
     where
         F: FnMut(Conn) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
@@ -399,16 +419,16 @@ impl Redis {
                     continue;
                 }
             };
-            match call(conn).await.map_err(store_error) {
-                Err(StoreError::Connection(e)) => last = Some(StoreError::Connection(e)),
+            match call(conn).await.map_err(error) {
+                Err(Error::Connection(e)) => last = Some(Error::Connection(e)),
                 other => return other,
             }
         }
-        Err(last.unwrap_or_else(|| StoreError::Connection("not connected".into())))
+        Err(last.unwrap_or_else(|| Error::Connection("not connected".into())))
     }
 
     /// Every master of the data, for walks that must see every key.
-    pub async fn masters(&self) -> Result<Vec<Node>, StoreError> {
+    pub async fn masters(&self) -> Result<Vec<Node>, Error> {
         if !self.is_cluster() {
             return Ok(vec![Node::Only]);
         }
@@ -419,7 +439,7 @@ impl Redis {
             .await?;
         let masters = topology::cluster_masters(&text);
         if masters.is_empty() {
-            return Err(StoreError::Reply(
+            return Err(Error::Reply(
                 "the cluster lists no master with slots".into(),
             ));
         }
@@ -431,7 +451,7 @@ impl Redis {
         &self,
         node: &Node,
         cmd: &Cmd,
-    ) -> Result<T, StoreError> {
+    ) -> Result<T, Error> {
         let value = self
             .retried(self.slow_timeout(), |mut conn| async move {
                 match (node, &mut conn) {
@@ -446,7 +466,7 @@ impl Redis {
                 }
             })
             .await?;
-        redis::from_redis_value(value).map_err(|e| StoreError::Reply(e.to_string()))
+        redis::from_redis_value(value).map_err(|e| Error::Reply(e.to_string()))
     }
 
     /// Sends a pipeline to one master (its keys must live there).
@@ -454,7 +474,7 @@ impl Redis {
         &self,
         node: &Node,
         pipe: &Pipeline,
-    ) -> Result<T, StoreError> {
+    ) -> Result<T, Error> {
         let values = self
             .retried(self.slow_timeout(), |mut conn| async move {
                 match (node, &mut conn) {
@@ -469,12 +489,12 @@ impl Redis {
                 }
             })
             .await?;
-        redis::from_redis_value(Value::Array(values)).map_err(|e| StoreError::Reply(e.to_string()))
+        redis::from_redis_value(Value::Array(values)).map_err(|e| Error::Reply(e.to_string()))
     }
 
     /// Whether the store can decide now: the server (or the Sentinel's master) answers; a
     /// cluster reports every slot served and every master answers.
-    pub async fn ping(&self) -> Result<(), StoreError> {
+    pub async fn ping(&self) -> Result<(), Error> {
         let limit = self.timeout.max(Duration::from_millis(250));
         let state = self
             .retried(limit, |mut conn| async move {
@@ -498,14 +518,14 @@ impl Redis {
         if state {
             Ok(())
         } else {
-            Err(StoreError::Reply("cluster_state is not ok".into()))
+            Err(Error::Reply("cluster_state is not ok".into()))
         }
     }
 
     /// A client for a node that hears the cluster's (or the server's) publications: the
     /// server, the Sentinel's current master, or a cluster node (any will do: a cluster
     /// delivers every PUBLISH to every node). `attempt` rotates through the candidates.
-    pub async fn subscriber(&self, attempt: usize) -> Result<redis::Client, StoreError> {
+    pub async fn subscriber(&self, attempt: usize) -> Result<redis::Client, Error> {
         match &self.target {
             Target::Standalone(client) => Ok(client.clone()),
             Target::Sentinel(sentinels) => sentinels.master_client().await,
@@ -515,7 +535,7 @@ impl Redis {
                     Node::At { host, port } => {
                         cluster.tls.client(tls::at(&cluster.seeds[0], host, *port))
                     }
-                    Node::Only => Err(StoreError::Reply("no cluster node".into())),
+                    Node::Only => Err(Error::Reply("no cluster node".into())),
                 }
             }
         }
@@ -533,16 +553,16 @@ pub fn connect_timeout(call: Duration) -> Duration {
 }
 
 /// The one mapping from redis-rs errors to the store's.
-pub fn store_error(e: RedisError) -> StoreError {
+pub fn error(e: RedisError) -> Error {
     if e.is_timeout() {
-        StoreError::Timeout
+        Error::Timeout
     } else if e.is_io_error()
         || e.is_connection_dropped()
         || e.is_connection_refusal()
         || e.is_unrecoverable_error()
     {
-        StoreError::Connection(e.to_string())
+        Error::Connection(e.to_string())
     } else {
-        StoreError::Reply(e.to_string())
+        Error::Reply(e.to_string())
     }
 }

@@ -2,8 +2,8 @@
 //! blocks Redis for as long as it takes. SCAN may return a key more than once (while Redis
 //! rehashes); callers that need each key once sort and dedup.
 
+use super::Error;
 use super::{Node, Redis};
-use crate::limiter::StoreError;
 
 /// Keys asked for per SCAN step.
 const BATCH: usize = 1000;
@@ -19,7 +19,7 @@ pub struct Scan<'r> {
 }
 
 impl<'r> Scan<'r> {
-    pub async fn new(redis: &'r Redis, pattern: String) -> Result<Scan<'r>, StoreError> {
+    pub async fn new(redis: &'r Redis, pattern: String) -> Result<Scan<'r>, Error> {
         Ok(Scan {
             redis,
             pattern,
@@ -31,7 +31,7 @@ impl<'r> Scan<'r> {
 
     /// The next batch (possibly empty) with the master it lives on, or `None` once every
     /// master has been walked.
-    pub async fn next(&mut self) -> Result<Option<(Node, Vec<String>)>, StoreError> {
+    pub async fn next(&mut self) -> Result<Option<(Node, Vec<String>)>, Error> {
         let Some(node) = self.nodes.get(self.at).cloned() else {
             return Ok(None);
         };

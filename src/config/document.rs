@@ -1,0 +1,253 @@
+//! The format-neutral model every part of the config is validated on: a tree of strings,
+//! integers, booleans, arrays and tables, each value with where it was written. TOML files
+//! become this tree here ([`from_toml`]), and so do JSON documents ([`from_json`]), so a rule
+//! or an override sent to the admin API is checked by the same code, with the same messages,
+//! as one in the file.
+
+use std::ops::Range;
+
+use toml::de::{DeTable, DeValue};
+
+/// Where a value was written: a byte range of the source (empty for a document that has no
+/// source text, such as JSON).
+pub type Span = Range<usize>;
+
+/// A value with where it was written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spanned<T> {
+    pub value: T,
+    pub span: Span,
+}
+
+/// One value of a document.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    String(String),
+    /// `None`: an integer that does not fit an `i64`.
+    Integer(Option<i64>),
+    /// As written.
+    Float(String),
+    Boolean(bool),
+    Datetime(String),
+    Array(Vec<Spanned<Value>>),
+    Table(Table),
+    /// JSON's `null` in an array (in an object, it is an absent key).
+    Null,
+}
+
+impl Value {
+    /// Its type, as messages name it.
+    pub fn type_str(&self) -> &'static str {
+        match self {
+            Value::String(_) => "string",
+            Value::Integer(_) => "integer",
+            Value::Float(_) => "float",
+            Value::Boolean(_) => "boolean",
+            Value::Datetime(_) => "datetime",
+            Value::Array(_) => "array",
+            Value::Table(_) => "table",
+            Value::Null => "null",
+        }
+    }
+
+    /// How a found value is named in messages: its type, and the value when it is short.
+    pub fn describe(&self) -> String {
+        match self {
+            Value::String(s) => format!("string {s:?}"),
+            Value::Integer(Some(n)) => format!("integer {n}"),
+            Value::Integer(None) => "an integer out of range".to_string(),
+            Value::Float(f) => format!("float {f}"),
+            Value::Boolean(b) => format!("boolean {b}"),
+            other => other.type_str().to_string(),
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_bool(&self) -> Option<bool> {
+        match self {
+            Value::Boolean(b) => Some(*b),
+            _ => None,
+        }
+    }
+
+    pub fn as_integer(&self) -> Option<i64> {
+        match self {
+            Value::Integer(n) => *n,
+            _ => None,
+        }
+    }
+
+    pub fn as_array(&self) -> Option<&[Spanned<Value>]> {
+        match self {
+            Value::Array(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    pub fn as_table(&self) -> Option<&Table> {
+        match self {
+            Value::Table(t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
+/// A table: its keys in the order written, each with where it was written.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Table(pub Vec<(Spanned<String>, Spanned<Value>)>);
+
+impl Table {
+    pub fn get(&self, key: &str) -> Option<&Spanned<Value>> {
+        self.0.iter().find(|(k, _)| k.value == key).map(|(_, v)| v)
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &Spanned<String>> {
+        self.0.iter().map(|(k, _)| k)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&Spanned<String>, &Spanned<Value>)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// A TOML document as the neutral tree; its syntax errors, each with where it is.
+pub fn from_toml(source: &str) -> Result<Table, Vec<(Span, String)>> {
+    let (table, syntax) = DeTable::parse_recoverable(source);
+    if !syntax.is_empty() {
+        return Err(syntax
+            .into_iter()
+            .map(|e| {
+                (
+                    e.span().unwrap_or(0..0),
+                    format!("invalid TOML: {}", e.message().trim()),
+                )
+            })
+            .collect());
+    }
+    Ok(toml_table(table.get_ref()))
+}
+
+fn toml_table(table: &DeTable) -> Table {
+    Table(
+        table
+            .iter()
+            .map(|(k, v)| {
+                (
+                    Spanned {
+                        value: k.get_ref().to_string(),
+                        span: k.span(),
+                    },
+                    Spanned {
+                        value: toml_value(v.get_ref()),
+                        span: v.span(),
+                    },
+                )
+            })
+            .collect(),
+    )
+}
+
+fn toml_value(value: &DeValue) -> Value {
+    match value {
+        DeValue::String(s) => Value::String(s.to_string()),
+        DeValue::Integer(i) => Value::Integer(i64::from_str_radix(i.as_str(), i.radix()).ok()),
+        DeValue::Float(f) => Value::Float(f.as_str().to_string()),
+        DeValue::Boolean(b) => Value::Boolean(*b),
+        DeValue::Datetime(d) => Value::Datetime(d.to_string()),
+        DeValue::Array(a) => Value::Array(
+            a.iter()
+                .map(|v| Spanned {
+                    value: toml_value(v.get_ref()),
+                    span: v.span(),
+                })
+                .collect(),
+        ),
+        DeValue::Table(t) => Value::Table(toml_table(t)),
+    }
+}
+
+/// A JSON document as the neutral tree (with no spans: JSON carries none). A whole number
+/// that JSON writes as a float (`10.0`) is an integer, as it is a JSON number like any other.
+pub fn from_json(value: &serde_json::Value) -> Value {
+    let at = |value| Spanned { value, span: 0..0 };
+    match value {
+        serde_json::Value::String(s) => Value::String(s.clone()),
+        serde_json::Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => Value::Integer(Some(i)),
+            (None, Some(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => {
+                Value::Integer(Some(f as i64))
+            }
+            (None, Some(f)) if n.is_u64() || f.fract() == 0.0 => Value::Integer(None),
+            _ => Value::Float(n.to_string()),
+        },
+        serde_json::Value::Bool(b) => Value::Boolean(*b),
+        serde_json::Value::Null => Value::Null,
+        serde_json::Value::Array(a) => Value::Array(a.iter().map(|v| at(from_json(v))).collect()),
+        // In an object, `null` is an absent key.
+        serde_json::Value::Object(o) => Value::Table(Table(
+            o.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| {
+                    let key = Spanned {
+                        value: k.clone(),
+                        span: 0..0,
+                    };
+                    (key, at(from_json(v)))
+                })
+                .collect(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_and_json_give_the_same_tree_but_for_spans() {
+        let toml = from_toml("name = \"login\"\nlimit = 5\nmethods = [\"POST\"]\nshadow = false\n")
+            .unwrap();
+        let json = from_json(&serde_json::json!({
+            "name": "login", "limit": 5, "methods": ["POST"], "shadow": false, "gone": null
+        }));
+        let strip = |t: &Table| -> Vec<(String, String)> {
+            let mut all: Vec<(String, String)> = t
+                .iter()
+                .map(|(k, v)| (k.value.clone(), v.value.describe()))
+                .collect();
+            all.sort();
+            all
+        };
+        assert_eq!(strip(&toml), strip(json.as_table().unwrap()));
+        assert_eq!(toml.get("limit").unwrap().span, 23..24);
+        assert_eq!(
+            from_json(&serde_json::json!(10.0)),
+            Value::Integer(Some(10))
+        );
+        assert_eq!(from_json(&serde_json::json!(1.5)).type_str(), "float");
+        assert_eq!(
+            from_toml("a = 99999999999999999999")
+                .unwrap()
+                .get("a")
+                .unwrap()
+                .value,
+            Value::Integer(None)
+        );
+        let errors = from_toml("a = ").unwrap_err();
+        assert!(errors[0].1.starts_with("invalid TOML:"), "{errors:?}");
+    }
+}

@@ -1,0 +1,83 @@
+//! Per-key limits (tiers, allow-lists; contract §7, §12), looked up by a request key's value
+//! as [`crate::key::counter::override_key`] reads it. An entry that is an IP address (or, for
+//! `ip/N`, a network) applies only to requests keyed by that client IP (`ip:` keys, a
+//! fall-back included); any other entry only to requests whose key parts hold that value (a
+//! composite's values joined by `|`). So a client cannot claim an IP's override by sending the
+//! IP as a header value, nor another customer's by splitting values differently.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+
+use crate::key::counter::{override_key, OverrideKey};
+
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    by_ip: HashMap<String, NonZeroU32>,
+    by_value: HashMap<String, NonZeroU32>,
+}
+
+impl Overrides {
+    /// An entry for a client IP or network, written the way keys print it (`::1`, not
+    /// `0::1`; a network truncated).
+    pub fn insert_ip(&mut self, ip: String, limit: NonZeroU32) {
+        self.by_ip.insert(ip, limit);
+    }
+
+    /// An entry for a key value, as written in the key (a composite's values joined by `|`).
+    pub fn insert_value(&mut self, value: String, limit: NonZeroU32) {
+        self.by_value.insert(value, limit);
+    }
+
+    /// The override for a request key, if any.
+    pub fn get(&self, request_key: &str) -> Option<NonZeroU32> {
+        match override_key(request_key)? {
+            OverrideKey::Ip(ip) => self.by_ip.get(ip),
+            OverrideKey::Value(v) => self.by_value.get(v.as_ref()),
+        }
+        .copied()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_ip.is_empty() && self.by_value.is_empty()
+    }
+
+    /// Every entry, sorted by value.
+    pub fn entries(&self) -> Vec<(&str, NonZeroU32)> {
+        let mut all: Vec<(&str, NonZeroU32)> = self
+            .by_ip
+            .iter()
+            .chain(&self.by_value)
+            .map(|(k, v)| (k.as_str(), *v))
+            .collect();
+        all.sort();
+        all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(v: u32) -> NonZeroU32 {
+        NonZeroU32::new(v).unwrap()
+    }
+
+    #[test]
+    fn ip_entries_and_value_entries_never_mix() {
+        let mut o = Overrides::default();
+        o.insert_ip("10.0.0.7".into(), n(1000));
+        o.insert_ip("2001:db8::/48".into(), n(50));
+        o.insert_value("premium-1".into(), n(10_000));
+        o.insert_value("acme|p1".into(), n(500));
+        assert_eq!(o.get("ip:10.0.0.7"), Some(n(1000)));
+        assert_eq!(o.get("ip:2001:db8::/48"), Some(n(50)));
+        assert_eq!(o.get("x-api-key:10.0.0.7"), None);
+        assert_eq!(o.get("header(ip):10.0.0.7"), None);
+        assert_eq!(o.get("x-api-key:premium-1"), Some(n(10_000)));
+        assert_eq!(o.get("jwt(org):premium-1"), Some(n(10_000)));
+        assert_eq!(o.get("[jwt(org):acme|x-project:p1]"), Some(n(500)));
+        // A value that holds the separator is escaped in the key: not the same entry.
+        assert_eq!(o.get("[jwt(org):acme%7Cp1|x-project:x]"), None);
+        assert_eq!(o.get("global"), None);
+    }
+}
