@@ -213,21 +213,23 @@ const DISCARD_BODY_MAX: usize = 64 * 1024;
 /// How long that may take before the connection is closed instead.
 const DISCARD_BODY_TIME: Duration = Duration::from_secs(1);
 
-/// Reads and drops a small request body; a large or slow one closes the connection after the
-/// response instead, so a blocked client cannot make the gateway read for it.
+/// Reads and drops a small request body, so the connection can carry the client's next
+/// request, and so that closing it (or, for HTTP/2, ending the stream) does not reset a
+/// client still sending: a large or slow body is not read, and the connection is closed after
+/// the response instead, so a refused client cannot make the gateway read for it.
 async fn discard_request_body(session: &mut Session) {
     let downstream = session.as_downstream_mut();
     if downstream.is_body_done() || downstream.is_body_empty() {
         return;
     }
-    // The connection closes after this answer anyway, or the client waits for a
-    // `100 Continue` before sending its body: answer at once, and close.
+    // The client waits for a `100 Continue` before sending its body: answer at once, and
+    // close.
     let expects_continue = downstream
         .req_header()
         .headers
         .get(http::header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if downstream.get_keepalive().is_none() || expects_continue {
+    if expects_continue {
         downstream.set_keepalive(None);
         return;
     }
@@ -504,6 +506,12 @@ impl ProxyHttp for Gateway {
 async fn refuse(session: &mut Session, refusal: Refusal) -> Result<()> {
     session.set_keepalive(None);
     let body = Bytes::from(error_json(&refusal.message()));
+    // HTTP/2 has no `Connection` field (RFC 9113 §8.2.2): its stream ends with the answer.
     let close = [("Connection", "close".to_string())];
-    respond(session, refusal.status(), &close, "application/json", body).await
+    let headers: &[(&str, String)] = if session.as_downstream().is_http2() {
+        &[]
+    } else {
+        &close
+    };
+    respond(session, refusal.status(), headers, "application/json", body).await
 }
