@@ -27,6 +27,32 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Optio
     }
 }
 
+/// Sends a request every 5 ms until one is allowed: after a reset through another node, this
+/// node forgets the key once the reset's pub/sub message reaches it, a moment after the reset
+/// answered. Returns how long that took; panics past `limit`.
+pub fn until_allowed(
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    limit: Duration,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        let status = http::get(addr, path, headers)
+            .map(|r| r.status)
+            .unwrap_or(0);
+        if status == 200 {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "still refused ({status}) {:?} after the reset",
+            start.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// How many times Redis ran each of `commands` (lower case, e.g. `evalsha`), from
 /// `INFO commandstats`, summed.
 pub fn command_calls(conn: &mut redis::Connection, commands: &[&str]) -> u64 {

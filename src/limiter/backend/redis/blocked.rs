@@ -147,10 +147,10 @@ impl BlockedKeys {
         let _ = self.heard.send(key.into());
     }
 
-    /// Waits (up to `limit`) until this node hears the reset of `key` come back through Redis.
-    /// Every node subscribed gets the message at the same moment, so once this node has it,
-    /// the others have had the same chance: a reset answered to the caller is in force
-    /// everywhere, not merely on its way.
+    /// Waits (up to `limit`) until this node hears the reset of `key` come back through Redis,
+    /// so a reset answered to the caller is in force on this node. The other nodes forget the
+    /// key when the same message reaches them: Redis writes it to every subscriber at once, so
+    /// they are a network delivery away, not a reply (`tests/blocked_path.rs` measures it).
     pub async fn await_reset(
         &self,
         key: &str,
