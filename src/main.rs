@@ -61,7 +61,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            ratelimiter::logging::init(config.log.format);
+            ratelimiter::logging::init(config.log.format, config.privacy.clear_keys);
             match ratelimiter::server::run(config, path) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -3,10 +3,11 @@
 //!
 //! Decisions are counted per check: `rule` (bounded by the config) and `key` (the counter
 //! key, bounded by `metrics.max_key_labels` per node; past it a rule's further keys count
-//! under `key="_other"`).
+//! under `key="_other"`). A key's private values (headers, query parameters, cookies, claims)
+//! show digested unless `[privacy] clear_keys` (contract §17).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -46,6 +47,9 @@ pub struct Metrics {
     responses: [IntCounter; 5],
     upstream_duration: Histogram,
     max_key_labels: AtomicUsize,
+    /// Private key values shown in clear in the `key` label (`[privacy] clear_keys`); by
+    /// default they are digested (contract §17).
+    clear_keys: AtomicBool,
     /// The decision counters of each (rule, key) with its own label, bounded by
     /// `max_key_labels`: one map lookup per decision instead of resolving labels each time.
     labelled: RwLock<Labelled>,
@@ -205,6 +209,7 @@ impl Metrics {
             responses,
             upstream_duration,
             max_key_labels: AtomicUsize::new(max_key_labels),
+            clear_keys: AtomicBool::new(false),
             labelled: RwLock::new(Labelled::default()),
         })
     }
@@ -232,7 +237,12 @@ impl Metrics {
         if let Some(d) = map.keys.get(rule).and_then(|k| k.get(check.key.as_str())) {
             d.count(vec, rule, result);
         } else if map.len < self.max_key_labels() {
-            let d = Decisions::of(vec, check, &check.key);
+            // Labelled once per key: the digest is worked out here, not per decision.
+            let shown = match self.clear_keys.load(Ordering::Relaxed) {
+                true => std::borrow::Cow::Borrowed(check.key.as_str()),
+                false => crate::key::counter::display(&check.key),
+            };
+            let d = Decisions::of(vec, check, &shown);
             d.count(vec, rule, result);
             map.keys
                 .entry(rule)
@@ -255,6 +265,11 @@ impl Metrics {
     /// the cap is lowered.
     pub fn set_max_key_labels(&self, n: usize) {
         self.max_key_labels.store(n, Ordering::Relaxed);
+    }
+
+    /// Whether keys labelled from now on show private values in clear.
+    pub fn set_clear_keys(&self, clear: bool) {
+        self.clear_keys.store(clear, Ordering::Relaxed);
     }
 
     /// Counts a reload; a successful one also sets when the config in force was loaded.

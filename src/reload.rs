@@ -102,6 +102,7 @@ impl Reloader {
         let kept = keep_restart_only(&running.config, &mut config);
         let node = config.node.clone();
         let max_key_labels = config.metrics.max_key_labels;
+        let clear_keys = config.privacy.clear_keys;
         let failed = |message| {
             ConfigErrors(vec![ConfigError {
                 origin: Origin::Path(self.name().to_string()),
@@ -122,6 +123,8 @@ impl Reloader {
         }
         self.registry.update(&node);
         self.metrics.set_max_key_labels(max_key_labels);
+        self.metrics.set_clear_keys(clear_keys);
+        crate::logging::set_clear_keys(clear_keys);
         self.metrics.config_loaded_at(live.loaded_at);
         self.live.store(live);
         Ok(Reloaded { kept })

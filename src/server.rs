@@ -45,6 +45,7 @@ impl Shared {
             Metrics::new(&config.node.id, config.metrics.max_key_labels)
                 .map_err(|e| format!("cannot set up metrics: {e}"))?,
         );
+        metrics.set_clear_keys(config.privacy.clear_keys);
         // One store, seen by role: the limiter decides, the admin side lists and resets.
         let (decide, counters, registry, timeout, on_error): (
             Arc<dyn Decide>,

@@ -26,6 +26,8 @@ fn evalsha_calls(redis: &RedisServer) -> u64 {
 fn rule(algorithm: &str, limit: u32, window_ms: u64) -> String {
     format!(
         r#"
+[privacy]
+clear_keys = true
 [limits]
 default_limit = 1000000
 key = "header:X-Api-Key"

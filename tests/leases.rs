@@ -534,7 +534,7 @@ fn gateways_leasing(
     lease_ms: u64,
 ) -> Vec<Gateway> {
     let body = format!(
-        "[redis]\nurl = \"{}\"\ntimeout_ms = 2000\n[limits]\nenabled = true\n[[rules]]\nname = \"api\"\npath_prefix = \"/\"\nkey = \"header:X-Api-Key\"\nlimit = {limit}\nwindow_ms = {window_ms}\nskip_default = true\nsync = \"lease\"\nlease_size = 10\nlease_ms = {lease_ms}\n",
+        "[privacy]\nclear_keys = true\n[redis]\nurl = \"{}\"\ntimeout_ms = 2000\n[limits]\nenabled = true\n[[rules]]\nname = \"api\"\npath_prefix = \"/\"\nkey = \"header:X-Api-Key\"\nlimit = {limit}\nwindow_ms = {window_ms}\nskip_default = true\nsync = \"lease\"\nlease_size = 10\nlease_ms = {lease_ms}\n",
         redis.url()
     );
     let upstreams = format!("upstreams = [\"{}\"]", up.addr);

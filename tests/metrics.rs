@@ -78,7 +78,7 @@ fn metrics_count_decisions_per_key_with_node_id() {
         value(
             &s,
             checked,
-            r#"key="user:1",node_id="m1",result="allowed",rule="/check""#
+            r#"key="user:sha256:6b86b273ff34fce1",node_id="m1",result="allowed",rule="/check""#
         ),
         Some(1.0)
     );
@@ -86,7 +86,7 @@ fn metrics_count_decisions_per_key_with_node_id() {
         value(
             &s,
             checked,
-            r#"key="user:1",node_id="m1",result="blocked",rule="/check""#
+            r#"key="user:sha256:6b86b273ff34fce1",node_id="m1",result="blocked",rule="/check""#
         ),
         Some(1.0)
     );
@@ -138,7 +138,8 @@ fn metrics_count_decisions_per_key_with_node_id() {
 fn key_labels_are_capped_per_node() {
     let gw = Gateway::start(
         "[proxy.direct_response]\nbody = \"ok\"",
-        "[node]\nid = \"cap\"\n[limits]\ndefault_limit = 100\nkey = \"header:X-Api-Key\"\n[metrics]\nmax_key_labels = 2\n",
+        // Key values in clear, to read the labels (tests/keys.rs covers their digests).
+        "[privacy]\nclear_keys = true\n[node]\nid = \"cap\"\n[limits]\ndefault_limit = 100\nkey = \"header:X-Api-Key\"\n[metrics]\nmax_key_labels = 2\n",
     );
     for k in ["a", "b", "c", "d", "a"] {
         get(&gw.proxy, "/", &[("X-Api-Key", k)]).unwrap();

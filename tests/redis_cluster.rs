@@ -20,7 +20,7 @@ use common::wait_for;
 
 fn gateway_body(cluster: &Cluster, extra: &str) -> String {
     format!(
-        "[node]\nttl_seconds = 3\nheartbeat_seconds = 1\n[redis]\ncluster = {}\n{extra}\n",
+        "[privacy]\nclear_keys = true\n[node]\nttl_seconds = 3\nheartbeat_seconds = 1\n[redis]\ncluster = {}\n{extra}\n",
         cluster.seeds()
     )
 }

@@ -17,7 +17,7 @@ use common::wait_for;
 
 fn gateway_body(set: &Sentinels, extra: &str) -> String {
     format!(
-        "[node]\nttl_seconds = 3\nheartbeat_seconds = 1\n[redis]\nsentinels = {}\nsentinel_master = \"mymaster\"\n{extra}\n[proxy.direct_response]\nbody = \"ok\"\n",
+        "[privacy]\nclear_keys = true\n[node]\nttl_seconds = 3\nheartbeat_seconds = 1\n[redis]\nsentinels = {}\nsentinel_master = \"mymaster\"\n{extra}\n[proxy.direct_response]\nbody = \"ok\"\n",
         set.urls()
     )
 }

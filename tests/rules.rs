@@ -285,6 +285,8 @@ fn skip_default_unlimited_overrides_and_shadow() {
     let gw = Gateway::start(
         &upstream_of(&up),
         r#"
+[privacy]
+clear_keys = true
 [node]
 id = "r1"
 [limits]
@@ -664,11 +666,17 @@ fn the_shipped_rules_example_does_what_the_readme_says() {
     for _ in 0..12 {
         assert_eq!(c.send("POST", "/upload", &[], "").unwrap().status, 200);
     }
+    // The three lines the README shows after its twelve uploads.
     let metrics = get(&gw.admin, "/metrics", &[]).unwrap().body;
-    assert!(
-        metrics.lines().any(
-            |l| l.contains(r#"result="shadow_blocked",rule="upload-trial""#) && l.ends_with(" 2")
-        ),
-        "{metrics}"
-    );
+    for (result, n) in [("allowed", 10), ("blocked", 0), ("shadow_blocked", 2)] {
+        let line = format!(
+            r#"ratelimiter_requests_checked_total{{key="upload-trial/ip:127.0.0.1",result="{result}",rule="upload-trial",node_id="#
+        );
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with(&line) && l.ends_with(&format!("}} {n}"))),
+            "{line} ... {n} in {metrics}"
+        );
+    }
 }

@@ -1,5 +1,6 @@
 //! One function per admin endpoint.
 
+use std::borrow::Cow;
 use std::num::{NonZeroU32, NonZeroU64};
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use super::router::Route;
 use super::{error, json, reply, to_json, AdminApp};
 use crate::config::{OnError, MAX_WINDOW_MS};
 use crate::headers::limit_headers;
+use crate::key;
 use crate::limiter::{Algorithm, Check, Counter, Limit, Outcome, StoreError, SyncMode, Verdict};
 use crate::live::Live;
 use crate::registry::iso8601;
@@ -50,7 +52,7 @@ struct Node<'a> {
 
 #[derive(Serialize)]
 struct CounterOut<'a> {
-    key: &'a str,
+    key: Cow<'a, str>,
     count: u64,
     limit: u32,
     remaining: u64,
@@ -66,7 +68,7 @@ fn is_zero(n: &u64) -> bool {
 
 #[derive(Serialize)]
 struct Blocked<'a> {
-    key: &'a str,
+    key: Cow<'a, str>,
     current_count: u64,
     limit: u32,
     rule: &'a str,
@@ -119,6 +121,57 @@ fn whole(n: &serde_json::Number, max: u64) -> Option<u64> {
 fn same(a: &[u8], b: &[u8]) -> bool {
     use subtle::ConstantTimeEq;
     bool::from(a.ct_eq(b))
+}
+
+/// A counter key as a listing shows it: private values digested unless `clear` (§17).
+fn shown(key: &str, clear: bool) -> Cow<'_, str> {
+    if clear {
+        Cow::Borrowed(key)
+    } else {
+        key::counter::display(key)
+    }
+}
+
+/// The parameters of `GET /api/counters` (contract §17): `key` (one key, raw or
+/// percent-encoded: a counter key, or a request key looked up under every rule), `rule` (that
+/// rule's counters only), `limit` (at most that many).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Listing {
+    key: Option<String>,
+    rule: Option<String>,
+    limit: Option<usize>,
+}
+
+impl Listing {
+    fn parse(query: &str) -> Result<Listing, String> {
+        let mut out = Listing::default();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = percent_encoding::percent_decode_str(value)
+                .decode_utf8()
+                .map_err(|_| format!("{name}: not valid UTF-8 once percent-decoded"))?
+                .into_owned();
+            match name {
+                "key" if !value.is_empty() && value.len() <= 1024 => out.key = Some(value),
+                "key" => return Err("key: expected 1 to 1024 characters".into()),
+                "rule" => out.rule = Some(value),
+                "limit" => match value.parse::<usize>() {
+                    Ok(n) if (1..=1_000_000).contains(&n) => out.limit = Some(n),
+                    _ => {
+                        return Err(format!(
+                            "limit: expected an integer 1..=1000000, found {value:?}"
+                        ))
+                    }
+                },
+                other => {
+                    return Err(format!(
+                        "unknown parameter {other:?}; expected key, rule or limit"
+                    ))
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// One rule as `/api/limits` lists it.
@@ -180,6 +233,25 @@ impl AdminApp {
             Route::Health => self.health(&live).await,
             Route::Nodes => self.nodes().await,
             Route::Counters | Route::Blocks => {
+                // Private key values in clear only for a caller with the token (§17).
+                let clear = live.config.privacy.clear_keys
+                    || (live.config.admin.token.is_some() && authorized(&live, session));
+                let query = session.req_header().uri.query().unwrap_or("");
+                let listing = match (&route, Listing::parse(query)) {
+                    (Route::Counters, Ok(l)) => l,
+                    (Route::Counters, Err(why)) => return error(422, &why),
+                    _ => Listing::default(),
+                };
+                if let Some(rule) = listing
+                    .rule
+                    .as_deref()
+                    .filter(|r| live.rules.get(r).is_none())
+                {
+                    return error(404, &format!("rule: no rule is named {rule:?}"));
+                }
+                if let Some(key) = &listing.key {
+                    return self.counters_of(&live, key, listing.rule.as_deref()).await;
+                }
                 let Ok(Ok(_turn)) =
                     tokio::time::timeout(LISTING_WAIT, self.listings.acquire()).await
                 else {
@@ -191,8 +263,8 @@ impl AdminApp {
                     );
                 };
                 match route {
-                    Route::Counters => self.counters(&live).await,
-                    _ => self.blocks(&live).await,
+                    Route::Counters => self.counters(&live, &listing, clear).await,
+                    _ => self.blocks(&live, clear).await,
                 }
             }
             Route::Limits => self.limits(&live),
@@ -265,15 +337,17 @@ impl AdminApp {
         }
     }
 
-    async fn counters(&self, live: &Live) -> Response<Vec<u8>> {
+    async fn counters(&self, live: &Live, listing: &Listing, clear: bool) -> Response<Vec<u8>> {
         let counters = match self.live_counters(live).await {
             Ok(c) => c,
             Err(resp) => return resp,
         };
         let out: Vec<CounterOut> = counters
             .iter()
+            .filter(|(_, rule, _)| listing.rule.as_deref().is_none_or(|r| r == *rule))
+            .take(listing.limit.unwrap_or(usize::MAX))
             .map(|(c, rule, limit)| CounterOut {
-                key: &c.key,
+                key: shown(&c.key, clear),
                 count: c.count,
                 limit: *limit,
                 remaining: u64::from(*limit).saturating_sub(c.count),
@@ -284,7 +358,47 @@ impl AdminApp {
         json(200, to_json(&CountersOut { counters: out }))
     }
 
-    async fn blocks(&self, live: &Live) -> Response<Vec<u8>> {
+    /// `GET /api/counters?key=...`: the counters of one key, under every rule (or the one
+    /// asked); the key is the caller's own, so it is shown as given.
+    async fn counters_of(&self, live: &Live, key: &str, rule: Option<&str>) -> Response<Vec<u8>> {
+        let candidates: Vec<String> = match (key::counter::split_rule(key), rule) {
+            ((Some(_), _), _) => vec![key.to_string()],
+            ((None, _), Some(rule)) => {
+                let named = (rule != crate::rules::DEFAULT_RULE).then_some(rule);
+                vec![key::counter::counter_key(named, key.to_string())]
+            }
+            ((None, _), None) => live
+                .rules
+                .iter()
+                .map(|r| r.counter_key(key.to_string()))
+                .collect(),
+        };
+        let mut found = Vec::new();
+        for counter_key in candidates {
+            let (r, limit) = live.rules.describe(&counter_key);
+            let call = self.counters.count(&counter_key, limit);
+            match tokio::time::timeout(ADMIN_CALL_TIMEOUT, call).await {
+                Ok(Ok(Some(c))) => found.push((c, r.name, limit.quota.limit.get())),
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => return self.store_down(&e),
+                Err(_) => return self.store_down(&StoreError::Timeout),
+            }
+        }
+        let out: Vec<CounterOut> = found
+            .iter()
+            .map(|(c, rule, limit)| CounterOut {
+                key: Cow::Borrowed(&c.key),
+                count: c.count,
+                limit: *limit,
+                remaining: u64::from(*limit).saturating_sub(c.count),
+                rule,
+                leased: c.leased,
+            })
+            .collect();
+        json(200, to_json(&CountersOut { counters: out }))
+    }
+
+    async fn blocks(&self, live: &Live, clear: bool) -> Response<Vec<u8>> {
         let counters = match self.live_counters(live).await {
             Ok(c) => c,
             Err(resp) => return resp,
@@ -293,7 +407,7 @@ impl AdminApp {
             .iter()
             .filter(|(c, _, limit)| c.count >= u64::from(*limit))
             .map(|(c, rule, limit)| Blocked {
-                key: &c.key,
+                key: shown(&c.key, clear),
                 current_count: c.count,
                 limit: *limit,
                 rule,
@@ -459,4 +573,33 @@ fn unauthorized() -> Response<Vec<u8>> {
         &[("WWW-Authenticate", "Bearer".to_string())],
         error_json("this endpoint needs Authorization: Bearer <admin.token>"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listing_parameters() {
+        assert_eq!(Listing::parse(""), Ok(Listing::default()));
+        assert_eq!(
+            Listing::parse("key=x-api-key%3Asecret&rule=api&limit=5"),
+            Ok(Listing {
+                key: Some("x-api-key:secret".into()),
+                rule: Some("api".into()),
+                limit: Some(5),
+            })
+        );
+        for bad in ["keys=1", "limit=0", "limit=x", "key=", "key=%ff"] {
+            assert!(Listing::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            shown("api/x-api-key:premium-1", true),
+            "api/x-api-key:premium-1"
+        );
+        assert_eq!(
+            shown("api/x-api-key:premium-1", false),
+            "api/x-api-key:sha256:a32b1a51c4fda8c4"
+        );
+    }
 }

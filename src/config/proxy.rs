@@ -169,7 +169,7 @@ pub(super) fn read(s: &Section, errors: &mut Collector) -> Option<ProxyConfig> {
                 "an integer 1..=1000000",
                 errors,
             )
-            .map_or(10_000, |v| v.value as usize),
+            .map_or(8_192, |v| v.value as usize),
     };
     Some(ProxyConfig {
         listen: listen?,

@@ -8,7 +8,7 @@
 //! the part missing, so the request is keyed by its client IP unless the rule skips it. A
 //! token is verified at most once per request, whatever the number of its rules.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -63,15 +63,16 @@ struct Key {
 /// Verifies bearer tokens; built from `[jwt]` with its files read.
 pub struct Verifier {
     keys: Vec<Key>,
-    validation: Validation,
-    algorithms: HashSet<Algorithm>,
+    /// One validation per accepted algorithm: jsonwebtoken refuses a key whose family is not
+    /// that of every algorithm a validation names.
+    validations: HashMap<Algorithm, Validation>,
 }
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Verifier")
             .field("keys", &self.keys.len())
-            .field("algorithms", &self.algorithms)
+            .field("algorithms", &self.validations.keys())
             .finish()
     }
 }
@@ -119,24 +120,29 @@ impl Verifier {
                 keys
             }
         };
-        let mut validation = Validation::new(config.algorithms[0]);
-        validation.algorithms = config.algorithms.clone();
-        validation.leeway = config.leeway_seconds;
-        validation.validate_nbf = true;
-        // `exp` is checked when a token has one; tokens without one are the issuer's choice.
-        validation.required_spec_claims.clear();
-        match &config.issuer {
-            Some(iss) => validation.set_issuer(&[iss]),
-            None => validation.iss = None,
-        }
-        match &config.audience {
-            Some(aud) => validation.set_audience(&[aud]),
-            None => validation.validate_aud = false,
-        }
+        let validation = |alg: Algorithm| {
+            let mut v = Validation::new(alg);
+            v.leeway = config.leeway_seconds;
+            v.validate_nbf = true;
+            // `exp` is checked when a token has one; tokens without one are the issuer's choice.
+            v.required_spec_claims.clear();
+            match &config.issuer {
+                Some(iss) => v.set_issuer(&[iss]),
+                None => v.iss = None,
+            }
+            match &config.audience {
+                Some(aud) => v.set_audience(&[aud]),
+                None => v.validate_aud = false,
+            }
+            v
+        };
         Ok(Verifier {
             keys,
-            validation,
-            algorithms: config.algorithms.iter().copied().collect(),
+            validations: config
+                .algorithms
+                .iter()
+                .map(|&alg| (alg, validation(alg)))
+                .collect(),
         })
     }
 
@@ -149,15 +155,13 @@ impl Verifier {
             .trim();
         // `none`, or an algorithm not configured, fails here.
         let header = jsonwebtoken::decode_header(token).ok()?;
-        if !self.algorithms.contains(&header.alg) {
-            return None;
-        }
+        let validation = self.validations.get(&header.alg)?;
         let candidates = self
             .keys
             .iter()
             .filter(|k| header.kid.is_none() || k.id.is_none() || k.id == header.kid);
         for key in candidates {
-            if let Ok(data) = jsonwebtoken::decode::<Claims>(token, &key.key, &self.validation) {
+            if let Ok(data) = jsonwebtoken::decode::<Claims>(token, &key.key, validation) {
                 return Some(data.claims);
             }
         }

@@ -50,6 +50,9 @@ pub trait Counters: Send + Sync {
         limit_of: &(dyn for<'k> Fn(&'k str) -> Limit + Send + Sync),
     ) -> Result<Vec<Counter>, StoreError>;
 
+    /// One counter, counted as `limit` counts it; `None` when it holds nothing.
+    async fn count(&self, key: &str, limit: Limit) -> Result<Option<Counter>, StoreError>;
+
     /// How many keys have a live entry (the `ratelimiter_active_counters` gauge). May count a
     /// key twice while Redis rehashes; never walks the entries themselves.
     async fn active_counters(&self) -> Result<u64, StoreError>;

@@ -129,6 +129,16 @@ impl Gateway {
         Gateway::spawn(proxy.into(), admin.into(), text.into(), &[])
     }
 
+    /// As [`Gateway::start_text`], with environment variables.
+    pub fn start_text_with_env(
+        proxy: &str,
+        admin: &str,
+        text: &str,
+        env: &[(&str, &str)],
+    ) -> Gateway {
+        Gateway::spawn(proxy.into(), admin.into(), text.into(), env)
+    }
+
     /// Starts the binary without waiting for anything (for a start that should fail).
     pub fn launch(proxy: String, admin: String, config: String, env: &[(&str, &str)]) -> Gateway {
         let dir = std::env::temp_dir().join("ratelimiter-tests");

@@ -232,6 +232,20 @@ impl Counters for MemoryStore {
         Ok(out)
     }
 
+    async fn count(&self, key: &str, limit: Limit) -> Result<Option<Counter>, StoreError> {
+        let now = self.clock.now_us();
+        let mut shard = lock(&self.shards[self.shard_of(key)]);
+        let count = shard
+            .counters
+            .get_mut(key)
+            .map_or(0, |state| state.count(now, limit.quota));
+        Ok((count > 0).then(|| Counter {
+            key: key.to_string(),
+            count,
+            leased: 0,
+        }))
+    }
+
     async fn active_counters(&self) -> Result<u64, StoreError> {
         let now = self.clock.now_us();
         let mut total = 0;

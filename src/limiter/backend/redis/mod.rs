@@ -264,6 +264,34 @@ impl Counters for RedisStore {
         Ok(out)
     }
 
+    async fn count(&self, key: &str, limit: Limit) -> Result<Option<Counter>, StoreError> {
+        let (redis, script) = (&self.redis, &self.count_script);
+        let counter = format!("{KEY_PREFIX}{key}");
+        let counter = &counter;
+        let count: i64 = redis
+            .retried(redis.slow_timeout(), |mut c| async move {
+                script
+                    .key(counter)
+                    .arg(limit.algorithm.script_id())
+                    .arg(limit.quota.limit.get())
+                    .arg(limit.quota.window_ms.get())
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        let leased = self
+            .leases
+            .leased()
+            .into_iter()
+            .find_map(|(k, n)| (k == key).then_some(n))
+            .unwrap_or(0);
+        Ok((count > 0).then(|| Counter {
+            key: key.to_string(),
+            count: count as u64,
+            leased,
+        }))
+    }
+
     async fn active_counters(&self) -> Result<u64, StoreError> {
         // Every algorithm lets a key expire once it no longer limits anything, so counting
         // keys counts live counters.

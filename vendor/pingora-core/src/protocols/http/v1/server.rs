@@ -633,10 +633,13 @@ impl HttpSession {
 
     /// Return a string `$METHOD $PATH, Host: $HOST`. Mostly for logging and debug purpose
     pub fn request_summary(&self) -> String {
+        // Without the query: it may hold keys and tokens, and summaries reach the logs.
+        let path = self.get_path();
+        let path = path.split(|b| *b == b'?').next().unwrap_or(path);
         format!(
             "{} {}, Host: {}",
             self.get_method().map_or("-", |r| r.as_str()),
-            String::from_utf8_lossy(self.get_path()),
+            String::from_utf8_lossy(path),
             String::from_utf8_lossy(self.get_host())
         )
     }
