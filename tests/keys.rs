@@ -102,6 +102,39 @@ fn keys_digest(prefix: &str, value: &str) -> String {
     )
 }
 
+/// A rule per source; `jwt:` tokens signed with an HS256 secret written to `secret`.
+fn sources(secret: &str) -> String {
+    format!(
+        r#"
+[jwt]
+secret_file = "{secret}"
+
+[[rules]]
+name = "tok"
+path_prefix = "/tok"
+key = "jwt:sub"
+limit = 2
+{SOURCES}"#
+    )
+}
+
+const HS_SECRET: [u8; 32] = [9; 32];
+
+fn hs256(sub: &str, secret: &[u8]) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": sub, "exp": now() + 300}),
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .unwrap()
+}
+
+fn secret_file(dir: &Scratch) -> String {
+    let path = dir.path("jwt.secret");
+    std::fs::write(&path, HS_SECRET).unwrap();
+    path
+}
+
 const SOURCES: &str = r#"
 [limits]
 default_limit = 1000
@@ -214,12 +247,32 @@ fn every_source_keys_its_requests(gw: &Gateway) {
         "{checks}"
     );
     assert_eq!(checks[0]["key"], "ip:198.51.100.9");
+
+    // jwt: the claim of a verified token; another secret's token is keyed by the IP.
+    let tok = |token: &str, ip: &'static str| {
+        let bearer = format!("Bearer {token}");
+        get(
+            &gw.proxy,
+            "/tok",
+            &[("Authorization", &bearer), ("X-Forwarded-For", ip)],
+        )
+        .unwrap()
+        .status
+    };
+    let alice = hs256("alice", &HS_SECRET);
+    assert_eq!(tok(&alice, "198.51.100.10"), 200);
+    assert_eq!(tok(&alice, "198.51.100.11"), 200);
+    assert_eq!(tok(&alice, "198.51.100.12"), 429);
+    assert_eq!(tok(&hs256("alice", &[7; 32]), "198.51.100.13"), 200);
+    assert_eq!(count(gw, "tok/jwt(sub):alice"), 2);
+    assert_eq!(count(gw, "tok/ip:198.51.100.13"), 1);
 }
 
 #[test]
 fn every_source_in_the_embedded_store() {
+    let dir = Scratch::new("sources");
     let up = Upstream::start();
-    let gw = Gateway::start(&upstream(&up), SOURCES);
+    let gw = Gateway::start(&upstream(&up), &sources(&secret_file(&dir)));
     every_source_keys_its_requests(&gw);
 }
 
@@ -227,11 +280,13 @@ fn every_source_in_the_embedded_store() {
 fn every_source_in_redis() {
     let redis = RedisServer::start();
     let up = Upstream::start();
+    let dir = Scratch::new("sources");
     let gw = Gateway::start(
         &upstream(&up),
         &format!(
-            "[redis]\nurl = \"{}\"\ntimeout_ms = 500\n{SOURCES}",
-            redis.url()
+            "[redis]\nurl = \"{}\"\ntimeout_ms = 500\n{}",
+            redis.url(),
+            sources(&secret_file(&dir))
         ),
     );
     every_source_keys_its_requests(&gw);

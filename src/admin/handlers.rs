@@ -62,6 +62,20 @@ struct CounterOut<'a> {
     leased: u64,
 }
 
+impl<'a> CounterOut<'a> {
+    /// A counter as listed, under its rule's `limit`, its key shown as `key`.
+    fn of(c: &Counter, rule: &'a str, limit: u32, key: Cow<'a, str>) -> CounterOut<'a> {
+        CounterOut {
+            key,
+            count: c.count,
+            limit,
+            remaining: u64::from(limit).saturating_sub(c.count),
+            rule,
+            leased: c.leased,
+        }
+    }
+}
+
 fn is_zero(n: &u64) -> bool {
     *n == 0
 }
@@ -346,14 +360,7 @@ impl AdminApp {
             .iter()
             .filter(|(_, rule, _)| listing.rule.as_deref().is_none_or(|r| r == *rule))
             .take(listing.limit.unwrap_or(usize::MAX))
-            .map(|(c, rule, limit)| CounterOut {
-                key: shown(&c.key, clear),
-                count: c.count,
-                limit: *limit,
-                remaining: u64::from(*limit).saturating_sub(c.count),
-                rule,
-                leased: c.leased,
-            })
+            .map(|(c, rule, limit)| CounterOut::of(c, rule, *limit, shown(&c.key, clear)))
             .collect();
         json(200, to_json(&CountersOut { counters: out }))
     }
@@ -386,14 +393,7 @@ impl AdminApp {
         }
         let out: Vec<CounterOut> = found
             .iter()
-            .map(|(c, rule, limit)| CounterOut {
-                key: Cow::Borrowed(&c.key),
-                count: c.count,
-                limit: *limit,
-                remaining: u64::from(*limit).saturating_sub(c.count),
-                rule,
-                leased: c.leased,
-            })
+            .map(|(c, rule, limit)| CounterOut::of(c, rule, *limit, Cow::Borrowed(&c.key)))
             .collect();
         json(200, to_json(&CountersOut { counters: out }))
     }
