@@ -194,3 +194,48 @@ fn a_legitimate_client_waits_for_a_slot_instead_of_failing() {
     );
     drop(idle);
 }
+
+/// An HTTP/2 client that finishes TLS, picks `h2`, and then never sends its connection
+/// preface is cut at the header deadline, as an HTTP/1 client that sends no request is.
+#[test]
+fn an_http2_connection_without_its_preface_is_cut_at_the_deadline() {
+    let certs = common::topologies::Certs::generate();
+    let up = Upstream::start();
+    let tls_port = common::free_port();
+    let gw = Gateway::start(
+        &format!(
+            "upstreams = [\"{}\"]\nheader_timeout_ms = 1000\ntls_listen = \"127.0.0.1:{tls_port}\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"",
+            up.addr,
+            certs.file("server.pem"),
+            certs.file("server.key")
+        ),
+        "",
+    );
+    wait_for("the TLS listener", Duration::from_secs(10), || {
+        TcpStream::connect(("127.0.0.1", tls_port)).ok()
+    });
+    // s_client keeps the connection while its stdin is open and exits once the server closes.
+    let mut client = std::process::Command::new("openssl")
+        .args(["s_client", "-quiet", "-alpn", "h2", "-connect"])
+        .arg(format!("127.0.0.1:{tls_port}"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl s_client");
+    let started = Instant::now();
+    let exited = loop {
+        if client.try_wait().unwrap().is_some() {
+            break Some(started.elapsed());
+        }
+        if started.elapsed() > Duration::from_secs(8) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = client.kill();
+    let _ = client.wait();
+    let exited = exited.expect("the connection was still open after 8 s");
+    assert!(exited >= Duration::from_millis(500), "cut after {exited:?}");
+    assert_eq!(get(&gw.proxy, "/", &[]).unwrap().status, 200);
+}

@@ -254,6 +254,12 @@ pub trait HttpServerApp {
         None
     }
 
+    /// How long a new connection may take to present its first request (or, for
+    /// HTTP/2, its connection preface and settings), from the server options.
+    fn header_deadline(&self) -> Option<Duration> {
+        self.server_options().and_then(|o| o.request_header_timeout)
+    }
+
     async fn http_cleanup(&self) {}
 
     #[doc(hidden)]
@@ -290,9 +296,18 @@ where
         // try to read h2 preface
         else if h2c && !custom {
             let mut buf = [0u8; H2_PREFACE.len()];
-            let peeked = stream
-                .try_peek(&mut buf)
-                .await
+            let peek = stream.try_peek(&mut buf);
+            let peeked = match self.header_deadline() {
+                Some(limit) => match pingora_timeout::timeout(limit, peek).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        debug!("No h2c preface or request within {limit:?}");
+                        return None;
+                    }
+                },
+                None => peek.await,
+            };
+            let peeked = peeked
                 .map_err(|e| {
                     // this error is normal when h1 reuse and close the connection
                     debug!("Read error while peeking h2c preface {e}");
@@ -316,7 +331,18 @@ where
             });
 
             let h2_options = self.h2_options();
-            let h2_conn = match server::handshake(stream, h2_options).await {
+            let handshake = server::handshake(stream, h2_options);
+            let handshake = match self.header_deadline() {
+                Some(limit) => match pingora_timeout::timeout(limit, handshake).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        debug!("H2 handshake not done within {limit:?}");
+                        return None;
+                    }
+                },
+                None => handshake.await,
+            };
+            let h2_conn = match handshake {
                 Err(e) => {
                     error!("H2 handshake error {e}");
                     return None;

@@ -235,8 +235,9 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                 None => None,
                 Some(slots) => tokio::select! {
                     slot = slots.clone().acquire_owned() => slot.ok(),
-                    _ = shutdown.changed() => {
-                        if *shutdown.borrow() {
+                    changed = shutdown.changed() => {
+                        // A closed watch never changes again: stop rather than spin.
+                        if changed.is_err() || *shutdown.borrow() {
                             info!("Shutting down {}", stack.as_str());
                             break;
                         }
