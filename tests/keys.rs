@@ -476,7 +476,7 @@ fn private_values_stay_out_of_metrics_logs_and_listings() {
     const SECRET: &str = "s3cr3t-k3y-4242";
     let up = Upstream::start();
     let dead = format!("127.0.0.1:{}", common::free_port());
-    let body_config = "[admin]\ntoken = \"admin-token\"\n\n[log]\naccess = \"stderr\"\n\n[limits]\ndefault_limit = 1\nkey = \"header:X-Api-Key\"\n\n[[rules]]\nname = \"q\"\npath_prefix = \"/q\"\nkey = \"query:api_key\"\nlimit = 1\nskip_default = true\n\n[[rules]]\nname = \"c\"\npath_prefix = \"/c\"\nkey = \"cookie:session\"\nlimit = 1\nskip_default = true\n".to_string();
+    let body_config = "[admin]\ntoken = \"admin-token\"\n\n[log]\naccess = \"stderr\"\n\n[limits]\ndefault_limit = 1\nkey = \"header:X-Api-Key\"\n\n[[rules]]\nname = \"q\"\npath_prefix = \"/q\"\nkey = \"query:api_key\"\nlimit = 1\nskip_default = true\n\n[[rules]]\nname = \"c\"\npath_prefix = \"/c\"\nkey = \"cookie:session\"\nlimit = 1\nskip_default = true\noverrides = { \"s3cr3t-k3y-4242\" = 1, \"10.0.0.1\" = 3 }\n".to_string();
     // The admin table is the harness's; a second one would be a duplicate. Its listen is put
     // into ours.
     let proxy = format!("127.0.0.1:{}", common::free_port());
@@ -508,6 +508,7 @@ fn private_values_stay_out_of_metrics_logs_and_listings() {
     let metrics = get(&gw.admin, "/metrics", &[]).unwrap().body;
     let counters = get(&gw.admin, "/api/counters", &[]).unwrap().body;
     let blocks = get(&gw.admin, "/api/blocks", &[]).unwrap().body;
+    let limits = get(&gw.admin, "/api/limits", &[]).unwrap().body;
     wait_for("the access log lines", Duration::from_secs(5), || {
         (gw.log().matches("decision=").count() >= seen.len()).then_some(())
     });
@@ -517,6 +518,7 @@ fn private_values_stay_out_of_metrics_logs_and_listings() {
         ("/metrics", &metrics),
         ("/api/counters", &counters),
         ("/api/blocks", &blocks),
+        ("/api/limits", &limits),
         ("the log", &log),
     ] {
         assert!(!text.contains(SECRET), "{what} holds the secret: {text}");
@@ -532,11 +534,17 @@ fn private_values_stay_out_of_metrics_logs_and_listings() {
         assert!(metrics.contains(&shown), "{shown} in the metrics");
     }
     assert!(blocks.contains(&format!("x-api-key:{digest}")), "{blocks}");
+    // An override's value is digested the same way; an address is not private.
+    let overrides = &serde_json::from_str::<Value>(&limits).unwrap()["rules"][2]["overrides"];
+    assert_eq!(overrides[&digest], 1, "{limits}");
+    assert_eq!(overrides["10.0.0.1"], 3, "{limits}");
     // With the token, listings show values in clear; the admin endpoints take the clear value.
     let auth = [("Authorization", "Bearer admin-token")];
     let clear = get(&gw.admin, "/api/counters", &auth).unwrap().body;
     assert!(clear.contains(&format!("x-api-key:{SECRET}")), "{clear}");
     assert_eq!(count(&gw, &format!("x-api-key:{SECRET}")), 1);
+    let limits = body(&get(&gw.admin, "/api/limits", &auth).unwrap());
+    assert_eq!(limits["rules"][2]["overrides"][SECRET], 1, "{limits}");
     let reset = post(
         &gw.admin,
         &format!("/api/counters/x-api-key:{SECRET}/reset"),

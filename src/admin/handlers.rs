@@ -189,7 +189,9 @@ impl Listing {
 }
 
 /// One rule as `/api/limits` lists it.
-fn rule_json(rule: &Rule) -> Value {
+/// A rule as `/api/limits` shows it; override values of private keys digested unless
+/// `clear` (contract §17).
+fn rule_json(rule: &Rule, clear: bool) -> Value {
     let mut matcher = Map::new();
     let m = &rule.matcher;
     if !m.methods.is_empty() {
@@ -208,7 +210,7 @@ fn rule_json(rule: &Rule) -> Value {
     }
     let overrides: Map<String, Value> = rule
         .overrides
-        .entries()
+        .shown(rule.key.parts(), clear)
         .into_iter()
         .map(|(k, v)| (k.to_string(), json!(v.get())))
         .collect();
@@ -247,9 +249,7 @@ impl AdminApp {
             Route::Health => self.health(&live).await,
             Route::Nodes => self.nodes().await,
             Route::Counters | Route::Blocks => {
-                // Private key values in clear only for a caller with the token (§17).
-                let clear = live.config.privacy.clear_keys
-                    || (live.config.admin.token.is_some() && authorized(&live, session));
+                let clear = clear_keys(&live, session);
                 let query = session.req_header().uri.query().unwrap_or("");
                 let listing = match (&route, Listing::parse(query)) {
                     (Route::Counters, Ok(l)) => l,
@@ -281,7 +281,7 @@ impl AdminApp {
                     _ => self.blocks(&live, clear).await,
                 }
             }
-            Route::Limits => self.limits(&live),
+            Route::Limits => self.limits(&live, clear_keys(&live, session)),
             Route::Reset(_) | Route::Check if !authorized(&live, session) => unauthorized(),
             Route::Reset(key) => self.reset(&key).await,
             Route::Check => self.check(&live, body).await,
@@ -416,7 +416,7 @@ impl AdminApp {
         json(200, to_json(&BlocksOut { blocked: out }))
     }
 
-    fn limits(&self, live: &Live) -> Response<Vec<u8>> {
+    fn limits(&self, live: &Live, clear: bool) -> Response<Vec<u8>> {
         let config = &live.config;
         let l = &config.limits;
         let (store, on_error) = match &config.redis {
@@ -429,7 +429,7 @@ impl AdminApp {
             ),
             None => ("memory", None),
         };
-        let rules: Vec<Value> = live.rules.iter().map(rule_json).collect();
+        let rules: Vec<Value> = live.rules.iter().map(|r| rule_json(r, clear)).collect();
         json(
             200,
             to_json(&json!({
@@ -552,6 +552,13 @@ fn check_reply(outcome: &Outcome, live: &Live) -> Response<Vec<u8>> {
 }
 
 /// Whether the request may mutate: no token configured, or the right bearer token.
+/// Whether private key values are shown in clear: with `[privacy] clear_keys`, or to a caller
+/// with the admin token (contract §17).
+fn clear_keys(live: &Arc<Live>, session: &ServerSession) -> bool {
+    live.config.privacy.clear_keys
+        || (live.config.admin.token.is_some() && authorized(live, session))
+}
+
 fn authorized(live: &Arc<Live>, session: &ServerSession) -> bool {
     let Some(token) = &live.config.admin.token else {
         return true;

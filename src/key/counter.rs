@@ -347,6 +347,35 @@ pub fn display(counter_key: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// An override's value (a composite's values joined by `|`, as [`override_key`] reads them)
+/// as shown where a private value must not be: each value of a private part digested as
+/// [`display`] digests it in a counter key, so the two can be matched.
+pub fn display_override<'v>(value: &'v str, parts: &[Part]) -> Cow<'v, str> {
+    if !parts.iter().any(Part::is_private) {
+        return Cow::Borrowed(value);
+    }
+    let composite = parts.len() > 1;
+    let values: Vec<&str> = match composite {
+        true => value.split(SEPARATOR).collect(),
+        false => vec![value],
+    };
+    let mut out = String::with_capacity(value.len().min(128));
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            out.push(SEPARATOR);
+        }
+        // A value with more `|` than the key has parts is shown digested whole.
+        match parts.get(i).is_none_or(Part::is_private) {
+            true => {
+                out.push_str(DIGEST);
+                out.push_str(&shown_digest(v, composite));
+            }
+            false => out.push_str(v),
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// The 16 hex digits shown for a value: of its SHA-256, which a digested value already is.
 fn shown_digest(value: &str, composite: bool) -> String {
     if let Some(hex) = value.strip_prefix(DIGEST) {
@@ -473,6 +502,29 @@ mod tests {
             (Some("api"), "[ip:1.2.3.4|x:y]")
         );
         assert_eq!(split_rule("Bad/ip:1.1.1.1"), (None, "Bad/ip:1.1.1.1"));
+    }
+
+    #[test]
+    fn override_values_are_digested_as_their_counter_keys_are() {
+        let key = Part::Header(HeaderName::from_static("x-api-key"));
+        let shown = display_override("premium-1", std::slice::from_ref(&key));
+        let counter = display("r/x-api-key:premium-1");
+        assert_eq!(
+            format!("r/x-api-key:{shown}"),
+            counter,
+            "the same digest in both"
+        );
+        assert!(!shown.contains("premium"));
+        let ip = [Part::Ip];
+        assert_eq!(display_override("10.0.0.7", &ip), "10.0.0.7");
+        let both = [Part::Ip, key];
+        let shown = display_override("10.0.0.7|a%7Cb", &both);
+        let counter = display("r/[ip:10.0.0.7|x-api-key:a%7Cb]");
+        assert_eq!(
+            format!("r/[ip:10.0.0.7|x-api-key:{}]", &shown[9..]),
+            counter
+        );
+        assert!(shown.starts_with("10.0.0.7|sha256:"));
     }
 
     #[test]

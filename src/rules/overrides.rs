@@ -5,10 +5,12 @@
 //! composite's values joined by `|`). So a client cannot claim an IP's override by sending the
 //! IP as a header value, nor another customer's by splitting values differently.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 
-use crate::key::counter::{override_key, OverrideKey};
+use crate::key::counter::{display_override, override_key, OverrideKey};
+use crate::key::Part;
 
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -41,14 +43,18 @@ impl Overrides {
         self.by_ip.is_empty() && self.by_value.is_empty()
     }
 
-    /// Every entry, sorted by value.
-    pub fn entries(&self) -> Vec<(&str, NonZeroU32)> {
-        let mut all: Vec<(&str, NonZeroU32)> = self
+    /// Every entry, sorted, for a rule keyed by `parts`: the values of private parts
+    /// digested unless `clear` (contract §17), addresses and networks as written.
+    pub fn shown(&self, parts: &[Part], clear: bool) -> Vec<(Cow<'_, str>, NonZeroU32)> {
+        let ips = self
             .by_ip
             .iter()
-            .chain(&self.by_value)
-            .map(|(k, v)| (k.as_str(), *v))
-            .collect();
+            .map(|(k, v)| (Cow::Borrowed(k.as_str()), *v));
+        let values = self.by_value.iter().map(|(k, v)| match clear {
+            true => (Cow::Borrowed(k.as_str()), *v),
+            false => (display_override(k, parts), *v),
+        });
+        let mut all: Vec<_> = ips.chain(values).collect();
         all.sort();
         all
     }
