@@ -361,6 +361,11 @@ fn ec_key(dir: &Scratch, kid: &str) -> KeyPair {
     }
 }
 
+fn without(mut claims: Value, claim: &str) -> Value {
+    claims.as_object_mut().unwrap().remove(claim);
+    claims
+}
+
 fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -433,6 +438,16 @@ fn jwt_claims_key_only_verified_tokens() {
         ("expired", sign(&a, "a", expired)),
         ("foreign issuer", sign(&a, "a", foreign)),
         ("other audience", sign(&a, "a", other_audience)),
+        ("no issuer", sign(&a, "a", without(claims("alice"), "iss"))),
+        (
+            "no audience",
+            sign(&a, "a", without(claims("alice"), "aud")),
+        ),
+        ("exp not a number", {
+            let mut c = claims("alice");
+            c["exp"] = json!("never");
+            sign(&a, "a", c)
+        }),
         ("not a token", "nonsense".to_string()),
     ];
     for (i, (what, token)) in bad.iter().enumerate() {
@@ -442,6 +457,22 @@ fn jwt_claims_key_only_verified_tokens() {
     }
     assert_eq!(count(&gw, "api/jwt(sub):alice"), 2);
     assert_eq!(count(&gw, "api/jwt(sub):bob"), 1);
+    // The token is read from the one Authorization header: two are refused, whichever the
+    // upstream would honour.
+    let two = Conn::open(&gw.proxy)
+        .unwrap()
+        .get(
+            "/",
+            &[
+                ("Authorization", &format!("Bearer {alice}")),
+                (
+                    "Authorization",
+                    &format!("Bearer {}", sign(&b, "b", claims("eve"))),
+                ),
+            ],
+        )
+        .unwrap();
+    assert_eq!(two.status, 400, "{two:?}");
     let explain = post(
         &gw.admin,
         "/api/explain",

@@ -3,7 +3,8 @@
 //!
 //! A token counts only when its signature verifies with a configured key (a JWKS file, or an
 //! HS256 secret file), its algorithm is one of `algorithms` (`none` is never one), `exp` and
-//! `nbf` hold when present (with `leeway_seconds`), and `iss` and `aud` match when configured.
+//! `nbf` are numbers that hold when present (with `leeway_seconds`), and `iss` and `aud` are
+//! present and match when configured.
 //! Anything else (no token, a forged or expired one, a key id the JWKS does not have) makes
 //! the part missing, so the request is keyed by its client IP unless the rule skips it. A
 //! token is verified at most once per request, whatever the number of its rules.
@@ -125,13 +126,21 @@ impl Verifier {
             v.leeway = config.leeway_seconds;
             v.validate_nbf = true;
             // `exp` is checked when a token has one; tokens without one are the issuer's choice.
+            // A configured `iss` or `aud` must be in the token: the crate checks it only when
+            // the claim is there.
             v.required_spec_claims.clear();
             match &config.issuer {
-                Some(iss) => v.set_issuer(&[iss]),
+                Some(iss) => {
+                    v.set_issuer(&[iss]);
+                    v.required_spec_claims.insert("iss".into());
+                }
                 None => v.iss = None,
             }
             match &config.audience {
-                Some(aud) => v.set_audience(&[aud]),
+                Some(aud) => {
+                    v.set_audience(&[aud]);
+                    v.required_spec_claims.insert("aud".into());
+                }
                 None => v.validate_aud = false,
             }
             v
@@ -156,13 +165,23 @@ impl Verifier {
         // `none`, or an algorithm not configured, fails here.
         let header = jsonwebtoken::decode_header(token).ok()?;
         let validation = self.validations.get(&header.alg)?;
-        let candidates = self
-            .keys
-            .iter()
-            .filter(|k| header.kid.is_none() || k.id.is_none() || k.id == header.kid);
+        // A token naming a key is tried with that key alone, or, when no key has that id, with
+        // the keys that have none (a secret); a token naming none, with every key.
+        let named = |k: &&Key| k.id.is_some() && k.id == header.kid;
+        let by_id = header.kid.is_some() && self.keys.iter().any(|k| named(&k));
+        let candidates = self.keys.iter().filter(|k| match (&header.kid, by_id) {
+            (None, _) => true,
+            (Some(_), true) => named(k),
+            (Some(_), false) => k.id.is_none(),
+        });
         for key in candidates {
             if let Ok(data) = jsonwebtoken::decode::<Claims>(token, &key.key, validation) {
-                return Some(data.claims);
+                // The crate passes an `exp` or `nbf` that is not a number (`"exp":"soon"`)
+                // as absent; such a token is malformed (RFC 7519 §4.1.4).
+                let timed = ["exp", "nbf"]
+                    .iter()
+                    .all(|c| data.claims.get(*c).is_none_or(|v| v.is_number()));
+                return timed.then_some(data.claims);
             }
         }
         None
@@ -246,6 +265,20 @@ mod tests {
         let mut other = good.clone();
         other["exp"] = (now - 120).into();
         assert!(v.verify(&bearer(sign(&secret, other))).is_none());
+        // Without the configured issuer or audience; with a time that is not a number.
+        for (claim, value) in [
+            ("iss", None),
+            ("aud", None),
+            ("exp", Some("soon")),
+            ("nbf", Some("later")),
+        ] {
+            let mut other = good.clone();
+            match value {
+                None => drop(other.as_object_mut().unwrap().remove(claim)),
+                Some(v) => other[claim] = v.into(),
+            }
+            assert!(v.verify(&bearer(sign(&secret, other))).is_none(), "{claim}");
+        }
         assert!(v
             .verify(format!("Basic {}", sign(&secret, good)).as_bytes())
             .is_none());

@@ -144,7 +144,7 @@ pub struct RuleSet {
     default_limit: Limit,
     rules: Vec<Rule>,
     trusted_proxies: Vec<IpNet>,
-    /// Every header a key is read from, once.
+    /// Every header a key is read from (`Authorization` for `jwt:` parts), once.
     key_headers: Vec<http::HeaderName>,
     /// Verifies bearer tokens for `jwt:` parts.
     jwt: Option<Arc<Verifier>>,
@@ -161,10 +161,15 @@ impl RuleSet {
         let mut key_headers = Vec::new();
         for rule in std::iter::once(&default).chain(&rules) {
             for part in rule.key.parts() {
-                if let Part::Header(name) = part {
-                    if !key_headers.contains(name) {
-                        key_headers.push(name.clone());
-                    }
+                // A token is read from `Authorization`: sent twice, the upstream could
+                // honour the one the rules did not read.
+                let name = match part {
+                    Part::Header(name) => name,
+                    Part::Jwt(_) => &http::header::AUTHORIZATION,
+                    _ => continue,
+                };
+                if !key_headers.contains(name) {
+                    key_headers.push(name.clone());
                 }
             }
         }
