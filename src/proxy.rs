@@ -56,6 +56,8 @@ pub struct RequestCtx {
     /// The target to send the upstream instead of the client's: its normal form, when that
     /// differs ([`crate::request`]).
     target: Option<Vec<u8>>,
+    /// The `Host` to send the upstream instead of the client's: the host the rules judged.
+    forward_host: Option<String>,
 }
 
 impl Gateway {
@@ -105,12 +107,13 @@ impl Gateway {
     ) -> std::result::Result<Option<Selection>, Refusal> {
         let req = session.req_header();
         let policy = request::Policy {
-            escaped_slashes: live.config.proxy.escaped_slashes,
+            paths: live.config.proxy.paths,
             allowed_hosts: &live.config.proxy.allowed_hosts,
             key_headers: live.rules.key_headers(),
         };
         let admitted = request::admit(req, &policy)?;
         ctx.target = admitted.target;
+        ctx.forward_host = admitted.forward_host.map(str::to_string);
         if !live.config.limits.enabled {
             return Ok(None);
         }
@@ -266,6 +269,7 @@ impl ProxyHttp for Gateway {
             tried: Vec::new(),
             upstream: None,
             target: None,
+            forward_host: None,
         }
     }
 
@@ -373,6 +377,10 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         if let Some(target) = &ctx.target {
             upstream_request.set_raw_path(target)?;
+        }
+        // Called again for each retry: the host stays in the context.
+        if let Some(host) = &ctx.forward_host {
+            upstream_request.insert_header(http::header::HOST, host.as_str())?;
         }
         // An HTTP/1.0 request may come without a Host; the upstream gets HTTP/1.1, which
         // needs one: the upstream's own name, as nginx sends by default.

@@ -157,6 +157,46 @@ fn escaped_slashes_decoded_or_kept_agree_with_the_upstream() {
     );
 }
 
+/// Tomcat, Jetty and Spring cut a segment at `;` before routing: `/api/..;/healthz` is
+/// `/healthz` to them and a path under `/api/` to everyone else. Such a dot segment is always
+/// refused; `path_parameters = "reject"` refuses any `;`, for such upstreams, where
+/// `/healthz;x` would be `/healthz` too.
+#[test]
+fn dot_segments_with_parameters_are_refused_and_parameters_when_asked() {
+    let flask = Framework::flask();
+    let gw = behind(&flask, "", API_AND_HEALTH);
+    for path in [
+        "/api/items/..;/..;/healthz",
+        "/api/items/%2e%2e;x=1/..;/healthz",
+        "/api/.;/items/1",
+    ] {
+        let r = get(&gw.proxy, path, &key("k1")).unwrap();
+        assert_eq!(r.status, 400, "{path}: {r:?}");
+        assert!(r.body.contains("dot segment with parameters"), "{}", r.body);
+    }
+    // Parameters elsewhere are part of their segment, matched and forwarded as sent.
+    let r = get(&gw.proxy, "/api/items/1;v=2", &key("k1")).unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        r.body.contains(r#""path":"/api/items/1;v=2""#),
+        "{}",
+        r.body
+    );
+    assert_eq!(flask.ran("items") + flask.ran("health"), 1);
+
+    let gw = behind(&flask, "path_parameters = \"reject\"", API_AND_HEALTH);
+    for path in ["/api/items/1;v=2", "/healthz;jsessionid=1", "/;"] {
+        let r = get(&gw.proxy, path, &key("k2")).unwrap();
+        assert_eq!(r.status, 400, "{path}: {r:?}");
+        assert!(r.body.contains("path parameters"), "{}", r.body);
+    }
+    assert_eq!(
+        get(&gw.proxy, "/api/items/%3B", &key("k2")).unwrap().status,
+        200
+    );
+    assert_eq!(flask.ran("items") + flask.ran("health"), 2);
+}
+
 #[test]
 fn a_method_that_is_not_upper_case_is_refused() {
     let flask = Framework::flask();
@@ -345,7 +385,20 @@ fn ambiguous_framing_and_targets_are_refused_and_old_versions_understood() {
     );
     assert_eq!(r.status, 200, "{r:?}");
     assert!(r.body.contains(r#""raw_uri":"/api/orders""#), "{}", r.body);
-    assert_eq!(flask.ran("orders"), 3);
+    // The host judged is the target's (RFC 9112 §3.2.2): a Host naming another is refused,
+    // and an HTTP/1.0 request without one is forwarded with the target's, not the upstream's.
+    let r = raw(
+        &gw.proxy,
+        b"GET http://b.example/api/orders HTTP/1.1\r\nHost: a\r\n\r\n",
+    );
+    assert_eq!(r.status, 400, "{r:?}");
+    let r = raw(
+        &gw.proxy,
+        b"GET http://b.example/api/orders HTTP/1.0\r\n\r\n",
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains(r#""host":"b.example""#), "{}", r.body);
+    assert_eq!(flask.ran("orders"), 4);
 }
 
 #[test]

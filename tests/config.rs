@@ -123,7 +123,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
     (
         "unknown_key",
         &[
-            r#"3:1: unknown key `listne` in [proxy]; expected one of: listen, tls_listen, tls_cert_file, tls_key_file, upstreams, upstream_tls_ca_file, connect_timeout_ms, read_timeout_ms, write_timeout_ms, keepalive_timeout_seconds, retries, health_check, direct_response, escaped_slashes, allowed_hosts, max_header_bytes, header_timeout_ms, max_connections"#,
+            r#"3:1: unknown key `listne` in [proxy]; expected one of: listen, tls_listen, tls_cert_file, tls_key_file, upstreams, upstream_tls_ca_file, connect_timeout_ms, read_timeout_ms, write_timeout_ms, keepalive_timeout_seconds, retries, health_check, direct_response, escaped_slashes, path_parameters, allowed_hosts, max_header_bytes, header_timeout_ms, max_connections"#,
         ],
     ),
     (
@@ -339,6 +339,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
             r#"4:20: [proxy] max_header_bytes: expected an integer 1024..=1048575 (bytes), found integer 1048576"#,
             r#"5:21: [proxy] header_timeout_ms: expected an integer 100..=3600000 (ms), found integer 0"#,
             r#"6:19: [proxy] max_connections: expected an integer 1..=1000000, found integer 0"#,
+            r#"7:19: [proxy] path_parameters: expected "keep" or "reject", found "strip""#,
         ],
     ),
     (

@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 use super::to_json;
 use crate::limiter::{Check, Decision, Outcome};
 use crate::request::RequestView;
-use crate::request::{path, EscapedSlashes};
+use crate::request::{path, PathPolicy};
 use crate::rules::{RuleSet, Selection};
 
 /// At most this many headers in a described request.
@@ -68,7 +68,7 @@ pub struct Plan {
 
 impl ExplainRequest {
     /// `slashes`: what an escaped slash means, as on the proxy.
-    pub fn parse(body: &[u8], slashes: EscapedSlashes) -> Result<ExplainRequest, String> {
+    pub fn parse(body: &[u8], paths: PathPolicy) -> Result<ExplainRequest, String> {
         let raw: Raw = serde_json::from_slice(body).map_err(|e| format!("invalid body: {e}"))?;
         let method = match raw.method.as_deref().unwrap_or("GET") {
             m if !m.is_empty() && m.len() <= 32 && m.bytes().all(|b| b.is_ascii_uppercase()) => {
@@ -100,7 +100,7 @@ impl ExplainRequest {
                 "path: expected a request path starting with \"/\", without spaces, at most 8192 bytes, found {target:?}"
             ));
         }
-        let path = path::normalize(sent.as_bytes(), slashes)
+        let path = path::normalize(sent.as_bytes(), paths)
             .map_err(|e| format!("path: the proxy refuses it with 400: {}", e.message()))?
             .matched
             .into_owned();
@@ -266,6 +266,7 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::request::EscapedSlashes;
 
     #[test]
     fn bad_descriptions_say_what_is_wrong() {
@@ -280,14 +281,14 @@ mod tests {
             ),
             (r#"{"ip":"10.0.0.1","bogus":1}"#, "unknown field"),
         ] {
-            let err = ExplainRequest::parse(body.as_bytes(), EscapedSlashes::Reject)
+            let err = ExplainRequest::parse(body.as_bytes(), EscapedSlashes::Reject.into())
                 .err()
                 .unwrap();
             assert!(err.contains(says), "{body}: {err}");
         }
         let ok = ExplainRequest::parse(
             br#"{"ip":"::1","path":"/a/../%62?b=c","headers":{"Host":"x.example"}}"#,
-            EscapedSlashes::Reject,
+            EscapedSlashes::Reject.into(),
         )
         .unwrap();
         assert_eq!(
@@ -295,11 +296,11 @@ mod tests {
             ("/b", Some("x.example"))
         );
         let slash = br#"{"ip":"::1","path":"/a/..%2Fb"}"#;
-        let err = ExplainRequest::parse(slash, EscapedSlashes::Reject)
+        let err = ExplainRequest::parse(slash, EscapedSlashes::Reject.into())
             .err()
             .unwrap();
         assert!(err.contains("escaped slash"), "{err}");
-        let kept = ExplainRequest::parse(slash, EscapedSlashes::Keep).unwrap();
+        let kept = ExplainRequest::parse(slash, EscapedSlashes::Keep.into()).unwrap();
         assert_eq!(kept.path, "/a/..%2Fb");
     }
 }

@@ -520,8 +520,7 @@ impl AdminApp {
     }
 
     async fn explain(&self, live: &Live, body: &[u8]) -> Response<Vec<u8>> {
-        let slashes = live.config.proxy.escaped_slashes;
-        let request = match super::explain::ExplainRequest::parse(body, slashes) {
+        let request = match super::explain::ExplainRequest::parse(body, live.config.proxy.paths) {
             Ok(r) => r,
             Err(why) => return error(422, &why),
         };

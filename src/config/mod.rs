@@ -91,8 +91,8 @@ pub struct ProxyConfig {
     /// When set, allowed requests are answered by the gateway itself (Envoy's
     /// `direct_response`, nginx's `return`), and `upstreams` is not used.
     pub direct_response: Option<DirectResponse>,
-    /// What an escaped slash in a path means.
-    pub escaped_slashes: crate::request::EscapedSlashes,
+    /// What an escaped slash and a `;` in a path mean.
+    pub paths: crate::request::PathPolicy,
     /// The hosts served; empty: any. Other hosts get 421.
     pub allowed_hosts: Vec<crate::request::HostMatch>,
     /// What one client connection may hold, on both listeners.

@@ -11,8 +11,8 @@ use super::reader::{At, Section};
 use super::{
     ClientLimits, DirectResponse, HealthCheck, ProxyConfig, TlsListener, Upstream, UpstreamTimeouts,
 };
-use crate::request::EscapedSlashes;
 use crate::request::HostMatch;
+use crate::request::{EscapedSlashes, PathParameters, PathPolicy};
 
 pub(super) const KEYS: &[&str] = &[
     "listen",
@@ -29,6 +29,7 @@ pub(super) const KEYS: &[&str] = &[
     "health_check",
     "direct_response",
     "escaped_slashes",
+    "path_parameters",
     "allowed_hosts",
     "max_header_bytes",
     "header_timeout_ms",
@@ -128,6 +129,24 @@ pub(super) fn read(s: &Section, errors: &mut Collector) -> Option<ProxyConfig> {
             }
         }
     };
+    let path_parameters = match s.string("path_parameters", errors) {
+        None => PathParameters::default(),
+        Some(At { value, span }) => {
+            match PathParameters::ALL.iter().find(|(name, _)| *name == value) {
+                Some((_, v)) => *v,
+                None => {
+                    errors.at(
+                        span,
+                        format!(
+                            "{} path_parameters: expected \"keep\" or \"reject\", found {value:?}",
+                            s.name
+                        ),
+                    );
+                    PathParameters::default()
+                }
+            }
+        }
+    };
     let mut allowed_hosts = Vec::new();
     for At { value, span } in s.strings("allowed_hosts", errors).unwrap_or_default() {
         match HostMatch::parse(&value) {
@@ -181,7 +200,10 @@ pub(super) fn read(s: &Section, errors: &mut Collector) -> Option<ProxyConfig> {
         retries,
         health_check,
         direct_response,
-        escaped_slashes,
+        paths: PathPolicy {
+            slashes: escaped_slashes,
+            parameters: path_parameters,
+        },
         allowed_hosts,
         clients,
     })

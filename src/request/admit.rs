@@ -7,7 +7,7 @@ use http::{HeaderName, Method, Version};
 use pingora::http::RequestHeader;
 use pingora::protocols::http::authority::{raw_target_authority, RawTargetAuthority};
 
-use super::path::{self, EscapedSlashes, PathError};
+use super::path::{self, PathError, PathPolicy};
 use super::HostMatch;
 
 /// Why a request is refused before it is limited or proxied.
@@ -62,7 +62,7 @@ impl Refusal {
 /// What a request must satisfy beyond framing: from the config in force.
 #[derive(Debug, Clone, Copy)]
 pub struct Policy<'a> {
-    pub escaped_slashes: EscapedSlashes,
+    pub paths: PathPolicy,
     /// Empty: any host.
     pub allowed_hosts: &'a [HostMatch],
     /// The headers keys are read from, each of which a request may carry once.
@@ -81,6 +81,9 @@ pub struct Admitted<'r> {
     /// The target to forward instead of the one sent (origin-form, query kept), when it
     /// differs.
     pub target: Option<Vec<u8>>,
+    /// The `Host` to forward instead of the one sent: the target's authority, which the rules
+    /// judged, when the `Host` header is missing or names another host.
+    pub forward_host: Option<&'r str>,
 }
 
 /// Accepts a request, or says why not.
@@ -88,7 +91,7 @@ pub fn admit<'r>(req: &'r RequestHeader, policy: &Policy) -> Result<Admitted<'r>
     if !valid_method(&req.method) {
         return Err(Refusal::Method);
     }
-    let host = host(req);
+    let (host, forward_host) = host(req);
     if req.version == Version::HTTP_11 && host.is_none() {
         return Err(Refusal::NoHost);
     }
@@ -113,6 +116,7 @@ pub fn admit<'r>(req: &'r RequestHeader, policy: &Policy) -> Result<Admitted<'r>
                     host,
                     query: None,
                     target: None,
+                    forward_host,
                 }),
                 _ => Err(Refusal::Target),
             }
@@ -128,7 +132,7 @@ pub fn admit<'r>(req: &'r RequestHeader, policy: &Policy) -> Result<Admitted<'r>
         Some(q) => (&path_and_query[..q], Some(&path_and_query[q..])),
         None => (path_and_query, None),
     };
-    let normal = path::normalize(path, policy.escaped_slashes).map_err(Refusal::Path)?;
+    let normal = path::normalize(path, policy.paths).map_err(Refusal::Path)?;
     let target = (absolute || matches!(normal.forwarded, Cow::Owned(_))).then(|| {
         let mut t = normal.forwarded.to_vec();
         t.extend_from_slice(query.unwrap_or_default());
@@ -139,6 +143,7 @@ pub fn admit<'r>(req: &'r RequestHeader, policy: &Policy) -> Result<Admitted<'r>
         host,
         query: query.map(|q| &q[1..]),
         target,
+        forward_host,
     })
 }
 
@@ -150,17 +155,26 @@ fn valid_method(method: &Method) -> bool {
             .all(|b| b.is_ascii_uppercase() || *b == b'_' || *b == b'-')
 }
 
-/// The host a request is for: the target's authority (HTTP/2, absolute-form), else `Host`.
-fn host(req: &RequestHeader) -> Option<&str> {
-    if let Some(a) = req.uri.authority() {
-        return Some(a.as_str());
-    }
-    if let Some(a) = raw_target_authority(req.raw_path()).authority() {
-        return std::str::from_utf8(a).ok();
-    }
-    req.headers
+/// The host a request is for: the target's authority (HTTP/2, absolute-form), else `Host`;
+/// and the authority again when the upstream must be sent it as `Host`: an HTTP/1.0 request
+/// in absolute-form may have no `Host` (one that differs from the authority was refused by
+/// pingora, RFC 9112 §3.2.2).
+fn host(req: &RequestHeader) -> (Option<&str>, Option<&str>) {
+    let header = req
+        .headers
         .get(http::header::HOST)
-        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.to_str().ok());
+    let authority = match req.uri.authority() {
+        Some(a) => Some(a.as_str()),
+        None => raw_target_authority(req.raw_path())
+            .authority()
+            .and_then(|a| std::str::from_utf8(a).ok()),
+    };
+    match authority {
+        Some(a) if header == Some(a) => (Some(a), None),
+        Some(a) => (Some(a), Some(a)),
+        None => (header, None),
+    }
 }
 
 /// Body framing that every upstream reads alike.
@@ -211,7 +225,10 @@ mod tests {
     }
 
     const OPEN: Policy<'static> = Policy {
-        escaped_slashes: EscapedSlashes::Reject,
+        paths: PathPolicy {
+            slashes: crate::request::EscapedSlashes::Reject,
+            parameters: crate::request::PathParameters::Keep,
+        },
         allowed_hosts: &[],
         key_headers: &[],
     };

@@ -32,5 +32,5 @@ pub mod view;
 
 pub use admit::{admit, Admitted, Policy, Refusal};
 pub use host::HostMatch;
-pub use path::{EscapedSlashes, NormalPath, PathError};
+pub use path::{EscapedSlashes, NormalPath, PathError, PathParameters, PathPolicy};
 pub use view::RequestView;

@@ -11,7 +11,10 @@
 //!   normalized by without guessing the upstream: Express routes `/items/..%2Fhealthz` to its
 //!   `/items/:id` handler, nginx and others decode it to `/healthz`. [`EscapedSlashes`] says
 //!   what to do: refuse (the default), decode it to a slash, or keep it as part of its segment;
-//! - a malformed escape (`%zz`, a lone `%`) and an escaped NUL are refused.
+//! - a malformed escape (`%zz`, a lone `%`) and an escaped NUL are refused;
+//! - a `.` or `..` segment with path parameters (`/api/..;/login`) is refused: Tomcat, Jetty
+//!   and Spring strip `;...` from a segment before they route it, so that is `/login` to them
+//!   and a plain segment to everyone else. [`PathParameters::Reject`] refuses any `;`.
 //!
 //! The query is never touched.
 
@@ -46,6 +49,48 @@ impl EscapedSlashes {
     }
 }
 
+/// What a `;` (path parameters, RFC 3986 §3.3) in a path means (`proxy.path_parameters`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PathParameters {
+    /// Part of its segment, as most upstreams read it; rules match it as written. Only a dot
+    /// segment with parameters is refused.
+    #[default]
+    Keep,
+    /// Any `;` is refused with 400, for upstreams that strip parameters before routing
+    /// (Tomcat, Jetty, Spring): `/login;x=1` is `/login` to them.
+    Reject,
+}
+
+impl PathParameters {
+    pub const ALL: [(&'static str, PathParameters); 2] = [
+        ("keep", PathParameters::Keep),
+        ("reject", PathParameters::Reject),
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PathParameters::Keep => "keep",
+            PathParameters::Reject => "reject",
+        }
+    }
+}
+
+/// How paths are normalized: `proxy.escaped_slashes` and `proxy.path_parameters`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PathPolicy {
+    pub slashes: EscapedSlashes,
+    pub parameters: PathParameters,
+}
+
+impl From<EscapedSlashes> for PathPolicy {
+    fn from(slashes: EscapedSlashes) -> PathPolicy {
+        PathPolicy {
+            slashes,
+            parameters: PathParameters::default(),
+        }
+    }
+}
+
 /// Why a path has no normal form the gateway will forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PathError {
@@ -55,6 +100,10 @@ pub enum PathError {
     BadEscape,
     /// `%00`.
     Nul,
+    /// `.;` or `..;` as a segment's start: a dot segment to upstreams that strip parameters.
+    DotParameters,
+    /// `;` with [`PathParameters::Reject`].
+    Parameters,
 }
 
 impl PathError {
@@ -65,6 +114,10 @@ impl PathError {
             }
             PathError::BadEscape => "the path holds a malformed percent-escape",
             PathError::Nul => "the path holds an escaped NUL byte",
+            PathError::DotParameters => {
+                "the path holds a dot segment with parameters (..;), which upstreams read differently"
+            }
+            PathError::Parameters => "the path holds path parameters (;), which are not accepted",
         }
     }
 }
@@ -80,13 +133,33 @@ pub struct NormalPath<'a> {
 }
 
 /// The normal form of a path (the part of an origin-form target before `?`).
-pub fn normalize(raw: &[u8], slashes: EscapedSlashes) -> Result<NormalPath<'_>, PathError> {
+pub fn normalize(raw: &[u8], policy: impl Into<PathPolicy>) -> Result<NormalPath<'_>, PathError> {
+    let policy = policy.into();
+    let slashes = policy.slashes;
     let forwarded = forwarded_form(raw, slashes)?;
+    if forwarded.contains(&b';') {
+        check_parameters(&forwarded, policy.parameters)?;
+    }
     let matched = match forwarded {
         Cow::Borrowed(b) => match_form(b, slashes),
         Cow::Owned(ref b) => Cow::Owned(match_form(b, slashes).into_owned()),
     };
     Ok(NormalPath { forwarded, matched })
+}
+
+/// A `;` in a normal path: refused under [`PathParameters::Reject`], and as the start of a
+/// segment's parameters when the segment is a dot (`..;x`, `.;`; `%2E` is decoded by then).
+fn check_parameters(forwarded: &[u8], parameters: PathParameters) -> Result<(), PathError> {
+    if parameters == PathParameters::Reject {
+        return Err(PathError::Parameters);
+    }
+    for segment in forwarded.split(|b| *b == b'/') {
+        let name = segment.split(|b| *b == b';').next().unwrap_or_default();
+        if segment.contains(&b';') && (name == b"." || name == b"..") {
+            return Err(PathError::DotParameters);
+        }
+    }
+    Ok(())
 }
 
 /// Whether the path is already normal and plain: starts with `/`, no escape, no backslash, no
@@ -288,10 +361,23 @@ pub mod property {
             EscapedSlashes::Decode,
             EscapedSlashes::Keep,
         ] {
+            let reject = PathPolicy {
+                slashes,
+                parameters: PathParameters::Reject,
+            };
+            if let Ok(n) = normalize(raw, reject) {
+                assert!(!n.forwarded.contains(&b';'), "{raw:?}");
+            }
             let Ok(n) = normalize(raw, slashes) else {
                 continue;
             };
             let f: &[u8] = &n.forwarded;
+            // No dot segment hides behind parameters: to an upstream that strips them
+            // (Tomcat), no segment is `.` or `..` either.
+            for seg in f.split(|b| *b == b'/') {
+                let name = seg.split(|b| *b == b';').next().unwrap_or_default();
+                assert!(name != b"." && name != b"..", "{raw:?} -> {f:?}");
+            }
             assert_eq!(f.first(), Some(&b'/'), "{raw:?}");
             let segments: Vec<&[u8]> = f.split(|b| *b == b'/').skip(1).collect();
             for (i, seg) in segments.iter().enumerate() {
@@ -409,6 +495,43 @@ mod tests {
         assert_eq!(
             norm("/x/..\\..\\healthz", EscapedSlashes::Decode),
             Ok(("/healthz".into(), "/healthz".into()))
+        );
+    }
+
+    #[test]
+    fn dot_segments_with_parameters_are_refused_and_parameters_when_asked() {
+        for raw in [
+            "/api/..;/login",
+            "/api/..;x=1/login",
+            "/a/.;/b",
+            "/api/%2e%2E;/login",
+        ] {
+            assert_eq!(
+                norm(raw, EscapedSlashes::Decode),
+                Err(PathError::DotParameters),
+                "{raw}"
+            );
+        }
+        let keep = ["/login;jsessionid=1", "/a/b;v=2/c", "/a/..x;/b", "/a/;/b"];
+        for raw in keep {
+            assert_eq!(
+                norm(raw, EscapedSlashes::Reject).map(|(f, _)| f),
+                Ok(raw.to_string())
+            );
+            let reject = PathPolicy {
+                slashes: EscapedSlashes::Reject,
+                parameters: PathParameters::Reject,
+            };
+            assert_eq!(
+                normalize(raw.as_bytes(), reject),
+                Err(PathError::Parameters),
+                "{raw}"
+            );
+        }
+        // An escaped `;` is data to every upstream.
+        assert_eq!(
+            norm("/a/..%3B/b", EscapedSlashes::Reject),
+            Ok(("/a/..%3B/b".into(), "/a/..;/b".into()))
         );
     }
 
