@@ -368,7 +368,8 @@ const EXPECTED: &[(&str, &[&str])] = &[
             r#"5:15: [[rules]] #1 overrides: "acme": expected 2 values joined by "|", one per part of the key (or the client IP)"#,
             r#"5:28: [[rules]] #1 overrides: "acme|nonsense": "nonsense" is not an IP address, and that part is keyed by ip"#,
             r#"5:90: [[rules]] #1 overrides: "a b": expected 1 to 256 visible ASCII characters (a key value as requests send it)"#,
-            r#"11:15: [[rules]] #2 overrides: "2001:db8::/64" is not an IP address or an IPv6 network /48, and this rule is keyed by ip/48"#,
+            r#"11:15: [[rules]] #2 overrides: expected an IPv4 address or an IPv6 network /48 (this rule keys IPv6 clients by their /48), found "2001:db8::/64""#,
+            r#"11:75: [[rules]] #2 overrides: expected an IPv4 address or an IPv6 network /48 (this rule keys IPv6 clients by their /48), found "2001:db8::7""#,
         ],
     ),
     (

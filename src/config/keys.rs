@@ -152,8 +152,13 @@ enum Entry {
 fn entry(written: &str, parts: &[Part]) -> Result<Entry, String> {
     let as_ip = |text: &str, part: &Part| -> Option<String> {
         if let Ok(ip) = text.parse::<IpAddr>() {
-            // Written the way keys print it (`::1`, not `0::1`).
-            return Some(crate::key::canonical(ip).to_string());
+            // Written the way keys print it (`::1`, not `0::1`). Under `ip/N` an IPv6 client
+            // is keyed by its network, never by its address: such an entry would never apply.
+            let ip = crate::key::canonical(ip);
+            return match (part, ip) {
+                (Part::IpPrefix(_), IpAddr::V6(_)) => None,
+                _ => Some(ip.to_string()),
+            };
         }
         match (part, text.parse::<IpNet>()) {
             (Part::IpPrefix(len), Ok(IpNet::V6(net))) if net.prefix_len() == *len => {
@@ -166,7 +171,7 @@ fn entry(written: &str, parts: &[Part]) -> Result<Entry, String> {
         [part @ (Part::Ip | Part::IpPrefix(_))] => as_ip(written, part).map(Entry::Ip).ok_or_else(|| {
             match part {
                 Part::IpPrefix(len) => format!(
-                    "{written:?} is not an IP address or an IPv6 network /{len}, and this rule is keyed by ip/{len}"
+                    "expected an IPv4 address or an IPv6 network /{len} (this rule keys IPv6 clients by their /{len}), found {written:?}"
                 ),
                 _ => format!("{written:?} is not an IP address, and this rule is keyed by ip"),
             }
@@ -194,8 +199,9 @@ fn entry(written: &str, parts: &[Part]) -> Result<Entry, String> {
             let mut joined = Vec::with_capacity(fields.len());
             for (field, part) in fields.iter().zip(parts) {
                 let v = match part {
-                    Part::Ip | Part::IpPrefix(_) => as_ip(field, part).ok_or_else(|| {
-                        format!("{written:?}: {field:?} is not an IP address, and that part is keyed by ip")
+                    Part::Ip | Part::IpPrefix(_) => as_ip(field, part).ok_or_else(|| match part {
+                        Part::IpPrefix(len) => format!("{written:?}: expected an IPv4 address or an IPv6 network /{len} for the ip/{len} part, found {field:?}"),
+                        _ => format!("{written:?}: {field:?} is not an IP address, and that part is keyed by ip"),
                     })?,
                     _ => value(field)?.to_string(),
                 };
