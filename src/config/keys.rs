@@ -79,21 +79,10 @@ pub(super) fn source(
 
 /// `missing`: `"ip"` (default) or `"skip"`.
 pub(super) fn missing(s: &Section, errors: &mut Collector) -> Option<Missing> {
-    match s.string("missing", errors) {
+    let options = [("ip", Missing::Ip), ("skip", Missing::Skip)];
+    match s.choice("missing", &options, errors) {
         None if s.has("missing") => None,
-        None => Some(Missing::Ip),
-        Some(At { value, .. }) if value == "ip" => Some(Missing::Ip),
-        Some(At { value, .. }) if value == "skip" => Some(Missing::Skip),
-        Some(At { value, span }) => {
-            errors.at(
-                span,
-                format!(
-                    "{} missing: expected \"ip\" or \"skip\", found {value:?}",
-                    s.name
-                ),
-            );
-            None
-        }
+        chosen => Some(chosen.unwrap_or(Missing::Ip)),
     }
 }
 

@@ -26,22 +26,12 @@ pub(super) fn read(s: &Section, errors: &mut Collector) -> LogConfig {
             path => AccessLog::File(path.into()),
         },
     };
-    let format = match s.string("format", errors) {
-        None => LogFormat::Text,
-        Some(At { value, span }) => match value.as_str() {
-            "text" => LogFormat::Text,
-            "json" => LogFormat::Json,
-            _ => {
-                errors.at(
-                    span,
-                    format!(
-                        "{} format: expected \"text\" or \"json\", found {value:?}",
-                        s.name
-                    ),
-                );
-                LogFormat::Text
-            }
-        },
-    };
+    let format = s
+        .choice(
+            "format",
+            &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+            errors,
+        )
+        .unwrap_or(LogFormat::Text);
     LogConfig { access, format }
 }

@@ -111,42 +111,12 @@ pub(super) fn read(s: &Section, errors: &mut Collector) -> Option<ProxyConfig> {
             );
         }
     }
-    let escaped_slashes = match s.string("escaped_slashes", errors) {
-        None => EscapedSlashes::default(),
-        Some(At { value, span }) => {
-            match EscapedSlashes::ALL.iter().find(|(name, _)| *name == value) {
-                Some((_, v)) => *v,
-                None => {
-                    errors.at(
-                        span,
-                        format!(
-                            "{} escaped_slashes: expected \"reject\", \"decode\" or \"keep\", found {value:?}",
-                            s.name
-                        ),
-                    );
-                    EscapedSlashes::default()
-                }
-            }
-        }
-    };
-    let path_parameters = match s.string("path_parameters", errors) {
-        None => PathParameters::default(),
-        Some(At { value, span }) => {
-            match PathParameters::ALL.iter().find(|(name, _)| *name == value) {
-                Some((_, v)) => *v,
-                None => {
-                    errors.at(
-                        span,
-                        format!(
-                            "{} path_parameters: expected \"keep\" or \"reject\", found {value:?}",
-                            s.name
-                        ),
-                    );
-                    PathParameters::default()
-                }
-            }
-        }
-    };
+    let escaped_slashes = s
+        .choice("escaped_slashes", &EscapedSlashes::ALL, errors)
+        .unwrap_or_default();
+    let path_parameters = s
+        .choice("path_parameters", &PathParameters::ALL, errors)
+        .unwrap_or_default();
     let mut allowed_hosts = Vec::new();
     for At { value, span } in s.strings("allowed_hosts", errors).unwrap_or_default() {
         match HostMatch::parse(&value) {

@@ -249,6 +249,31 @@ impl<'a> Section<'a> {
         }
     }
 
+    /// One of a few words (`"allow"` or `"deny"`), as its value. `None` when the key is not
+    /// set, or when it is set to anything else, which is reported (`has` tells the two apart).
+    pub(crate) fn choice<T: Copy>(
+        &self,
+        key: &str,
+        options: &[(&str, T)],
+        errors: &mut Collector,
+    ) -> Option<T> {
+        let At { value, span } = self.string(key, errors)?;
+        if let Some((_, v)) = options.iter().find(|(name, _)| *name == value) {
+            return Some(*v);
+        }
+        let names: Vec<String> = options.iter().map(|(n, _)| format!("{n:?}")).collect();
+        let listed = match names.split_last() {
+            Some((last, [])) => last.clone(),
+            Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+            None => String::new(),
+        };
+        errors.at(
+            span,
+            format!("{} {key}: expected {listed}, found {value:?}", self.name),
+        );
+        None
+    }
+
     pub(crate) fn boolean(&self, key: &str, errors: &mut Collector) -> Option<At<bool>> {
         let raw = self.raw(key)?;
         match raw.value.as_bool() {

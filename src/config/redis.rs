@@ -41,23 +41,13 @@ pub(super) fn read(
     let timeout = s
         .integer("timeout_ms", 1, 60_000, "an integer 1..=60000", errors)
         .map_or(50, |v| v.value as u64);
-    let on_error = match s.string("on_error", errors) {
-        None => OnError::Allow,
-        Some(At { value, span }) => match value.as_str() {
-            "allow" => OnError::Allow,
-            "deny" => OnError::Deny,
-            _ => {
-                errors.at(
-                    span,
-                    format!(
-                        "{} on_error: expected \"allow\" or \"deny\", found {value:?}",
-                        s.name
-                    ),
-                );
-                OnError::Allow
-            }
-        },
-    };
+    let on_error = s
+        .choice(
+            "on_error",
+            &[("allow", OnError::Allow), ("deny", OnError::Deny)],
+            errors,
+        )
+        .unwrap_or(OnError::Allow);
     let (topology, tls) = (topology?, tls?);
     if !topology.is_tls() {
         for key in [

@@ -341,21 +341,9 @@ fn sync(s: &Section, errors: &mut Collector) -> Option<SyncMode> {
         errors,
     );
     let bad = (s.has("lease_size") && size.is_none()) || (s.has("lease_ms") && ms.is_none());
-    let lease = match s.string("sync", errors) {
+    let lease = match s.choice("sync", &[("exact", false), ("lease", true)], errors) {
         None if s.has("sync") => return None,
-        None => false,
-        Some(At { value, .. }) if value == "exact" => false,
-        Some(At { value, .. }) if value == "lease" => true,
-        Some(At { value, span }) => {
-            errors.at(
-                span,
-                format!(
-                    "{} sync: expected \"exact\" or \"lease\", found {value:?}",
-                    s.name
-                ),
-            );
-            return None;
-        }
+        chosen => chosen.unwrap_or(false),
     };
     if !lease {
         for (key, set) in [("lease_size", &size), ("lease_ms", &ms)] {
