@@ -19,7 +19,7 @@
 //! TLS) that the store, the registry and the admin API share; [`admin`] serves the JSON admin
 //! API and `/metrics` on its own port; [`registry`] keeps this node listed in Redis with a
 //! heartbeat; [`shutdown`] turns
-//! signals into a drain or a fast stop. [`server`] wires them all into pingora services;
+//! signals into a drain or a fast stop, which [`lifecycle`] tells the services about. [`server`] wires them all into pingora services;
 //! [`cli`] and `main.rs` are the thin binary.
 
 pub mod access_log;
@@ -29,6 +29,7 @@ pub mod config;
 pub mod forwarding;
 pub mod headers;
 pub mod key;
+pub mod lifecycle;
 pub mod limiter;
 pub mod live;
 pub mod logging;

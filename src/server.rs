@@ -37,6 +37,8 @@ pub struct Shared {
     pub counters: Arc<dyn Counters>,
     pub registry: Arc<Registry>,
     pub access: Arc<AccessLog>,
+    /// Whether the node is draining.
+    pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
 }
 
 impl Shared {
@@ -90,6 +92,7 @@ impl Shared {
             counters,
             registry: Arc::new(registry),
             access,
+            lifecycle: Arc::default(),
         })
     }
 }
@@ -191,6 +194,7 @@ pub fn run(config: Config, path: Option<String>) -> Result<(), String> {
             metrics: shared.metrics.clone(),
             options: client_options(&clients),
             listings: tokio::sync::Semaphore::new(crate::admin::LISTINGS_AT_ONCE),
+            lifecycle: shared.lifecycle.clone(),
         },
     );
     admin.set_connection_limits(Some(ADMIN_CONNECTIONS), clients.header_timeout);

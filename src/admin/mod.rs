@@ -56,6 +56,8 @@ pub struct AdminApp {
     /// One counter listing at a time: a listing of 100,000 keys holds tens of megabytes
     /// until it is sent, and forty at once held half a gigabyte.
     pub listings: tokio::sync::Semaphore,
+    /// Whether the node is draining (`/health/ready`).
+    pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
 }
 
 /// Listings one at a time ([`AdminApp::listings`]).
