@@ -3,21 +3,23 @@
 # (pingora builds zlib-ng and zstd from C); for tests also redis-server (the tests start real
 # ones: standalone, TLS, a cluster and sentinels; redis-cli comes with it), openssl (the TLS
 # tests make their own CA and certificates, and s_server is an HTTPS upstream), curl (HTTP/2
-# to the HTTPS listener) and prometheus (promtool checks /metrics; a real
-# Prometheus runs the monitor's queries); then Flask and Express, the framework upstreams.
+# to the HTTPS listener), prometheus (promtool checks /metrics; a real
+# Prometheus runs the monitor's queries) and nginx (the yardstick for a graceful stop); then
+# Flask and Express, the framework upstreams.
 # Usage: scripts/deps.sh [build|test]   (default: test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want=(cmake)
 command -v cc >/dev/null 2>&1 || want+=(build-essential)
-[ "${1:-test}" = test ] && want+=(redis-server openssl curl prometheus)
+[ "${1:-test}" = test ] && want+=(redis-server openssl curl prometheus nginx)
 
 missing=()
 for pkg in "${want[@]}"; do
   case "$pkg" in
     redis-server) command -v redis-server >/dev/null 2>&1 || missing+=("$pkg") ;;
     prometheus) { command -v prometheus && command -v promtool; } >/dev/null 2>&1 || missing+=("$pkg") ;;
+    nginx) [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || missing+=("$pkg") ;;
     build-essential) missing+=("$pkg") ;;
     *) command -v "$pkg" >/dev/null 2>&1 || missing+=("$pkg") ;;
   esac

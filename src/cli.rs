@@ -1,10 +1,12 @@
-//! Command-line arguments (contract §1): `-c FILE`, `-t`, `--version`, `--help`.
+//! Command-line arguments (contract §1, §17): `-c FILE`, `-t`, `-u`, `--version`, `--help`.
 
 /// What the command line asks for.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
     /// Run the gateway with this config (`None`: the built-in defaults).
     Run(Option<String>),
+    /// Run it, taking the listening sockets over from the process running now.
+    Upgrade(Option<String>),
     /// Check the config and exit.
     Test(Option<String>),
     Version,
@@ -12,12 +14,14 @@ pub enum Command {
 }
 
 pub const USAGE: &str = "\
-usage: ratelimiter [-t] [-c FILE]
+usage: ratelimiter [-t | -u] [-c FILE]
        ratelimiter --version
 
   -c, --conf FILE   the TOML config (default: built-in defaults, the embedded store)
   -t, --test        check the config and exit: 0 and a summary when valid,
                     1 and every error on stderr when not
+  -u, --upgrade     take the listening sockets over from the node running with this
+                    config, which then drains and exits (a zero-downtime upgrade)
   -V, --version     print the version
   -h, --help        print this help
 
@@ -27,6 +31,7 @@ config (see the README).";
 pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
     let mut conf = None;
     let mut test = false;
+    let mut upgrade = false;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -35,6 +40,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
                 _ => return Err(format!("{arg} needs a file")),
             },
             "-t" | "--test" => test = true,
+            "-u" | "--upgrade" => upgrade = true,
             "-V" | "--version" => return Ok(Command::Version),
             "-h" | "--help" => return Ok(Command::Help),
             other => match other.strip_prefix("--conf=") {
@@ -43,10 +49,11 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
             },
         }
     }
-    Ok(if test {
-        Command::Test(conf)
-    } else {
-        Command::Run(conf)
+    Ok(match (test, upgrade) {
+        (true, true) => return Err("-t and -u do not go together".into()),
+        (true, false) => Command::Test(conf),
+        (false, true) => Command::Upgrade(conf),
+        (false, false) => Command::Run(conf),
     })
 }
 
@@ -76,6 +83,10 @@ mod tests {
             p(&["--conf=a.toml"]),
             Ok(Command::Run(Some("a.toml".into())))
         );
+        assert_eq!(
+            p(&["-u", "-c", "a.toml"]),
+            Ok(Command::Upgrade(Some("a.toml".into())))
+        );
         assert_eq!(p(&["--version"]), Ok(Command::Version));
         assert_eq!(p(&[]), Ok(Command::Run(None)));
     }
@@ -85,5 +96,6 @@ mod tests {
         assert!(p(&["-c"]).is_err());
         assert!(p(&["-c", "-t"]).is_err());
         assert!(p(&["--bogus"]).is_err());
+        assert!(p(&["-t", "-u"]).is_err());
     }
 }

@@ -53,22 +53,27 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run(path) => {
-            let config = match Config::load_from(path.as_deref()) {
-                Ok(c) => c,
-                Err(errors) => {
-                    eprintln!("{errors}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            ratelimiter::logging::init(config.log.format, config.privacy.clear_keys);
-            match ratelimiter::server::run(config, path) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("ratelimiter: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+        Command::Run(path) => run(path, false),
+        Command::Upgrade(path) => run(path, true),
+    }
+}
+
+/// Runs the gateway until a signal stops it; `upgrade`: with the listening sockets of the
+/// process running now.
+fn run(path: Option<String>, upgrade: bool) -> ExitCode {
+    let config = match Config::load_from(path.as_deref()) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::FAILURE;
+        }
+    };
+    ratelimiter::logging::init(config.log.format, config.privacy.clear_keys);
+    match ratelimiter::server::run(config, path, upgrade) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ratelimiter: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -472,6 +472,16 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// A client that went away or sent something broken is the client's affair: logged at
+    /// debug, not as the server's error (pingora logs every failure at error).
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, error: &Error) -> bool {
+        if error.esource() == &ErrorSource::Downstream {
+            log::debug!("client failure: {error}");
+            return true;
+        }
+        false
+    }
+
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Self::CTX) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         if status > 0 {

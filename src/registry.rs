@@ -120,6 +120,12 @@ impl Registry {
             .map_err(StoreError::from)
     }
 
+    /// Stops further heartbeats and leaves the entry to the process that took over the
+    /// listening sockets, which has this node's id.
+    pub fn hand_over(&self) {
+        self.leaving.store(true, Ordering::SeqCst);
+    }
+
     /// Deletes this node's entry (best effort) and stops further heartbeats.
     pub async fn unregister(&self) -> Result<(), StoreError> {
         self.leaving.store(true, Ordering::SeqCst);

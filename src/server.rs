@@ -24,7 +24,7 @@ use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::registry::{Heartbeat, Registry};
 use crate::reload::Reloader;
-use crate::shutdown::Signals;
+use crate::shutdown::{Handlers, Signals, UpgradeSocket};
 use crate::upstreams;
 
 /// Everything the services share, built once.
@@ -108,12 +108,17 @@ fn server_conf(config: &Config) -> ServerConf {
     }
 }
 
-/// Runs the gateway until SIGTERM (drain) or SIGINT (fast stop). `path` is the file given with
-/// `-c` (`None`: the built-in defaults), re-read on SIGHUP.
-pub fn run(config: Config, path: Option<String>) -> Result<(), String> {
+/// Runs the gateway until a signal stops it ([`crate::shutdown`]). `path` is the file given
+/// with `-c` (`None`: the built-in defaults), re-read on SIGHUP. `upgrade`: the listening
+/// sockets are taken over from the process running with this config (`-u`).
+pub fn run(config: Config, path: Option<String>, upgrade: bool) -> Result<(), String> {
     // Before anything registers this node: a listener that cannot open ends the process
     // here, with the address named (pingora would retry, then panic inside its service).
-    check_listeners(&config)?;
+    // Taking over, the addresses are the running process's.
+    if !upgrade {
+        check_listeners(&config)?;
+    }
+    let upgrade_socket = upgrade_socket(&config);
     // The HTTPS listener's certificate, shared with the reloader, which reads it again.
     let (tls, cert) = match &config.proxy.tls {
         Some(tls) => {
@@ -148,8 +153,26 @@ pub fn run(config: Config, path: Option<String>) -> Result<(), String> {
         );
     }
 
-    let mut server = Server::new_with_opt_and_conf(None, server_conf(config));
+    let mut conf = server_conf(config);
+    conf.upgrade_sock = upgrade_socket.to_string_lossy().into_owned();
+    let opt = pingora::server::configuration::Opt {
+        upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    if upgrade {
+        log::info!(
+            "waiting for the running process's listening sockets on {}",
+            upgrade_socket.display()
+        );
+    }
+    // Taking over, this waits for the sockets (a few seconds at most; then the process exits).
     server.bootstrap();
+    if upgrade {
+        // So that the next upgrade's socket is a new file, which this process then sees.
+        let _ = std::fs::remove_file(&upgrade_socket);
+        log::info!("listening sockets taken over");
+    }
 
     let gateway = Gateway::new(
         shared.live.clone(),
@@ -165,12 +188,16 @@ pub fn run(config: Config, path: Option<String>) -> Result<(), String> {
         // HTTP/2 connections are not closed by the per-request keep-alive of HTTP/1: pingora
         // closes them after this idle time, set once at start.
         options.h2_idle_timeout = Some(config.proxy.keepalive_timeout.max(Duration::from_secs(1)));
+        // At a graceful stop, an idle keep-alive connection is still read this long, so a
+        // request sent on it as the stop begins is answered (with `Connection: close`).
+        options.shutdown_idle_linger = Some(SHUTDOWN_IDLE_LINGER.min(config.server.grace_period));
         app.server_options = Some(options);
         let mut h2 = default_h2_options();
         h2.max_header_list_size(u32::try_from(clients.max_header_bytes).unwrap_or(u32::MAX));
         app.h2_options = Some(h2);
     }
     proxy.set_connection_limits(Some(max_connections), clients.header_timeout);
+    let open_connections = proxy.open_connections();
     proxy.add_tcp(&config.proxy.listen.to_string());
     if let Some((listen, settings)) = tls {
         proxy.add_tls_with_settings(&listen.to_string(), None, settings);
@@ -210,7 +237,17 @@ pub fn run(config: Config, path: Option<String>) -> Result<(), String> {
         },
     ));
 
-    // Before the listeners open, so a SIGHUP never finds the process without its handler.
+    // Before the listeners open, so no signal finds the process without its handler.
+    let signals = Signals::listen(
+        Handlers {
+            access: shared.access.clone(),
+            upgrade: UpgradeSocket::new(upgrade_socket),
+        },
+        shared.registry.clone(),
+        shared.metrics.clone(),
+        shared.lifecycle.clone(),
+        open_connections,
+    )?;
     Reloader::new(
         path,
         shared.live.clone(),
@@ -231,16 +268,64 @@ pub fn run(config: Config, path: Option<String>) -> Result<(), String> {
         config.proxy.listen,
         config.admin.listen
     );
+    let pid_file = config
+        .server
+        .pid_file
+        .as_deref()
+        .map(PidFile::write)
+        .transpose()?;
     server.run(RunArgs {
-        shutdown_signal: Box::new(Signals {
-            registry: shared.registry.clone(),
-            metrics: shared.metrics.clone(),
-        }),
+        shutdown_signal: Box::new(signals),
     });
     shared.limiter.give_back_leases();
     shared.access.flush();
+    drop(pid_file);
     log::info!("node {} stopped", config.node.id);
     Ok(())
+}
+
+/// How long an idle keep-alive client connection is still read at a graceful stop (at most
+/// the grace period).
+const SHUTDOWN_IDLE_LINGER: Duration = Duration::from_secs(1);
+
+/// `server.upgrade_socket`, or a path in the temporary directory named after the proxy's
+/// listen address, so that nodes on one host never meet on it.
+fn upgrade_socket(config: &Config) -> std::path::PathBuf {
+    if let Some(path) = &config.server.upgrade_socket {
+        return path.clone();
+    }
+    let name: String = config
+        .proxy
+        .listen
+        .to_string()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    std::env::temp_dir().join(format!("ratelimiter-{name}.upgrade.sock"))
+}
+
+/// `server.pid_file`: written once the node is about to serve, removed at exit unless another
+/// process (the one an upgrade handed over to) has written its own id since.
+struct PidFile(std::path::PathBuf);
+
+impl PidFile {
+    fn write(path: &std::path::Path) -> Result<PidFile, String> {
+        let tmp = path.with_extension("pid.new");
+        std::fs::write(&tmp, format!("{}\n", std::process::id()))
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| format!("cannot write [server] pid_file {}: {e}", path.display()))?;
+        Ok(PidFile(path.to_path_buf()))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let ours = std::fs::read_to_string(&self.0)
+            .is_ok_and(|s| s.trim() == std::process::id().to_string());
+        if ours {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
 }
 
 /// Connections the admin port serves at once (the monitor, Prometheus, operators): past it,

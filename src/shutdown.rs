@@ -1,44 +1,237 @@
-//! Signals (contract §1): SIGTERM drains, SIGINT stops fast; both first take the node out of
-//! the registry (best effort), so monitors and peers stop counting on it at once.
+//! Signals (contract §1, §17), as nginx operators expect them:
+//!
+//! | signal | does |
+//! |---|---|
+//! | `TERM`, `QUIT` | drain: take the node out (registry, `/health/ready`), stop accepting, finish what is in flight with `Connection: close`, exit as soon as the last connection is done (at most `grace_period_seconds`) |
+//! | `INT` | stop fast, still taking the node out of the registry; a second one while draining exits at once |
+//! | `HUP` | reload the config ([`crate::reload`]) |
+//! | `USR1` | reopen the access log (after it was rotated away) |
+//! | `USR2`, `WINCH` | nothing but a log line: no signal ends the process without a drain |
+//! | `PIPE` | ignored (as Rust programs do) |
+//!
+//! A zero-downtime upgrade needs no signal: a new process started with `-u` binds the upgrade
+//! socket ([`UpgradeSocket`]), this process sees it appear, hands its listening sockets over
+//! through it and drains. The node stays registered: the new process has its id.
+//!
+//! The signals are taken on a thread of their own from start, before the listeners open, so
+//! none arrives while its default action (ending the process) still holds.
 
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::server::{ShutdownSignal, ShutdownSignalWatch};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::{mpsc, Mutex};
 
+use crate::access_log::AccessLog;
+use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 
+/// How often the upgrade socket is looked for.
+const UPGRADE_POLL: Duration = Duration::from_millis(200);
+
+/// Where a new process started with `-u` waits for this one's listening sockets.
+#[derive(Debug, Clone)]
+pub struct UpgradeSocket {
+    path: PathBuf,
+    /// The file at the path when this process started (a leftover), by inode: only another
+    /// one means a new process is waiting.
+    found_at_start: Option<u64>,
+}
+
+impl UpgradeSocket {
+    pub fn new(path: PathBuf) -> UpgradeSocket {
+        let found_at_start = inode(&path);
+        UpgradeSocket {
+            path,
+            found_at_start,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether a new process is waiting for the sockets.
+    fn requested(&self) -> bool {
+        inode(&self.path).is_some_and(|ino| Some(ino) != self.found_at_start)
+    }
+}
+
+fn inode(path: &Path) -> Option<u64> {
+    std::fs::symlink_metadata(path).ok().map(|m| m.ino())
+}
+
+/// What the signal thread tells the server.
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    Drain(&'static str),
+    Fast,
+    Upgrade,
+}
+
+/// The server's side of the signals: pingora asks it how to stop, and, while draining,
+/// whether the proxy's last connection is done.
 pub struct Signals {
-    pub registry: Arc<Registry>,
-    pub metrics: Arc<Metrics>,
+    stops: Mutex<mpsc::UnboundedReceiver<Stop>>,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    lifecycle: Arc<Lifecycle>,
+    /// The proxy's open client connections.
+    open: Arc<AtomicUsize>,
+}
+
+/// What the signal thread acts on by itself.
+pub struct Handlers {
+    pub access: Arc<AccessLog>,
+    pub upgrade: UpgradeSocket,
+}
+
+impl Signals {
+    /// Starts taking signals, on a thread of its own. `open` counts the proxy's connections.
+    pub fn listen(
+        handlers: Handlers,
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+        lifecycle: Arc<Lifecycle>,
+        open: Arc<AtomicUsize>,
+    ) -> Result<Signals, String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+        let streams = {
+            let _in_runtime = runtime.enter();
+            Streams::new().map_err(|e| format!("cannot listen for signals: {e}"))?
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || runtime.block_on(streams.serve(handlers, tx)))
+            .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+        Ok(Signals {
+            stops: Mutex::new(rx),
+            registry,
+            metrics,
+            lifecycle,
+            open,
+        })
+    }
+}
+
+struct Streams {
+    term: Signal,
+    quit: Signal,
+    int: Signal,
+    usr1: Signal,
+    usr2: Signal,
+    winch: Signal,
+}
+
+impl Streams {
+    fn new() -> std::io::Result<Streams> {
+        Ok(Streams {
+            term: signal(SignalKind::terminate())?,
+            quit: signal(SignalKind::quit())?,
+            int: signal(SignalKind::interrupt())?,
+            usr1: signal(SignalKind::user_defined1())?,
+            usr2: signal(SignalKind::user_defined2())?,
+            winch: signal(SignalKind::window_change())?,
+        })
+    }
+
+    async fn serve(mut self, handlers: Handlers, stops: mpsc::UnboundedSender<Stop>) {
+        let mut poll = tokio::time::interval(UPGRADE_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stopping = false;
+        loop {
+            let stop = tokio::select! {
+                _ = self.term.recv() => Stop::Drain("SIGTERM"),
+                _ = self.quit.recv() => Stop::Drain("SIGQUIT"),
+                _ = self.int.recv() => Stop::Fast,
+                _ = self.usr1.recv() => {
+                    log::info!("SIGUSR1: reopening the access log");
+                    handlers.access.reopen();
+                    continue;
+                }
+                _ = self.usr2.recv() => {
+                    log::info!("SIGUSR2 ignored: to replace the binary, start the new one with -u");
+                    continue;
+                }
+                _ = self.winch.recv() => {
+                    log::info!("SIGWINCH ignored");
+                    continue;
+                }
+                _ = poll.tick(), if !stopping => {
+                    if !handlers.upgrade.requested() {
+                        continue;
+                    }
+                    Stop::Upgrade
+                }
+            };
+            if stopping {
+                match stop {
+                    Stop::Fast => {
+                        log::info!("SIGINT while stopping: exiting now");
+                        handlers.access.flush();
+                        std::process::exit(0);
+                    }
+                    _ => {
+                        log::info!("already stopping");
+                        continue;
+                    }
+                }
+            }
+            stopping = true;
+            if stops.send(stop).is_err() {
+                return;
+            }
+        }
+    }
 }
 
 #[async_trait]
 impl ShutdownSignalWatch for Signals {
     async fn recv(&self) -> ShutdownSignal {
-        let (term, int) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        );
-        let (mut term, mut int) = match (term, int) {
-            (Ok(t), Ok(i)) => (t, i),
-            (Err(e), _) | (_, Err(e)) => {
-                log::error!("cannot listen for signals: {e}; stop the process with SIGKILL");
-                return std::future::pending().await;
+        let stop = self.stops.lock().await.recv().await;
+        // Without the signal thread, nothing stops the process but SIGKILL.
+        let Some(stop) = stop else {
+            return std::future::pending().await;
+        };
+        let kind = match stop {
+            Stop::Drain(name) => {
+                log::info!("{name}: draining");
+                ShutdownSignal::GracefulTerminate
+            }
+            Stop::Fast => {
+                log::info!("SIGINT: stopping");
+                ShutdownSignal::FastShutdown
+            }
+            Stop::Upgrade => {
+                log::info!(
+                    "a new process asks for the listening sockets: handing them over, then draining"
+                );
+                // The new process has this node's id and keeps its entry alive; it answers on
+                // the same sockets, so this one does not say it is going either.
+                self.registry.hand_over();
+                return ShutdownSignal::GracefulUpgrade;
             }
         };
-        let (kind, name) = tokio::select! {
-            _ = term.recv() => (ShutdownSignal::GracefulTerminate, "SIGTERM: draining"),
-            _ = int.recv() => (ShutdownSignal::FastShutdown, "SIGINT: stopping"),
-        };
-        log::info!("{name}");
+        self.lifecycle.start_draining();
         self.metrics.node_up.set(0);
         match self.registry.unregister().await {
             Ok(()) => log::info!("node {} unregistered", self.registry.me().id),
             Err(e) => log::warn!("node {} could not unregister: {e}", self.registry.me().id),
         }
         kind
+    }
+
+    fn drained(&self) -> bool {
+        self.open.load(Ordering::Acquire) == 0
     }
 }

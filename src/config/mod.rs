@@ -70,6 +70,11 @@ pub struct ServerConfig {
     pub work_stealing: bool,
     /// How long SIGTERM waits for in-flight requests before the process exits.
     pub grace_period: Duration,
+    /// Where the process writes its id, for service managers and scripts.
+    pub pid_file: Option<PathBuf>,
+    /// Where a new process started with `-u` takes over the listening sockets; `None`: a
+    /// path in the temporary directory named after `proxy.listen`.
+    pub upgrade_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]

@@ -35,7 +35,13 @@ pub(super) fn build(path: &str, source: &str, env: Env) -> Result<Config, Config
     let server = server(
         &root.section(
             "server",
-            &["threads", "work_stealing", "grace_period_seconds"],
+            &[
+                "threads",
+                "work_stealing",
+                "grace_period_seconds",
+                "pid_file",
+                "upgrade_socket",
+            ],
             &mut errors,
         ),
         &mut errors,
@@ -165,12 +171,42 @@ fn server(s: &Section, errors: &mut Collector) -> ServerConfig {
             errors,
         )
         .map_or(5, |g| g.value as u64);
+    let path = |key: &str, errors: &mut Collector| {
+        let At { value, span } = s.string(key, errors)?;
+        if value.is_empty() {
+            errors.at(
+                span,
+                format!("{} {key}: expected a file path, found \"\"", s.name),
+            );
+            return None;
+        }
+        Some(PathBuf::from(value))
+    };
+    let pid_file = path("pid_file", errors);
+    let upgrade_socket = path("upgrade_socket", errors);
+    if let (Some(p), Some(span)) = (&upgrade_socket, s.span("upgrade_socket")) {
+        if p.as_os_str().len() > MAX_SOCKET_PATH {
+            errors.at(
+                span,
+                format!(
+                    "{} upgrade_socket: expected a path of at most {MAX_SOCKET_PATH} bytes (a Unix socket's limit), found one of {}",
+                    s.name,
+                    p.as_os_str().len()
+                ),
+            );
+        }
+    }
     ServerConfig {
         threads,
         work_stealing: s.boolean("work_stealing", errors).is_none_or(|v| v.value),
         grace_period: Duration::from_secs(grace),
+        pid_file,
+        upgrade_socket,
     }
 }
+
+/// The longest path a Unix socket address holds (`sun_path`, less its terminating NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
 
 fn admin(s: &Section, errors: &mut Collector) -> Option<AdminConfig> {
     let listen = s.socket_addr("listen", "127.0.0.1:9090", errors);

@@ -171,6 +171,36 @@ impl Gateway {
         }
     }
 
+    /// Starts a second process on this one's config file with `-u`, which takes the
+    /// listening sockets over; returns without waiting (the ports are open throughout).
+    pub fn upgrade(&self) -> Gateway {
+        let log_path = self.log_path.with_extension("upgraded.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_ratelimiter"))
+            .arg("-u")
+            .arg("-c")
+            .arg(&self.config_path)
+            .env("RUST_LOG", "info")
+            .env_remove("RATELIMITER_REDIS_URL")
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap();
+        Gateway {
+            proxy: self.proxy.clone(),
+            admin: self.admin.clone(),
+            config_path: self.config_path.clone(),
+            log_path,
+            child: Some(child),
+        }
+    }
+
+    /// Whether the process has exited (without waiting).
+    pub fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|c| c.try_wait().ok().flatten().is_some())
+    }
+
     /// A shipped config file (`conf/...`), run as written but on free ports instead of its
     /// 127.0.0.1:8080 and 127.0.0.1:9090.
     pub fn start_shipped(path: &str) -> Gateway {

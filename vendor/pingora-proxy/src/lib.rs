@@ -319,6 +319,22 @@ where
         .await;
     }
 
+    /// Resolves when an idle connection should be dropped at shutdown: once `http_cleanup()`
+    /// has been called and the idle linger of the server options has passed. A request that
+    /// starts within the linger is served, with `Connection: close`: a client sending on an
+    /// idle keep-alive connection just as the shutdown starts gets its answer instead of a
+    /// closed connection.
+    async fn await_shutdown_and_linger(&self) {
+        self.await_shutdown().await;
+        if let Some(linger) = self
+            .server_options
+            .as_ref()
+            .and_then(|o| o.shutdown_idle_linger)
+        {
+            tokio::time::sleep(linger).await;
+        }
+    }
+
     async fn handle_new_request(
         &self,
         mut downstream_session: Box<HttpSession>,
@@ -332,7 +348,7 @@ where
         let res = tokio::select! {
             biased; // biased select is cheaper, and we don't want to drop already buffered requests
             res = downstream_session.read_request() => { res }
-            _ = self.await_shutdown() => {
+            _ = self.await_shutdown_and_linger() => {
                 // service shutting down, dropping the connection to stop more req from coming in
                 return None;
             }

@@ -98,6 +98,11 @@ pub struct HttpServerOptions {
     /// connection or the first byte of a request on a reused one (nginx's
     /// `client_header_timeout`); a slower one gets 408. `None`: only per-read timeouts.
     pub request_header_timeout: Option<Duration>,
+
+    /// When the server shuts down gracefully, how long an idle HTTP/1 keep-alive connection
+    /// is still read for its next request, which is then answered with `Connection: close`.
+    /// `None`: idle connections are closed at once, racing a client that is sending on one.
+    pub shutdown_idle_linger: Option<Duration>,
 }
 
 /// Settings persisted across HTTP/1.x keepalive requests on the same downstream connection.

@@ -64,6 +64,8 @@ const EXIT_TIMEOUT: u64 = 60 * 5;
 /* Time to wait before shutting down listening sockets.
 This is the graceful period for the new service to get ready */
 const CLOSE_TIMEOUT: u64 = 5;
+/// How often a graceful shutdown asks whether it is drained.
+const DRAIN_POLL: Duration = Duration::from_millis(50);
 
 enum ShutdownType {
     Graceful,
@@ -145,6 +147,13 @@ pub enum ShutdownSignal {
 pub trait ShutdownSignalWatch {
     /// Returns the desired shutdown type once one has been requested.
     async fn recv(&self) -> ShutdownSignal;
+
+    /// Whether a graceful shutdown has nothing left to finish, asked again and again during
+    /// the grace period: the server exits as soon as it says so, instead of at the period's
+    /// end. The default never says so.
+    fn drained(&self) -> bool {
+        false
+    }
 }
 
 /// A Unix shutdown watcher that awaits for Unix signals.
@@ -237,7 +246,7 @@ impl Server {
     }
 
     #[cfg(unix)]
-    async fn main_loop(&self, run_args: RunArgs) -> ShutdownType {
+    async fn main_loop(&self, run_args: &RunArgs) -> ShutdownType {
         // waiting for exit signal
 
         self.execution_phase_watch
@@ -325,7 +334,7 @@ impl Server {
     }
 
     #[cfg(windows)]
-    async fn main_loop(&self, _run_args: RunArgs) -> ShutdownType {
+    async fn main_loop(&self, _run_args: &RunArgs) -> ShutdownType {
         // waiting for exit signal
 
         self.execution_phase_watch
@@ -787,11 +796,11 @@ impl Server {
         #[cfg(unix)]
         let shutdown_type = server_runtime
             .get_handle()
-            .block_on(self.main_loop(run_args));
+            .block_on(self.main_loop(&run_args));
         #[cfg(windows)]
         let shutdown_type = server_runtime
             .get_handle()
-            .block_on(self.main_loop(run_args));
+            .block_on(self.main_loop(&run_args));
 
         self.execution_phase_watch
             .send(ExecutionPhase::ShutdownStarted)
@@ -808,7 +817,13 @@ impl Server {
                 .grace_period_seconds
                 .unwrap_or(EXIT_TIMEOUT);
             info!("Graceful shutdown: grace period {}s starts", exit_timeout);
-            thread::sleep(Duration::from_secs(exit_timeout));
+            let deadline = Instant::now() + Duration::from_secs(exit_timeout);
+            #[cfg(unix)]
+            while Instant::now() < deadline && !run_args.shutdown_signal.drained() {
+                thread::sleep(DRAIN_POLL);
+            }
+            #[cfg(windows)]
+            thread::sleep(deadline - Instant::now());
             info!("Graceful shutdown: grace period ends");
         }
 

@@ -37,6 +37,7 @@ use pingora_error::Result;
 use pingora_runtime::current_handle;
 use pingora_timeout::timeout;
 use std::fs::Permissions;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -61,6 +62,24 @@ pub struct Service<A> {
     max_connections: Option<usize>,
     /// How long a TLS handshake may take.
     handshake_timeout: Duration,
+    /// The connections open now, over all endpoints.
+    open: Arc<AtomicUsize>,
+}
+
+/// Counts one open connection for as long as it lives.
+struct Open(Arc<AtomicUsize>);
+
+impl Open {
+    fn new(open: &Arc<AtomicUsize>) -> Open {
+        open.fetch_add(1, Ordering::AcqRel);
+        Open(open.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// The handshake timeout without [`Service::set_connection_limits`].
@@ -79,6 +98,7 @@ impl<A> Service<A> {
             connection_filter: Arc::new(AcceptAllFilter),
             max_connections: None,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            open: Arc::default(),
         }
     }
 
@@ -95,6 +115,7 @@ impl<A> Service<A> {
             connection_filter: Arc::new(AcceptAllFilter),
             max_connections: None,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            open: Arc::default(),
         }
     }
 
@@ -103,6 +124,12 @@ impl<A> Service<A> {
     pub fn set_connection_limits(&mut self, max: Option<usize>, handshake_timeout: Duration) {
         self.max_connections = max;
         self.handshake_timeout = handshake_timeout;
+    }
+
+    /// The number of connections this service has open, from accept to close, kept up to
+    /// date while it runs: a drain is over when it reaches zero.
+    pub fn open_connections(&self) -> Arc<AtomicUsize> {
+        self.open.clone()
     }
 
     /// Set a runtime options override for this service.
@@ -227,6 +254,7 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
         mut shutdown: ShutdownWatch,
         slots: Option<Arc<Semaphore>>,
         handshake_timeout: Duration,
+        open: Arc<AtomicUsize>,
     ) {
         // the accept loop, until the system is shutting down
         loop {
@@ -268,9 +296,11 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                 Ok(io) => {
                     let app = app_logic.clone();
                     let shutdown = shutdown.clone();
+                    let counted = Open::new(&open);
                     current_handle().spawn(async move {
                         // Held until the connection is done with.
                         let _slot = slot;
+                        let _counted = counted;
                         let peer_addr = io.peer_addr();
                         match timeout(handshake_timeout, io.handshake()).await {
                             Ok(handshake) => {
@@ -345,16 +375,25 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceTrait for Service<A> {
         // One count of connections for every endpoint of the service.
         let slots = self.max_connections.map(|n| Arc::new(Semaphore::new(n)));
         let handshake_timeout = self.handshake_timeout;
+        let open = self.open.clone();
         endpoints.into_iter().for_each(|endpoint| {
             for _ in 0..listeners_per_fd {
                 let shutdown = shutdown.clone();
                 let my_app_logic = app_logic.clone();
                 let endpoint = endpoint.clone();
                 let slots = slots.clone();
+                let open = open.clone();
 
                 let jh = runtime.spawn(async move {
-                    Self::run_endpoint(my_app_logic, endpoint, shutdown, slots, handshake_timeout)
-                        .await;
+                    Self::run_endpoint(
+                        my_app_logic,
+                        endpoint,
+                        shutdown,
+                        slots,
+                        handshake_timeout,
+                        open,
+                    )
+                    .await;
                 });
 
                 handlers.push(jh);

@@ -1,0 +1,377 @@
+//! Production operations (contract §17): what each common signal does to a node under a
+//! keep-alive load, the access log reopened on USR1, a zero-downtime upgrade with `-u`, and
+//! what a graceful stop costs keep-alive clients, beside nginx's graceful stop in the same run.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::http::get;
+use common::load::{KeepAliveLoad, Tally};
+use common::procs::{Gateway, RedisServer};
+use common::upstream::Upstream;
+use common::{free_port, wait_for};
+
+const CONNECTIONS: usize = 8;
+
+/// A node on Redis named `id`, with a long grace period (so a prompt exit shows it did not
+/// wait it out) and limits no load reaches.
+fn node(redis: &RedisServer, up: &Upstream, id: &str, extra: &str) -> Gateway {
+    let proxy = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
+    Gateway::start_text(
+        &proxy,
+        &admin,
+        &format!(
+            "[server]\nthreads = 2\ngrace_period_seconds = 30\n{extra}\n\n[proxy]\nlisten = \"{proxy}\"\nupstreams = [\"{}\"]\n\n[admin]\nlisten = \"{admin}\"\n\n[node]\nid = \"{id}\"\n\n[redis]\nurl = \"{}\"\n\n[limits]\ndefault_limit = 100000000\n",
+            up.addr,
+            redis.url()
+        ),
+    )
+}
+
+fn registered(redis: &RedisServer, id: &str) -> bool {
+    let mut c = redis.conn();
+    redis::cmd("EXISTS")
+        .arg(format!("ratelimiter:nodes:{id}"))
+        .query::<bool>(&mut c)
+        .unwrap()
+}
+
+/// Runs the load until `enough` answers have come back since the last call.
+fn until_answered(load_probe: &Gateway, n: usize) {
+    let start = Instant::now();
+    let mut seen = 0;
+    while seen < n {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no traffic through {}",
+            load_probe.proxy
+        );
+        if get(&load_probe.proxy, "/", &[]).is_ok_and(|r| r.status == 200) {
+            seen += 1;
+        }
+    }
+}
+
+#[test]
+fn signals_under_load_never_stop_a_node_without_a_drain() {
+    let redis = RedisServer::start();
+    let up = Upstream::start();
+    let mut gw = node(&redis, &up, "signalled", "");
+    wait_for("the node registered", Duration::from_secs(10), || {
+        registered(&redis, "signalled").then_some(())
+    });
+    let load = KeepAliveLoad::start(&gw.proxy, CONNECTIONS, "/");
+    // None of these stops the node, or costs a request.
+    for sig in ["USR1", "USR2", "HUP", "PIPE", "WINCH"] {
+        gw.signal(sig);
+        until_answered(&gw, 20);
+        assert!(!gw.exited(), "SIG{sig} ended the node: {}", gw.log());
+        assert!(registered(&redis, "signalled"), "after SIG{sig}");
+    }
+    // TERM: drained, out of the registry, and gone well within the 30 s grace period.
+    let stopped = Instant::now();
+    gw.signal("TERM");
+    assert_eq!(gw.wait_exit(Duration::from_secs(10)), Some(0));
+    let took = stopped.elapsed();
+    let tally = load.finish();
+    assert!(took < Duration::from_secs(5), "exited after {took:?}");
+    assert!(!registered(&redis, "signalled"));
+    assert_eq!(tally.lost, 0, "{tally:?}");
+    assert_eq!(tally.failed(), 0, "{tally:?}");
+    assert!(tally.ok() > 100, "{tally:?}");
+    assert!(tally.closed_by_server >= 1, "{tally:?}");
+}
+
+#[test]
+fn quit_drains_and_int_stops_fast_both_leaving_the_registry() {
+    let redis = RedisServer::start();
+    let up = Upstream::start();
+    for (sig, id) in [("QUIT", "quit"), ("INT", "int")] {
+        let mut gw = node(&redis, &up, id, "");
+        wait_for("the node registered", Duration::from_secs(10), || {
+            registered(&redis, id).then_some(())
+        });
+        let load = KeepAliveLoad::start(&gw.proxy, CONNECTIONS, "/");
+        until_answered(&gw, 20);
+        gw.signal(sig);
+        assert_eq!(gw.wait_exit(Duration::from_secs(10)), Some(0), "SIG{sig}");
+        let tally = load.finish();
+        assert!(!registered(&redis, id), "SIG{sig} left a ghost node");
+        if sig == "QUIT" {
+            assert_eq!(tally.lost, 0, "SIGQUIT: {tally:?}");
+        }
+        assert_eq!(tally.failed(), 0, "SIG{sig}: {tally:?}");
+    }
+}
+
+#[test]
+fn sigterm_on_an_idle_node_exits_at_once() {
+    let redis = RedisServer::start();
+    let up = Upstream::start();
+    let mut gw = node(&redis, &up, "idle", "");
+    assert_eq!(get(&gw.proxy, "/", &[]).unwrap().status, 200);
+    let stopped = Instant::now();
+    gw.signal("TERM");
+    assert_eq!(gw.wait_exit(Duration::from_secs(10)), Some(0));
+    // The idle keep-alive linger (1 s) at most, not the 30 s grace period.
+    assert!(
+        stopped.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        stopped.elapsed()
+    );
+}
+
+#[test]
+fn usr1_reopens_the_access_log() {
+    let dir = std::env::temp_dir().join(format!("ratelimiter-usr1-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("access.log");
+    let up = Upstream::start();
+    let gw = Gateway::start(
+        &format!("upstreams = [\"{}\"]", up.addr),
+        &format!("[log]\naccess = \"{}\"", log.display()),
+    );
+    let lines = |path: &std::path::Path| {
+        std::fs::read_to_string(path)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    get(&gw.proxy, "/before", &[]).unwrap();
+    wait_for("the first line", Duration::from_secs(5), || {
+        (lines(&log) == 1).then_some(())
+    });
+    // Rotated away, as logrotate does; lines go to the old file until USR1.
+    let rotated = dir.join("access.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    gw.signal("USR1");
+    wait_for("a new file at the path", Duration::from_secs(5), || {
+        get(&gw.proxy, "/after", &[]).unwrap();
+        log.exists().then_some(())
+    });
+    wait_for("lines in the new file", Duration::from_secs(5), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("/after")
+            .then_some(())
+    });
+    assert!(!std::fs::read_to_string(&rotated)
+        .unwrap()
+        .contains("/after"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_upgrade_under_load_refuses_nothing_and_fails_nothing() {
+    let redis = RedisServer::start();
+    let up = Upstream::start();
+    let pid_file =
+        std::env::temp_dir().join(format!("ratelimiter-upgrade-{}.pid", std::process::id()));
+    let mut old = node(
+        &redis,
+        &up,
+        "upgraded",
+        &format!("pid_file = \"{}\"", pid_file.display()),
+    );
+    wait_for("the node registered", Duration::from_secs(10), || {
+        registered(&redis, "upgraded").then_some(())
+    });
+    let pid_of = || {
+        std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+    };
+    assert_eq!(pid_of(), Some(old.pid()));
+    let load = KeepAliveLoad::start(&old.proxy, CONNECTIONS, "/");
+    // Fresh connections too: each one accepted by one process or the other.
+    let fresh = std::thread::spawn({
+        let addr = old.proxy.clone();
+        let admin = old.admin.clone();
+        move || {
+            let (mut ok, mut bad) = (0, Vec::new());
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(12) {
+                for a in [&addr, &admin] {
+                    let path = if a == &admin { "/health" } else { "/" };
+                    match get(a, path, &[]) {
+                        Ok(r) if r.status == 200 => ok += 1,
+                        other => bad.push(format!("{a}: {other:?}")),
+                    }
+                }
+            }
+            (ok, bad)
+        }
+    });
+    until_answered(&old, 50);
+    let mut new = old.upgrade();
+    // The old process hands over, drains and exits; the new one serves on.
+    assert_eq!(
+        old.wait_exit(Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        old.log()
+    );
+    let (fresh_ok, fresh_bad) = fresh.join().unwrap();
+    until_answered(&new, 50);
+    let tally = load.finish();
+    assert!(!new.exited(), "{}", new.log());
+    assert_eq!(
+        pid_of(),
+        Some(new.pid()),
+        "the pid file names the new process"
+    );
+    assert!(registered(&redis, "upgraded"), "the node stays listed");
+    assert!(fresh_bad.is_empty(), "{fresh_bad:?}");
+    assert!(fresh_ok > 50, "{fresh_ok}");
+    assert_eq!(
+        (tally.lost, tally.refused, tally.failed()),
+        (0, 0, 0),
+        "{tally:?}"
+    );
+    eprintln!("upgrade under load: keep-alive {tally:?}, fresh connections {fresh_ok} answered");
+    // The new process upgrades again the same way.
+    let mut newer = new.upgrade();
+    assert_eq!(
+        new.wait_exit(Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        new.log()
+    );
+    until_answered(&newer, 10);
+    assert!(!newer.exited());
+    assert!(registered(&redis, "upgraded"));
+    newer.signal("TERM");
+    assert_eq!(newer.wait_exit(Duration::from_secs(10)), Some(0));
+    assert!(!registered(&redis, "upgraded"));
+    assert_eq!(pid_of(), None, "the pid file is removed at exit");
+}
+
+/// nginx in front of the same upstream, keep-alive on both sides, started in the foreground.
+struct Nginx {
+    child: Child,
+    dir: std::path::PathBuf,
+    addr: String,
+}
+
+impl Nginx {
+    fn start(upstream: &str) -> Nginx {
+        let dir = std::env::temp_dir().join(format!("ratelimiter-nginx-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("logs")).unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let conf = dir.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "daemon off;\nworker_processes 2;\npid {dir}/nginx.pid;\nerror_log {dir}/logs/error.log;\nevents {{ worker_connections 1024; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy; fastcgi_temp_path {dir}/fcgi; uwsgi_temp_path {dir}/uwsgi; scgi_temp_path {dir}/scgi;\n  upstream app {{ server {upstream}; keepalive 16; }}\n  server {{\n    listen {addr};\n    location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n  }}\n}}\n",
+                dir = dir.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(nginx())
+            .args(["-p", &dir.to_string_lossy(), "-c", &conf.to_string_lossy()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx (scripts/deps.sh installs it)");
+        wait_for("nginx", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(&addr).ok()
+        });
+        Nginx { child, dir, addr }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn nginx() -> &'static str {
+    ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "nginx"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or("nginx")
+}
+
+/// Keep-alive clients during a graceful stop: a request sent on a kept-alive connection as
+/// the stop begins is answered by the gateway (with `Connection: close`); nginx, stopped with
+/// its graceful QUIT in the same run, is the yardstick.
+#[test]
+fn a_graceful_stop_loses_no_keepalive_request() {
+    const LOADED: Duration = Duration::from_millis(500);
+    const CLIENTS: usize = 10;
+    let up = Upstream::start();
+    let rounds = 3;
+    let (mut ours, mut theirs) = (Tally::default(), Tally::default());
+    for _ in 0..rounds {
+        let mut nginx = Nginx::start(&up.addr);
+        let load = KeepAliveLoad::start(&nginx.addr, CLIENTS, "/");
+        wait_for("nginx traffic", Duration::from_secs(10), || {
+            get(&nginx.addr, "/", &[]).ok().filter(|r| r.status == 200)
+        });
+        // Both under load for the same time before the stop.
+        std::thread::sleep(LOADED);
+        let _ = Command::new("kill")
+            .args(["-QUIT", &nginx.child.id().to_string()])
+            .status();
+        wait_for("nginx to exit", Duration::from_secs(30), || {
+            nginx.child.try_wait().ok().flatten()
+        });
+        theirs.add(&load.finish());
+
+        let redis = RedisServer::start();
+        let mut gw = node(&redis, &up, "stopped", "");
+        let load = KeepAliveLoad::start(&gw.proxy, CLIENTS, "/");
+        until_answered(&gw, 1);
+        std::thread::sleep(LOADED);
+        gw.signal("TERM");
+        assert_eq!(gw.wait_exit(Duration::from_secs(10)), Some(0));
+        ours.add(&load.finish());
+    }
+    eprintln!(
+        "graceful stop, {rounds} rounds of {CLIENTS} keep-alive clients: gateway lost {} of {} requests ({} clients lost one), nginx lost {} of {} ({} clients)",
+        ours.lost,
+        ours.ok() + ours.lost,
+        ours.clients_losing,
+        theirs.lost,
+        theirs.ok() + theirs.lost,
+        theirs.clients_losing,
+    );
+    assert_eq!(ours.lost, 0, "{ours:?}");
+    assert!(ours.lost <= theirs.lost);
+}
+
+/// A client that hangs up mid-request, or sends a body and vanishes, is its own affair: no
+/// line at ERROR, which operators alert on.
+#[test]
+fn clients_that_hang_up_are_not_logged_as_errors() {
+    use std::io::Write;
+    let up = Upstream::start();
+    let gw = Gateway::start(&format!("upstreams = [\"{}\"]", up.addr), "");
+    for request in [
+        &b"GET /sleep/300 HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+        b"POST /sleep/300 HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nabc",
+    ] {
+        let mut c = std::net::TcpStream::connect(&gw.proxy).unwrap();
+        c.write_all(request).unwrap();
+        // Gone before the answer, with the request in the gateway's hands.
+        std::thread::sleep(Duration::from_millis(50));
+        drop(c);
+    }
+    // The hang-ups are done with once a later request goes through.
+    wait_for(
+        "the gateway to be done with them",
+        Duration::from_secs(5),
+        || {
+            get(&gw.proxy, "/sleep/400", &[])
+                .ok()
+                .filter(|r| r.status == 200)
+        },
+    );
+    let log = gw.log();
+    assert!(!log.contains(" ERROR "), "{log}");
+}
