@@ -1,20 +1,29 @@
-//! Command-line arguments (contract §1, §17): `-c FILE`, `-t`, `-u`, `--version`, `--help`.
+//! Command-line arguments (contract §1, §17): `-c FILE`, `-t`, `-u`, `-d`, `--version`,
+//! `--help`.
 
 /// What the command line asks for.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
-    /// Run the gateway with this config (`None`: the built-in defaults).
-    Run(Option<String>),
-    /// Run it, taking the listening sockets over from the process running now.
-    Upgrade(Option<String>),
+    Run(Run),
     /// Check the config and exit.
     Test(Option<String>),
     Version,
     Help,
 }
 
+/// How to run the gateway.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Run {
+    /// The config file (`None`: the built-in defaults).
+    pub conf: Option<String>,
+    /// Take the listening sockets over from the process running now (`-u`).
+    pub upgrade: bool,
+    /// Fork into the background once serving (`-d`).
+    pub daemon: bool,
+}
+
 pub const USAGE: &str = "\
-usage: ratelimiter [-t | -u] [-c FILE]
+usage: ratelimiter [-t | [-u] [-d]] [-c FILE]
        ratelimiter --version
 
   -c, --conf FILE   the TOML config (default: built-in defaults, the embedded store)
@@ -22,6 +31,8 @@ usage: ratelimiter [-t | -u] [-c FILE]
                     1 and every error on stderr when not
   -u, --upgrade     take the listening sockets over from the node running with this
                     config, which then drains and exits (a zero-downtime upgrade)
+  -d, --daemon      run in the background; the command returns once the node serves
+                    (0), or fails (1)
   -V, --version     print the version
   -h, --help        print this help
 
@@ -32,6 +43,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
     let mut conf = None;
     let mut test = false;
     let mut upgrade = false;
+    let mut daemon = false;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -41,6 +53,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
             },
             "-t" | "--test" => test = true,
             "-u" | "--upgrade" => upgrade = true,
+            "-d" | "--daemon" => daemon = true,
             "-V" | "--version" => return Ok(Command::Version),
             "-h" | "--help" => return Ok(Command::Help),
             other => match other.strip_prefix("--conf=") {
@@ -49,11 +62,16 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
             },
         }
     }
-    Ok(match (test, upgrade) {
-        (true, true) => return Err("-t and -u do not go together".into()),
-        (true, false) => Command::Test(conf),
-        (false, true) => Command::Upgrade(conf),
-        (false, false) => Command::Run(conf),
+    if test && (upgrade || daemon) {
+        return Err("-t goes with neither -u nor -d".into());
+    }
+    Ok(match test {
+        true => Command::Test(conf),
+        false => Command::Run(Run {
+            conf,
+            upgrade,
+            daemon,
+        }),
     })
 }
 
@@ -61,16 +79,20 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
 mod tests {
     use super::*;
 
+    fn run(conf: &str) -> Run {
+        Run {
+            conf: Some(conf.into()),
+            ..Run::default()
+        }
+    }
+
     fn p(args: &[&str]) -> Result<Command, String> {
         parse(args.iter().map(|s| s.to_string()))
     }
 
     #[test]
     fn parses_the_contract_forms() {
-        assert_eq!(
-            p(&["-c", "a.toml"]),
-            Ok(Command::Run(Some("a.toml".into())))
-        );
+        assert_eq!(p(&["-c", "a.toml"]), Ok(Command::Run(run("a.toml"))));
         assert_eq!(
             p(&["-t", "-c", "a.toml"]),
             Ok(Command::Test(Some("a.toml".into())))
@@ -79,16 +101,17 @@ mod tests {
             p(&["-c", "a.toml", "-t"]),
             Ok(Command::Test(Some("a.toml".into())))
         );
+        assert_eq!(p(&["--conf=a.toml"]), Ok(Command::Run(run("a.toml"))));
         assert_eq!(
-            p(&["--conf=a.toml"]),
-            Ok(Command::Run(Some("a.toml".into())))
-        );
-        assert_eq!(
-            p(&["-u", "-c", "a.toml"]),
-            Ok(Command::Upgrade(Some("a.toml".into())))
+            p(&["-u", "-d", "-c", "a.toml"]),
+            Ok(Command::Run(Run {
+                upgrade: true,
+                daemon: true,
+                ..run("a.toml")
+            }))
         );
         assert_eq!(p(&["--version"]), Ok(Command::Version));
-        assert_eq!(p(&[]), Ok(Command::Run(None)));
+        assert_eq!(p(&[]), Ok(Command::Run(Run::default())));
     }
 
     #[test]
@@ -97,5 +120,6 @@ mod tests {
         assert!(p(&["-c", "-t"]).is_err());
         assert!(p(&["--bogus"]).is_err());
         assert!(p(&["-t", "-u"]).is_err());
+        assert!(p(&["-t", "-d"]).is_err());
     }
 }

@@ -26,6 +26,7 @@ pub mod access_log;
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod forwarding;
 pub mod headers;
 pub mod key;

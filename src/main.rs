@@ -6,7 +6,7 @@ use std::process::ExitCode;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use ratelimiter::cli::{self, Command, USAGE};
+use ratelimiter::cli::{self, Command, Run, USAGE};
 use ratelimiter::config::{Config, DEFAULTS_NAME};
 
 fn main() -> ExitCode {
@@ -53,23 +53,37 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run(path) => run(path, false),
-        Command::Upgrade(path) => run(path, true),
+        Command::Run(how) => run(how),
     }
 }
 
-/// Runs the gateway until a signal stops it; `upgrade`: with the listening sockets of the
-/// process running now.
-fn run(path: Option<String>, upgrade: bool) -> ExitCode {
-    let config = match Config::load_from(path.as_deref()) {
+/// Runs the gateway until a signal stops it.
+fn run(how: Run) -> ExitCode {
+    let config = match Config::load_from(how.conf.as_deref()) {
         Ok(c) => c,
         Err(errors) => {
             eprintln!("{errors}");
             return ExitCode::FAILURE;
         }
     };
+    // Before any thread starts, and once the config is known good, so its errors are seen.
+    let ready = match how.daemon {
+        true => match ratelimiter::daemon::daemonize() {
+            Ok(ready) => Some(ready),
+            Err(e) => {
+                eprintln!("ratelimiter: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        false => None,
+    };
     ratelimiter::logging::init(config.log.format, config.privacy.clear_keys);
-    match ratelimiter::server::run(config, path, upgrade) {
+    let start = ratelimiter::server::Start {
+        path: how.conf,
+        upgrade: how.upgrade,
+        ready,
+    };
+    match ratelimiter::server::run(config, start) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ratelimiter: {e}");

@@ -108,10 +108,23 @@ fn server_conf(config: &Config) -> ServerConf {
     }
 }
 
-/// Runs the gateway until a signal stops it ([`crate::shutdown`]). `path` is the file given
-/// with `-c` (`None`: the built-in defaults), re-read on SIGHUP. `upgrade`: the listening
-/// sockets are taken over from the process running with this config (`-u`).
-pub fn run(config: Config, path: Option<String>, upgrade: bool) -> Result<(), String> {
+/// How the process was started.
+pub struct Start {
+    /// The file given with `-c` (`None`: the built-in defaults), re-read on SIGHUP.
+    pub path: Option<String>,
+    /// Take the listening sockets over from the process running with this config (`-u`).
+    pub upgrade: bool,
+    /// In the background (`-d`): told once the node serves.
+    pub ready: Option<crate::daemon::Ready>,
+}
+
+/// Runs the gateway until a signal stops it ([`crate::shutdown`]).
+pub fn run(config: Config, start: Start) -> Result<(), String> {
+    let Start {
+        path,
+        upgrade,
+        ready,
+    } = start;
     // Before anything registers this node: a listener that cannot open ends the process
     // here, with the address named (pingora would retry, then panic inside its service).
     // Taking over, the addresses are the running process's.
@@ -274,6 +287,9 @@ pub fn run(config: Config, path: Option<String>, upgrade: bool) -> Result<(), St
         .as_deref()
         .map(PidFile::write)
         .transpose()?;
+    if let Some(ready) = ready {
+        notify_once_serving(ready, config.proxy.listen);
+    }
     server.run(RunArgs {
         shutdown_signal: Box::new(signals),
     });
@@ -302,6 +318,31 @@ fn upgrade_socket(config: &Config) -> std::path::PathBuf {
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
     std::env::temp_dir().join(format!("ratelimiter-{name}.upgrade.sock"))
+}
+
+/// Tells the parent of `-d` once the proxy port accepts (the services open it as they start).
+fn notify_once_serving(ready: crate::daemon::Ready, listen: std::net::SocketAddr) {
+    let probe = match listen.ip().is_unspecified() {
+        true => std::net::SocketAddr::new(
+            match listen {
+                std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            },
+            listen.port(),
+        ),
+        false => listen,
+    };
+    let spawned = std::thread::Builder::new()
+        .name("ready".into())
+        .spawn(move || {
+            while std::net::TcpStream::connect_timeout(&probe, Duration::from_secs(1)).is_err() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            ready.notify();
+        });
+    if let Err(e) = spawned {
+        log::warn!("cannot tell the starting command that the node serves: {e}");
+    }
 }
 
 /// `server.pid_file`: written once the node is about to serve, removed at exit unless another

@@ -375,3 +375,93 @@ fn clients_that_hang_up_are_not_logged_as_errors() {
     let log = gw.log();
     assert!(!log.contains(" ERROR "), "{log}");
 }
+
+/// `-d`, as a systemd unit of `Type=forking` with `PIDFile=` runs it: the command returns once
+/// the node serves, the pid file names the process in the background, and `-u -d` replaces
+/// it the same way, which is what `ExecReload=` does for a new binary or config.
+#[test]
+fn in_the_background_the_command_returns_once_serving_and_upgrades_the_same_way() {
+    let up = Upstream::start();
+    let dir = std::env::temp_dir().join(format!("ratelimiter-daemon-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (proxy, admin) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let pid_file = dir.join("ratelimiter.pid");
+    let conf = dir.join("ratelimiter.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[server]\nthreads = 1\ngrace_period_seconds = 5\npid_file = \"{}\"\n\n[proxy]\nlisten = \"{proxy}\"\nupstreams = [\"{}\"]\n\n[admin]\nlisten = \"{admin}\"\n",
+            pid_file.display(),
+            up.addr
+        ),
+    )
+    .unwrap();
+    let log = dir.join("stderr.log");
+    let start = |args: &[&str]| {
+        let started = Instant::now();
+        let status = Command::new(env!("CARGO_BIN_EXE_ratelimiter"))
+            .args(args)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .unwrap(),
+            )
+            .status()
+            .unwrap();
+        (status.code(), started.elapsed())
+    };
+    let pid = || -> u32 {
+        std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let alive = |pid: u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
+
+    let (code, took) = start(&["-d"]);
+    assert_eq!(code, Some(0), "{}", std::fs::read_to_string(&log).unwrap());
+    assert!(took < Duration::from_secs(10));
+    // Serving as soon as the command returned.
+    assert_eq!(get(&proxy, "/", &[]).unwrap().status, 200);
+    let first = pid();
+    assert!(alive(first));
+
+    let (code, _) = start(&["-u", "-d"]);
+    assert_eq!(code, Some(0), "{}", std::fs::read_to_string(&log).unwrap());
+    let second = pid();
+    assert_ne!(first, second);
+    assert_eq!(get(&proxy, "/", &[]).unwrap().status, 200);
+    wait_for("the first process to exit", Duration::from_secs(20), || {
+        // Reaped by init once it exits; a zombie still shows in /proc with state Z.
+        let state = std::fs::read_to_string(format!("/proc/{first}/stat")).unwrap_or_default();
+        (state.is_empty() || state.contains(") Z ")).then_some(())
+    });
+    assert_eq!(get(&proxy, "/", &[]).unwrap().status, 200);
+
+    // A second node on the same ports cannot start: the command says so and fails.
+    let (code, _) = start(&["-d"]);
+    assert_eq!(code, Some(1));
+    assert_eq!(pid(), second, "the failed start left the pid file alone");
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &second.to_string()])
+        .status();
+    wait_for("the node to exit", Duration::from_secs(10), || {
+        (!alive(second)
+            || std::fs::read_to_string(format!("/proc/{second}/stat"))
+                .unwrap_or_default()
+                .contains(") Z "))
+        .then_some(())
+    });
+    assert!(!pid_file.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
