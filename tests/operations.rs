@@ -231,6 +231,9 @@ fn an_upgrade_under_load_refuses_nothing_and_fails_nothing() {
         "{tally:?}"
     );
     eprintln!("upgrade under load: keep-alive {tally:?}, fresh connections {fresh_ok} answered");
+    for (who, log) in [("old", old.log()), ("new", new.log())] {
+        assert!(!log.contains(" ERROR "), "the {who} process: {log}");
+    }
     // The new process upgrades again the same way.
     let mut newer = new.upgrade();
     assert_eq!(
