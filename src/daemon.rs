@@ -1,7 +1,8 @@
 //! `-d`: the process forks; the parent stays in the foreground until the child serves, then
 //! exits 0 (1 when the child failed first), as nginx does and as a systemd unit of
-//! `Type=forking` with a `PIDFile=` expects. The child leaves the terminal's session; it keeps
-//! stderr (the log) and the working directory (relative paths in the config).
+//! `Type=forking` with a `PIDFile=` expects. The child leaves the terminal's session, reads
+//! nothing from stdin and writes nothing to stdout; it keeps stderr (the log: redirect it, or
+//! let systemd take it) and the working directory (relative paths in the config).
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -36,9 +37,11 @@ pub fn daemonize() -> Result<Ready, String> {
             // SAFETY: plain system calls on the child's own process and descriptor 0.
             unsafe {
                 libc::setsid();
+                // Nothing reads from the terminal or writes to stdout; stderr stays the log.
                 let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
                 if null >= 0 {
                     libc::dup2(null, 0);
+                    libc::dup2(null, 1);
                     libc::close(null);
                 }
             }

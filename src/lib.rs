@@ -35,6 +35,7 @@ pub mod limiter;
 pub mod live;
 pub mod logging;
 pub mod metrics;
+pub mod process;
 pub mod proxy;
 pub mod redis_conn;
 pub mod registry;

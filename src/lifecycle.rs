@@ -1,6 +1,6 @@
-//! Where the process is in its life, for whoever must answer differently while it drains:
-//! `/health/ready` (503 once draining, so load balancers take the node out), responses
-//! (`Connection: close`), and the shutdown that waits for the last connection.
+//! Where the process is in its life (draining, or handing its sockets to a new process), for
+//! whoever must answer differently: `/health/ready` (503 once draining, so load balancers take
+//! the node out) and the end of a hand-over (the registry entry).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 #[derive(Debug, Default)]
 pub struct Lifecycle {
     draining: AtomicBool,
+    handed_over: AtomicBool,
 }
 
 impl Lifecycle {
@@ -18,5 +19,19 @@ impl Lifecycle {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
+    }
+
+    /// The listening sockets are being handed to a new process (`-u`).
+    pub fn hand_over(&self) {
+        self.handed_over.store(true, Ordering::Release);
+    }
+
+    /// The hand-over failed: this process serves on.
+    pub fn take_back(&self) {
+        self.handed_over.store(false, Ordering::Release);
+    }
+
+    pub fn handed_over(&self) -> bool {
+        self.handed_over.load(Ordering::Acquire)
     }
 }

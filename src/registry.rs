@@ -1,5 +1,6 @@
 //! The node registry (contract §4): each node keeps a Redis hash `ratelimiter:nodes:<id>`
-//! (`address`, `registered_at`) alive with a TTL, refreshed every heartbeat and deleted on
+//! (`address`, `registered_at`, and `instance`, which tells this process's entry from its
+//! successor's after an upgrade) alive with a TTL, refreshed every heartbeat and deleted on
 //! shutdown, so any node can list every live node sharing its Redis. A node killed without
 //! warning disappears when its TTL runs out. With the embedded store the registry is the
 //! node itself.
@@ -43,7 +44,17 @@ pub struct Registry {
     redis: Option<Arc<Redis>>,
     /// Set once the node unregisters, so a late heartbeat cannot bring it back.
     leaving: AtomicBool,
+    /// This process, among the processes that have had this node's id.
+    instance: String,
 }
+
+/// Deletes a node's entry only while it is still the given process's.
+const DELETE_IF_OURS: &str = r#"
+if redis.call('HGET', KEYS[1], 'instance') == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#;
 
 impl Registry {
     pub fn new(node: &NodeConfig, redis: Option<Arc<Redis>>) -> Self {
@@ -60,6 +71,7 @@ impl Registry {
             }),
             redis,
             leaving: AtomicBool::new(false),
+            instance: instance(),
         }
     }
 
@@ -108,6 +120,8 @@ impl Registry {
             .arg(&settings.address)
             .arg("registered_at")
             .arg(&self.me.registered_at)
+            .arg("instance")
+            .arg(&self.instance)
             .ignore()
             .expire(self.key(), settings.ttl.as_secs() as i64)
             .ignore();
@@ -124,6 +138,34 @@ impl Registry {
     /// listening sockets, which has this node's id.
     pub fn hand_over(&self) {
         self.leaving.store(true, Ordering::SeqCst);
+    }
+
+    /// After a failed upgrade: this process keeps the entry alive again.
+    pub fn resume(&self) {
+        self.leaving.store(false, Ordering::SeqCst);
+    }
+
+    /// At the end of a hand-over: deletes the entry unless the successor has made it its own
+    /// (when it runs under another id, or failed before its first heartbeat, the entry
+    /// would otherwise outlive this process by its TTL).
+    pub async fn unregister_unless_taken_over(&self) -> Result<(), StoreError> {
+        self.leaving.store(true, Ordering::SeqCst);
+        let Some(redis) = &self.redis else {
+            return Ok(());
+        };
+        let script = redis::Script::new(DELETE_IF_OURS);
+        let (key, instance) = (self.key(), &self.instance);
+        let (script, key) = (&script, &key);
+        redis
+            .retried(redis.slow_timeout(), |mut c| async move {
+                script
+                    .key(key)
+                    .arg(instance)
+                    .invoke_async::<()>(&mut c)
+                    .await
+            })
+            .await
+            .map_err(StoreError::from)
     }
 
     /// Deletes this node's entry (best effort) and stops further heartbeats.
@@ -217,6 +259,14 @@ impl BackgroundService for Heartbeat {
             }
         }
     }
+}
+
+/// Tells this process from any other that has had the node's id: its pid and start time.
+fn instance() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{:x}-{nanos:x}", std::process::id())
 }
 
 /// `2026-11-22T10:00:00Z`: ISO 8601 (RFC 3339) in UTC, to the second.

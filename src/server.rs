@@ -21,6 +21,7 @@ use crate::limiter::backend::redis::RedisStore;
 use crate::limiter::{Counters, Decide, Limiter};
 use crate::live::LiveConfig;
 use crate::metrics::Metrics;
+use crate::process;
 use crate::proxy::Gateway;
 use crate::registry::{Heartbeat, Registry};
 use crate::reload::Reloader;
@@ -129,9 +130,12 @@ pub fn run(config: Config, start: Start) -> Result<(), String> {
     // here, with the address named (pingora would retry, then panic inside its service).
     // Taking over, the addresses are the running process's.
     if !upgrade {
-        check_listeners(&config)?;
+        check_listeners(&config, |_| true)?;
     }
-    let upgrade_socket = upgrade_socket(&config);
+    let upgrade_socket = process::upgrade_socket(&config)?;
+    if let Some(path) = &config.server.pid_file {
+        process::check_pid_file(path)?;
+    }
     // The HTTPS listener's certificate, shared with the reloader, which reads it again.
     let (tls, cert) = match &config.proxy.tls {
         Some(tls) => {
@@ -181,10 +185,13 @@ pub fn run(config: Config, start: Start) -> Result<(), String> {
     }
     // Taking over, this waits for the sockets (a few seconds at most; then the process exits).
     server.bootstrap();
-    if upgrade {
-        // So that the next upgrade's socket is a new file, which this process then sees.
-        let _ = std::fs::remove_file(&upgrade_socket);
+    let upgrade_ack = server.take_upgrade_ack();
+    if upgrade_ack.is_some() {
         log::info!("listening sockets taken over");
+        // An address the old process did not have is bound afresh: one in use ends this
+        // process here, before the old one is told to go.
+        let inherited = server.inherited_addresses();
+        check_listeners(config, |addr| !inherited.contains(&addr.to_string()))?;
     }
 
     let gateway = Gateway::new(
@@ -254,7 +261,8 @@ pub fn run(config: Config, start: Start) -> Result<(), String> {
     let signals = Signals::listen(
         Handlers {
             access: shared.access.clone(),
-            upgrade: UpgradeSocket::new(upgrade_socket),
+            upgrade: Arc::new(UpgradeSocket::new(upgrade_socket)),
+            pid_file: config.server.pid_file.clone(),
         },
         shared.registry.clone(),
         shared.metrics.clone(),
@@ -281,21 +289,25 @@ pub fn run(config: Config, start: Start) -> Result<(), String> {
         config.proxy.listen,
         config.admin.listen
     );
-    let pid_file = config
-        .server
-        .pid_file
-        .as_deref()
-        .map(PidFile::write)
-        .transpose()?;
-    if let Some(ready) = ready {
-        notify_once_serving(ready, config.proxy.listen);
-    }
+    process::announce_serving(
+        server.watch_execution_phase(),
+        process::Waiting {
+            upgrade: upgrade_ack,
+            pid_file: config.server.pid_file.clone(),
+            daemon: ready.map(|r| (r, config.proxy.listen)),
+        },
+    )?;
     server.run(RunArgs {
         shutdown_signal: Box::new(signals),
     });
     shared.limiter.give_back_leases();
+    if shared.lifecycle.handed_over() {
+        unregister_unless_taken_over(&shared.registry);
+    }
     shared.access.flush();
-    drop(pid_file);
+    if let Some(path) = &config.server.pid_file {
+        process::remove_pid_file(path);
+    }
     log::info!("node {} stopped", config.node.id);
     Ok(())
 }
@@ -304,68 +316,26 @@ pub fn run(config: Config, start: Start) -> Result<(), String> {
 /// the grace period).
 const SHUTDOWN_IDLE_LINGER: Duration = Duration::from_secs(1);
 
-/// `server.upgrade_socket`, or a path in the temporary directory named after the proxy's
-/// listen address, so that nodes on one host never meet on it.
-fn upgrade_socket(config: &Config) -> std::path::PathBuf {
-    if let Some(path) = &config.server.upgrade_socket {
-        return path.clone();
-    }
-    let name: String = config
-        .proxy
-        .listen
-        .to_string()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    std::env::temp_dir().join(format!("ratelimiter-{name}.upgrade.sock"))
-}
-
-/// Tells the parent of `-d` once the proxy port accepts (the services open it as they start).
-fn notify_once_serving(ready: crate::daemon::Ready, listen: std::net::SocketAddr) {
-    let probe = match listen.ip().is_unspecified() {
-        true => std::net::SocketAddr::new(
-            match listen {
-                std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-                std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-            },
-            listen.port(),
-        ),
-        false => listen,
-    };
-    let spawned = std::thread::Builder::new()
-        .name("ready".into())
-        .spawn(move || {
-            while std::net::TcpStream::connect_timeout(&probe, Duration::from_secs(1)).is_err() {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            ready.notify();
-        });
-    if let Err(e) = spawned {
-        log::warn!("cannot tell the starting command that the node serves: {e}");
-    }
-}
-
-/// `server.pid_file`: written once the node is about to serve, removed at exit unless another
-/// process (the one an upgrade handed over to) has written its own id since.
-struct PidFile(std::path::PathBuf);
-
-impl PidFile {
-    fn write(path: &std::path::Path) -> Result<PidFile, String> {
-        let tmp = path.with_extension("pid.new");
-        std::fs::write(&tmp, format!("{}\n", std::process::id()))
-            .and_then(|()| std::fs::rename(&tmp, path))
-            .map_err(|e| format!("cannot write [server] pid_file {}: {e}", path.display()))?;
-        Ok(PidFile(path.to_path_buf()))
-    }
-}
-
-impl Drop for PidFile {
-    fn drop(&mut self) {
-        let ours = std::fs::read_to_string(&self.0)
-            .is_ok_and(|s| s.trim() == std::process::id().to_string());
-        if ours {
-            let _ = std::fs::remove_file(&self.0);
-        }
+/// After handing the sockets over: the registry entry goes unless the successor has made it
+/// its own. The services' runtimes are gone, so this runs on a runtime of its own.
+fn unregister_unless_taken_over(registry: &Registry) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let done = runtime.map(|rt| {
+        rt.block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                registry.unregister_unless_taken_over(),
+            )
+            .await
+        })
+    });
+    if !matches!(done, Ok(Ok(Ok(())))) {
+        log::warn!(
+            "node {}: could not check its registry entry at exit",
+            registry.me().id
+        );
     }
 }
 
@@ -429,9 +399,12 @@ fn raise_fd_limit() -> u64 {
     lim.rlim_cur
 }
 
-/// Binds every listen address once, as pingora will, so an address in use or not allowed is
-/// reported at once and by name.
-fn check_listeners(config: &Config) -> Result<(), String> {
+/// Binds every listen address once (those `fresh` says are bound afresh), as pingora will, so
+/// an address in use or not allowed is reported at once and by name.
+fn check_listeners(
+    config: &Config,
+    fresh: impl Fn(&std::net::SocketAddr) -> bool,
+) -> Result<(), String> {
     let mut listeners = vec![
         ("[proxy] listen", config.proxy.listen),
         ("[admin] listen", config.admin.listen),
@@ -445,6 +418,9 @@ fn check_listeners(config: &Config) -> Result<(), String> {
     for (i, (key, addr)) in listeners.iter().enumerate() {
         if let Some((other, _)) = listeners[..i].iter().find(|(_, a)| a == addr) {
             return Err(format!("cannot listen on {addr} twice ({other} and {key})"));
+        }
+        if !fresh(addr) {
+            continue;
         }
         let listener = std::net::TcpListener::bind(addr)
             .map_err(|e| format!("cannot listen on {addr} ({key}): {e}"))?;

@@ -2,8 +2,8 @@
 //!
 //! | signal | does |
 //! |---|---|
-//! | `TERM`, `QUIT` | drain: take the node out (registry, `/health/ready`), stop accepting, finish what is in flight with `Connection: close`, exit as soon as the last connection is done (at most `grace_period_seconds`) |
-//! | `INT` | stop fast, still taking the node out of the registry; a second one while draining exits at once |
+//! | `TERM`, `QUIT`, `INT` | drain: take the node out (registry, `/health/ready`), stop accepting, finish what is in flight with `Connection: close`, exit as soon as the last connection is done (at most `grace_period_seconds`) |
+//! | a second `INT` | exit at once (the access log flushed, the pid file removed) |
 //! | `HUP` | reload the config ([`crate::reload`]) |
 //! | `USR1` | reopen the access log (after it was rotated away) |
 //! | `USR2`, `WINCH` | nothing but a log line: no signal ends the process without a drain |
@@ -11,15 +11,16 @@
 //!
 //! A zero-downtime upgrade needs no signal: a new process started with `-u` binds the upgrade
 //! socket ([`UpgradeSocket`]), this process sees it appear, hands its listening sockets over
-//! through it and drains. The node stays registered: the new process has its id.
+//! through it, and drains once the new process says it serves. The node stays registered: the
+//! new process has its id. When the new process fails first, this one serves on.
 //!
 //! The signals are taken on a thread of their own from start, before the listeners open, so
 //! none arrives while its default action (ending the process) still holds.
 
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -35,43 +36,70 @@ use crate::registry::Registry;
 /// How often the upgrade socket is looked for.
 const UPGRADE_POLL: Duration = Duration::from_millis(200);
 
+/// Which file is at a path: a socket file deleted and made again is another one even when
+/// it gets the same inode number (the change time differs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Identity {
+    dev: u64,
+    ino: u64,
+    ctime: (i64, i64),
+}
+
 /// Where a new process started with `-u` waits for this one's listening sockets.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct UpgradeSocket {
     path: PathBuf,
-    /// The file at the path when this process started (a leftover), by inode: only another
-    /// one means a new process is waiting.
-    found_at_start: Option<u64>,
+    /// The file at the path when this process last looked away from it (a leftover at start,
+    /// or the socket of an upgrade that failed): only another one means a new process waits.
+    seen: StdMutex<Option<Identity>>,
 }
 
 impl UpgradeSocket {
     pub fn new(path: PathBuf) -> UpgradeSocket {
-        let found_at_start = inode(&path);
-        UpgradeSocket {
-            path,
-            found_at_start,
-        }
+        let seen = StdMutex::new(identity(&path));
+        UpgradeSocket { path, seen }
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Whether a new process is waiting for the sockets.
+    /// Whether a new process of this user is waiting for the sockets: a socket file this
+    /// process has not seen, owned by its user (another user's file is never handed to).
     fn requested(&self) -> bool {
-        inode(&self.path).is_some_and(|ino| Some(ino) != self.found_at_start)
+        let Ok(meta) = std::fs::symlink_metadata(&self.path) else {
+            return false;
+        };
+        let found = Some(identity_of(&meta));
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let ours = meta.uid() == unsafe { libc::geteuid() };
+        ours && meta.file_type().is_socket() && found != *crate::sync::lock(&self.seen)
+    }
+
+    /// Takes the file at the path now as seen (after an upgrade that failed).
+    fn rebase(&self) {
+        *crate::sync::lock(&self.seen) = identity(&self.path);
     }
 }
 
-fn inode(path: &Path) -> Option<u64> {
-    std::fs::symlink_metadata(path).ok().map(|m| m.ino())
+fn identity(path: &Path) -> Option<Identity> {
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| identity_of(&m))
+}
+
+fn identity_of(meta: &std::fs::Metadata) -> Identity {
+    Identity {
+        dev: meta.dev(),
+        ino: meta.ino(),
+        ctime: (meta.ctime(), meta.ctime_nsec()),
+    }
 }
 
 /// What the signal thread tells the server.
 #[derive(Debug, Clone, Copy)]
 enum Stop {
     Drain(&'static str),
-    Fast,
     Upgrade,
 }
 
@@ -84,12 +112,17 @@ pub struct Signals {
     lifecycle: Arc<Lifecycle>,
     /// The proxy's open client connections.
     open: Arc<AtomicUsize>,
+    upgrade: Arc<UpgradeSocket>,
+    /// Set while a stop is under way; cleared when an upgrade fails.
+    stopping: Arc<AtomicBool>,
 }
 
 /// What the signal thread acts on by itself.
 pub struct Handlers {
     pub access: Arc<AccessLog>,
-    pub upgrade: UpgradeSocket,
+    pub upgrade: Arc<UpgradeSocket>,
+    /// Removed on an exit at once (a second `INT`) when it still names this process.
+    pub pid_file: Option<PathBuf>,
 }
 
 impl Signals {
@@ -110,9 +143,12 @@ impl Signals {
             Streams::new().map_err(|e| format!("cannot listen for signals: {e}"))?
         };
         let (tx, rx) = mpsc::unbounded_channel();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let upgrade = handlers.upgrade.clone();
+        let thread_stopping = stopping.clone();
         std::thread::Builder::new()
             .name("signals".into())
-            .spawn(move || runtime.block_on(streams.serve(handlers, tx)))
+            .spawn(move || runtime.block_on(streams.serve(handlers, tx, thread_stopping)))
             .map_err(|e| format!("cannot start the signal thread: {e}"))?;
         Ok(Signals {
             stops: Mutex::new(rx),
@@ -120,6 +156,8 @@ impl Signals {
             metrics,
             lifecycle,
             open,
+            upgrade,
+            stopping,
         })
     }
 }
@@ -145,15 +183,19 @@ impl Streams {
         })
     }
 
-    async fn serve(mut self, handlers: Handlers, stops: mpsc::UnboundedSender<Stop>) {
+    async fn serve(
+        mut self,
+        handlers: Handlers,
+        stops: mpsc::UnboundedSender<Stop>,
+        stopping: Arc<AtomicBool>,
+    ) {
         let mut poll = tokio::time::interval(UPGRADE_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut stopping = false;
         loop {
             let stop = tokio::select! {
                 _ = self.term.recv() => Stop::Drain("SIGTERM"),
                 _ = self.quit.recv() => Stop::Drain("SIGQUIT"),
-                _ = self.int.recv() => Stop::Fast,
+                _ = self.int.recv() => Stop::Drain("SIGINT"),
                 _ = self.usr1.recv() => {
                     log::info!("SIGUSR1: reopening the access log");
                     handlers.access.reopen();
@@ -167,27 +209,30 @@ impl Streams {
                     log::info!("SIGWINCH ignored");
                     continue;
                 }
-                _ = poll.tick(), if !stopping => {
-                    if !handlers.upgrade.requested() {
+                _ = poll.tick() => {
+                    if stopping.load(Ordering::Acquire) || !handlers.upgrade.requested() {
                         continue;
                     }
                     Stop::Upgrade
                 }
             };
-            if stopping {
+            if stopping.load(Ordering::Acquire) {
                 match stop {
-                    Stop::Fast => {
-                        log::info!("SIGINT while stopping: exiting now");
+                    Stop::Drain("SIGINT") => {
+                        log::warn!("SIGINT while stopping: exiting now, cutting what is in flight");
                         handlers.access.flush();
+                        if let Some(path) = &handlers.pid_file {
+                            crate::process::remove_pid_file(path);
+                        }
                         std::process::exit(0);
                     }
                     _ => {
-                        log::info!("already stopping");
+                        log::info!("already stopping (a second SIGINT exits at once)");
                         continue;
                     }
                 }
             }
-            stopping = true;
+            stopping.store(true, Ordering::Release);
             if stops.send(stop).is_err() {
                 return;
             }
@@ -208,17 +253,14 @@ impl ShutdownSignalWatch for Signals {
                 log::info!("{name}: draining");
                 ShutdownSignal::GracefulTerminate
             }
-            Stop::Fast => {
-                log::info!("SIGINT: stopping");
-                ShutdownSignal::FastShutdown
-            }
             Stop::Upgrade => {
                 log::info!(
-                    "a new process asks for the listening sockets: handing them over, then draining"
+                    "a new process asks for the listening sockets: handing them over, then draining once it serves"
                 );
                 // The new process has this node's id and keeps its entry alive; it answers on
                 // the same sockets, so this one does not say it is going either.
                 self.registry.hand_over();
+                self.lifecycle.hand_over();
                 return ShutdownSignal::GracefulUpgrade;
             }
         };
@@ -233,5 +275,13 @@ impl ShutdownSignalWatch for Signals {
 
     fn drained(&self) -> bool {
         self.open.load(Ordering::Acquire) == 0
+    }
+
+    fn upgrade_failed(&self) {
+        log::warn!("the upgrade failed: serving on");
+        self.registry.resume();
+        self.lifecycle.take_back();
+        self.upgrade.rebase();
+        self.stopping.store(false, Ordering::Release);
     }
 }

@@ -27,6 +27,7 @@ use std::time::Duration;
 
 pub use error::{ConfigError, ConfigErrors, Origin};
 use ipnet::IpNet;
+pub use validate::MAX_SOCKET_PATH;
 
 use crate::headers::HeaderStyle;
 use crate::key::jwt::Verifier;

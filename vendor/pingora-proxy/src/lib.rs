@@ -80,6 +80,9 @@ use pingora_error::{Error, ErrorSource, ErrorType::*, OrErr, Result};
 
 const TASK_BUFFER_SIZE: usize = 4;
 
+/// How often a lingering connection at shutdown looks whether its request header is done.
+const LINGER_POLL: Duration = Duration::from_millis(10);
+
 /// Caps per-proxy padding and one-time shutdown fan-out on very large hosts.
 const MAX_SHUTDOWN_NOTIFY_SHARDS: usize = 256;
 
@@ -320,11 +323,15 @@ where
     }
 
     /// Resolves when an idle connection should be dropped at shutdown: once `http_cleanup()`
-    /// has been called and the idle linger of the server options has passed. A request that
+    /// has been called and the idle linger of the server options has passed, and no request
+    /// header is half-read (`arriving`; its own header deadline bounds that). A request that
     /// starts within the linger is served, with `Connection: close`: a client sending on an
     /// idle keep-alive connection just as the shutdown starts gets its answer instead of a
     /// closed connection.
-    async fn await_shutdown_and_linger(&self) {
+    async fn await_shutdown_and_linger(
+        &self,
+        arriving: Option<Arc<std::sync::atomic::AtomicBool>>,
+    ) {
         self.await_shutdown().await;
         if let Some(linger) = self
             .server_options
@@ -332,6 +339,12 @@ where
             .and_then(|o| o.shutdown_idle_linger)
         {
             tokio::time::sleep(linger).await;
+            while arriving
+                .as_ref()
+                .is_some_and(|a| a.load(Ordering::Acquire))
+            {
+                tokio::time::sleep(LINGER_POLL).await;
+            }
         }
     }
 
@@ -345,10 +358,11 @@ where
     {
         // phase 1 read request header
 
+        let arriving = downstream_session.request_arriving();
         let res = tokio::select! {
             biased; // biased select is cheaper, and we don't want to drop already buffered requests
             res = downstream_session.read_request() => { res }
-            _ = self.await_shutdown_and_linger() => {
+            _ = self.await_shutdown_and_linger(arriving) => {
                 // service shutting down, dropping the connection to stop more req from coming in
                 return None;
             }

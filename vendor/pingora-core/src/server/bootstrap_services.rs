@@ -58,6 +58,19 @@ impl BootstrapService {
     }
 }
 
+/// The old process of an upgrade waits for this, and keeps serving until it comes: once the
+/// new process serves with the sockets it received, [`UpgradeAck::acknowledge`] lets the old
+/// one drain. Dropped unsaid (the new process failed), the old one stays.
+#[cfg(unix)]
+pub struct UpgradeAck(std::os::fd::OwnedFd);
+
+#[cfg(unix)]
+impl UpgradeAck {
+    pub fn acknowledge(self) -> Result<(), nix::Error> {
+        super::transfer_fd::acknowledge(self.0)
+    }
+}
+
 /// Encapsulation of the data needed to bootstrap the server
 pub struct Bootstrap {
     completed: bool,
@@ -74,6 +87,11 @@ pub struct Bootstrap {
 
     #[cfg(unix)]
     expected_listen_addrs: Option<HashSet<String>>,
+
+    /// After an upgrade, the connection the sockets came on, to tell the old process once
+    /// this one serves.
+    #[cfg(unix)]
+    upgrade_ack: Option<UpgradeAck>,
 
     /// PID of the original parent process to notify via `SIGUSR1` after bootstrap completes.
     /// Set when [`ServerConf::daemon_wait_for_ready`] is `true`.
@@ -123,6 +141,8 @@ impl Bootstrap {
             listen_fds: Arc::new(Mutex::new(Fds::new())),
             #[cfg(unix)]
             expected_listen_addrs: None,
+            #[cfg(unix)]
+            upgrade_ack: None,
             #[cfg(unix)]
             notify_parent_pid: None,
             #[cfg(unix)]
@@ -242,12 +262,19 @@ impl Bootstrap {
             .ok();
     }
 
+    /// After an upgrade: what tells the old process that this one serves.
+    #[cfg(unix)]
+    pub fn take_upgrade_ack(&mut self) -> Option<UpgradeAck> {
+        self.upgrade_ack.take()
+    }
+
     #[cfg(unix)]
     fn load_fds(&mut self, upgrade: bool) -> Result<(), nix::Error> {
         if upgrade {
             debug!("Trying to receive socks");
             let mut fds = Fds::new();
-            fds.get_from_sock(self.upgrade_sock.as_str())?;
+            let conn = fds.get_from_sock(self.upgrade_sock.as_str())?;
+            self.upgrade_ack = Some(UpgradeAck(conn));
             if let Some(expected) = &self.expected_listen_addrs {
                 Self::close_unclaimed_fds(&mut fds, expected);
             }

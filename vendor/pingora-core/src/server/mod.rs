@@ -55,6 +55,8 @@ use configuration::{Opt, ServerConf};
 use std::collections::HashMap;
 #[cfg(unix)]
 pub use transfer_fd::Fds;
+#[cfg(unix)]
+pub use bootstrap_services::UpgradeAck;
 
 use pingora_error::{Error, ErrorType, Result};
 
@@ -154,6 +156,10 @@ pub trait ShutdownSignalWatch {
     fn drained(&self) -> bool {
         false
     }
+
+    /// A graceful upgrade failed (the sockets could not be sent, or the new process did not
+    /// say it serves): this process goes on serving and [`Self::recv`] is asked again.
+    fn upgrade_failed(&self) {}
 }
 
 /// A Unix shutdown watcher that awaits for Unix signals.
@@ -253,82 +259,91 @@ impl Server {
             .send(ExecutionPhase::Running)
             .ok();
 
-        match run_args.shutdown_signal.recv().await {
-            ShutdownSignal::FastShutdown => {
-                info!("SIGINT received, exiting");
-                ShutdownType::Quick
-            }
-            ShutdownSignal::GracefulTerminate => {
-                // we receive a graceful terminate, all instances are instructed to stop
-                info!("SIGTERM received, gracefully exiting");
-                // graceful shutdown if there are listening sockets
-                info!("Broadcasting graceful shutdown");
-                match self.shutdown_watch.send(true) {
-                    Ok(_) => {
-                        info!("Graceful shutdown started!");
-                    }
-                    Err(e) => {
-                        error!("Graceful shutdown broadcast failed: {e}");
-                    }
+        loop {
+            match run_args.shutdown_signal.recv().await {
+                ShutdownSignal::FastShutdown => {
+                    info!("SIGINT received, exiting");
+                    return ShutdownType::Quick;
                 }
-                info!("Broadcast graceful shutdown complete");
-
-                self.execution_phase_watch
-                    .send(ExecutionPhase::GracefulTerminate)
-                    .ok();
-
-                ShutdownType::Graceful
-            }
-            ShutdownSignal::GracefulUpgrade => {
-                // TODO: still need to select! on signals in case a fast shutdown is needed
-                // aka: move below to another task and only kick it off here
-                info!("SIGQUIT received, sending socks and gracefully exiting");
-
-                self.execution_phase_watch
-                    .send(ExecutionPhase::GracefulUpgradeTransferringFds)
-                    .ok();
-
-                let sent_fds = {
-                    let fds = self.listen_fds();
-                    let fds = fds.lock();
-                    if fds.is_empty() {
-                        info!("No socks to send, shutting down.");
-                        false
-                    } else {
-                        info!("Trying to send socks");
-                        match fds.send_to_sock(self.configuration.as_ref().upgrade_sock.as_str()) {
-                            Ok(_) => {
-                                info!("listener sockets sent");
-                            }
-                            Err(e) => {
-                                error!("Unable to send listener sockets to new process: {e}");
-                                #[cfg(all(not(debug_assertions), feature = "sentry"))]
-                                sentry::capture_error(&e);
-                            }
+                ShutdownSignal::GracefulTerminate => {
+                    // we receive a graceful terminate, all instances are instructed to stop
+                    info!("SIGTERM received, gracefully exiting");
+                    // graceful shutdown if there are listening sockets
+                    info!("Broadcasting graceful shutdown");
+                    match self.shutdown_watch.send(true) {
+                        Ok(_) => {
+                            info!("Graceful shutdown started!");
                         }
-                        true
+                        Err(e) => {
+                            error!("Graceful shutdown broadcast failed: {e}");
+                        }
                     }
-                };
-                if sent_fds {
+                    info!("Broadcast graceful shutdown complete");
+
                     self.execution_phase_watch
-                        .send(ExecutionPhase::GracefulUpgradeCloseTimeout)
+                        .send(ExecutionPhase::GracefulTerminate)
                         .ok();
-                    sleep(Duration::from_secs(CLOSE_TIMEOUT)).await;
+
+                    return ShutdownType::Graceful;
                 }
-                info!("Broadcasting graceful shutdown");
-                // gracefully exiting
-                match self.shutdown_watch.send(true) {
-                    Ok(_) => {
-                        info!("Graceful shutdown started!");
+                ShutdownSignal::GracefulUpgrade => {
+                    info!("SIGQUIT received, sending socks and gracefully exiting");
+
+                    self.execution_phase_watch
+                        .send(ExecutionPhase::GracefulUpgradeTransferringFds)
+                        .ok();
+
+                    let sent_fds = {
+                        let fds = self.listen_fds();
+                        let fds = fds.lock();
+                        if fds.is_empty() {
+                            info!("No socks to send, shutting down.");
+                            false
+                        } else {
+                            info!("Trying to send socks");
+                            // Sent, and the new process says it serves with them; otherwise
+                            // this one serves on, as if nothing had happened.
+                            match fds.send_to_sock(self.configuration.as_ref().upgrade_sock.as_str())
+                            {
+                                Ok(_) => {
+                                    info!("listener sockets sent");
+                                }
+                                Err(e) => {
+                                    error!("Upgrade failed, serving on: {e}");
+                                    #[cfg(all(not(debug_assertions), feature = "sentry"))]
+                                    sentry::capture_error(&e);
+                                    drop(fds);
+                                    run_args.shutdown_signal.upgrade_failed();
+                                    self.execution_phase_watch
+                                        .send(ExecutionPhase::Running)
+                                        .ok();
+                                    continue;
+                                }
+                            }
+                            true
+                        }
+                    };
+                    if sent_fds {
+                        self.execution_phase_watch
+                            .send(ExecutionPhase::GracefulUpgradeCloseTimeout)
+                            .ok();
+                        sleep(Duration::from_secs(CLOSE_TIMEOUT)).await;
                     }
-                    Err(e) => {
-                        error!("Graceful shutdown broadcast failed: {e}");
-                        // switch to fast shutdown
-                        return ShutdownType::Graceful;
+                    info!("Broadcasting graceful shutdown");
+                    // gracefully exiting
+                    match self.shutdown_watch.send(true) {
+                        Ok(_) => {
+                            info!("Graceful shutdown started!");
+                        }
+                        Err(e) => {
+                            error!("Graceful shutdown broadcast failed: {e}");
+                            // switch to fast shutdown
+                            return ShutdownType::Graceful;
+                        }
                     }
+                    info!("Broadcast graceful shutdown complete");
+                    return ShutdownType::Graceful;
                 }
-                info!("Broadcast graceful shutdown complete");
-                ShutdownType::Graceful
             }
         }
     }
@@ -612,6 +627,19 @@ impl Server {
     /// running, this function will try to get all its listening sockets in order to take them over.
     pub fn bootstrap(&mut self) {
         self.bootstrap.lock().bootstrap();
+    }
+
+    /// After [`Self::bootstrap`] took the sockets over: what tells the old process that this
+    /// one serves (it keeps serving until then, and stays if this one never says so).
+    #[cfg(unix)]
+    pub fn take_upgrade_ack(&self) -> Option<UpgradeAck> {
+        self.bootstrap.lock().take_upgrade_ack()
+    }
+
+    /// The addresses whose listening sockets [`Self::bootstrap`] took over.
+    #[cfg(unix)]
+    pub fn inherited_addresses(&self) -> Vec<String> {
+        self.listen_fds().lock().serialize().0
     }
 
     /// Create a service that will run to prepare the service to start

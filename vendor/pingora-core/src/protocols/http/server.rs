@@ -332,6 +332,15 @@ impl Session {
         }
     }
 
+    /// For HTTP/1, whether part of a request header has arrived and the rest has not, while
+    /// [`Self::read_request`] runs (see the v1 session's `request_arriving`).
+    pub fn request_arriving(&self) -> Option<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+        match self {
+            Self::H1(s) => Some(s.request_arriving()),
+            _ => None,
+        }
+    }
+
     /// Set connection reuse. `duration` defines how long the connection is kept open for the next
     /// request to reuse. Noop for h2 and subrequest
     pub fn set_keepalive(&mut self, duration: Option<u64>) {

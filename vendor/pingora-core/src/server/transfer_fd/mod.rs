@@ -77,15 +77,18 @@ impl Fds {
         send_fds_to(vec_fds, &ser_buf[..ser_key_size], path, None)
     }
 
-    pub fn get_from_sock<P>(&mut self, path: &P) -> Result<(), Error>
+    /// Receives the sockets; returns the connection they came on, on which the receiver
+    /// acknowledges them ([`acknowledge`]) once it serves: until then the sender keeps
+    /// serving, and without it the sender does not stop.
+    pub fn get_from_sock<P>(&mut self, path: &P) -> Result<OwnedFd, Error>
     where
         P: ?Sized + NixPath + std::fmt::Display,
     {
         let mut de_buf: [u8; 2048] = [0; 2048];
-        let (fds, bytes) = get_fds_from(path, &mut de_buf, None)?;
+        let (fds, bytes, conn) = get_fds_from(path, &mut de_buf, None)?;
         let keys = deserialize_vec_string(&de_buf[..bytes])?;
         self.deserialize(keys, fds);
-        Ok(())
+        Ok(conn)
     }
 
     /// Close and remove inherited listening fds whose bind addresses are absent from `keep`.
@@ -130,7 +133,7 @@ pub fn get_fds_from<P>(
     path: &P,
     payload: &mut [u8],
     max_retry: Option<usize>,
-) -> Result<(Vec<RawFd>, usize), Error>
+) -> Result<(Vec<RawFd>, usize, OwnedFd), Error>
 where
     P: ?Sized + NixPath + std::fmt::Display,
 {
@@ -142,9 +145,8 @@ where
         SockType::Stream,
         SockFlag::SOCK_NONBLOCK,
         None,
-    )
-    .unwrap();
-    let unix_addr = UnixAddr::new(path).unwrap();
+    )?;
+    let unix_addr = UnixAddr::new(path)?;
     // clean up old sock
     match nix::unistd::unlink(path) {
         Ok(()) => {
@@ -156,25 +158,25 @@ where
             // TODO: warn if exist but not able to unlink
         }
     };
-    socket::bind(listen_fd.as_raw_fd(), &unix_addr).unwrap();
+    // Another process on the path (a second upgrade started at once) is an error, not a
+    // panic.
+    socket::bind(listen_fd.as_raw_fd(), &unix_addr)?;
 
-    /* sock is created before we change user, need to give permission */
+    // Only this user's processes may connect: whoever does is handed the sockets' peer.
     stat::fchmodat(
         // SAFETY: AT_FDCWD is a well-defined POSIX sentinel constant used by *at() syscalls
         // to indicate the current working directory. It is not a real file descriptor and does
         // not require ownership or lifetime guarantees.
         unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) },
         path,
-        stat::Mode::from_bits_truncate(0o666),
+        stat::Mode::from_bits_truncate(0o600),
         stat::FchmodatFlags::FollowSymlink,
-    )
-    .unwrap();
+    )?;
 
     socket::listen(
         &listen_fd,
         Backlog::new(8).expect("8 is well within SOMAXCONN"),
-    )
-    .unwrap();
+    )?;
 
     let fd = match accept_with_retry_timeout(listen_fd.as_raw_fd(), max_retry) {
         Ok(fd) => fd,
@@ -194,6 +196,8 @@ where
     //
     // SAFETY: `fd` was just returned by accept(2) and is not owned or closed anywhere else.
     let conn = unsafe { OwnedFd::from_raw_fd(fd) };
+    // Sockets from another user's process are not taken.
+    same_user(&conn)?;
 
     let mut io_vec = [IoSliceMut::new(payload); 1];
     let mut cmsg_buf = nix::cmsg_space!([RawFd; MAX_FDS]);
@@ -206,8 +210,7 @@ where
         &mut io_vec,
         Some(&mut cmsg_buf),
         socket::MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .unwrap();
+    )?;
 
     let mut fds: Vec<RawFd> = Vec::new();
     for cmsg in msg.cmsgs()? {
@@ -218,12 +221,65 @@ where
         }
     }
 
+    let bytes = msg.bytes;
     //cleanup
     if nix::unistd::close(listen_fd).is_ok() {
-        nix::unistd::unlink(path).unwrap();
+        let _ = nix::unistd::unlink(path);
     }
 
-    Ok((fds, msg.bytes))
+    Ok((fds, bytes, conn))
+}
+
+/// Whether the process at the other end of a Unix socket runs as this one's user.
+#[cfg(target_os = "linux")]
+fn same_user(conn: &OwnedFd) -> Result<(), Error> {
+    let peer = socket::getsockopt(conn, socket::sockopt::PeerCredentials)?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if peer.uid() != unsafe { libc::geteuid() } {
+        error!(
+            "Refusing a socket transfer with a process of another user (uid {})",
+            peer.uid()
+        );
+        return Err(Errno::EPERM);
+    }
+    Ok(())
+}
+
+/// How long the sender waits for the receiver to say it serves.
+#[cfg(target_os = "linux")]
+const ACK_TIMEOUT: time::Duration = time::Duration::from_secs(20);
+
+/// Tells the sender of the sockets received on `conn` that this process serves with them.
+pub fn acknowledge(conn: OwnedFd) -> Result<(), Error> {
+    let mut file = std::fs::File::from(conn);
+    file.write_all(b"1").map_err(|e| {
+        Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+    })
+}
+
+/// Waits for the receiver's acknowledgement on the (non-blocking) connection the sockets were
+/// sent on: an error when it closes first or does not say so within [`ACK_TIMEOUT`].
+#[cfg(target_os = "linux")]
+fn await_acknowledgement(conn: &OwnedFd, path: &str) -> Result<(), Error> {
+    let deadline = time::Instant::now() + ACK_TIMEOUT;
+    let mut byte = [0u8; 1];
+    loop {
+        match nix::unistd::read(conn, &mut byte) {
+            Ok(1) => return Ok(()),
+            Ok(_) => {
+                error!("The new process closed {path} before it served");
+                return Err(Errno::ECONNABORTED);
+            }
+            Err(Errno::EAGAIN) | Err(Errno::EINTR) if time::Instant::now() < deadline => {
+                thread::sleep(time::Duration::from_millis(20));
+            }
+            Err(Errno::EAGAIN) => {
+                error!("The new process did not serve within {ACK_TIMEOUT:?}");
+                return Err(Errno::ETIMEDOUT);
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -337,6 +393,9 @@ where
         }
     };
 
+    // Sockets go to this user's processes only.
+    let conn_result = conn_result.and_then(|n| same_user(&send_fd).map(|()| n));
+
     let result = match conn_result {
         Ok(_) => {
             let io_vec = [IoSlice::new(payload); 1];
@@ -375,8 +434,9 @@ where
         }
         Err(_) => conn_result,
     };
+    let result = result.and_then(|n| await_acknowledgement(&send_fd, &path.to_string()).map(|()| n));
 
-    nix::unistd::close(send_fd).unwrap();
+    drop(send_fd);
     result
 }
 

@@ -29,6 +29,8 @@ use pingora_timeout::timeout;
 use regex::bytes::Regex;
 use std::any::Any;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -167,6 +169,27 @@ pub struct HttpSession {
     header_timeout: Option<Duration>,
     /// When the header section's clock started.
     header_clock: Option<Instant>,
+    /// Set while part of a request header has been read and the rest has not (see
+    /// [`Self::request_arriving`]).
+    arriving: Arc<AtomicBool>,
+}
+
+/// Clears the arriving flag however `read_request` ends, dropped unfinished included.
+struct Arriving<'a>(&'a AtomicBool);
+
+impl Drop for Arriving<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+impl HttpSession {
+    /// Whether part of a request header has arrived and the rest has not, as seen while
+    /// [`Self::read_request`] runs: at a graceful shutdown, an idle connection may be dropped,
+    /// one with a request on its way is not.
+    pub fn request_arriving(&self) -> Arc<AtomicBool> {
+        self.arriving.clone()
+    }
 }
 
 impl HttpSession {
@@ -218,6 +241,7 @@ impl HttpSession {
             max_header_bytes: MAX_HEADER_SIZE,
             header_timeout: None,
             header_clock: None,
+            arriving: Arc::default(),
         }
     }
 
@@ -324,6 +348,8 @@ impl HttpSession {
     /// Return `Ok(None)` when the client closed the connection without sending any data, which
     /// is common on a reused connection.
     pub async fn read_request(&mut self) -> Result<Option<usize>> {
+        let arriving = self.arriving.clone();
+        let _arriving = Arriving(&arriving);
         self.buf.clear();
         // Account parsing a fully buffered request against Tokio's cooperative task budget. Do
         // this before taking the prefix so cancellation cannot discard bytes between sessions.
@@ -389,6 +415,7 @@ impl HttpSession {
                         already_read += n;
                         // The header's clock starts at its first byte.
                         self.header_clock.get_or_insert_with(Instant::now);
+                        arriving.store(true, Ordering::Release);
                     }
                     None => return Ok(None),
                 }
