@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Shared by the services; set once, never cleared.
+/// Shared by the services. Draining, once set, stays; a hand-over may be taken back.
 #[derive(Debug, Default)]
 pub struct Lifecycle {
     draining: AtomicBool,
