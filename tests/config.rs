@@ -323,6 +323,16 @@ const EXPECTED: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "interpolation_bad",
+        &[
+            r#"2:9: [admin] token: ${RL_FIXTURE_UNSET_TOKEN} is not set in the environment; expected it set, or a default as in ${RL_FIXTURE_UNSET_TOKEN:-default}"#,
+            r#"5:7: [redis] url: ${RL_FIXTURE_UNSET_HOST} is not set in the environment; expected it set, or a default as in ${RL_FIXTURE_UNSET_HOST:-default}"#,
+            r#"5:7: [redis] url: ${RL_FIXTURE_UNSET_DB} is not set in the environment; expected it set, or a default as in ${RL_FIXTURE_UNSET_DB:-default}"#,
+            r#"8:8: [[rules]] #1 name: expected ${NAME} or ${NAME:-default} (NAME: letters, digits and _, not starting with a digit; $${ for a literal ${), found "${1bad}""#,
+            r#"12:10: [log] access: expected ${NAME} or ${NAME:-default} (NAME: letters, digits and _, not starting with a digit; $${ for a literal ${), found "${RL_FIXTURE_UNSET_DIR""#,
+        ],
+    ),
+    (
         "proxy_bad_numbers",
         &[
             r#"2:22: [proxy] connect_timeout_ms: expected an integer 1..=3600000 (ms), found integer 0"#,
@@ -612,6 +622,82 @@ fn passwords_are_redacted_in_errors_and_summaries() {
     assert!(!format!("{c:?}").contains("hunter2"));
 }
 
+#[test]
+fn strings_take_the_environment_and_overrides_still_win() {
+    let env = with_env(&[
+        ("ADMIN_TOKEN", "s3cret"),
+        ("REDIS_HOST", "10.0.0.9"),
+        ("EMPTY", ""),
+        ("NODE", "from-the-file"),
+        ("RATELIMITER_NODE_ID", "from-the-override"),
+    ]);
+    let src = r#"
+[admin]
+token = "${ADMIN_TOKEN}"
+[node]
+id = "${NODE}"
+[redis]
+url = "redis://${REDIS_HOST}:${REDIS_PORT:-6380}/0"
+on_error = '${ON_ERROR:-deny}'
+[limits]
+key = ["ip", "header:${KEY_HEADER:-X-Api-Key}"]
+[[rules]]
+name = "${RULE:-login}"
+path = "/login/$${literal}/$1"
+limit = 5
+[log]
+access = "${EMPTY:-stderr}"
+"#;
+    let c = Config::parse("f.toml", src, &env).unwrap();
+    assert_eq!(c.admin.token.as_deref(), Some("s3cret"));
+    assert_eq!(c.node.id, "from-the-override", "RATELIMITER_* still wins");
+    let r = c.redis.unwrap();
+    assert_eq!(r.topology.urls()[0].expose(), "redis://10.0.0.9:6380/0");
+    assert_eq!(r.on_error, OnError::Deny);
+    assert_eq!(c.limits.key.to_string(), r#"["ip", "header:x-api-key"]"#);
+    assert_eq!(c.rules[0].name, "login");
+    let path = c.rules[0].matcher.path.as_ref().unwrap().describe();
+    assert_eq!(
+        path,
+        ("path", "/login/${literal}/$1"),
+        "$${{ is a literal ${{"
+    );
+    assert_eq!(c.log.access, ratelimiter::config::AccessLog::Stderr);
+    // Without the override, the file's value; RATELIMITER_REDIS_URL replaces an interpolated URL.
+    let env = with_env(&[
+        ("NODE", "from-the-file"),
+        ("RATELIMITER_REDIS_URL", "redis://10.1.1.1:6379"),
+    ]);
+    let c = Config::parse(
+        "f.toml",
+        "[node]\nid = \"${NODE}\"\n[redis]\nurl = \"redis://${UNSET_HOST:-localhost}\"\n",
+        &env,
+    )
+    .unwrap();
+    assert_eq!(c.node.id, "from-the-file");
+    assert_eq!(
+        c.redis.unwrap().topology.urls()[0].expose(),
+        "redis://10.1.1.1:6379"
+    );
+}
+
+#[test]
+fn an_unset_variable_is_one_error_at_its_string_with_the_others() {
+    // The string left as written is not also reported as a bad value; the other errors of the
+    // file are.
+    let src = "[proxy]\nlisten = \"${LISTEN}\"\n[limits]\ndefault_limit = 0\n";
+    let errors = Config::parse("f.toml", src, &|_| None)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        errors.lines().collect::<Vec<_>>(),
+        [
+            "f.toml:2:10: [proxy] listen: ${LISTEN} is not set in the environment; expected it set, or a default as in ${LISTEN:-default}",
+            "f.toml:4:17: [limits] default_limit: expected an integer 1..=4294967295, found integer 0",
+        ]
+    );
+}
+
 fn run_check(path: &Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_ratelimiter"))
         .args(["-t", "-c"])
@@ -717,4 +803,82 @@ fn version_and_bad_arguments() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no/such/file.toml: cannot read"));
+}
+
+/// `ratelimiter -t -c path` with `set` in its environment and `unset` removed from it.
+fn run_check_env(path: &Path, set: &[(&str, &str)], unset: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ratelimiter"));
+    cmd.args(["-t", "-c"])
+        .arg(path)
+        .env_remove("RATELIMITER_REDIS_URL");
+    for var in unset {
+        cmd.env_remove(var);
+    }
+    cmd.envs(set.iter().copied());
+    cmd.output().unwrap()
+}
+
+/// A scratch directory of this test process, removed on drop.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("ratelimiter-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn write(&self, file: &str, text: &str) -> std::path::PathBuf {
+        let path = self.0.join(file);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn check_mode_takes_variables_from_its_environment() {
+    let dir = Scratch::new("interpolation");
+    let path = dir.write(
+        "env.toml",
+        "[admin]\ntoken = \"${RL_TEST_ADMIN_TOKEN}\"\n[redis]\non_error = \"${RL_TEST_ON_ERROR:-deny}\"\n",
+    );
+    let unset = ["RL_TEST_ADMIN_TOKEN", "RL_TEST_ON_ERROR"];
+    let out = run_check_env(&path, &[], &unset);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim_end(),
+        format!(
+            "{}:2:9: [admin] token: ${{RL_TEST_ADMIN_TOKEN}} is not set in the environment; expected it set, or a default as in ${{RL_TEST_ADMIN_TOKEN:-default}}",
+            path.display()
+        )
+    );
+    let out = run_check_env(&path, &[("RL_TEST_ADMIN_TOKEN", "s3cret")], &unset);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The value is checked as if written in the file.
+    let out = run_check_env(
+        &path,
+        &[
+            ("RL_TEST_ADMIN_TOKEN", "s3cret"),
+            ("RL_TEST_ON_ERROR", "sometimes"),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr
+            .contains(r#":4:12: [redis] on_error: expected "allow" or "deny", found "sometimes""#),
+        "{stderr}"
+    );
 }

@@ -27,9 +27,14 @@ const ARRAYS: &[&str] = &["rules"];
 
 pub(super) fn build(path: &str, source: &str, env: Env) -> Result<Config, ConfigErrors> {
     let mut errors = Collector::new(path, source);
-    let Some(doc) = reader::parse(source, &mut errors) else {
+    let Some(mut doc) = reader::parse(source, &mut errors) else {
         return Err(ConfigErrors(errors.into_sorted()));
     };
+    // Before anything is read, so every string key takes `${VAR}`; the `RATELIMITER_*`
+    // overrides below still replace what the file says.
+    for (span, message) in super::document::interpolate(&mut doc, env) {
+        errors.at_value(span, message);
+    }
     let root = Section::root(&doc, SECTIONS, ARRAYS, &mut errors);
 
     let server = server(
