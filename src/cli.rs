@@ -21,8 +21,9 @@ usage: ratelimiter [-t] [-c FILE]
   -V, --version     print the version
   -h, --help        print this help
 
-Environment: RUST_LOG sets the log level (default info); the config's strings take
-${VAR} and ${VAR:-default}; RATELIMITER_* override the config (see the README).";
+Environment: RUST_LOG, when set, sets the log level instead of [log] level; the
+config's strings take ${VAR} and ${VAR:-default}; RATELIMITER_* override the config
+(see the README).";
 
 pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
     let mut conf = None;

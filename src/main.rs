@@ -61,7 +61,11 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            ratelimiter::logging::init(config.log.format, config.privacy.clear_keys);
+            ratelimiter::logging::init(
+                config.log.format,
+                config.log_level,
+                config.privacy.clear_keys,
+            );
             match ratelimiter::server::run(config, path) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

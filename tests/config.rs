@@ -320,6 +320,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
         &[
             r#"2:10: [log] access: expected "off", "stderr" or a file path, found """#,
             r#"3:10: [log] format: expected "text" or "json", found "xml""#,
+            r#"4:9: [log] level: expected "error", "warn", "info", "debug" or "trace", found "verbose""#,
         ],
     ),
     (
@@ -647,6 +648,7 @@ path = "/login/$${literal}/$1"
 limit = 5
 [log]
 access = "${EMPTY:-stderr}"
+level = "${LOG_LEVEL:-debug}"
 "#;
     let c = Config::parse("f.toml", src, &env).unwrap();
     assert_eq!(c.admin.token.as_deref(), Some("s3cret"));
@@ -663,6 +665,7 @@ access = "${EMPTY:-stderr}"
         "$${{ is a literal ${{"
     );
     assert_eq!(c.log.access, ratelimiter::config::AccessLog::Stderr);
+    assert_eq!(c.log_level, log::LevelFilter::Debug);
     // Without the override, the file's value; RATELIMITER_REDIS_URL replaces an interpolated URL.
     let env = with_env(&[
         ("NODE", "from-the-file"),
@@ -696,6 +699,14 @@ fn an_unset_variable_is_one_error_at_its_string_with_the_others() {
             "f.toml:4:17: [limits] default_limit: expected an integer 1..=4294967295, found integer 0",
         ]
     );
+}
+
+#[test]
+fn log_level_default_and_choice() {
+    let c = Config::parse("t.toml", "", &|_| None).unwrap();
+    assert_eq!(c.log_level, log::LevelFilter::Info);
+    let c = Config::parse("t.toml", "[log]\nlevel = \"warn\"\n", &|_| None).unwrap();
+    assert_eq!(c.log_level, log::LevelFilter::Warn);
 }
 
 fn run_check(path: &Path) -> std::process::Output {

@@ -59,6 +59,9 @@ pub struct Config {
     pub headers: HeadersConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
+    /// `[log] level`: the gateway's own log level, unless `RUST_LOG` is set. Apart from
+    /// [`LogConfig`] because it follows a reload, which the access log does not.
+    pub log_level: ::log::LevelFilter,
 }
 
 #[derive(Debug, Clone)]
@@ -152,7 +155,8 @@ pub struct HealthCheck {
     pub timeout: Duration,
 }
 
-/// `[log]`: the access log and the format of every log line.
+/// `[log]`: the access log and the format of every log line (what the access log is opened
+/// with; a restart changes it). `[log] level` is [`Config::log_level`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {
     pub access: AccessLog,

@@ -121,7 +121,7 @@ pub(super) fn build(path: &str, source: &str, env: Env) -> Result<Config, Config
         &root.section("metrics", &["max_key_labels"], &mut errors),
         &mut errors,
     );
-    let log = super::log::read(
+    let (log, log_level) = super::log::read(
         &root.section("log", super::log::KEYS, &mut errors),
         &mut errors,
     );
@@ -141,6 +141,7 @@ pub(super) fn build(path: &str, source: &str, env: Env) -> Result<Config, Config
                 headers,
                 metrics,
                 log,
+                log_level,
             })
         }
         _ => Err(ConfigErrors(errors.into_sorted())),
