@@ -16,8 +16,8 @@ usage: ratelimiter [-t] [-c FILE]
        ratelimiter --version
 
   -c, --conf FILE   the TOML config (default: built-in defaults, the embedded store)
-  -t, --test        check the config and exit: 0 and a summary when valid,
-                    1 and every error on stderr when not
+  -t, --test        check the config and every file it names, and exit: 0 and a
+                    summary when valid, 1 and every error on stderr when not
   -V, --version     print the version
   -h, --help        print this help
 

@@ -893,3 +893,105 @@ fn check_mode_takes_variables_from_its_environment() {
         "{stderr}"
     );
 }
+
+#[test]
+fn check_mode_opens_every_file_the_config_names() {
+    let dir = Scratch::new("check-files");
+    let d = dir.0.display().to_string();
+    let check = |name: &str, text: &str| {
+        let out = run_check(&dir.write(name, text));
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    // An access log in a directory that does not exist, or that is a directory.
+    let (code, stderr) = check(
+        "missing.toml",
+        &format!("[log]\naccess = \"{d}/no-such-dir/access.log\"\n"),
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "missing.toml: [log] access: cannot open the access log {d}/no-such-dir/access.log: No such file or directory"
+        )),
+        "{stderr}"
+    );
+    let (code, stderr) = check("isdir.toml", &format!("[log]\naccess = \"{d}\"\n"));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "[log] access: cannot open the access log {d}: Is a directory"
+        )),
+        "{stderr}"
+    );
+
+    // A directory the process may not write to (root may write anywhere: not checked as root).
+    let locked = dir.0.join("locked");
+    std::fs::create_dir_all(&locked).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o555)).unwrap();
+    if std::fs::File::create(locked.join("probe")).is_err() {
+        let (code, stderr) = check(
+            "locked.toml",
+            &format!("[log]\naccess = \"{}/access.log\"\n", locked.display()),
+        );
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(stderr.contains("Permission denied"), "{stderr}");
+    }
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    // A log that exists is appended to, never truncated; one that does not is not left behind.
+    let existing = dir.write("existing.log", "kept\n");
+    let (code, stderr) = check(
+        "existing.toml",
+        &format!("[log]\naccess = \"{}\"\n", existing.display()),
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&existing).unwrap(), "kept\n");
+    let (code, stderr) = check(
+        "fresh.toml",
+        &format!("[log]\naccess = \"{d}/fresh.log\"\n"),
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        !dir.0.join("fresh.log").exists(),
+        "-t leaves no file behind"
+    );
+
+    // Every file that would fail, all at once, each with its key: the access log, a key that
+    // does not fit its certificate, an upstream CA and a Redis CA whose certificates do not
+    // parse (files the config loader reads, as it finds them, but the start could not use).
+    let tls = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls");
+    let bad_ca = dir.write(
+        "bad-ca.pem",
+        "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",
+    );
+    let (code, stderr) = check(
+        "all.toml",
+        &format!(
+            "[proxy]\ntls_listen = \"127.0.0.1:8443\"\ntls_cert_file = \"{tls}/localhost.pem\"\ntls_key_file = \"{tls}/other.key\"\nupstreams = [\"https://127.0.0.1:8443\"]\nupstream_tls_ca_file = \"{ca}\"\n[redis]\nurl = \"rediss://127.0.0.1:6380\"\ntls_ca_file = \"{ca}\"\n[log]\naccess = \"{d}/no-such-dir/access.log\"\n",
+            ca = bad_ca.display()
+        ),
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 4, "{stderr}");
+    for (line, key) in lines.iter().zip([
+        "[log] access: ",
+        "[proxy] tls_cert_file, tls_key_file: ",
+        "[proxy] upstream_tls_ca_file: ",
+        "[redis] tls_ca_file: ",
+    ]) {
+        assert!(
+            line.contains(&format!("all.toml: {key}")),
+            "{key}: {stderr}"
+        );
+    }
+    assert!(
+        lines[1].contains("other.key does not fit the certificate"),
+        "{stderr}"
+    );
+    assert!(lines[2].contains("bad-ca.pem"), "{stderr}");
+}
