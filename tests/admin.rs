@@ -487,6 +487,82 @@ fn health_reports_the_store() {
 }
 
 #[test]
+fn reads_need_the_token_with_read_token_and_metrics_the_metrics_token() {
+    let up = Upstream::start();
+    let upstreams = format!("upstreams = [\"{}\"]", up.addr);
+    // The body goes into the harness's [admin] table first.
+    let secured = "token = \"adm\"\nread = \"token\"\nmetrics_token = \"scrape\"\n";
+    let gw = Gateway::start(&upstreams, secured);
+    let a = &gw.admin;
+    let admin = [("Authorization", "Bearer adm")];
+    let scraper = [("Authorization", "Bearer scrape")];
+    let reads: [(&str, &str, &str); 5] = [
+        ("GET", "/api/nodes", ""),
+        ("GET", "/api/counters", ""),
+        ("GET", "/api/limits", ""),
+        ("GET", "/api/blocks", ""),
+        ("POST", "/api/explain", r#"{"ip":"10.0.0.1"}"#),
+    ];
+    let mut conn = Conn::open(a).unwrap();
+    for (method, path, payload) in reads {
+        for headers in [&[][..], &scraper[..], &[("Authorization", "Bearer ad")][..]] {
+            let r = conn.send(method, path, headers, payload).unwrap();
+            assert_eq!(r.status, 401, "{method} {path} with {headers:?}");
+            assert_eq!(r.header("WWW-Authenticate"), Some("Bearer"));
+            assert!(
+                body(&r)["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("Bearer <admin.token>"),
+                "{}",
+                r.body
+            );
+        }
+        let r = conn.send(method, path, &admin, payload).unwrap();
+        assert_eq!(r.status, 200, "{method} {path}: {}", r.body);
+    }
+    assert_eq!(
+        conn.send("HEAD", "/api/limits", &[], "").unwrap().status,
+        401
+    );
+    // /metrics takes its own token only.
+    for headers in [&[][..], &admin[..]] {
+        let r = conn.get("/metrics", headers).unwrap();
+        assert_eq!(r.status, 401, "{headers:?}");
+        assert!(
+            r.body.contains("Bearer <admin.metrics_token>"),
+            "{}",
+            r.body
+        );
+    }
+    let r = conn.get("/metrics", &scraper).unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("ratelimiter_node_up"), "{}", r.body);
+    // Health and the API's description stay open.
+    for path in ["/health", "/openapi.json"] {
+        assert_eq!(conn.get(path, &[]).unwrap().status, 200, "{path}");
+    }
+
+    // A reload opens the reads again; /metrics keeps its token while it is set.
+    gw.reload_with(
+        &upstreams,
+        "token = \"adm\"\nread = \"open\"\nmetrics_token = \"scrape\"\n",
+    );
+    wait_for("reads open again", Duration::from_secs(10), || {
+        (get(a, "/api/limits", &[]).ok()?.status == 200).then_some(())
+    });
+    for (method, path, payload) in reads {
+        let r = Conn::open(a)
+            .unwrap()
+            .send(method, path, &[], payload)
+            .unwrap();
+        assert_eq!(r.status, 200, "{method} {path}");
+    }
+    assert_eq!(get(a, "/metrics", &[]).unwrap().status, 401);
+    assert_eq!(get(a, "/metrics", &scraper).unwrap().status, 200);
+}
+
+#[test]
 fn check_records_so_it_needs_the_token_too() {
     let secured = Gateway::start_with_admin_token("s3cret");
     let a = &secured.admin;

@@ -334,6 +334,13 @@ const EXPECTED: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "admin_read_without_token",
+        &[
+            r#"2:8: [admin] read: "token" needs a token to check; expected token set in [admin] too, or read = "open""#,
+            r#"3:17: [admin] metrics_token: expected a non-empty string without spaces or control characters"#,
+        ],
+    ),
+    (
         "proxy_bad_numbers",
         &[
             r#"2:22: [proxy] connect_timeout_ms: expected an integer 1..=3600000 (ms), found integer 0"#,
@@ -635,6 +642,7 @@ fn strings_take_the_environment_and_overrides_still_win() {
     let src = r#"
 [admin]
 token = "${ADMIN_TOKEN}"
+read = "${ADMIN_READ:-token}"
 [node]
 id = "${NODE}"
 [redis]
@@ -652,6 +660,7 @@ level = "${LOG_LEVEL:-debug}"
 "#;
     let c = Config::parse("f.toml", src, &env).unwrap();
     assert_eq!(c.admin.token.as_deref(), Some("s3cret"));
+    assert_eq!(c.admin.read, ratelimiter::config::AdminRead::Token);
     assert_eq!(c.node.id, "from-the-override", "RATELIMITER_* still wins");
     let r = c.redis.unwrap();
     assert_eq!(r.topology.urls()[0].expose(), "redis://10.0.0.9:6380/0");
@@ -707,6 +716,21 @@ fn log_level_default_and_choice() {
     assert_eq!(c.log_level, log::LevelFilter::Info);
     let c = Config::parse("t.toml", "[log]\nlevel = \"warn\"\n", &|_| None).unwrap();
     assert_eq!(c.log_level, log::LevelFilter::Warn);
+}
+
+#[test]
+fn admin_access_defaults_and_choice() {
+    let c = Config::parse("t.toml", "", &|_| None).unwrap();
+    assert_eq!(c.admin.read, ratelimiter::config::AdminRead::Open);
+    assert!(c.admin.metrics_token.is_none());
+    let c = Config::parse(
+        "t.toml",
+        "[admin]\ntoken = \"a\"\nread = \"token\"\nmetrics_token = \"m\"\n",
+        &|_| None,
+    )
+    .unwrap();
+    assert_eq!(c.admin.read, ratelimiter::config::AdminRead::Token);
+    assert_eq!(c.admin.metrics_token.as_deref(), Some("m"));
 }
 
 fn run_check(path: &Path) -> std::process::Output {

@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 
 use super::router::Route;
 use super::{error, json, reply, to_json, AdminApp};
-use crate::config::{OnError, MAX_WINDOW_MS};
+use crate::config::{AdminRead, OnError, MAX_WINDOW_MS};
 use crate::headers::limit_headers;
 use crate::key;
 use crate::limiter::{Algorithm, Check, Counter, Limit, Outcome, StoreError, SyncMode, Verdict};
@@ -245,6 +245,9 @@ impl AdminApp {
         body: &[u8],
     ) -> Response<Vec<u8>> {
         let live = self.live.load();
+        if let Some(denied) = gate(&route, &live, session) {
+            return denied;
+        }
         match route {
             Route::Health => self.health(&live).await,
             Route::Nodes => self.nodes().await,
@@ -282,7 +285,6 @@ impl AdminApp {
                 }
             }
             Route::Limits => self.limits(&live, clear_keys(&live, session)),
-            Route::Reset(_) | Route::Check if !authorized(&live, session) => unauthorized(),
             Route::Reset(key) => self.reset(&key).await,
             Route::Check => self.check(&live, body).await,
             Route::Explain => self.explain(&live, body).await,
@@ -550,18 +552,40 @@ fn check_reply(outcome: &Outcome, live: &Live) -> Response<Vec<u8>> {
     )
 }
 
-/// Whether the request may mutate: no token configured, or the right bearer token.
+/// Who may call what (contract §17), in one place: the 401 a route gets, if any. Mutations
+/// need `admin.token` when it is set; `/api/*` reads need it too with `admin.read = "token"`;
+/// `/metrics` needs `admin.metrics_token` when that is set. `/health*` and `/openapi.json`
+/// (which describes the API and holds no data) are always open.
+fn gate(route: &Route, live: &Arc<Live>, session: &ServerSession) -> Option<Response<Vec<u8>>> {
+    let admin = &live.config.admin;
+    let (token, key) = match route {
+        Route::Reset(_) | Route::Check => (admin.token.as_deref(), "admin.token"),
+        Route::Nodes | Route::Counters | Route::Limits | Route::Blocks | Route::Explain
+            if admin.read == AdminRead::Token =>
+        {
+            (admin.token.as_deref(), "admin.token")
+        }
+        Route::Metrics => (admin.metrics_token.as_deref(), "admin.metrics_token"),
+        _ => (None, ""),
+    };
+    let token = token?;
+    (!bearer(session, token)).then(|| unauthorized(key))
+}
+
 /// Whether private key values are shown in clear: with `[privacy] clear_keys`, or to a caller
 /// with the admin token (contract §17).
 fn clear_keys(live: &Arc<Live>, session: &ServerSession) -> bool {
     live.config.privacy.clear_keys
-        || (live.config.admin.token.is_some() && authorized(live, session))
+        || live
+            .config
+            .admin
+            .token
+            .as_deref()
+            .is_some_and(|token| bearer(session, token))
 }
 
-fn authorized(live: &Arc<Live>, session: &ServerSession) -> bool {
-    let Some(token) = &live.config.admin.token else {
-        return true;
-    };
+/// Whether the request carries `Authorization: Bearer <token>`, compared in constant time.
+fn bearer(session: &ServerSession, token: &str) -> bool {
     session
         .req_header()
         .headers
@@ -572,12 +596,15 @@ fn authorized(live: &Arc<Live>, session: &ServerSession) -> bool {
         .is_some_and(|v| same(&v[7..], token.as_bytes()))
 }
 
-fn unauthorized() -> Response<Vec<u8>> {
+/// 401 for a route that needs the token configured as `key`.
+fn unauthorized(key: &str) -> Response<Vec<u8>> {
     reply(
         401,
         "application/json",
         &[("WWW-Authenticate", "Bearer".to_string())],
-        error_json("this endpoint needs Authorization: Bearer <admin.token>"),
+        error_json(&format!(
+            "this endpoint needs Authorization: Bearer <{key}>"
+        )),
     )
 }
 

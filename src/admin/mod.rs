@@ -13,6 +13,9 @@
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /openapi.json` | an OpenAPI 3 description of this API |
 //!
+//! With `admin.read = "token"` every `/api/*` read needs the admin token too, and with
+//! `admin.metrics_token` set `/metrics` needs that one; `/health*` is always open.
+//!
 //! Every body is JSON; a bad body or parameter gets 422, an unknown path 404, a wrong method
 //! 405, each with `{"error":"..."}`. `HEAD` is answered wherever `GET` is. Request headers and
 //! bodies are bounded in size and in time, connections in number, and counter listings run

@@ -186,8 +186,23 @@ pub struct DirectResponse {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
-    /// Bearer token required by mutating admin endpoints.
+    /// Bearer token required by mutating admin endpoints (and by reads with
+    /// [`AdminRead::Token`]).
     pub token: Option<String>,
+    /// Whether `/api/*` reads need `token` too.
+    pub read: AdminRead,
+    /// When set, `GET /metrics` needs this bearer token (a scraper's, apart from the admin
+    /// token, so the one it holds can read nothing else).
+    pub metrics_token: Option<String>,
+}
+
+/// Who may read `/api/*` (contract §17).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminRead {
+    /// Anyone who reaches the admin port (private key values digested).
+    Open,
+    /// Only a caller with `admin.token`.
+    Token,
 }
 
 #[derive(Debug, Clone)]

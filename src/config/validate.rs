@@ -50,7 +50,11 @@ pub(super) fn build(path: &str, source: &str, env: Env) -> Result<Config, Config
         &mut errors,
     );
     let admin = admin(
-        &root.section("admin", &["listen", "token"], &mut errors),
+        &root.section(
+            "admin",
+            &["listen", "token", "read", "metrics_token"],
+            &mut errors,
+        ),
         &mut errors,
     );
     let node = node(
@@ -180,25 +184,49 @@ fn server(s: &Section, errors: &mut Collector) -> ServerConfig {
 
 fn admin(s: &Section, errors: &mut Collector) -> Option<AdminConfig> {
     let listen = s.socket_addr("listen", "127.0.0.1:9090", errors);
-    let token = match s.string("token", errors) {
+    let token = bearer_token(s, "token", errors);
+    let metrics_token = bearer_token(s, "metrics_token", errors);
+    let read = s
+        .choice(
+            "read",
+            &[("open", AdminRead::Open), ("token", AdminRead::Token)],
+            errors,
+        )
+        .unwrap_or(AdminRead::Open);
+    if read == AdminRead::Token && !s.has("token") {
+        errors.at(
+            s.span("read").unwrap_or(0..0),
+            format!(
+                "{} read: \"token\" needs a token to check; expected token set in {} too, or read = \"open\"",
+                s.name, s.name
+            ),
+        );
+    }
+    Some(AdminConfig {
+        listen: listen?,
+        token,
+        read,
+        metrics_token,
+    })
+}
+
+/// A bearer token as written; a bad one is reported and left out.
+fn bearer_token(s: &Section, key: &str, errors: &mut Collector) -> Option<String> {
+    match s.string(key, errors) {
         Some(At { value, span })
             if value.is_empty() || value.chars().any(|c| c.is_whitespace() || c.is_control()) =>
         {
             errors.at(
                 span,
                 format!(
-                    "{} token: expected a non-empty string without spaces or control characters",
+                    "{} {key}: expected a non-empty string without spaces or control characters",
                     s.name
                 ),
             );
             None
         }
         other => other.map(|t| t.value),
-    };
-    Some(AdminConfig {
-        listen: listen?,
-        token,
-    })
+    }
 }
 
 fn hostname() -> String {
