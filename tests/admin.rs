@@ -487,6 +487,108 @@ fn health_reports_the_store() {
 }
 
 #[test]
+fn health_live_and_ready_follow_the_store_under_each_on_error() {
+    const TIMEOUT_MS: u64 = 500;
+    for on_error in ["allow", "deny"] {
+        let redis = RedisServer::start();
+        let up = Upstream::start();
+        let gw = Gateway::start(
+            &format!("upstreams = [\"{}\"]", up.addr),
+            &format!(
+                "[node]\nid = \"lb\"\n[redis]\nurl = \"{}\"\ntimeout_ms = {TIMEOUT_MS}\non_error = \"{on_error}\"\n",
+                redis.url()
+            ),
+        );
+        let a = &gw.admin;
+        let answer = |path: &str| {
+            let r = get(a, path, &[]).unwrap();
+            (r.status, body(&r))
+        };
+        let up_and_ready = || {
+            assert_eq!(
+                answer("/health"),
+                (200, json!({"status":"healthy","node_id":"lb"}))
+            );
+            assert_eq!(
+                answer("/health/live"),
+                (200, json!({"status":"live","node_id":"lb"}))
+            );
+            assert_eq!(
+                answer("/health/ready"),
+                (
+                    200,
+                    json!({"status":"ready","node_id":"lb","draining":false,"store":"up"})
+                ),
+                "{on_error}"
+            );
+        };
+        up_and_ready();
+
+        redis.pause();
+        wait_for(
+            "/health to see the store gone",
+            Duration::from_secs(10),
+            || (get(a, "/health", &[]).ok()?.status == 503).then_some(()),
+        );
+        assert_eq!(
+            answer("/health"),
+            (503, json!({"status":"unhealthy","node_id":"lb"})),
+            "{on_error}: /health keeps its meaning for the monitor"
+        );
+        // Liveness asks nothing of the store: it answers before a store call could time out.
+        let started = Instant::now();
+        assert_eq!(
+            answer("/health/live"),
+            (200, json!({"status":"live","node_id":"lb"}))
+        );
+        let took = started.elapsed();
+        assert!(took < Duration::from_millis(TIMEOUT_MS), "{took:?}");
+        let (status, ready) = answer("/health/ready");
+        let proxied = get(&gw.proxy, "/", &[]).unwrap().status;
+        match on_error {
+            "allow" => {
+                assert_eq!(status, 200, "{ready}");
+                assert_eq!(proxied, 200, "it does serve, unlimited");
+                assert_eq!(ready["status"], "ready");
+            }
+            _ => {
+                assert_eq!(status, 503, "{ready}");
+                assert_eq!(proxied, 503, "it does refuse");
+                assert_eq!(ready["status"], "unready");
+            }
+        }
+        assert_eq!(ready["store"], "down", "{ready}");
+        assert_eq!(ready["on_error"], on_error, "{ready}");
+        assert_eq!(ready["draining"], false, "{ready}");
+        assert!(
+            ready["detail"].as_str().unwrap().contains("unreachable"),
+            "{ready}"
+        );
+        // HEAD and a wrong method, as on every other endpoint.
+        let mut conn = Conn::open(a).unwrap();
+        let head = conn.send("HEAD", "/health/live", &[], "").unwrap();
+        assert_eq!((head.status, head.body.as_str()), (200, ""));
+        let post = conn.send("POST", "/health/ready", &[], "").unwrap();
+        assert_eq!(
+            (post.status, post.header("Allow")),
+            (405, Some("GET, HEAD"))
+        );
+
+        redis.resume();
+        wait_for(
+            "/health/ready to see the store back",
+            Duration::from_secs(10),
+            || {
+                (get(a, "/health/ready", &[]).ok()?.status == 200
+                    && get(a, "/health", &[]).ok()?.status == 200)
+                    .then_some(())
+            },
+        );
+        up_and_ready();
+    }
+}
+
+#[test]
 fn reads_need_the_token_with_read_token_and_metrics_the_metrics_token() {
     let up = Upstream::start();
     let upstreams = format!("upstreams = [\"{}\"]", up.addr);
@@ -539,7 +641,7 @@ fn reads_need_the_token_with_read_token_and_metrics_the_metrics_token() {
     assert_eq!(r.status, 200);
     assert!(r.body.contains("ratelimiter_node_up"), "{}", r.body);
     // Health and the API's description stay open.
-    for path in ["/health", "/openapi.json"] {
+    for path in ["/health", "/health/live", "/health/ready", "/openapi.json"] {
         assert_eq!(conn.get(path, &[]).unwrap().status, 200, "{path}");
     }
 

@@ -42,6 +42,93 @@ struct Health<'a> {
     node_id: &'a str,
 }
 
+/// `GET /health/live`.
+#[derive(Serialize)]
+struct LiveOut<'a> {
+    status: &'static str,
+    node_id: &'a str,
+}
+
+/// Whether a load balancer should send this node traffic (`GET /health/ready`, contract §17).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Readiness {
+    /// The store answers.
+    Serving,
+    /// The store does not answer, and requests pass without limits (`on_error = "allow"`).
+    FailingOpen,
+    /// The store does not answer, and requests get 503 (`on_error = "deny"`).
+    FailingClosed,
+    /// The node is shutting down (the store is not asked).
+    Draining,
+}
+
+#[derive(Serialize)]
+struct ReadyOut<'a> {
+    status: &'static str,
+    node_id: &'a str,
+    draining: bool,
+    /// `up` or `down`; left out while draining, when the store is not asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    store: Option<&'static str>,
+    /// With the store down: what requests get meanwhile.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    on_error: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<&'static str>,
+}
+
+impl Readiness {
+    /// `store_up`: whether the store answered (`None` when not asked).
+    fn of(draining: bool, store_up: Option<bool>, on_error: OnError) -> Readiness {
+        match (draining, store_up, on_error) {
+            (true, _, _) => Readiness::Draining,
+            (false, Some(false), OnError::Allow) => Readiness::FailingOpen,
+            (false, Some(false), OnError::Deny) => Readiness::FailingClosed,
+            (false, _, _) => Readiness::Serving,
+        }
+    }
+
+    fn status(self) -> u16 {
+        match self {
+            Readiness::Serving | Readiness::FailingOpen => 200,
+            Readiness::FailingClosed | Readiness::Draining => 503,
+        }
+    }
+
+    fn body(self, node_id: &str) -> ReadyOut<'_> {
+        let (store, on_error, detail) = match self {
+            Readiness::Serving => (Some("up"), None, None),
+            Readiness::FailingOpen => (
+                Some("down"),
+                Some("allow"),
+                Some("the store is unreachable; requests are served without limits (on_error = \"allow\")"),
+            ),
+            Readiness::FailingClosed => (
+                Some("down"),
+                Some("deny"),
+                Some("the store is unreachable; requests get 503 (on_error = \"deny\")"),
+            ),
+            Readiness::Draining => (
+                None,
+                None,
+                Some("draining: the node is shutting down and finishing the requests in flight"),
+            ),
+        };
+        ReadyOut {
+            status: if self.status() == 200 {
+                "ready"
+            } else {
+                "unready"
+            },
+            node_id,
+            draining: self == Readiness::Draining,
+            store,
+            on_error,
+            detail,
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct Node<'a> {
     id: &'a str,
@@ -250,6 +337,14 @@ impl AdminApp {
         }
         match route {
             Route::Health => self.health(&live).await,
+            Route::Live => json(
+                200,
+                to_json(&LiveOut {
+                    status: "live",
+                    node_id: &live.config.node.id,
+                }),
+            ),
+            Route::Ready => self.ready(&live).await,
             Route::Nodes => self.nodes().await,
             Route::Counters | Route::Blocks => {
                 let clear = clear_keys(&live, session);
@@ -311,6 +406,24 @@ impl AdminApp {
                 status: word,
                 node_id: &live.config.node.id,
             }),
+        )
+    }
+
+    async fn ready(&self, live: &Live) -> Response<Vec<u8>> {
+        let draining = self.lifecycle.is_draining();
+        let store_up = match draining {
+            true => None,
+            false => Some(self.limiter.bounded(self.counters.ping()).await.is_ok()),
+        };
+        let on_error = live
+            .config
+            .redis
+            .as_ref()
+            .map_or(OnError::Allow, |r| r.on_error);
+        let readiness = Readiness::of(draining, store_up, on_error);
+        json(
+            readiness.status(),
+            to_json(&readiness.body(&live.config.node.id)),
         )
     }
 
@@ -611,6 +724,40 @@ fn unauthorized(key: &str) -> Response<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn readiness_follows_the_store_the_policy_and_the_drain() {
+        use Readiness::*;
+        for on_error in [OnError::Allow, OnError::Deny] {
+            assert_eq!(Readiness::of(false, Some(true), on_error), Serving);
+            assert_eq!(Readiness::of(true, None, on_error), Draining);
+            assert_eq!(Readiness::of(true, Some(true), on_error), Draining);
+        }
+        assert_eq!(
+            Readiness::of(false, Some(false), OnError::Allow),
+            FailingOpen
+        );
+        assert_eq!(
+            Readiness::of(false, Some(false), OnError::Deny),
+            FailingClosed
+        );
+        let body = |r: Readiness| serde_json::to_value(r.body("n1")).unwrap();
+        assert_eq!(
+            (Serving.status(), body(Serving)),
+            (
+                200,
+                json!({"status":"ready","node_id":"n1","draining":false,"store":"up"})
+            )
+        );
+        assert_eq!(FailingOpen.status(), 200);
+        assert_eq!(body(FailingOpen)["on_error"], "allow");
+        assert_eq!(FailingClosed.status(), 503);
+        assert_eq!(body(FailingClosed)["status"], "unready");
+        assert_eq!(Draining.status(), 503);
+        let draining = body(Draining);
+        assert_eq!(draining["draining"], true);
+        assert!(draining.get("store").is_none(), "not asked: {draining}");
+    }
 
     #[test]
     fn listing_parameters() {

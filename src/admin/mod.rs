@@ -3,6 +3,8 @@
 //! | method, path | answer |
 //! |---|---|
 //! | `GET /health` | 200 healthy, 503 while the store is unreachable |
+//! | `GET /health/live` | 200 while the process serves; asks nothing of the store |
+//! | `GET /health/ready` | 200 when the node should get traffic, 503 draining or failing closed |
 //! | `GET /api/nodes` | every live node in the registry |
 //! | `GET /api/counters` | every live counter, with its limit and remaining |
 //! | `GET /api/limits` | the limits and rules in force, and when they were loaded |
