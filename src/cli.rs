@@ -27,8 +27,8 @@ usage: ratelimiter [-t | [-u] [-d]] [-c FILE]
        ratelimiter --version
 
   -c, --conf FILE   the TOML config (default: built-in defaults, the embedded store)
-  -t, --test        check the config and exit: 0 and a summary when valid,
-                    1 and every error on stderr when not
+  -t, --test        check the config and every file it names, and exit: 0 and a
+                    summary when valid, 1 and every error on stderr when not
   -u, --upgrade     take the listening sockets over from the node running with this
                     config, which then drains and exits (a zero-downtime upgrade)
   -d, --daemon      run in the background; the command returns once the node serves
@@ -36,8 +36,9 @@ usage: ratelimiter [-t | [-u] [-d]] [-c FILE]
   -V, --version     print the version
   -h, --help        print this help
 
-Environment: RUST_LOG sets the log level (default info); RATELIMITER_* override the
-config (see the README).";
+Environment: RUST_LOG, when set, sets the log level instead of [log] level; the
+config's strings take ${VAR} and ${VAR:-default}; RATELIMITER_* override the config
+(see the README).";
 
 pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
     let mut conf = None;

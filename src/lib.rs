@@ -20,7 +20,8 @@
 //! API and `/metrics` on its own port; [`registry`] keeps this node listed in Redis with a
 //! heartbeat; [`shutdown`] turns
 //! signals into a drain or a fast stop, which [`lifecycle`] tells the services about. [`server`] wires them all into pingora services;
-//! [`cli`] and `main.rs` are the thin binary.
+//! [`cli`] and `main.rs` are the thin binary, and [`preflight`] what `-t` checks beyond the
+//! config: every file it names, opened as the start opens it.
 
 pub mod access_log;
 pub mod admin;
@@ -35,6 +36,7 @@ pub mod limiter;
 pub mod live;
 pub mod logging;
 pub mod metrics;
+pub mod preflight;
 pub mod process;
 pub mod proxy;
 pub mod redis_conn;

@@ -1,5 +1,7 @@
-//! The gateway's own log on stderr, filtered by `RUST_LOG` (default `info`), as text or as one
-//! JSON object per line (`[log] format`).
+//! The gateway's own log on stderr, as text or as one JSON object per line (`[log] format`),
+//! at the level `[log] level` sets (default `info`, changed by a reload), unless `RUST_LOG` is
+//! set (and not empty): then its filter applies, per target as env_logger reads it, and a
+//! reload leaves it alone.
 //!
 //! Private key values stay out of it at every level (contract §17): the gateway's own lines
 //! never print header values, query strings or keys, and the debug and trace lines of the
@@ -7,12 +9,30 @@
 //! are dropped unless `[privacy] clear_keys` lets values be shown.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use log::LevelFilter;
 
 use crate::config::LogFormat;
 
 /// Whether private values may be shown (`[privacy] clear_keys`); follows reloads.
 static CLEAR_KEYS: AtomicBool = AtomicBool::new(false);
+
+/// The most verbose level written (`LevelFilter as usize`): `[log] level`, or everything when
+/// `RUST_LOG` filters instead.
+static LEVEL: AtomicUsize = AtomicUsize::new(LevelFilter::Info as usize);
+
+/// Whether `RUST_LOG` filters, so `[log] level` does not.
+static FROM_ENV: AtomicBool = AtomicBool::new(false);
+
+/// Puts `[log] level` in force (at start and on reload), unless `RUST_LOG` is set.
+pub fn set_level(level: LevelFilter) {
+    if FROM_ENV.load(Ordering::Relaxed) {
+        return;
+    }
+    LEVEL.store(level as usize, Ordering::Relaxed);
+    log::set_max_level(level);
+}
 
 /// Lets (or stops letting) the libraries' debug lines through.
 pub fn set_clear_keys(clear: bool) {
@@ -29,9 +49,10 @@ struct Private(env_logger::Logger);
 
 impl Private {
     fn allowed(&self, metadata: &log::Metadata) -> bool {
-        metadata.level() <= log::Level::Info
+        let private = metadata.level() <= log::Level::Info
             || !prints_values(metadata.target())
-            || CLEAR_KEYS.load(Ordering::Relaxed)
+            || CLEAR_KEYS.load(Ordering::Relaxed);
+        private && metadata.level() as usize <= LEVEL.load(Ordering::Relaxed)
     }
 }
 
@@ -51,11 +72,31 @@ impl log::Log for Private {
     }
 }
 
-/// Sets up the log; once per process.
-pub fn init(format: LogFormat, clear_keys: bool) {
+/// `RUST_LOG` when it is set and not empty (an empty one, as `Environment=RUST_LOG=` leaves
+/// it, means unset).
+fn rust_log() -> Option<String> {
+    std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+}
+
+/// Sets up the log at `level` (`[log] level`) unless `RUST_LOG` is set; once per process.
+pub fn init(format: LogFormat, level: LevelFilter, clear_keys: bool) {
     set_clear_keys(clear_keys);
-    let mut builder =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    let mut builder = env_logger::Builder::new();
+    if let Ok(style) = std::env::var("RUST_LOG_STYLE") {
+        builder.parse_write_style(&style);
+    }
+    let from_env = rust_log();
+    match &from_env {
+        Some(filter) => {
+            builder.parse_filters(filter);
+        }
+        // Everything passes env_logger; `LEVEL`, which a reload can change, decides.
+        None => {
+            builder.filter_level(LevelFilter::Trace);
+        }
+    }
     builder.target(env_logger::Target::Stderr);
     if format == LogFormat::Json {
         builder.format(|buf, record| {
@@ -71,7 +112,13 @@ pub fn init(format: LogFormat, clear_keys: bool) {
     let logger = builder.build();
     let max = logger.filter();
     if log::set_boxed_logger(Box::new(Private(logger))).is_ok() {
-        log::set_max_level(max);
+        if from_env.is_some() {
+            FROM_ENV.store(true, Ordering::Relaxed);
+            LEVEL.store(LevelFilter::Trace as usize, Ordering::Relaxed);
+            log::set_max_level(max);
+        } else {
+            set_level(level);
+        }
     }
     if !clear_keys {
         log::debug!(

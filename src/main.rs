@@ -29,20 +29,12 @@ fn main() -> ExitCode {
         Command::Test(path) => match Config::load_from(path.as_deref()) {
             Ok(config) => {
                 let name = path.as_deref().unwrap_or(DEFAULTS_NAME);
-                // What only loading the files shows: a key that does not fit its certificate,
-                // a CA file whose certificates do not parse.
-                let tls = config.proxy.tls.as_ref();
-                let loaded = tls
-                    .map_or(Ok(()), |t| ratelimiter::tls::certified_key(t).map(|_| ()))
-                    .and_then(|()| {
-                        config
-                            .proxy
-                            .upstream_tls_ca_file
-                            .as_deref()
-                            .map_or(Ok(()), |p| ratelimiter::tls::upstream_ca(p).map(|_| ()))
-                    });
-                if let Err(e) = loaded {
-                    eprintln!("{name}: [proxy] {e}");
+                // Every file the start would fail on, each with the key that names it.
+                let problems = ratelimiter::preflight::files(&config);
+                if !problems.is_empty() {
+                    for p in &problems {
+                        eprintln!("{name}: {p}");
+                    }
                     return ExitCode::FAILURE;
                 }
                 println!("{name}: ok: {}", config.summary());
@@ -77,7 +69,11 @@ fn run(how: Run) -> ExitCode {
         },
         false => None,
     };
-    ratelimiter::logging::init(config.log.format, config.privacy.clear_keys);
+    ratelimiter::logging::init(
+        config.log.format,
+        config.log_level,
+        config.privacy.clear_keys,
+    );
     let start = ratelimiter::server::Start {
         path: how.conf,
         upgrade: how.upgrade,

@@ -50,7 +50,7 @@ pub struct Registry {
 
 /// Deletes a node's entry only while it is still the given process's.
 const DELETE_IF_OURS: &str = r#"
-if redis.call('HGET', KEYS[1], 'instance') == ARGV[1] then
+if redis.call('HMGET', KEYS[1], 'instance')[1] == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0

@@ -4,11 +4,12 @@
 //! reload is counted as failed.
 //!
 //! Some keys are read once at start (contract §8: the listen addresses, `[redis]`, `[node]
-//! id` and `[server]`; also `[log]` and the client connection bounds of `[proxy]`). A reload that changes one of them names it in the log and keeps its
+//! id` and `[server]`; also `[log]` access and format, and the client connection bounds of `[proxy]`). A reload that changes one of them names it in the log and keeps its
 //! running value; a restart applies it. Everything else takes effect: the rules and limits for
 //! the next request, `[node]` address, TTL and heartbeat at the next heartbeat,
-//! `metrics.max_key_labels` for keys not labelled yet, and the HTTPS certificate (its files
-//! are read again on every reload, as nginx does) for the next handshake.
+//! `metrics.max_key_labels` for keys not labelled yet, `[log] level` at once (unless
+//! `RUST_LOG` is in charge), and the HTTPS certificate (its files are read again on every
+//! reload, as nginx does) for the next handshake.
 
 use std::sync::Arc;
 
@@ -103,6 +104,7 @@ impl Reloader {
         let node = config.node.clone();
         let max_key_labels = config.metrics.max_key_labels;
         let clear_keys = config.privacy.clear_keys;
+        let log_level = config.log_level;
         let failed = |message| {
             ConfigErrors(vec![ConfigError {
                 origin: Origin::Path(self.name().to_string()),
@@ -125,6 +127,7 @@ impl Reloader {
         self.metrics.set_max_key_labels(max_key_labels);
         self.metrics.set_clear_keys(clear_keys);
         crate::logging::set_clear_keys(clear_keys);
+        crate::logging::set_level(log_level);
         self.metrics.config_loaded_at(live.loaded_at);
         self.live.store(live);
         Ok(Reloaded { kept })

@@ -245,6 +245,8 @@ pub fn run(config: Config, start: Start) -> Result<(), String> {
         },
     );
     admin.set_connection_limits(Some(ADMIN_CONNECTIONS), clients.header_timeout);
+    // Answered until the process exits: while the proxy drains, `/health/ready` says so.
+    admin.serve_through_shutdown();
     admin.add_tcp(&config.admin.listen.to_string());
     server.add_service(admin);
 

@@ -487,6 +487,184 @@ fn health_reports_the_store() {
 }
 
 #[test]
+fn health_live_and_ready_follow_the_store_under_each_on_error() {
+    const TIMEOUT_MS: u64 = 500;
+    for on_error in ["allow", "deny"] {
+        let redis = RedisServer::start();
+        let up = Upstream::start();
+        let gw = Gateway::start(
+            &format!("upstreams = [\"{}\"]", up.addr),
+            &format!(
+                "[node]\nid = \"lb\"\n[redis]\nurl = \"{}\"\ntimeout_ms = {TIMEOUT_MS}\non_error = \"{on_error}\"\n",
+                redis.url()
+            ),
+        );
+        let a = &gw.admin;
+        let answer = |path: &str| {
+            let r = get(a, path, &[]).unwrap();
+            (r.status, body(&r))
+        };
+        let up_and_ready = || {
+            assert_eq!(
+                answer("/health"),
+                (200, json!({"status":"healthy","node_id":"lb"}))
+            );
+            assert_eq!(
+                answer("/health/live"),
+                (200, json!({"status":"live","node_id":"lb"}))
+            );
+            assert_eq!(
+                answer("/health/ready"),
+                (
+                    200,
+                    json!({"status":"ready","node_id":"lb","draining":false,"store":"up"})
+                ),
+                "{on_error}"
+            );
+        };
+        up_and_ready();
+
+        redis.pause();
+        wait_for(
+            "/health to see the store gone",
+            Duration::from_secs(10),
+            || (get(a, "/health", &[]).ok()?.status == 503).then_some(()),
+        );
+        assert_eq!(
+            answer("/health"),
+            (503, json!({"status":"unhealthy","node_id":"lb"})),
+            "{on_error}: /health keeps its meaning for the monitor"
+        );
+        // Liveness asks nothing of the store: it answers before a store call could time out.
+        let started = Instant::now();
+        assert_eq!(
+            answer("/health/live"),
+            (200, json!({"status":"live","node_id":"lb"}))
+        );
+        let took = started.elapsed();
+        assert!(took < Duration::from_millis(TIMEOUT_MS), "{took:?}");
+        let (status, ready) = answer("/health/ready");
+        let proxied = get(&gw.proxy, "/", &[]).unwrap().status;
+        match on_error {
+            "allow" => {
+                assert_eq!(status, 200, "{ready}");
+                assert_eq!(proxied, 200, "it does serve, unlimited");
+                assert_eq!(ready["status"], "ready");
+            }
+            _ => {
+                assert_eq!(status, 503, "{ready}");
+                assert_eq!(proxied, 503, "it does refuse");
+                assert_eq!(ready["status"], "unready");
+            }
+        }
+        assert_eq!(ready["store"], "down", "{ready}");
+        assert_eq!(ready["on_error"], on_error, "{ready}");
+        assert_eq!(ready["draining"], false, "{ready}");
+        assert!(
+            ready["detail"].as_str().unwrap().contains("unreachable"),
+            "{ready}"
+        );
+        // HEAD and a wrong method, as on every other endpoint.
+        let mut conn = Conn::open(a).unwrap();
+        let head = conn.send("HEAD", "/health/live", &[], "").unwrap();
+        assert_eq!((head.status, head.body.as_str()), (200, ""));
+        let post = conn.send("POST", "/health/ready", &[], "").unwrap();
+        assert_eq!(
+            (post.status, post.header("Allow")),
+            (405, Some("GET, HEAD"))
+        );
+
+        redis.resume();
+        wait_for(
+            "/health/ready to see the store back",
+            Duration::from_secs(10),
+            || {
+                (get(a, "/health/ready", &[]).ok()?.status == 200
+                    && get(a, "/health", &[]).ok()?.status == 200)
+                    .then_some(())
+            },
+        );
+        up_and_ready();
+    }
+}
+
+#[test]
+fn reads_need_the_token_with_read_token_and_metrics_the_metrics_token() {
+    let up = Upstream::start();
+    let upstreams = format!("upstreams = [\"{}\"]", up.addr);
+    // The body goes into the harness's [admin] table first.
+    let secured = "token = \"adm\"\nread = \"token\"\nmetrics_token = \"scrape\"\n";
+    let gw = Gateway::start(&upstreams, secured);
+    let a = &gw.admin;
+    let admin = [("Authorization", "Bearer adm")];
+    let scraper = [("Authorization", "Bearer scrape")];
+    let reads: [(&str, &str, &str); 5] = [
+        ("GET", "/api/nodes", ""),
+        ("GET", "/api/counters", ""),
+        ("GET", "/api/limits", ""),
+        ("GET", "/api/blocks", ""),
+        ("POST", "/api/explain", r#"{"ip":"10.0.0.1"}"#),
+    ];
+    let mut conn = Conn::open(a).unwrap();
+    for (method, path, payload) in reads {
+        for headers in [&[][..], &scraper[..], &[("Authorization", "Bearer ad")][..]] {
+            let r = conn.send(method, path, headers, payload).unwrap();
+            assert_eq!(r.status, 401, "{method} {path} with {headers:?}");
+            assert_eq!(r.header("WWW-Authenticate"), Some("Bearer"));
+            assert!(
+                body(&r)["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("Bearer <admin.token>"),
+                "{}",
+                r.body
+            );
+        }
+        let r = conn.send(method, path, &admin, payload).unwrap();
+        assert_eq!(r.status, 200, "{method} {path}: {}", r.body);
+    }
+    assert_eq!(
+        conn.send("HEAD", "/api/limits", &[], "").unwrap().status,
+        401
+    );
+    // /metrics takes its own token only.
+    for headers in [&[][..], &admin[..]] {
+        let r = conn.get("/metrics", headers).unwrap();
+        assert_eq!(r.status, 401, "{headers:?}");
+        assert!(
+            r.body.contains("Bearer <admin.metrics_token>"),
+            "{}",
+            r.body
+        );
+    }
+    let r = conn.get("/metrics", &scraper).unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("ratelimiter_node_up"), "{}", r.body);
+    // Health and the API's description stay open.
+    for path in ["/health", "/health/live", "/health/ready", "/openapi.json"] {
+        assert_eq!(conn.get(path, &[]).unwrap().status, 200, "{path}");
+    }
+
+    // A reload opens the reads again; /metrics keeps its token while it is set.
+    gw.reload_with(
+        &upstreams,
+        "token = \"adm\"\nread = \"open\"\nmetrics_token = \"scrape\"\n",
+    );
+    wait_for("reads open again", Duration::from_secs(10), || {
+        (get(a, "/api/limits", &[]).ok()?.status == 200).then_some(())
+    });
+    for (method, path, payload) in reads {
+        let r = Conn::open(a)
+            .unwrap()
+            .send(method, path, &[], payload)
+            .unwrap();
+        assert_eq!(r.status, 200, "{method} {path}");
+    }
+    assert_eq!(get(a, "/metrics", &[]).unwrap().status, 401);
+    assert_eq!(get(a, "/metrics", &scraper).unwrap().status, 200);
+}
+
+#[test]
 fn check_records_so_it_needs_the_token_too() {
     let secured = Gateway::start_with_admin_token("s3cret");
     let a = &secured.admin;

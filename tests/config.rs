@@ -320,6 +320,24 @@ const EXPECTED: &[(&str, &[&str])] = &[
         &[
             r#"2:10: [log] access: expected "off", "stderr" or a file path, found """#,
             r#"3:10: [log] format: expected "text" or "json", found "xml""#,
+            r#"4:9: [log] level: expected "error", "warn", "info", "debug" or "trace", found "verbose""#,
+        ],
+    ),
+    (
+        "interpolation_bad",
+        &[
+            r#"2:9: [admin] token: ${RL_FIXTURE_UNSET_TOKEN} is not set in the environment; expected it set, or a default as in ${RL_FIXTURE_UNSET_TOKEN:-default}"#,
+            r#"5:7: [redis] url: ${RL_FIXTURE_UNSET_HOST} is not set in the environment; expected it set, or a default as in ${RL_FIXTURE_UNSET_HOST:-default}"#,
+            r#"5:7: [redis] url: ${RL_FIXTURE_UNSET_DB} is not set in the environment; expected it set, or a default as in ${RL_FIXTURE_UNSET_DB:-default}"#,
+            r#"8:8: [[rules]] #1 name: expected ${NAME} or ${NAME:-default} (NAME: letters, digits and _, not starting with a digit; $${ for a literal ${), found "${1bad}""#,
+            r#"12:10: [log] access: expected ${NAME} or ${NAME:-default} (NAME: letters, digits and _, not starting with a digit; $${ for a literal ${), found "${RL_FIXTURE_UNSET_DIR""#,
+        ],
+    ),
+    (
+        "admin_read_without_token",
+        &[
+            r#"2:8: [admin] read: "token" needs a token to check; expected token set in [admin] too, or read = "open""#,
+            r#"3:17: [admin] metrics_token: expected a non-empty string without spaces or control characters"#,
         ],
     ),
     (
@@ -612,6 +630,109 @@ fn passwords_are_redacted_in_errors_and_summaries() {
     assert!(!format!("{c:?}").contains("hunter2"));
 }
 
+#[test]
+fn strings_take_the_environment_and_overrides_still_win() {
+    let env = with_env(&[
+        ("ADMIN_TOKEN", "s3cret"),
+        ("REDIS_HOST", "10.0.0.9"),
+        ("EMPTY", ""),
+        ("NODE", "from-the-file"),
+        ("RATELIMITER_NODE_ID", "from-the-override"),
+    ]);
+    let src = r#"
+[admin]
+token = "${ADMIN_TOKEN}"
+read = "${ADMIN_READ:-token}"
+[node]
+id = "${NODE}"
+[redis]
+url = "redis://${REDIS_HOST}:${REDIS_PORT:-6380}/0"
+on_error = '${ON_ERROR:-deny}'
+[limits]
+key = ["ip", "header:${KEY_HEADER:-X-Api-Key}"]
+[[rules]]
+name = "${RULE:-login}"
+path = "/login/$${literal}/$1"
+limit = 5
+[log]
+access = "${EMPTY:-stderr}"
+level = "${LOG_LEVEL:-debug}"
+"#;
+    let c = Config::parse("f.toml", src, &env).unwrap();
+    assert_eq!(c.admin.token.as_deref(), Some("s3cret"));
+    assert_eq!(c.admin.read, ratelimiter::config::AdminRead::Token);
+    assert_eq!(c.node.id, "from-the-override", "RATELIMITER_* still wins");
+    let r = c.redis.unwrap();
+    assert_eq!(r.topology.urls()[0].expose(), "redis://10.0.0.9:6380/0");
+    assert_eq!(r.on_error, OnError::Deny);
+    assert_eq!(c.limits.key.to_string(), r#"["ip", "header:x-api-key"]"#);
+    assert_eq!(c.rules[0].name, "login");
+    let path = c.rules[0].matcher.path.as_ref().unwrap().describe();
+    assert_eq!(
+        path,
+        ("path", "/login/${literal}/$1"),
+        "$${{ is a literal ${{"
+    );
+    assert_eq!(c.log.access, ratelimiter::config::AccessLog::Stderr);
+    assert_eq!(c.log_level, log::LevelFilter::Debug);
+    // Without the override, the file's value; RATELIMITER_REDIS_URL replaces an interpolated URL.
+    let env = with_env(&[
+        ("NODE", "from-the-file"),
+        ("RATELIMITER_REDIS_URL", "redis://10.1.1.1:6379"),
+    ]);
+    let c = Config::parse(
+        "f.toml",
+        "[node]\nid = \"${NODE}\"\n[redis]\nurl = \"redis://${UNSET_HOST:-localhost}\"\n",
+        &env,
+    )
+    .unwrap();
+    assert_eq!(c.node.id, "from-the-file");
+    assert_eq!(
+        c.redis.unwrap().topology.urls()[0].expose(),
+        "redis://10.1.1.1:6379"
+    );
+}
+
+#[test]
+fn an_unset_variable_is_one_error_at_its_string_with_the_others() {
+    // The string left as written is not also reported as a bad value; the other errors of the
+    // file are.
+    let src = "[proxy]\nlisten = \"${LISTEN}\"\n[limits]\ndefault_limit = 0\n";
+    let errors = Config::parse("f.toml", src, &|_| None)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        errors.lines().collect::<Vec<_>>(),
+        [
+            "f.toml:2:10: [proxy] listen: ${LISTEN} is not set in the environment; expected it set, or a default as in ${LISTEN:-default}",
+            "f.toml:4:17: [limits] default_limit: expected an integer 1..=4294967295, found integer 0",
+        ]
+    );
+}
+
+#[test]
+fn log_level_default_and_choice() {
+    let c = Config::parse("t.toml", "", &|_| None).unwrap();
+    assert_eq!(c.log_level, log::LevelFilter::Info);
+    let c = Config::parse("t.toml", "[log]\nlevel = \"warn\"\n", &|_| None).unwrap();
+    assert_eq!(c.log_level, log::LevelFilter::Warn);
+}
+
+#[test]
+fn admin_access_defaults_and_choice() {
+    let c = Config::parse("t.toml", "", &|_| None).unwrap();
+    assert_eq!(c.admin.read, ratelimiter::config::AdminRead::Open);
+    assert!(c.admin.metrics_token.is_none());
+    let c = Config::parse(
+        "t.toml",
+        "[admin]\ntoken = \"a\"\nread = \"token\"\nmetrics_token = \"m\"\n",
+        &|_| None,
+    )
+    .unwrap();
+    assert_eq!(c.admin.read, ratelimiter::config::AdminRead::Token);
+    assert_eq!(c.admin.metrics_token.as_deref(), Some("m"));
+}
+
 fn run_check(path: &Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_ratelimiter"))
         .args(["-t", "-c"])
@@ -717,4 +838,184 @@ fn version_and_bad_arguments() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no/such/file.toml: cannot read"));
+}
+
+/// `ratelimiter -t -c path` with `set` in its environment and `unset` removed from it.
+fn run_check_env(path: &Path, set: &[(&str, &str)], unset: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ratelimiter"));
+    cmd.args(["-t", "-c"])
+        .arg(path)
+        .env_remove("RATELIMITER_REDIS_URL");
+    for var in unset {
+        cmd.env_remove(var);
+    }
+    cmd.envs(set.iter().copied());
+    cmd.output().unwrap()
+}
+
+/// A scratch directory of this test process, removed on drop.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("ratelimiter-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn write(&self, file: &str, text: &str) -> std::path::PathBuf {
+        let path = self.0.join(file);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn check_mode_takes_variables_from_its_environment() {
+    let dir = Scratch::new("interpolation");
+    let path = dir.write(
+        "env.toml",
+        "[admin]\ntoken = \"${RL_TEST_ADMIN_TOKEN}\"\n[redis]\non_error = \"${RL_TEST_ON_ERROR:-deny}\"\n",
+    );
+    let unset = ["RL_TEST_ADMIN_TOKEN", "RL_TEST_ON_ERROR"];
+    let out = run_check_env(&path, &[], &unset);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim_end(),
+        format!(
+            "{}:2:9: [admin] token: ${{RL_TEST_ADMIN_TOKEN}} is not set in the environment; expected it set, or a default as in ${{RL_TEST_ADMIN_TOKEN:-default}}",
+            path.display()
+        )
+    );
+    let out = run_check_env(&path, &[("RL_TEST_ADMIN_TOKEN", "s3cret")], &unset);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The value is checked as if written in the file.
+    let out = run_check_env(
+        &path,
+        &[
+            ("RL_TEST_ADMIN_TOKEN", "s3cret"),
+            ("RL_TEST_ON_ERROR", "sometimes"),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr
+            .contains(r#":4:12: [redis] on_error: expected "allow" or "deny", found "sometimes""#),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_mode_opens_every_file_the_config_names() {
+    let dir = Scratch::new("check-files");
+    let d = dir.0.display().to_string();
+    let check = |name: &str, text: &str| {
+        let out = run_check(&dir.write(name, text));
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    // An access log in a directory that does not exist, or that is a directory.
+    let (code, stderr) = check(
+        "missing.toml",
+        &format!("[log]\naccess = \"{d}/no-such-dir/access.log\"\n"),
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "missing.toml: [log] access: cannot open the access log {d}/no-such-dir/access.log: No such file or directory"
+        )),
+        "{stderr}"
+    );
+    let (code, stderr) = check("isdir.toml", &format!("[log]\naccess = \"{d}\"\n"));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "[log] access: cannot open the access log {d}: Is a directory"
+        )),
+        "{stderr}"
+    );
+
+    // A directory the process may not write to (root may write anywhere: not checked as root).
+    let locked = dir.0.join("locked");
+    std::fs::create_dir_all(&locked).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o555)).unwrap();
+    if std::fs::File::create(locked.join("probe")).is_err() {
+        let (code, stderr) = check(
+            "locked.toml",
+            &format!("[log]\naccess = \"{}/access.log\"\n", locked.display()),
+        );
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(stderr.contains("Permission denied"), "{stderr}");
+    }
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    // A log that exists is appended to, never truncated; one that does not is not left behind.
+    let existing = dir.write("existing.log", "kept\n");
+    let (code, stderr) = check(
+        "existing.toml",
+        &format!("[log]\naccess = \"{}\"\n", existing.display()),
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&existing).unwrap(), "kept\n");
+    let (code, stderr) = check(
+        "fresh.toml",
+        &format!("[log]\naccess = \"{d}/fresh.log\"\n"),
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        !dir.0.join("fresh.log").exists(),
+        "-t leaves no file behind"
+    );
+
+    // Every file that would fail, all at once, each with its key: the access log, a key that
+    // does not fit its certificate, an upstream CA and a Redis CA whose certificates do not
+    // parse (files the config loader reads, as it finds them, but the start could not use).
+    let tls = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls");
+    let bad_ca = dir.write(
+        "bad-ca.pem",
+        "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",
+    );
+    let (code, stderr) = check(
+        "all.toml",
+        &format!(
+            "[proxy]\ntls_listen = \"127.0.0.1:8443\"\ntls_cert_file = \"{tls}/localhost.pem\"\ntls_key_file = \"{tls}/other.key\"\nupstreams = [\"https://127.0.0.1:8443\"]\nupstream_tls_ca_file = \"{ca}\"\n[redis]\nurl = \"rediss://127.0.0.1:6380\"\ntls_ca_file = \"{ca}\"\n[log]\naccess = \"{d}/no-such-dir/access.log\"\n",
+            ca = bad_ca.display()
+        ),
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 4, "{stderr}");
+    for (line, key) in lines.iter().zip([
+        "[log] access: ",
+        "[proxy] tls_cert_file, tls_key_file: ",
+        "[proxy] upstream_tls_ca_file: ",
+        "[redis] tls_ca_file: ",
+    ]) {
+        assert!(
+            line.contains(&format!("all.toml: {key}")),
+            "{key}: {stderr}"
+        );
+    }
+    assert!(
+        lines[1].contains("other.key does not fit the certificate"),
+        "{stderr}"
+    );
+    assert!(lines[2].contains("bad-ca.pem"), "{stderr}");
 }

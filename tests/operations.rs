@@ -595,3 +595,35 @@ fn an_upgrade_without_a_running_process_fails() {
     let mut lone = holder.upgrade();
     assert_eq!(lone.wait_exit(Duration::from_secs(30)), Some(1));
 }
+
+/// A draining node tells load balancers to go elsewhere (`/health/ready` 503) while it
+/// finishes what it has, and is still live.
+#[test]
+fn a_draining_node_is_live_but_not_ready() {
+    let redis = RedisServer::start();
+    let up = Upstream::start();
+    let mut gw = node(&redis, &up, "draining", "");
+    assert_eq!(get(&gw.admin, "/health/ready", &[]).unwrap().status, 200);
+    let slow = std::thread::spawn({
+        let proxy = gw.proxy.clone();
+        move || get(&proxy, "/sleep/3000", &[]).map(|r| r.status)
+    });
+    wait_for("the slow request upstream", Duration::from_secs(10), || {
+        (up.sleeping() == 1).then_some(())
+    });
+    gw.signal("TERM");
+    let ready = wait_for("the node unready", Duration::from_secs(5), || {
+        get(&gw.admin, "/health/ready", &[])
+            .ok()
+            .filter(|r| r.status == 503)
+    });
+    assert!(ready.body.contains("\"draining\":true"), "{}", ready.body);
+    assert_eq!(get(&gw.admin, "/health/live", &[]).unwrap().status, 200);
+    // Until the last request is done, the admin port answers.
+    while !slow.is_finished() {
+        let ready = get(&gw.admin, "/health/ready", &[]).unwrap();
+        assert_eq!(ready.status, 503, "{ready:?}");
+    }
+    assert_eq!(slow.join().unwrap().unwrap(), 200);
+    assert_eq!(gw.wait_exit(Duration::from_secs(10)), Some(0));
+}

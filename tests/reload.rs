@@ -124,6 +124,49 @@ fn a_bad_file_keeps_the_running_config() {
 }
 
 #[test]
+fn the_log_level_follows_the_file_and_its_reloads_unless_rust_log_is_set() {
+    // The harness sets RUST_LOG; an empty one counts as unset.
+    let unset = [("RUST_LOG", "")];
+    let gw = Gateway::start_with_env(DIRECT, "[log]\nlevel = \"warn\"\n", &unset);
+    assert_eq!(get(&gw.proxy, "/", &[]).unwrap().status, 200);
+    let log = gw.log();
+    assert!(!log.contains("proxying on"), "no info line at warn: {log}");
+    gw.reload_with(DIRECT, "[log]\nlevel = \"info\"\n");
+    wait_reloads(&gw, "success", 1);
+    let log = gw.log();
+    assert!(
+        !log.contains("SIGHUP: reloading"),
+        "still warn when the signal came: {log}"
+    );
+    assert!(
+        log.contains("config reloaded from"),
+        "info once the reload is in force: {log}"
+    );
+
+    // debug: the gateway's own debug lines, never the libraries' (they print request headers)
+    // while [privacy] clear_keys is off.
+    let gw = Gateway::start_with_env(DIRECT, "[log]\nlevel = \"debug\"\n", &unset);
+    for _ in 0..3 {
+        assert_eq!(
+            get(&gw.proxy, "/", &[("X-Api-Key", "k")]).unwrap().status,
+            200
+        );
+    }
+    let log = gw.log();
+    assert!(log.contains(" DEBUG ratelimiter"), "{log}");
+    assert!(!log.contains(" DEBUG pingora"), "{log}");
+
+    // RUST_LOG, when set, wins over the file.
+    let gw = Gateway::start_with_env(
+        DIRECT,
+        "[log]\nlevel = \"error\"\n",
+        &[("RUST_LOG", "info")],
+    );
+    let log = gw.log();
+    assert!(log.contains("proxying on"), "RUST_LOG=info: {log}");
+}
+
+#[test]
 fn keys_that_need_a_restart_are_named_and_kept() {
     let redis = RedisServer::start();
     let gw = Gateway::start(

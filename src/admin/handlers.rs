@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 
 use super::router::Route;
 use super::{error, json, reply, to_json, AdminApp};
-use crate::config::{OnError, MAX_WINDOW_MS};
+use crate::config::{AdminRead, OnError, MAX_WINDOW_MS};
 use crate::headers::limit_headers;
 use crate::key;
 use crate::limiter::{Algorithm, Check, Counter, Limit, Outcome, StoreError, SyncMode, Verdict};
@@ -40,6 +40,93 @@ pub const CHECK_RULE: &str = "/check";
 struct Health<'a> {
     status: &'a str,
     node_id: &'a str,
+}
+
+/// `GET /health/live`.
+#[derive(Serialize)]
+struct LiveOut<'a> {
+    status: &'static str,
+    node_id: &'a str,
+}
+
+/// Whether a load balancer should send this node traffic (`GET /health/ready`, contract §17).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Readiness {
+    /// The store answers.
+    Serving,
+    /// The store does not answer, and requests pass without limits (`on_error = "allow"`).
+    FailingOpen,
+    /// The store does not answer, and requests get 503 (`on_error = "deny"`).
+    FailingClosed,
+    /// The node is shutting down (the store is not asked).
+    Draining,
+}
+
+#[derive(Serialize)]
+struct ReadyOut<'a> {
+    status: &'static str,
+    node_id: &'a str,
+    draining: bool,
+    /// `up` or `down`; left out while draining, when the store is not asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    store: Option<&'static str>,
+    /// With the store down: what requests get meanwhile.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    on_error: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<&'static str>,
+}
+
+impl Readiness {
+    /// `store_up`: whether the store answered (`None` when not asked).
+    fn of(draining: bool, store_up: Option<bool>, on_error: OnError) -> Readiness {
+        match (draining, store_up, on_error) {
+            (true, _, _) => Readiness::Draining,
+            (false, Some(false), OnError::Allow) => Readiness::FailingOpen,
+            (false, Some(false), OnError::Deny) => Readiness::FailingClosed,
+            (false, _, _) => Readiness::Serving,
+        }
+    }
+
+    fn status(self) -> u16 {
+        match self {
+            Readiness::Serving | Readiness::FailingOpen => 200,
+            Readiness::FailingClosed | Readiness::Draining => 503,
+        }
+    }
+
+    fn body(self, node_id: &str) -> ReadyOut<'_> {
+        let (store, on_error, detail) = match self {
+            Readiness::Serving => (Some("up"), None, None),
+            Readiness::FailingOpen => (
+                Some("down"),
+                Some("allow"),
+                Some("the store is unreachable; requests are served without limits (on_error = \"allow\")"),
+            ),
+            Readiness::FailingClosed => (
+                Some("down"),
+                Some("deny"),
+                Some("the store is unreachable; requests get 503 (on_error = \"deny\")"),
+            ),
+            Readiness::Draining => (
+                None,
+                None,
+                Some("draining: the node is shutting down and finishing the requests in flight"),
+            ),
+        };
+        ReadyOut {
+            status: if self.status() == 200 {
+                "ready"
+            } else {
+                "unready"
+            },
+            node_id,
+            draining: self == Readiness::Draining,
+            store,
+            on_error,
+            detail,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -245,8 +332,19 @@ impl AdminApp {
         body: &[u8],
     ) -> Response<Vec<u8>> {
         let live = self.live.load();
+        if let Some(denied) = gate(&route, &live, session) {
+            return denied;
+        }
         match route {
             Route::Health => self.health(&live).await,
+            Route::Live => json(
+                200,
+                to_json(&LiveOut {
+                    status: "live",
+                    node_id: &live.config.node.id,
+                }),
+            ),
+            Route::Ready => self.ready(&live).await,
             Route::Nodes => self.nodes().await,
             Route::Counters | Route::Blocks => {
                 let clear = clear_keys(&live, session);
@@ -282,7 +380,6 @@ impl AdminApp {
                 }
             }
             Route::Limits => self.limits(&live, clear_keys(&live, session)),
-            Route::Reset(_) | Route::Check if !authorized(&live, session) => unauthorized(),
             Route::Reset(key) => self.reset(&key).await,
             Route::Check => self.check(&live, body).await,
             Route::Explain => self.explain(&live, body).await,
@@ -312,6 +409,25 @@ impl AdminApp {
                 status: word,
                 node_id: &live.config.node.id,
             }),
+        )
+    }
+
+    async fn ready(&self, live: &Live) -> Response<Vec<u8>> {
+        let draining = self.lifecycle.is_draining();
+        let store_up = match draining {
+            true => None,
+            // The store's own bound for a ping, as `/health` (not the hot path's timeout_ms).
+            false => Some(self.counters.ping().await.is_ok()),
+        };
+        let on_error = live
+            .config
+            .redis
+            .as_ref()
+            .map_or(OnError::Allow, |r| r.on_error);
+        let readiness = Readiness::of(draining, store_up, on_error);
+        json(
+            readiness.status(),
+            to_json(&readiness.body(&live.config.node.id)),
         )
     }
 
@@ -553,18 +669,40 @@ fn check_reply(outcome: &Outcome, live: &Live) -> Response<Vec<u8>> {
     )
 }
 
-/// Whether the request may mutate: no token configured, or the right bearer token.
+/// Who may call what (contract §17), in one place: the 401 a route gets, if any. Mutations
+/// need `admin.token` when it is set; `/api/*` reads need it too with `admin.read = "token"`;
+/// `/metrics` needs `admin.metrics_token` when that is set. `/health*` and `/openapi.json`
+/// (which describes the API and holds no data) are always open.
+fn gate(route: &Route, live: &Arc<Live>, session: &ServerSession) -> Option<Response<Vec<u8>>> {
+    let admin = &live.config.admin;
+    let (token, key) = match route {
+        Route::Reset(_) | Route::Check => (admin.token.as_deref(), "admin.token"),
+        Route::Nodes | Route::Counters | Route::Limits | Route::Blocks | Route::Explain
+            if admin.read == AdminRead::Token =>
+        {
+            (admin.token.as_deref(), "admin.token")
+        }
+        Route::Metrics => (admin.metrics_token.as_deref(), "admin.metrics_token"),
+        _ => (None, ""),
+    };
+    let token = token?;
+    (!bearer(session, token)).then(|| unauthorized(key))
+}
+
 /// Whether private key values are shown in clear: with `[privacy] clear_keys`, or to a caller
 /// with the admin token (contract §17).
 fn clear_keys(live: &Arc<Live>, session: &ServerSession) -> bool {
     live.config.privacy.clear_keys
-        || (live.config.admin.token.is_some() && authorized(live, session))
+        || live
+            .config
+            .admin
+            .token
+            .as_deref()
+            .is_some_and(|token| bearer(session, token))
 }
 
-fn authorized(live: &Arc<Live>, session: &ServerSession) -> bool {
-    let Some(token) = &live.config.admin.token else {
-        return true;
-    };
+/// Whether the request carries `Authorization: Bearer <token>`, compared in constant time.
+fn bearer(session: &ServerSession, token: &str) -> bool {
     session
         .req_header()
         .headers
@@ -575,18 +713,55 @@ fn authorized(live: &Arc<Live>, session: &ServerSession) -> bool {
         .is_some_and(|v| same(&v[7..], token.as_bytes()))
 }
 
-fn unauthorized() -> Response<Vec<u8>> {
+/// 401 for a route that needs the token configured as `key`.
+fn unauthorized(key: &str) -> Response<Vec<u8>> {
     reply(
         401,
         "application/json",
         &[("WWW-Authenticate", "Bearer".to_string())],
-        error_json("this endpoint needs Authorization: Bearer <admin.token>"),
+        error_json(&format!(
+            "this endpoint needs Authorization: Bearer <{key}>"
+        )),
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn readiness_follows_the_store_the_policy_and_the_drain() {
+        use Readiness::*;
+        for on_error in [OnError::Allow, OnError::Deny] {
+            assert_eq!(Readiness::of(false, Some(true), on_error), Serving);
+            assert_eq!(Readiness::of(true, None, on_error), Draining);
+            assert_eq!(Readiness::of(true, Some(true), on_error), Draining);
+        }
+        assert_eq!(
+            Readiness::of(false, Some(false), OnError::Allow),
+            FailingOpen
+        );
+        assert_eq!(
+            Readiness::of(false, Some(false), OnError::Deny),
+            FailingClosed
+        );
+        let body = |r: Readiness| serde_json::to_value(r.body("n1")).unwrap();
+        assert_eq!(
+            (Serving.status(), body(Serving)),
+            (
+                200,
+                json!({"status":"ready","node_id":"n1","draining":false,"store":"up"})
+            )
+        );
+        assert_eq!(FailingOpen.status(), 200);
+        assert_eq!(body(FailingOpen)["on_error"], "allow");
+        assert_eq!(FailingClosed.status(), 503);
+        assert_eq!(body(FailingClosed)["status"], "unready");
+        assert_eq!(Draining.status(), 503);
+        let draining = body(Draining);
+        assert_eq!(draining["draining"], true);
+        assert!(draining.get("store").is_none(), "not asked: {draining}");
+    }
 
     #[test]
     fn listing_parameters() {

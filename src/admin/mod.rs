@@ -3,6 +3,8 @@
 //! | method, path | answer |
 //! |---|---|
 //! | `GET /health` | 200 healthy, 503 while the store is unreachable |
+//! | `GET /health/live` | 200 while the process serves; asks nothing of the store |
+//! | `GET /health/ready` | 200 when the node should get traffic, 503 draining or failing closed |
 //! | `GET /api/nodes` | every live node in the registry |
 //! | `GET /api/counters` | every live counter, with its limit and remaining |
 //! | `GET /api/limits` | the limits and rules in force, and when they were loaded |
@@ -12,6 +14,9 @@
 //! | `POST /api/explain` | which rules a described request would meet, and their state; records nothing |
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /openapi.json` | an OpenAPI 3 description of this API |
+//!
+//! With `admin.read = "token"` every `/api/*` read needs the admin token too, and with
+//! `admin.metrics_token` set `/metrics` needs that one; `/health*` is always open.
 //!
 //! Every body is JSON; a bad body or parameter gets 422, an unknown path 404, a wrong method
 //! 405, each with `{"error":"..."}`. `HEAD` is answered wherever `GET` is. Request headers and

@@ -5,6 +5,10 @@ use percent_encoding::percent_decode_str;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     Health,
+    /// `GET /health/live`: the process serves.
+    Live,
+    /// `GET /health/ready`: this node should get traffic.
+    Ready,
     Nodes,
     Counters,
     Limits,
@@ -33,6 +37,8 @@ pub fn route(method: &str, path_and_query: &str) -> Result<Route, Miss> {
     let path = path_and_query.split(['?', '#']).next().unwrap_or("");
     let fixed = match path {
         "/health" => Some(("GET", Route::Health)),
+        "/health/live" => Some(("GET", Route::Live)),
+        "/health/ready" => Some(("GET", Route::Ready)),
         "/api/nodes" => Some(("GET", Route::Nodes)),
         "/api/counters" => Some(("GET", Route::Counters)),
         "/api/limits" => Some(("GET", Route::Limits)),
@@ -78,6 +84,8 @@ mod tests {
     #[test]
     fn routes_the_contract_paths() {
         assert_eq!(route("GET", "/health"), Ok(Route::Health));
+        assert_eq!(route("GET", "/health/live"), Ok(Route::Live));
+        assert_eq!(route("HEAD", "/health/ready?x=1"), Ok(Route::Ready));
         assert_eq!(route("GET", "/api/nodes?x=1"), Ok(Route::Nodes));
         assert_eq!(route("POST", "/check"), Ok(Route::Check));
         assert_eq!(route("POST", "/api/explain"), Ok(Route::Explain));
@@ -107,6 +115,12 @@ mod tests {
             route("POST", "/health"),
             Err(Miss::MethodNotAllowed("GET, HEAD"))
         );
+        assert_eq!(
+            route("DELETE", "/health/ready"),
+            Err(Miss::MethodNotAllowed("GET, HEAD"))
+        );
+        assert_eq!(route("GET", "/health/"), Err(Miss::NotFound));
+        assert_eq!(route("GET", "/health/other"), Err(Miss::NotFound));
         assert_eq!(route("HEAD", "/api/counters?limit=1"), Ok(Route::Counters));
         assert_eq!(route("HEAD", "/check"), Err(Miss::MethodNotAllowed("POST")));
         assert_eq!(route("GET", "/check"), Err(Miss::MethodNotAllowed("POST")));

@@ -60,6 +60,9 @@ pub(crate) struct Collector<'s> {
     path: &'s str,
     source: &'s str,
     pub(crate) errors: Vec<ConfigError>,
+    /// Where values start that are reported already (a string whose variable is not set):
+    /// what reading them finds next only follows from that.
+    reported: Vec<usize>,
 }
 
 impl<'s> Collector<'s> {
@@ -68,18 +71,31 @@ impl<'s> Collector<'s> {
             path,
             source,
             errors: Vec::new(),
+            reported: Vec::new(),
         }
     }
 
+    /// Records an error for the value at `span`, and leaves out any later one there.
+    pub(crate) fn at_value(&mut self, span: Range<usize>, message: impl Into<String>) {
+        self.push(span.start, message.into());
+        self.reported.push(span.start);
+    }
+
     pub(crate) fn at(&mut self, span: Range<usize>, message: impl Into<String>) {
-        let (line, column) = line_column(self.source, span.start);
+        if !self.reported.contains(&span.start) {
+            self.push(span.start, message.into());
+        }
+    }
+
+    fn push(&mut self, offset: usize, message: String) {
+        let (line, column) = line_column(self.source, offset);
         self.errors.push(ConfigError {
             origin: Origin::File {
                 path: self.path.to_string(),
                 line,
                 column,
             },
-            message: message.into(),
+            message,
         });
     }
 

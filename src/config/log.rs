@@ -1,13 +1,16 @@
-//! `[log]` (contract §10): the access log (off, stderr or a file) and the format of every
-//! log line, the access log's and the gateway's own.
+//! `[log]` (contract §10 and §17): the access log (off, stderr or a file), the format of every
+//! log line, the access log's and the gateway's own, and the level of the gateway's own.
+
+use log::LevelFilter;
 
 use super::error::Collector;
 use super::reader::{At, Section};
 use super::{AccessLog, LogConfig, LogFormat};
 
-pub(super) const KEYS: &[&str] = &["access", "format"];
+pub(super) const KEYS: &[&str] = &["access", "format", "level"];
 
-pub(super) fn read(s: &Section, errors: &mut Collector) -> LogConfig {
+/// The access log's settings, and the level (`level`).
+pub(super) fn read(s: &Section, errors: &mut Collector) -> (LogConfig, LevelFilter) {
     let access = match s.string("access", errors) {
         None => AccessLog::Off,
         Some(At { value, span }) => match value.as_str() {
@@ -33,5 +36,18 @@ pub(super) fn read(s: &Section, errors: &mut Collector) -> LogConfig {
             errors,
         )
         .unwrap_or(LogFormat::Text);
-    LogConfig { access, format }
+    let level = s
+        .choice(
+            "level",
+            &[
+                ("error", LevelFilter::Error),
+                ("warn", LevelFilter::Warn),
+                ("info", LevelFilter::Info),
+                ("debug", LevelFilter::Debug),
+                ("trace", LevelFilter::Trace),
+            ],
+            errors,
+        )
+        .unwrap_or(LevelFilter::Info);
+    (LogConfig { access, format }, level)
 }

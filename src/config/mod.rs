@@ -60,6 +60,9 @@ pub struct Config {
     pub headers: HeadersConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
+    /// `[log] level`: the gateway's own log level, unless `RUST_LOG` is set. Apart from
+    /// [`LogConfig`] because it follows a reload, which the access log does not.
+    pub log_level: ::log::LevelFilter,
 }
 
 #[derive(Debug, Clone)]
@@ -158,7 +161,8 @@ pub struct HealthCheck {
     pub timeout: Duration,
 }
 
-/// `[log]`: the access log and the format of every log line.
+/// `[log]`: the access log and the format of every log line (what the access log is opened
+/// with; a restart changes it). `[log] level` is [`Config::log_level`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {
     pub access: AccessLog,
@@ -188,8 +192,23 @@ pub struct DirectResponse {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
-    /// Bearer token required by mutating admin endpoints.
+    /// Bearer token required by mutating admin endpoints (and by reads with
+    /// [`AdminRead::Token`]).
     pub token: Option<String>,
+    /// Whether `/api/*` reads need `token` too.
+    pub read: AdminRead,
+    /// When set, `GET /metrics` needs this bearer token (a scraper's, apart from the admin
+    /// token, so the one it holds can read nothing else).
+    pub metrics_token: Option<String>,
+}
+
+/// Who may read `/api/*` (contract §17).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminRead {
+    /// Anyone who reaches the admin port (private key values digested).
+    Open,
+    /// Only a caller with `admin.token`.
+    Token,
 }
 
 #[derive(Debug, Clone)]

@@ -27,9 +27,14 @@ const ARRAYS: &[&str] = &["rules"];
 
 pub(super) fn build(path: &str, source: &str, env: Env) -> Result<Config, ConfigErrors> {
     let mut errors = Collector::new(path, source);
-    let Some(doc) = reader::parse(source, &mut errors) else {
+    let Some(mut doc) = reader::parse(source, &mut errors) else {
         return Err(ConfigErrors(errors.into_sorted()));
     };
+    // Before anything is read, so every string key takes `${VAR}`; the `RATELIMITER_*`
+    // overrides below still replace what the file says.
+    for (span, message) in super::document::interpolate(&mut doc, env) {
+        errors.at_value(span, message);
+    }
     let root = Section::root(&doc, SECTIONS, ARRAYS, &mut errors);
 
     let server = server(
@@ -51,7 +56,11 @@ pub(super) fn build(path: &str, source: &str, env: Env) -> Result<Config, Config
         &mut errors,
     );
     let admin = admin(
-        &root.section("admin", &["listen", "token"], &mut errors),
+        &root.section(
+            "admin",
+            &["listen", "token", "read", "metrics_token"],
+            &mut errors,
+        ),
         &mut errors,
     );
     let node = node(
@@ -122,7 +131,7 @@ pub(super) fn build(path: &str, source: &str, env: Env) -> Result<Config, Config
         &root.section("metrics", &["max_key_labels"], &mut errors),
         &mut errors,
     );
-    let log = super::log::read(
+    let (log, log_level) = super::log::read(
         &root.section("log", super::log::KEYS, &mut errors),
         &mut errors,
     );
@@ -142,6 +151,7 @@ pub(super) fn build(path: &str, source: &str, env: Env) -> Result<Config, Config
                 headers,
                 metrics,
                 log,
+                log_level,
             })
         }
         _ => Err(ConfigErrors(errors.into_sorted())),
@@ -210,25 +220,49 @@ pub const MAX_SOCKET_PATH: usize = 107;
 
 fn admin(s: &Section, errors: &mut Collector) -> Option<AdminConfig> {
     let listen = s.socket_addr("listen", "127.0.0.1:9090", errors);
-    let token = match s.string("token", errors) {
+    let token = bearer_token(s, "token", errors);
+    let metrics_token = bearer_token(s, "metrics_token", errors);
+    let read = s
+        .choice(
+            "read",
+            &[("open", AdminRead::Open), ("token", AdminRead::Token)],
+            errors,
+        )
+        .unwrap_or(AdminRead::Open);
+    if read == AdminRead::Token && !s.has("token") {
+        errors.at(
+            s.span("read").unwrap_or(0..0),
+            format!(
+                "{} read: \"token\" needs a token to check; expected token set in {} too, or read = \"open\"",
+                s.name, s.name
+            ),
+        );
+    }
+    Some(AdminConfig {
+        listen: listen?,
+        token,
+        read,
+        metrics_token,
+    })
+}
+
+/// A bearer token as written; a bad one is reported and left out.
+fn bearer_token(s: &Section, key: &str, errors: &mut Collector) -> Option<String> {
+    match s.string(key, errors) {
         Some(At { value, span })
             if value.is_empty() || value.chars().any(|c| c.is_whitespace() || c.is_control()) =>
         {
             errors.at(
                 span,
                 format!(
-                    "{} token: expected a non-empty string without spaces or control characters",
+                    "{} {key}: expected a non-empty string without spaces or control characters",
                     s.name
                 ),
             );
             None
         }
         other => other.map(|t| t.value),
-    };
-    Some(AdminConfig {
-        listen: listen?,
-        token,
-    })
+    }
 }
 
 fn hostname() -> String {

@@ -50,6 +50,26 @@ impl RedisServer {
         );
     }
 
+    /// Stops the process with SIGSTOP (as `topologies::Server::freeze` does), as a hung
+    /// machine would look: connections stay open and nothing answers.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a paused server run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("a running server").id();
+        let status = Command::new("kill")
+            .args([format!("-{sig}"), pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{sig} {pid}");
+    }
+
     /// Kills the server (as a crash would) and waits until it is gone.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

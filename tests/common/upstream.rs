@@ -15,6 +15,8 @@ pub struct Upstream {
     pub addr: String,
     served: Arc<AtomicUsize>,
     sick: Arc<AtomicBool>,
+    /// Requests of `/sleep/<ms>` received and not yet answered.
+    sleeping: Arc<AtomicUsize>,
 }
 
 impl Upstream {
@@ -23,14 +25,27 @@ impl Upstream {
         let addr = listener.local_addr().unwrap().to_string();
         let served = Arc::new(AtomicUsize::new(0));
         let sick = Arc::new(AtomicBool::new(false));
-        let (name, count, ill) = (addr.clone(), served.clone(), sick.clone());
+        let sleeping = Arc::new(AtomicUsize::new(0));
+        let (name, count, ill, asleep) =
+            (addr.clone(), served.clone(), sick.clone(), sleeping.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (name, count, ill) = (name.clone(), count.clone(), ill.clone());
-                std::thread::spawn(move || serve(stream, &name, &count, &ill));
+                let (name, count, ill, asleep) =
+                    (name.clone(), count.clone(), ill.clone(), asleep.clone());
+                std::thread::spawn(move || serve(stream, &name, &count, &ill, &asleep));
             }
         });
-        Upstream { addr, served, sick }
+        Upstream {
+            addr,
+            served,
+            sick,
+            sleeping,
+        }
+    }
+
+    /// Requests of `/sleep/<ms>` in the upstream's hands now.
+    pub fn sleeping(&self) -> usize {
+        self.sleeping.load(Ordering::SeqCst)
     }
 
     /// While sick, `/healthz` answers 503 (everything else still 200).
@@ -43,7 +58,13 @@ impl Upstream {
     }
 }
 
-fn serve(stream: TcpStream, name: &str, served: &AtomicUsize, sick: &AtomicBool) {
+fn serve(
+    stream: TcpStream,
+    name: &str,
+    served: &AtomicUsize,
+    sick: &AtomicBool,
+    sleeping: &AtomicUsize,
+) {
     let mut reader = BufReader::new(stream);
     loop {
         let mut line = String::new();
@@ -83,7 +104,9 @@ fn serve(stream: TcpStream, name: &str, served: &AtomicUsize, sick: &AtomicBool)
         }
         // `/sleep/<ms>` answers after a delay: a request that stays in flight.
         if let Some(ms) = path.strip_prefix("/sleep/").and_then(|m| m.parse().ok()) {
+            sleeping.fetch_add(1, Ordering::SeqCst);
             std::thread::sleep(std::time::Duration::from_millis(ms));
+            sleeping.fetch_sub(1, Ordering::SeqCst);
         }
         served.fetch_add(1, Ordering::SeqCst);
         let reply = format!("upstream {name} {path}");

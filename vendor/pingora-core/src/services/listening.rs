@@ -64,6 +64,8 @@ pub struct Service<A> {
     handshake_timeout: Duration,
     /// The connections open now, over all endpoints.
     open: Arc<AtomicUsize>,
+    /// Keep accepting and serving during a graceful shutdown, until the process exits.
+    through_shutdown: bool,
 }
 
 /// Counts one open connection for as long as it lives.
@@ -99,6 +101,7 @@ impl<A> Service<A> {
             max_connections: None,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             open: Arc::default(),
+            through_shutdown: false,
         }
     }
 
@@ -116,6 +119,7 @@ impl<A> Service<A> {
             max_connections: None,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             open: Arc::default(),
+            through_shutdown: false,
         }
     }
 
@@ -124,6 +128,13 @@ impl<A> Service<A> {
     pub fn set_connection_limits(&mut self, max: Option<usize>, handshake_timeout: Duration) {
         self.max_connections = max;
         self.handshake_timeout = handshake_timeout;
+    }
+
+    /// Keeps accepting and serving while the server shuts down gracefully, until the process
+    /// exits: for a health or admin port that must be answered while the rest drains (a load
+    /// balancer reads there that the node is going).
+    pub fn serve_through_shutdown(&mut self) {
+        self.through_shutdown = true;
     }
 
     /// The number of connections this service has open, from accept to close, kept up to
@@ -374,6 +385,12 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceTrait for Service<A> {
 
         // One count of connections for every endpoint of the service.
         let slots = self.max_connections.map(|n| Arc::new(Semaphore::new(n)));
+        // Serving through a shutdown: a watch that never says so, held until the end.
+        let (_never, quiet) = tokio::sync::watch::channel(false);
+        let shutdown = match self.through_shutdown {
+            true => quiet,
+            false => shutdown,
+        };
         let handshake_timeout = self.handshake_timeout;
         let open = self.open.clone();
         endpoints.into_iter().for_each(|endpoint| {
