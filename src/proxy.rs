@@ -1,10 +1,11 @@
-//! The proxy path (contract §3, §7 and §10), as a pingora `ProxyHttp`: refuse badly framed
+//! The proxy path (contract §3, §7, §10 and §17), as a pingora `ProxyHttp`: refuse badly framed
 //! requests, select the rules a request owes and decide them, then either proxy it to a
 //! healthy upstream (another one if connecting fails) with the limit and forwarding headers,
 //! or answer 429 (blocked) or 503 (store down, fail closed) from the gateway itself. Upstream
-//! failures become 502, and 504 past the read or write timeout. Every request is counted
-//! and, when enabled, written to the access log. The config is read once per request, so a
-//! reload never changes a request midway.
+//! failures become 502, and 504 past the read or write timeout. The gateway's own answers
+//! carry the `[response] headers`. Every request is counted and, when enabled, written to the
+//! access log. The config is read once per request, so a reload never changes a request
+//! midway.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::{Method, Version};
+use pingora::apps::ErrorResponseFilter;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -25,7 +27,7 @@ use crate::limiter::{Limiter, Outcome, Verdict};
 use crate::live::{Live, LiveConfig};
 use crate::metrics::Metrics;
 use crate::request::{self, Refusal, RequestView};
-use crate::response::{blocked_json, error_json, store_unavailable_json};
+use crate::response::{add_own_headers, blocked_json, error_json, store_unavailable_json};
 use crate::rules::Selection;
 
 pub struct Gateway {
@@ -159,7 +161,7 @@ impl Gateway {
                 let body = Bytes::from(blocked_json(&outcome));
                 let headers = limit_headers(&outcome, live.config.headers.style);
                 ctx.outcome = Some(outcome);
-                respond(session, 429, &headers, "application/json", body).await?;
+                respond(session, ctx, 429, &headers, "application/json", body).await?;
                 Ok(true)
             }
             Verdict::FailOpen => {
@@ -169,7 +171,7 @@ impl Gateway {
             Verdict::FailClosed => {
                 ctx.decision = "fail_closed";
                 let body = Bytes::from(store_unavailable_json());
-                respond(session, 503, &[], "application/json", body).await?;
+                respond(session, ctx, 503, &[], "application/json", body).await?;
                 Ok(true)
             }
         }
@@ -183,23 +185,41 @@ impl Gateway {
     }
 }
 
+/// What pingora's own answers get (a request header that is malformed, too large or too
+/// slow, which no phase of the proxy sees): the `[response] headers` in force.
+pub fn error_response_filter(live: Arc<LiveConfig>) -> ErrorResponseFilter {
+    ErrorResponseFilter(Arc::new(move |resp: &mut ResponseHeader| {
+        if let Err(e) = add_own_headers(resp, &live.load().config.response) {
+            log::debug!("could not add the [response] headers: {e}");
+        }
+    }))
+}
+
 /// Answers from the gateway itself, keeping the connection usable: a Content-Length is set,
 /// so the client's next request can follow on the same connection. A `HEAD` gets the same
-/// header and no body.
+/// header and no body. The answer carries the `[response] headers`.
 async fn respond(
     session: &mut Session,
+    ctx: &RequestCtx,
     status: u16,
     headers: &[(&'static str, String)],
     content_type: &str,
     body: Bytes,
 ) -> Result<()> {
     discard_request_body(session).await;
-    let mut resp = ResponseHeader::build(status, Some(headers.len() + 2))?;
+    let own = ctx.live.as_ref().map(|l| &l.config.response);
+    let mut resp = ResponseHeader::build(
+        status,
+        Some(headers.len() + 3 + own.map_or(0, |o| o.headers.len() + 1)),
+    )?;
     for (name, value) in headers {
         resp.insert_header(*name, value.as_str())?;
     }
     resp.insert_header("Content-Type", content_type)?;
     resp.insert_header("Content-Length", body.len().to_string())?;
+    if let Some(own) = own {
+        add_own_headers(&mut resp, own)?;
+    }
     let no_body = body.is_empty() || session.req_header().method == Method::HEAD;
     session
         .write_response_header(Box::new(resp), no_body)
@@ -297,7 +317,7 @@ impl ProxyHttp for Gateway {
             Ok(selection) => selection,
             Err(refusal) => {
                 ctx.decision = "rejected";
-                refuse(session, refusal).await?;
+                refuse(session, ctx, refusal).await?;
                 return Ok(true);
             }
         };
@@ -309,7 +329,15 @@ impl ProxyHttp for Gateway {
         if let Some(direct) = &live.config.proxy.direct_response {
             let headers = Self::limit_headers(ctx);
             let body = Bytes::from(direct.body.clone());
-            respond(session, direct.status, &headers, &direct.content_type, body).await?;
+            respond(
+                session,
+                ctx,
+                direct.status,
+                &headers,
+                &direct.content_type,
+                body,
+            )
+            .await?;
             return Ok(true);
         }
         Ok(false)
@@ -462,7 +490,7 @@ impl ProxyHttp for Gateway {
             let headers = Self::limit_headers(ctx);
             session.set_keepalive(None);
             let body = Bytes::from(error_json(message));
-            if let Err(e) = respond(session, code, &headers, "application/json", body).await {
+            if let Err(e) = respond(session, ctx, code, &headers, "application/json", body).await {
                 log::debug!("could not send the {code} response: {e}");
             }
         }
@@ -521,7 +549,7 @@ impl ProxyHttp for Gateway {
 
 /// Answers a badly framed request and closes the connection, whose framing cannot be
 /// trusted for a next request.
-async fn refuse(session: &mut Session, refusal: Refusal) -> Result<()> {
+async fn refuse(session: &mut Session, ctx: &RequestCtx, refusal: Refusal) -> Result<()> {
     session.set_keepalive(None);
     let body = Bytes::from(error_json(&refusal.message()));
     // HTTP/2 has no `Connection` field (RFC 9113 §8.2.2): its stream ends with the answer.
@@ -531,5 +559,13 @@ async fn refuse(session: &mut Session, refusal: Refusal) -> Result<()> {
     } else {
         &close
     };
-    respond(session, refusal.status(), headers, "application/json", body).await
+    respond(
+        session,
+        ctx,
+        refusal.status(),
+        headers,
+        "application/json",
+        body,
+    )
+    .await
 }

@@ -1,9 +1,13 @@
 //! The gateway's own answer bodies (contract §3.4–3.5, §7 and `POST /check`): the 429 body,
 //! the `/check` answer, and the 503 of a fail-closed store. One place, so the proxy and the
-//! admin API answer alike. The rate-limit header fields are [`crate::headers`].
+//! admin API answer alike. The rate-limit header fields are [`crate::headers`]; what else the
+//! proxy's own answers carry (`[response] headers`) is [`add_own_headers`].
 
+use http::{HeaderName, HeaderValue};
+use pingora::http::ResponseHeader;
 use serde::Serialize;
 
+use crate::config::ResponseConfig;
 use crate::limiter::{Decision, Outcome};
 
 /// The JSON body of a decision: the `/check` answer, and (with `rule`) the 429 body.
@@ -28,6 +32,43 @@ impl From<&Decision> for DecisionBody<'_> {
             rule: None,
         }
     }
+}
+
+/// The fields of its own answers a page may need to read, in the order they are named in
+/// `Access-Control-Expose-Headers` (none of them is CORS-safelisted, so a browser hides them
+/// from a cross-origin page unless they are exposed).
+const OWN_FIELDS: [&str; 6] = [
+    "Retry-After",
+    "X-RateLimit-Limit",
+    "X-RateLimit-Remaining",
+    "X-RateLimit-Reset",
+    "RateLimit-Policy",
+    "RateLimit",
+];
+
+static EXPOSE: HeaderName = HeaderName::from_static("access-control-expose-headers");
+
+/// Adds to an answer the proxy makes itself (a refusal, a 429, a gateway error, the direct
+/// response, pingora's own 400/408/431): the `[response] headers`, and, when those let an
+/// origin read the answer without exposing anything themselves,
+/// `Access-Control-Expose-Headers` naming the gateway's fields on it, so a page can read
+/// `Retry-After` and the limit fields of a 429.
+pub fn add_own_headers(resp: &mut ResponseHeader, config: &ResponseConfig) -> pingora::Result<()> {
+    for h in &config.headers {
+        resp.insert_header(h.name.clone(), h.value.clone())?;
+    }
+    if config.expose_own_fields {
+        let names: Vec<&str> = OWN_FIELDS
+            .into_iter()
+            .filter(|n| resp.headers.contains_key(*n))
+            .collect();
+        if !names.is_empty() {
+            let value = HeaderValue::from_str(&names.join(", "))
+                .unwrap_or_else(|_| HeaderValue::from_static("*"));
+            resp.insert_header(&EXPOSE, value)?;
+        }
+    }
+    Ok(())
 }
 
 /// The request's declared body length, when it sends a valid `Content-Length`.
@@ -76,8 +117,34 @@ fn json<T: Serialize>(value: &T) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::AddedHeader;
     use crate::limiter::{Check, Limit};
     use std::num::{NonZeroU32, NonZeroU64};
+
+    #[test]
+    fn own_answers_carry_the_configured_fields_and_what_to_expose() {
+        let config = ResponseConfig {
+            headers: vec![AddedHeader {
+                name: "Access-Control-Allow-Origin".into(),
+                value: HeaderValue::from_static("*"),
+            }],
+            expose_own_fields: true,
+        };
+        let mut resp = ResponseHeader::build(429, None).unwrap();
+        resp.insert_header("Retry-After", "3").unwrap();
+        resp.insert_header("X-RateLimit-Limit", "5").unwrap();
+        add_own_headers(&mut resp, &config).unwrap();
+        assert_eq!(resp.headers["access-control-allow-origin"], "*");
+        assert_eq!(
+            resp.headers["access-control-expose-headers"],
+            "Retry-After, X-RateLimit-Limit"
+        );
+        // pingora's own 400 has none of the gateway's fields: nothing to expose.
+        let mut bare = ResponseHeader::build(400, None).unwrap();
+        add_own_headers(&mut bare, &config).unwrap();
+        assert!(bare.headers.get("access-control-expose-headers").is_none());
+        assert_eq!(bare.headers["access-control-allow-origin"], "*");
+    }
 
     #[test]
     fn blocked_body_matches_the_contract() {

@@ -127,9 +127,28 @@ const EXPECTED: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "response_headers",
+        &[
+            r#"2:13: [response] headers: "Connection" is a hop-by-hop or framing field, which the gateway sets for each connection itself; expected any other field"#,
+            r#"2:37: [response] headers: expected a header name (a token like "Access-Control-Allow-Origin"), found "X Bad""#,
+            r#"2:52: [response] headers: "Retry-After" is set by the gateway on its own answers; expected any other field"#,
+            r#"2:73: [response] headers: "Content-Length" is a hop-by-hop or framing field, which the gateway sets for each connection itself; expected any other field"#,
+        ],
+    ),
+    (
+        "response_header_values",
+        &[
+            r#"2:12: [response] headers: "X-Bell": expected a value of visible ASCII characters, spaces and tabs, not starting or ending with a space, found "a\u{7}b""#,
+            r#"3:14: [response] headers: "X-Accent": expected a value of visible ASCII characters, spaces and tabs, not starting or ending with a space, found "café""#,
+            r#"4:14: [response] headers: "X-Padded": expected a value of visible ASCII characters, spaces and tabs, not starting or ending with a space, found " padded""#,
+            r#"6:1: [response] headers: "x-twice" is named twice (names ignore case); expected each field once"#,
+            r#"7:14: [response] headers: "X-Number": expected a string, found integer 5"#,
+        ],
+    ),
+    (
         "unknown_section",
         &[
-            r#"1:2: unknown section [proxies]; expected one of: server, proxy, admin, node, redis, limits, jwt, privacy, headers, metrics, log, rules"#,
+            r#"1:2: unknown section [proxies]; expected one of: server, proxy, admin, node, redis, limits, jwt, privacy, headers, response, metrics, log, rules"#,
         ],
     ),
     (
@@ -532,6 +551,29 @@ fn empty_file_is_the_contract_defaults() {
     assert!(p.health_check.is_none() && p.direct_response.is_none());
     assert_eq!(c.log.access, ratelimiter::config::AccessLog::Off);
     assert_eq!(c.log.format, ratelimiter::config::LogFormat::Text);
+    // Contract §17: nothing added to the gateway's answers.
+    assert!(c.response.headers.is_empty() && !c.response.expose_own_fields);
+}
+
+#[test]
+fn response_headers_keep_their_order_and_expose_the_gateway_s_fields_to_an_origin() {
+    let c = Config::parse(
+        "t.toml",
+        "[response]\nheaders = { \"Access-Control-Allow-Origin\" = \"*\", \"Vary\" = \"Origin\" }\n",
+        &|_| None,
+    )
+    .unwrap();
+    let names: Vec<&str> = c.response.headers.iter().map(|h| h.name.as_str()).collect();
+    assert_eq!(names, ["Access-Control-Allow-Origin", "Vary"]);
+    assert!(c.response.expose_own_fields);
+    // An operator's own list of exposed fields is theirs: nothing is added to it.
+    let own = Config::parse(
+        "t.toml",
+        "[response.headers]\n\"Access-Control-Allow-Origin\" = \"*\"\n\"Access-Control-Expose-Headers\" = \"Retry-After\"\n",
+        &|_| None,
+    )
+    .unwrap();
+    assert!(!own.response.expose_own_fields);
 }
 
 #[test]

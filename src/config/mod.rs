@@ -8,6 +8,7 @@
 //!   environment overrides; `proxy`, `redis`, `log` do their sections;
 //! - `rules`: the `[[rules]]` tables, into [`crate::rules::Rule`]s; `keys`: what keys are read
 //!   from (`key`, `missing`, overrides, `[jwt]`), for `[limits]` and rules alike;
+//! - `response`: `[response]`, the headers added to the answers the gateway makes itself;
 //! - `error`: file:line:column errors, all of them at once.
 
 pub mod document;
@@ -18,6 +19,7 @@ mod pem;
 mod proxy;
 mod reader;
 mod redis;
+mod response;
 mod rules;
 mod validate;
 
@@ -58,6 +60,7 @@ pub struct Config {
     pub jwt: Option<std::sync::Arc<Verifier>>,
     pub privacy: PrivacyConfig,
     pub headers: HeadersConfig,
+    pub response: ResponseConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
     /// `[log] level`: the gateway's own log level, unless `RUST_LOG` is set. Apart from
@@ -370,6 +373,26 @@ pub struct PrivacyConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeadersConfig {
     pub style: HeaderStyle,
+}
+
+/// `[response]` (contract §17): what the answers the gateway makes itself carry beside their
+/// own fields.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResponseConfig {
+    /// Added to each such answer, in file order; never a hop-by-hop or framing field, nor one
+    /// the gateway sets itself (checked when read).
+    pub headers: Vec<AddedHeader>,
+    /// Whether `Access-Control-Expose-Headers` naming the gateway's own fields is added too:
+    /// when `headers` allows an origin and does not expose anything itself.
+    pub expose_own_fields: bool,
+}
+
+/// One field of `[response] headers`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddedHeader {
+    /// A legal field name, as written: HTTP/1 answers keep its case.
+    pub name: String,
+    pub value: http::HeaderValue,
 }
 
 #[derive(Debug, Clone)]

@@ -221,6 +221,45 @@ impl<'a> Section<'a> {
         Some(out)
     }
 
+    /// A table of string keys to strings (`headers = { "A" = "b" }`), in file order; each value
+    /// that is not a string is reported on its own.
+    pub(crate) fn string_table(
+        &self,
+        key: &str,
+        errors: &mut Collector,
+    ) -> Option<Vec<(At<String>, At<String>)>> {
+        let raw = self.raw(key)?;
+        let Some(table) = raw.value.as_table() else {
+            errors.at(raw.span.clone(), self.expected(key, "a table", raw));
+            return None;
+        };
+        let mut out = Vec::with_capacity(table.len());
+        for (k, v) in table.iter() {
+            match v.value.as_str() {
+                Some(s) => out.push((
+                    At {
+                        value: k.value.clone(),
+                        span: k.span.clone(),
+                    },
+                    At {
+                        value: s.to_string(),
+                        span: v.span.clone(),
+                    },
+                )),
+                None => errors.at(
+                    v.span.clone(),
+                    format!(
+                        "{} {key}: {:?}: expected a string, found {}",
+                        self.name,
+                        k.value,
+                        v.value.describe()
+                    ),
+                ),
+            }
+        }
+        Some(out)
+    }
+
     /// A sub-section of the root (`[proxy]`); `None` in the file gives an empty section.
     pub(crate) fn section(&self, key: &str, known: &[&str], errors: &mut Collector) -> Self {
         let table = self.raw(key).and_then(|v| v.value.as_table());

@@ -19,8 +19,8 @@ type Env<'e> = &'e dyn Fn(&str) -> Option<String>;
 
 /// The sections written `[name]`.
 const SECTIONS: &[&str] = &[
-    "server", "proxy", "admin", "node", "redis", "limits", "jwt", "privacy", "headers", "metrics",
-    "log",
+    "server", "proxy", "admin", "node", "redis", "limits", "jwt", "privacy", "headers", "response",
+    "metrics", "log",
 ];
 /// The sections written `[[name]]`.
 const ARRAYS: &[&str] = &["rules"];
@@ -127,6 +127,10 @@ pub(super) fn build(path: &str, source: &str, env: Env) -> Result<Config, Config
         &root.section("headers", &["style"], &mut errors),
         &mut errors,
     );
+    let response = super::response::read(
+        &root.section("response", super::response::KEYS, &mut errors),
+        &mut errors,
+    );
     let metrics = metrics(
         &root.section("metrics", &["max_key_labels"], &mut errors),
         &mut errors,
@@ -149,6 +153,7 @@ pub(super) fn build(path: &str, source: &str, env: Env) -> Result<Config, Config
                 jwt: jwt.flatten(),
                 privacy,
                 headers,
+                response,
                 metrics,
                 log,
                 log_level,

@@ -387,8 +387,7 @@ where
                 if let Some(code) =
                     pingora_core::protocols::http::server::status_for_request_error(&e)
                 {
-                    downstream_session
-                        .respond_error(code)
+                    respond_refused(&mut downstream_session, code, self.server_options.as_ref())
                         .await
                         .unwrap_or_else(|e| {
                             debug!("failed to send error response to downstream: {e}");
@@ -414,8 +413,7 @@ where
             .is_some_and(|opts| opts.allow_connect_method_proxying)
             && downstream_session.req_header().method == Method::CONNECT
         {
-            downstream_session
-                .respond_error(405)
+            respond_refused(&mut downstream_session, 405, self.server_options.as_ref())
                 .await
                 .unwrap_or_else(|e| {
                     error!("failed to send error response to downstream: {e}");
@@ -1055,6 +1053,20 @@ impl H1UpgradeRequestSnapshot {
         // current proxy paths record it before upstream responses can be handled.
         matches!(self.upstream, Some(upstream) if self.downstream != upstream)
     }
+}
+
+/// Answers a request refused before any phase of the proxy has seen it, with the headers
+/// [`HttpServerOptions::error_response_filter`] adds.
+async fn respond_refused(
+    session: &mut HttpSession,
+    code: u16,
+    options: Option<&HttpServerOptions>,
+) -> Result<()> {
+    let mut resp = HttpSession::generate_error(code);
+    if let Some(filter) = options.and_then(|o| o.error_response_filter.as_ref()) {
+        (filter.0)(&mut resp);
+    }
+    session.write_error_response(resp, Bytes::new()).await
 }
 
 /// Rejects a 101 response when the downstream and upstream H1 upgrade state differs.

@@ -103,6 +103,21 @@ pub struct HttpServerOptions {
     /// is still read for its next request, which is then answered with `Connection: close`.
     /// `None`: idle connections are closed at once, racing a client that is sending on one.
     pub shutdown_idle_linger: Option<Duration>,
+
+    /// Given every error response the server writes before any application code has seen the
+    /// request (a request header that is malformed, too large or too slow, a refused
+    /// CONNECT), to add headers to it (CORS headers, for instance). `None`: none added.
+    pub error_response_filter: Option<ErrorResponseFilter>,
+}
+
+/// A function that adds to the error responses of [`HttpServerOptions::error_response_filter`].
+#[derive(Clone)]
+pub struct ErrorResponseFilter(pub Arc<dyn Fn(&mut pingora_http::ResponseHeader) + Send + Sync>);
+
+impl std::fmt::Debug for ErrorResponseFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ErrorResponseFilter")
+    }
 }
 
 /// Settings persisted across HTTP/1.x keepalive requests on the same downstream connection.
