@@ -4,7 +4,8 @@
 //! sooner once 64 KiB are waiting, as nginx's `access_log ... buffer= flush=` does. So a
 //! request costs no system call and no thread wake-up, and a slow disk never holds up a
 //! worker: past 16 MiB waiting, lines are dropped and the count is reported. No header value
-//! is ever logged (they may be secrets), nor the query string.
+//! is ever logged (they may be secrets), nor the query string, but for the `Host`, the
+//! `User-Agent` (its first 512 bytes) and the request and trace IDs (contract §17).
 
 use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
@@ -27,23 +28,81 @@ const WAKE_AT: usize = 64 * 1024;
 /// Waiting bytes past which lines are dropped (the writer cannot keep up).
 const MAX_PENDING: usize = 16 * 1024 * 1024;
 
+/// The longest `User-Agent` logged, in bytes: a hostile client cannot make each of its lines
+/// as long as a request header may be.
+const MAX_USER_AGENT: usize = 512;
+
 /// One request, as logged.
 #[derive(Debug, Serialize)]
 pub struct Entry<'a> {
     #[serde(serialize_with = "rfc3339")]
     pub time: SystemTime,
     pub client: Option<IpAddr>,
+    /// The host the rules judged (the target's authority, else `Host`).
+    pub host: Option<&'a str>,
     pub method: &'a str,
     pub path: &'a str,
+    /// `HTTP/1.0`, `HTTP/1.1` or `HTTP/2`.
+    pub protocol: &'a str,
+    /// Whether the client came over TLS.
+    pub tls: bool,
     pub status: u16,
     /// The rule that decided (the one a 429 names, or the allowed rule with the least room).
     pub rule: Option<&'a str>,
-    /// `allowed`, `blocked`, `unlimited`, `fail_open`, `fail_closed`, `off`, or `rejected`
-    /// (bad framing, answered before any limit).
+    /// `allowed`, `blocked`, `unlimited`, `fail_open`, `fail_closed`, `off`, `preflight` (an
+    /// exempt CORS preflight), or `rejected` (bad framing, answered before any limit).
     pub decision: &'a str,
     pub upstream: Option<&'a str>,
+    /// The status the upstream answered, when one did.
+    pub upstream_status: Option<u16>,
+    /// From the upstream connection being ready to the end of the response.
+    #[serde(serialize_with = "three_decimals_or_null")]
+    pub upstream_ms: Option<f64>,
+    #[serde(serialize_with = "three_decimals")]
     pub duration_ms: f64,
+    /// Request body bytes read from the client.
+    pub request_bytes: usize,
+    /// Response body bytes sent to the client.
     pub bytes: usize,
+    #[serde(serialize_with = "truncated_user_agent")]
+    pub user_agent: Option<&'a str>,
+    pub request_id: Option<&'a str>,
+    /// The trace id of a valid W3C `traceparent`.
+    pub trace_id: Option<&'a str>,
+}
+
+fn round3(ms: f64) -> f64 {
+    (ms * 1000.0).round() / 1000.0
+}
+
+fn three_decimals<S: serde::Serializer>(ms: &f64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(round3(*ms))
+}
+
+fn three_decimals_or_null<S: serde::Serializer>(ms: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+    match ms {
+        Some(ms) => s.serialize_f64(round3(*ms)),
+        None => s.serialize_none(),
+    }
+}
+
+/// The first [`MAX_USER_AGENT`] bytes, cut at a character's boundary.
+fn truncate(ua: &str) -> &str {
+    if ua.len() <= MAX_USER_AGENT {
+        return ua;
+    }
+    let mut end = MAX_USER_AGENT;
+    while !ua.is_char_boundary(end) {
+        end -= 1;
+    }
+    &ua[..end]
+}
+
+fn truncated_user_agent<S: serde::Serializer>(ua: &Option<&str>, s: S) -> Result<S::Ok, S::Error> {
+    match ua {
+        Some(ua) => s.serialize_str(truncate(ua)),
+        None => s.serialize_none(),
+    }
 }
 
 fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -232,7 +291,10 @@ fn log_write_error(e: &std::io::Error) {
     }
 }
 
-/// `time client "METHOD path" status rule=.. decision=.. upstream=.. duration_ms=.. bytes=..`
+/// `time client "METHOD path" status rule=.. decision=.. upstream=.. duration_ms=.. bytes=..`,
+/// then (after the fields of contract §10, so readers of those keep working) `host=..
+/// protocol=.. tls=.. upstream_status=.. upstream_ms=.. request_bytes=.. request_id=..
+/// trace_id=.. user_agent=".."`.
 fn text(e: &Entry, out: &mut Vec<u8>) -> std::io::Result<()> {
     write!(out, "{} ", humantime::format_rfc3339_millis(e.time))?;
     match e.client {
@@ -240,26 +302,53 @@ fn text(e: &Entry, out: &mut Vec<u8>) -> std::io::Result<()> {
         None => out.push(b'-'),
     }
     out.extend_from_slice(b" \"");
-    escape(e.method, out);
+    escape(e.method, true, out);
     out.push(b' ');
-    escape(e.path, out);
+    escape(e.path, true, out);
     write!(
         out,
-        "\" {} rule={} decision={} upstream={} duration_ms={:.3} bytes={}",
+        "\" {} rule={} decision={} upstream={} duration_ms={:.3} bytes={} host=",
         e.status,
         e.rule.unwrap_or("-"),
         e.decision,
         e.upstream.unwrap_or("-"),
         e.duration_ms,
         e.bytes
-    )
+    )?;
+    escape(e.host.unwrap_or("-"), true, out);
+    write!(
+        out,
+        " protocol={} tls={} upstream_status=",
+        e.protocol, e.tls
+    )?;
+    match e.upstream_status {
+        Some(code) => write!(out, "{code}")?,
+        None => out.push(b'-'),
+    }
+    out.extend_from_slice(b" upstream_ms=");
+    match e.upstream_ms {
+        Some(ms) => write!(out, "{ms:.3}")?,
+        None => out.push(b'-'),
+    }
+    write!(out, " request_bytes={} request_id=", e.request_bytes)?;
+    escape(e.request_id.unwrap_or("-"), true, out);
+    write!(out, " trace_id={}", e.trace_id.unwrap_or("-"))?;
+    match e.user_agent {
+        Some(ua) => {
+            out.extend_from_slice(b" user_agent=\"");
+            escape(truncate(ua), false, out);
+            out.push(b'"');
+        }
+        None => out.extend_from_slice(b" user_agent=-"),
+    }
+    Ok(())
 }
 
-/// Quotes, backslashes, spaces and control bytes as `\xHH`, so a line stays one line and
-/// its fields stay apart.
-fn escape(s: &str, out: &mut Vec<u8>) {
+/// Quotes, backslashes, control bytes and (with `spaces`, outside quotes) spaces as `\xHH`,
+/// so a line stays one line and its fields stay apart.
+fn escape(s: &str, spaces: bool, out: &mut Vec<u8>) {
     for c in s.chars() {
-        if c == '"' || c == '\\' || c.is_control() || c == ' ' {
+        if c == '"' || c == '\\' || c.is_control() || (spaces && c == ' ') {
             let mut utf8 = [0u8; 4];
             for b in c.encode_utf8(&mut utf8).bytes() {
                 let _ = write!(out, "\\x{b:02x}");
@@ -284,14 +373,23 @@ mod tests {
         Entry {
             time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
             client: Some("10.0.0.1".parse().unwrap()),
+            host: Some("api.example.com"),
             method: "GET",
             path,
+            protocol: "HTTP/1.1",
+            tls: false,
             status: 429,
             rule: Some("login"),
             decision: "blocked",
             upstream: None,
-            duration_ms: 0.25,
+            upstream_status: None,
+            upstream_ms: None,
+            duration_ms: 273.11658900000003,
+            request_bytes: 0,
             bytes: 87,
+            user_agent: Some("curl/8.5 \"x\""),
+            request_id: Some("4f1c"),
+            trace_id: None,
         }
     }
 
@@ -302,7 +400,9 @@ mod tests {
         assert_eq!(
             String::from_utf8(line).unwrap(),
             "2023-11-14T22:13:20.123Z 10.0.0.1 \"GET /a\\x20b\\x22c\\x0a\" 429 rule=login \
-             decision=blocked upstream=- duration_ms=0.250 bytes=87"
+             decision=blocked upstream=- duration_ms=273.117 bytes=87 host=api.example.com \
+             protocol=HTTP/1.1 tls=false upstream_status=- upstream_ms=- request_bytes=0 \
+             request_id=4f1c trace_id=- user_agent=\"curl/8.5\x20\\x22x\\x22\""
         );
     }
 
@@ -349,5 +449,24 @@ mod tests {
         assert_eq!(v["decision"], "blocked");
         assert_eq!(v["upstream"], serde_json::Value::Null);
         assert_eq!(v["bytes"], 87);
+        // At most 3 decimals: no float noise.
+        assert_eq!(v["duration_ms"].to_string(), "273.117");
+        assert_eq!(v["host"], "api.example.com");
+        assert_eq!(v["protocol"], "HTTP/1.1");
+        assert_eq!(v["tls"], false);
+        assert_eq!(v["upstream_status"], serde_json::Value::Null);
+        assert_eq!(v["upstream_ms"], serde_json::Value::Null);
+        assert_eq!(v["request_bytes"], 0);
+        assert_eq!(v["user_agent"], "curl/8.5 \"x\"");
+        assert_eq!(v["request_id"], "4f1c");
+        assert_eq!(v["trace_id"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn a_long_user_agent_is_cut_at_a_character() {
+        let ua = "é".repeat(400);
+        let cut = truncate(&ua);
+        assert!(cut.len() <= MAX_USER_AGENT && cut.len() >= MAX_USER_AGENT - 1);
+        assert!(ua.starts_with(cut));
     }
 }

@@ -12,14 +12,14 @@
 //!    [`limiter::outcome`] what the decisions mean together, [`limiter::policy`] the time bound
 //!    and the fail-open/fail-closed policy;
 //! 4. [`proxy`] — the pingora `ProxyHttp`: proxies allowed requests with [`headers`], answers
-//!    the rest with [`response`];
+//!    the rest with [`response`], and tags each with its ID ([`request_id`]);
 //! 5. [`metrics`] — Prometheus counters and histograms of every decision.
 //!
 //! Beside the request path: [`redis_conn`] is the one Redis layer (standalone, Sentinel, Cluster;
 //! TLS) that the store, the registry and the admin API share; [`admin`] serves the JSON admin
 //! API and `/metrics` on its own port; [`registry`] keeps this node listed in Redis with a
-//! heartbeat; [`shutdown`] turns
-//! signals into a drain or a fast stop, which [`lifecycle`] tells the services about. [`server`] wires them all into pingora services;
+//! heartbeat; [`shutdown`] turns signals into a drain or a fast stop, which [`lifecycle`]
+//! tells the services about. [`server`] wires them all into pingora services;
 //! [`cli`] and `main.rs` are the thin binary, and [`preflight`] what `-t` checks beyond the
 //! config: every file it names, opened as the start opens it.
 
@@ -43,6 +43,7 @@ pub mod redis_conn;
 pub mod registry;
 pub mod reload;
 pub mod request;
+pub mod request_id;
 pub mod response;
 pub mod rules;
 pub mod server;
@@ -50,3 +51,8 @@ pub mod shutdown;
 pub mod sync;
 pub mod tls;
 pub mod upstreams;
+
+/// The version of this build.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The commit this build was made from (`build.rs`): 12 hex digits, or `unknown`.
+pub const COMMIT: &str = env!("RATELIMITER_COMMIT");

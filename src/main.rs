@@ -19,7 +19,11 @@ fn main() -> ExitCode {
     };
     match command {
         Command::Version => {
-            println!("ratelimiter {}", env!("CARGO_PKG_VERSION"));
+            println!(
+                "ratelimiter {} (commit {})",
+                ratelimiter::VERSION,
+                ratelimiter::COMMIT
+            );
             ExitCode::SUCCESS
         }
         Command::Help => {

@@ -2,10 +2,11 @@
 //! requests, select the rules a request owes and decide them, then either proxy it to a
 //! healthy upstream (another one if connecting fails) with the limit and forwarding headers,
 //! or answer 429 (blocked) or 503 (store down, fail closed) from the gateway itself. Upstream
-//! failures become 502, and 504 past the read or write timeout. The gateway's own answers
-//! carry the `[response] headers`. Every request is counted and, when enabled, written to the
-//! access log. The config is read once per request, so a reload never changes a request
-//! midway.
+//! failures become 502, and 504 past the read or write timeout; a body over
+//! `proxy.max_body_bytes` 413. The gateway's own answers carry the `[response] headers`. Every
+//! request carries its ID ([`crate::request_id`]) to the upstream and back, is counted, and,
+//! when enabled, written to the access log. The config is read once per request, so a reload
+//! never changes a request midway.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -13,20 +14,22 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::{Method, Version};
+use http::{HeaderValue, Method, Version};
 use pingora::apps::ErrorResponseFilter;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::access_log::{self, AccessLog, Entry};
+use crate::config::Preflight;
 use crate::forwarding;
 use crate::headers::{insert_limit_headers, limit_headers};
 use crate::key::{canonical, client_ip};
 use crate::limiter::{Limiter, Outcome, Verdict};
 use crate::live::{Live, LiveConfig};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, UpstreamError};
 use crate::request::{self, Refusal, RequestView};
+use crate::request_id::{self, X_REQUEST_ID};
 use crate::response::{add_own_headers, blocked_json, error_json, store_unavailable_json};
 use crate::rules::Selection;
 
@@ -41,8 +44,10 @@ pub struct Gateway {
 pub struct RequestCtx {
     /// The config this request runs under, from its first phase to its last.
     live: Option<Arc<Live>>,
-    /// When the request's header was read (only for the access log: a clock read saved).
-    started: Option<Instant>,
+    /// When the request's header was read.
+    started: Instant,
+    /// Its ID (none until its first phase: pingora's own answers have none).
+    request_id: Option<HeaderValue>,
     /// The decisions, whose headers go on the response (allowed) or on a gateway error.
     outcome: Option<Outcome>,
     /// What limiting made of the request, for the access log.
@@ -55,6 +60,10 @@ pub struct RequestCtx {
     tried: Vec<SocketAddr>,
     /// The upstream it went to, and when the connection was ready.
     upstream: Option<(SocketAddr, Instant)>,
+    /// The status the upstream answered (none for an interim `1xx`).
+    upstream_status: Option<u16>,
+    /// Request body bytes passed on so far, held to `proxy.max_body_bytes`.
+    body_bytes: u64,
     /// The target to send the upstream instead of the client's: its normal form, when that
     /// differs ([`crate::request`]).
     target: Option<Vec<u8>>,
@@ -112,6 +121,7 @@ impl Gateway {
             paths: live.config.proxy.paths,
             allowed_hosts: &live.config.proxy.allowed_hosts,
             key_headers: live.rules.key_headers(),
+            max_body_bytes: live.config.proxy.max_body_bytes,
         };
         let admitted = request::admit(req, &policy)?;
         ctx.target = admitted.target;
@@ -177,6 +187,21 @@ impl Gateway {
         }
     }
 
+    /// A CORS preflight that `[limits] preflight = "exempt"` lets through uncounted.
+    fn exempt_preflight(req: &RequestHeader, live: &Live) -> bool {
+        live.config.limits.preflight == Preflight::Exempt
+            && req.method == Method::OPTIONS
+            && req.headers.contains_key(http::header::ORIGIN)
+            && req
+                .headers
+                .contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+    }
+
+    /// The upstream at `addr`, by its configured name.
+    fn upstream_name(ctx: &RequestCtx, addr: &SocketAddr) -> Option<Arc<str>> {
+        ctx.live.as_ref().and_then(|live| live.pool.name_of(addr))
+    }
+
     fn limit_headers(ctx: &RequestCtx) -> Vec<(&'static str, String)> {
         match (&ctx.outcome, &ctx.live) {
             (Some(outcome), Some(live)) => limit_headers(outcome, live.config.headers.style),
@@ -210,10 +235,13 @@ async fn respond(
     let own = ctx.live.as_ref().map(|l| &l.config.response);
     let mut resp = ResponseHeader::build(
         status,
-        Some(headers.len() + 3 + own.map_or(0, |o| o.headers.len() + 1)),
+        Some(headers.len() + 4 + own.map_or(0, |o| o.headers.len() + 1)),
     )?;
     for (name, value) in headers {
         resp.insert_header(*name, value.as_str())?;
+    }
+    if let Some(id) = &ctx.request_id {
+        resp.insert_header(X_REQUEST_ID, id)?;
     }
     resp.insert_header("Content-Type", content_type)?;
     resp.insert_header("Content-Length", body.len().to_string())?;
@@ -281,13 +309,16 @@ impl ProxyHttp for Gateway {
     fn new_ctx(&self) -> Self::CTX {
         RequestCtx {
             live: None,
-            started: self.access.enabled().then(Instant::now),
+            started: Instant::now(),
+            request_id: None,
             outcome: None,
             decision: "off",
             unlimited_by: None,
             client: None,
             tried: Vec::new(),
             upstream: None,
+            upstream_status: None,
+            body_bytes: 0,
             target: None,
             forward_host: None,
         }
@@ -313,6 +344,7 @@ impl ProxyHttp for Gateway {
             None => ctx.live.insert(self.live.load()).clone(),
         };
         ctx.client = Self::client(session, &live);
+        ctx.request_id = Some(request_id::of(&session.req_header().headers));
         let selection = match Self::admit(session, &live, ctx) {
             Ok(selection) => selection,
             Err(refusal) => {
@@ -322,7 +354,9 @@ impl ProxyHttp for Gateway {
             }
         };
         if let Some(selection) = selection {
-            if self.limit(session, &live, ctx, selection).await? {
+            if Self::exempt_preflight(session.req_header(), &live) {
+                ctx.decision = "preflight";
+            } else if self.limit(session, &live, ctx, selection).await? {
                 return Ok(true);
             }
         }
@@ -369,14 +403,32 @@ impl ProxyHttp for Gateway {
         ctx: &mut Self::CTX,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        let name = peer
+            ._address
+            .as_inet()
+            .and_then(|addr| Self::upstream_name(ctx, addr));
         if let Some(addr) = peer._address.as_inet() {
             ctx.tried.push(*addr);
         }
+        let kind = match e.etype() {
+            ErrorType::ConnectTimedout => UpstreamError::ConnectTimeout,
+            ErrorType::TLSHandshakeFailure
+            | ErrorType::TLSHandshakeTimedout
+            | ErrorType::InvalidCert
+            | ErrorType::HandshakeError => UpstreamError::Tls,
+            _ => UpstreamError::Connect,
+        };
         // Nothing was sent: another upstream, if one is left, may take the request.
         if let Some(live) = &ctx.live {
             let retry = ctx.tried.len() <= live.config.proxy.retries
                 && live.pool.select(&ctx.tried).is_some();
             e.set_retry(retry);
+        }
+        if let Some(name) = &name {
+            self.metrics.upstreams.count_error(name, kind);
+            if e.retry() {
+                self.metrics.upstreams.count_retry(name);
+            }
         }
         e
     }
@@ -420,8 +472,11 @@ impl ProxyHttp for Gateway {
                 _ => None,
             };
             if let Some(name) = name {
-                upstream_request.insert_header(http::header::HOST, name)?;
+                upstream_request.insert_header(http::header::HOST, &*name)?;
             }
+        }
+        if let Some(id) = &ctx.request_id {
+            upstream_request.insert_header(X_REQUEST_ID, id)?;
         }
         let proto = forwarding::proto(Self::is_tls(session));
         forwarding::set_forwarded(upstream_request, Self::peer_ip(session), ctx.client, proto)
@@ -434,8 +489,18 @@ impl ProxyHttp for Gateway {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         forwarding::strip_hop_by_hop(upstream_response);
+        // An interim answer (`100 Continue`, `103 Early Hints`) is not the response: the
+        // limit fields and the ID go on the one that follows. A `101` is the response.
+        let status = upstream_response.status;
+        if status.is_informational() && status != http::StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(());
+        }
+        ctx.upstream_status = Some(status.as_u16());
         if let (Some(outcome), Some(live)) = (&ctx.outcome, &ctx.live) {
             insert_limit_headers(upstream_response, outcome, live.config.headers.style)?;
+        }
+        if let Some(id) = &ctx.request_id {
+            upstream_response.insert_header(X_REQUEST_ID, id)?;
         }
         // An HTTP/1.0 client cannot read chunked framing: without a length, the body ends
         // when the connection closes.
@@ -479,9 +544,27 @@ impl ProxyHttp for Gateway {
                 ErrorSource::Internal | ErrorSource::Unset => 500,
             },
         };
+        if e.esource() == &ErrorSource::Upstream {
+            // A failure to connect was counted as it happened.
+            if let Some(name) = ctx
+                .upstream
+                .and_then(|(addr, _)| Self::upstream_name(ctx, &addr))
+            {
+                let kind = match e.etype() {
+                    ErrorType::ReadTimedout | ErrorType::WriteTimedout => UpstreamError::Timeout,
+                    ErrorType::ConnectionClosed | ErrorType::ConnectError => UpstreamError::Closed,
+                    ErrorType::InvalidHTTPHeader | ErrorType::H1Error | ErrorType::H2Error => {
+                        UpstreamError::Protocol
+                    }
+                    _ => UpstreamError::Other,
+                };
+                self.metrics.upstreams.count_error(&name, kind);
+            }
+        }
         if code > 0 && session.response_written().is_none() {
             let message = match code {
                 502 => "bad gateway: the upstream could not be reached or failed",
+                413 => request::admit::BODY_TOO_LARGE,
                 504 => "gateway timeout: the upstream did not answer in time",
                 408 => "request timeout: the request body did not arrive in time",
                 400 => "bad request",
@@ -510,21 +593,51 @@ impl ProxyHttp for Gateway {
         false
     }
 
+    /// Holds a body without a declared length (chunked, HTTP/2) to `proxy.max_body_bytes`:
+    /// past it the request is cut, and answered 413 when no response has started.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        let max = ctx
+            .live
+            .as_ref()
+            .map_or(0, |l| l.config.proxy.max_body_bytes);
+        if let (Some(chunk), true) = (body, max > 0) {
+            ctx.body_bytes += chunk.len() as u64;
+            if ctx.body_bytes > max {
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(413),
+                    request::admit::BODY_TOO_LARGE,
+                )
+                .into_down());
+            }
+        }
+        Ok(())
+    }
+
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Self::CTX) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         if status > 0 {
             self.metrics.count_response(status);
         }
-        if let Some((_, connected)) = ctx.upstream {
+        let took = ctx.started.elapsed();
+        self.metrics.observe_request(took);
+        let upstream = ctx
+            .upstream
+            .and_then(|(addr, connected)| Some((Self::upstream_name(ctx, &addr)?, connected)));
+        if let Some((name, connected)) = &upstream {
             self.metrics.observe_upstream(connected.elapsed());
+            if let Some(code) = ctx.upstream_status {
+                self.metrics.upstreams.count_response(name, code);
+            }
         }
         if !self.access.enabled() {
             return;
         }
-        let upstream = match (&ctx.upstream, &ctx.live) {
-            (Some((addr, _)), Some(live)) => live.pool.name_of(addr),
-            _ => None,
-        };
         let req = session.req_header();
         let rule = ctx
             .outcome
@@ -532,17 +645,38 @@ impl ProxyHttp for Gateway {
             .and_then(|o| o.headline())
             .map(|(check, _)| check.rule)
             .or(ctx.unlimited_by);
+        let downstream = session.as_downstream();
+        let protocol = match req.version {
+            _ if downstream.is_http2() => "HTTP/2",
+            Version::HTTP_10 => "HTTP/1.0",
+            Version::HTTP_09 => "HTTP/0.9",
+            _ => "HTTP/1.1",
+        };
         self.access.write(&Entry {
             time: SystemTime::now(),
             client: ctx.client,
+            host: request::admit::host(req).0,
             method: req.method.as_str(),
             path: req.uri.path(),
+            protocol,
+            tls: Self::is_tls(session),
             status,
             rule,
             decision: ctx.decision,
-            upstream: upstream.as_deref(),
-            duration_ms: ctx.started.map_or(0.0, |t| access_log::millis(t.elapsed())),
+            upstream: upstream.as_ref().map(|(name, _)| &**name),
+            upstream_status: ctx.upstream_status,
+            upstream_ms: upstream
+                .as_ref()
+                .map(|(_, connected)| access_log::millis(connected.elapsed())),
+            duration_ms: access_log::millis(took),
+            request_bytes: downstream.body_bytes_read(),
             bytes: session.body_bytes_sent(),
+            user_agent: req
+                .headers
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok()),
+            request_id: ctx.request_id.as_ref().and_then(|v| v.to_str().ok()),
+            trace_id: request_id::trace_id(&req.headers),
         });
     }
 }

@@ -230,6 +230,7 @@ pub fn run(config: Config, start: Start) -> Result<(), String> {
         "upstreams",
         upstreams::watch::Watch {
             live: shared.live.clone(),
+            metrics: shared.metrics.clone(),
         },
     ));
 

@@ -193,6 +193,14 @@ fn bad_requests_get_json_errors_and_do_not_hurt_the_node() {
         ("DELETE", "/api/nodes", "", 405, "not allowed"),
         ("GET", "/api/counters/k/reset", "", 405, "not allowed"),
         ("POST", "/api/counters//reset", "", 422, "empty"),
+        (
+            "GET",
+            "/api/counters?key=ip:1.2.3.4&bogus=1",
+            "",
+            422,
+            "unknown parameter \"bogus\"",
+        ),
+        ("GET", "/api/counters?limit=0", "", 422, "limit: expected"),
         ("GET", "/nope", "", 404, "no such endpoint"),
         ("GET", "/api", "", 404, "no such endpoint"),
     ];

@@ -102,7 +102,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
             r#"2:10: [proxy] listen: expected an IP address and port like "127.0.0.1:8080", found "nowhere""#,
             r#"5:17: [limits] default_limit: expected an integer 1..=4294967295, found integer 0"#,
             r#"6:7: [limits] key: expected "ip", "ip/<1..=128>", "header:<Header-Name>", "query:<name>", "cookie:<name>" or "jwt:<claim>", found "cookie""#,
-            r#"7:1: unknown key `bogus` in [limits]; expected one of: enabled, default_limit, default_window_ms, key, missing, trusted_proxies"#,
+            r#"7:1: unknown key `bogus` in [limits]; expected one of: enabled, default_limit, default_window_ms, key, missing, trusted_proxies, preflight"#,
         ],
     ),
     (
@@ -123,7 +123,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
     (
         "unknown_key",
         &[
-            r#"3:1: unknown key `listne` in [proxy]; expected one of: listen, tls_listen, tls_cert_file, tls_key_file, upstreams, upstream_tls_ca_file, connect_timeout_ms, read_timeout_ms, write_timeout_ms, keepalive_timeout_seconds, retries, health_check, direct_response, escaped_slashes, path_parameters, allowed_hosts, max_header_bytes, header_timeout_ms, max_connections"#,
+            r#"3:1: unknown key `listne` in [proxy]; expected one of: listen, tls_listen, tls_cert_file, tls_key_file, upstreams, upstream_tls_ca_file, connect_timeout_ms, read_timeout_ms, write_timeout_ms, keepalive_timeout_seconds, retries, health_check, direct_response, escaped_slashes, path_parameters, allowed_hosts, max_header_bytes, header_timeout_ms, max_connections, max_body_bytes"#,
         ],
     ),
     (
@@ -868,10 +868,10 @@ fn version_and_bad_arguments() {
     let bin = env!("CARGO_BIN_EXE_ratelimiter");
     let out = Command::new(bin).arg("--version").output().unwrap();
     assert!(out.status.success());
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        format!("ratelimiter {}", env!("CARGO_PKG_VERSION"))
-    );
+    // The commit follows (tests/observability.rs checks it against git).
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let prefix = format!("ratelimiter {} (commit ", env!("CARGO_PKG_VERSION"));
+    assert!(printed.starts_with(&prefix), "{printed}");
     let out = Command::new(bin).arg("--nonsense").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let out = Command::new(bin)

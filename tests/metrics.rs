@@ -342,3 +342,105 @@ fn the_monitors_promql_queries_work_against_a_real_prometheus() {
     let p99 = result[0].1;
     assert!(p99 > 0.0 && p99 <= 1.0, "p99 = {p99}");
 }
+
+#[test]
+fn each_upstream_shows_its_health_responses_retries_and_errors_beside_the_build() {
+    let up = common::upstream::Upstream::start();
+    // Nothing listens on this port: every connection to it is refused.
+    let dead = format!("127.0.0.1:{}", free_port());
+    let gw = Gateway::start(
+        &format!(
+            "upstreams = [\"{}\", \"{dead}\"]\nretries = 1\n\n[proxy.health_check]\ninterval_ms = 100\ntimeout_ms = 200",
+            up.addr
+        ),
+        "[node]\nid = \"u1\"\n",
+    );
+    let healthy = |name: &str| {
+        let s = samples(&scrape(&gw));
+        value(
+            &s,
+            "ratelimiter_upstream_healthy",
+            &format!(r#"node_id="u1",upstream="{name}""#),
+        )
+    };
+    wait_for(
+        "the health check to find the dead upstream",
+        Duration::from_secs(10),
+        || (healthy(&dead) == Some(0.0)).then_some(()),
+    );
+    assert_eq!(healthy(&up.addr), Some(1.0));
+    // Taken out by its check, the dead one gets no requests now.
+    for _ in 0..4 {
+        assert_eq!(get(&gw.proxy, "/", &[]).unwrap().status, 200);
+    }
+    // A request is counted once its response is sent, just after the client has it.
+    let s = wait_for("4 requests counted", Duration::from_secs(10), || {
+        let s = samples(&scrape(&gw));
+        let counted = |name: &str, labels: &str| value(&s, name, labels) == Some(4.0);
+        (counted(
+            "ratelimiter_upstream_requests_total",
+            &format!(r#"code="2xx",node_id="u1",upstream="{}""#, up.addr),
+        ) && counted(
+            "ratelimiter_request_duration_seconds_count",
+            r#"node_id="u1""#,
+        ))
+        .then_some(s)
+    });
+    let build = s
+        .keys()
+        .find(|(name, _)| name == "ratelimiter_build_info")
+        .map(|(_, labels)| labels.clone())
+        .unwrap();
+    assert!(
+        build.contains(&format!(r#"version="{}""#, env!("CARGO_PKG_VERSION"))),
+        "{build}"
+    );
+    assert!(build.contains("commit=\""), "{build}");
+
+    // Without health checks the dead upstream is tried in turn: the refused connection is
+    // counted against it, and the request goes to the live one.
+    let unchecked = Gateway::start(
+        &format!("upstreams = [\"{dead}\", \"{}\"]\nretries = 1", up.addr),
+        "[node]\nid = \"u2\"\n",
+    );
+    for _ in 0..4 {
+        assert_eq!(get(&unchecked.proxy, "/", &[]).unwrap().status, 200);
+    }
+    // Labels are compared sorted by name. The pool's upstreams are listed as it starts.
+    let listed = format!(r#"node_id="u2",upstream="{dead}""#);
+    let s = wait_for("the upstreams listed", Duration::from_secs(10), || {
+        let s = samples(&scrape(&unchecked));
+        value(&s, "ratelimiter_upstream_healthy", &listed).map(|_| s)
+    });
+    let refused = value(
+        &s,
+        "ratelimiter_upstream_errors_total",
+        &format!(r#"kind="connect",node_id="u2",upstream="{dead}""#),
+    )
+    .unwrap();
+    let retried = value(
+        &s,
+        "ratelimiter_upstream_retries_total",
+        &format!(r#"node_id="u2",upstream="{dead}""#),
+    )
+    .unwrap();
+    assert!(refused >= 1.0 && retried == refused, "{refused} {retried}");
+    assert_eq!(
+        value(
+            &s,
+            "ratelimiter_upstream_healthy",
+            &format!(r#"node_id="u2",upstream="{dead}""#)
+        ),
+        Some(1.0),
+        "without checks every upstream is taken as healthy"
+    );
+    assert_eq!(
+        value(
+            &s,
+            "ratelimiter_upstream_errors_total",
+            &format!(r#"kind="timeout",node_id="u2",upstream="{}""#, up.addr)
+        ),
+        Some(0.0),
+        "each kind is there from the start"
+    );
+}

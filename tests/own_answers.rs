@@ -86,3 +86,126 @@ fn gateway_answers_carry_the_response_headers_so_a_page_can_read_a_429() {
     );
     assert_eq!(up.served(), 1);
 }
+
+/// A CORS preflight: what a browser sends before a cross-origin `PUT`, without the page's
+/// credentials.
+fn preflight(addr: &str) -> common::http::Response {
+    let mut conn = Conn::open(addr).unwrap();
+    conn.send(
+        "OPTIONS",
+        "/api/items/1",
+        &[
+            ("Origin", "https://app.example"),
+            ("Access-Control-Request-Method", "PUT"),
+        ],
+        "",
+    )
+    .unwrap()
+}
+
+#[test]
+fn exempt_preflights_count_against_no_rule_and_reach_the_upstream() {
+    let up = Upstream::start();
+    let limits = |preflight: &str| {
+        format!(
+            "[limits]\ndefault_limit = 2\ndefault_window_ms = 60000\npreflight = \"{preflight}\"\n"
+        )
+    };
+    let gw = Gateway::start(&upstreams(&[&up.addr]), &limits("exempt"));
+    for i in 0..20 {
+        let r = preflight(&gw.proxy);
+        assert_eq!(r.status, 200, "preflight {i}: {r:?}");
+        assert_eq!(r.header("X-RateLimit-Limit"), None, "{r:?}");
+    }
+    assert_eq!(up.served(), 20, "the upstream answers preflights itself");
+    // The page's own requests still have their whole limit.
+    for _ in 0..2 {
+        assert_eq!(get(&gw.proxy, "/api/items/1", &[]).unwrap().status, 200);
+    }
+    assert_eq!(get(&gw.proxy, "/api/items/1", &[]).unwrap().status, 429);
+    // An OPTIONS that is not a preflight (no Access-Control-Request-Method) is counted.
+    let mut conn = Conn::open(&gw.proxy).unwrap();
+    let plain = conn
+        .send("OPTIONS", "/", &[("Origin", "https://app.example")], "")
+        .unwrap();
+    assert_eq!(plain.status, 429, "{plain:?}");
+
+    // By default a preflight counts like any request.
+    let counted = Gateway::start(&upstreams(&[&up.addr]), &limits("count"));
+    let statuses: Vec<u16> = (0..3).map(|_| preflight(&counted.proxy).status).collect();
+    assert_eq!(statuses, [200, 200, 429]);
+}
+
+#[test]
+fn a_body_over_max_body_bytes_gets_413_and_never_all_reaches_the_upstream() {
+    let up = Upstream::start();
+    let gw = Gateway::start(
+        &format!("{}\nmax_body_bytes = 1000", upstreams(&[&up.addr])),
+        "[response]\nheaders = { \"Access-Control-Allow-Origin\" = \"*\" }\n",
+    );
+    // Declared: refused before the upstream is asked.
+    let mut conn = Conn::open(&gw.proxy).unwrap();
+    let big = conn
+        .send("POST", "/upload", &[], &"x".repeat(1001))
+        .unwrap();
+    assert_eq!(big.status, 413, "{big:?}");
+    assert!(big.body.contains("max_body_bytes"), "{}", big.body);
+    assert_eq!(big.header("Access-Control-Allow-Origin"), Some("*"));
+    assert!(big.header("X-Request-Id").is_some(), "{big:?}");
+    assert_eq!(up.served(), 0);
+    // A client waiting for 100 Continue gets the 413 at once instead.
+    let mut conn = Conn::open(&gw.proxy).unwrap();
+    conn.send_raw(
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 50000\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(conn.read(false).unwrap().status, 413);
+    assert_eq!(up.served(), 0);
+
+    let ok = common::http::post(&gw.proxy, "/upload", &[], &"x".repeat(1000)).unwrap();
+    assert_eq!(ok.status, 200, "{ok:?}");
+    assert_eq!(up.served(), 1);
+
+    // Chunked, no length declared: cut when the count passes the bound. The upstream is
+    // slow to answer, so the gateway is still streaming the body when it does.
+    let mut conn = Conn::open(&gw.proxy).unwrap();
+    let chunk = "y".repeat(600);
+    conn.send_raw(
+        format!(
+            "POST /sleep/3000 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{chunk}\r\n",
+            chunk.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    conn.send_raw(format!("{:x}\r\n{chunk}\r\n0\r\n\r\n", chunk.len()).as_bytes())
+        .unwrap();
+    let cut = conn.read(false).unwrap();
+    assert_eq!(cut.status, 413, "{cut:?}");
+    assert!(conn.closed_within(Duration::from_secs(5)));
+}
+
+#[test]
+fn the_interim_100_continue_carries_no_limit_fields() {
+    let up = Upstream::start();
+    let gw = Gateway::start(
+        &upstreams(&[&up.addr]),
+        "[limits]\ndefault_limit = 5\ndefault_window_ms = 60000\n",
+    );
+    let mut conn = Conn::open(&gw.proxy).unwrap();
+    conn.send_raw(
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .unwrap();
+    let interim = conn.read(false).unwrap();
+    assert_eq!(interim.status, 100, "{interim:?}");
+    for field in ["X-RateLimit-Limit", "X-RateLimit-Remaining", "X-Request-Id"] {
+        assert_eq!(interim.header(field), None, "{field}: {interim:?}");
+    }
+    conn.send_raw(b"hello").unwrap();
+    let last = conn.read(false).unwrap();
+    assert_eq!(last.status, 200, "{last:?}");
+    assert_eq!(last.header("X-RateLimit-Limit"), Some("5"));
+    assert_eq!(last.header("X-RateLimit-Remaining"), Some("4"));
+    assert!(last.header("X-Request-Id").is_some());
+}

@@ -109,6 +109,8 @@ pub struct ProxyConfig {
     pub allowed_hosts: Vec<crate::request::HostMatch>,
     /// What one client connection may hold, on both listeners.
     pub clients: ClientLimits,
+    /// The largest request body, in bytes; a larger one gets 413. 0: any size.
+    pub max_body_bytes: u64,
 }
 
 /// Bounds on client connections, applied where connections are accepted and their request
@@ -360,6 +362,26 @@ pub struct LimitsConfig {
     /// What a request whose key part is missing gets under the default rule.
     pub missing: Missing,
     pub trusted_proxies: Vec<IpNet>,
+    /// Whether CORS preflights count against the rules.
+    pub preflight: Preflight,
+}
+
+/// `[limits] preflight` (contract §17): what a CORS preflight (`OPTIONS` with `Origin` and
+/// `Access-Control-Request-Method`) owes. A browser sends one before a cross-origin request
+/// without the request's credentials, so under a header key it counts against the missing-key
+/// client, and under an IP key it halves what the page can do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Preflight {
+    /// Counted like any request.
+    #[default]
+    Count,
+    /// Counted against no rule, and passed to the upstream.
+    Exempt,
+}
+
+impl Preflight {
+    pub const ALL: [(&'static str, Preflight); 2] =
+        [("count", Preflight::Count), ("exempt", Preflight::Exempt)];
 }
 
 /// `[privacy]` (contract §17).

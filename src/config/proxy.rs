@@ -34,6 +34,7 @@ pub(super) const KEYS: &[&str] = &[
     "max_header_bytes",
     "header_timeout_ms",
     "max_connections",
+    "max_body_bytes",
 ];
 
 /// The upstream when none is written.
@@ -176,6 +177,15 @@ pub(super) fn read(s: &Section, errors: &mut Collector) -> Option<ProxyConfig> {
         },
         allowed_hosts,
         clients,
+        max_body_bytes: s
+            .integer(
+                "max_body_bytes",
+                0,
+                i64::MAX,
+                "an integer >= 0 (bytes; 0: any size)",
+                errors,
+            )
+            .map_or(0, |v| v.value as u64),
     })
 }
 

@@ -90,6 +90,7 @@ pub(super) fn build(path: &str, source: &str, env: Env) -> Result<Config, Config
                 "key",
                 "missing",
                 "trusted_proxies",
+                "preflight",
             ],
             &mut errors,
         ),
@@ -484,6 +485,9 @@ fn limits(s: &Section, env: Env, has_jwt: bool, errors: &mut Collector) -> Optio
             )),
         }
     }
+    let preflight = s
+        .choice("preflight", &Preflight::ALL, errors)
+        .unwrap_or_default();
     Some(LimitsConfig {
         enabled,
         default: Quota {
@@ -493,6 +497,7 @@ fn limits(s: &Section, env: Env, has_jwt: bool, errors: &mut Collector) -> Optio
         key: key?,
         missing: missing?,
         trusted_proxies,
+        preflight,
     })
 }
 

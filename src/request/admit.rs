@@ -32,6 +32,8 @@ pub enum Refusal {
     Repeated(HeaderName),
     /// 421: a host this gateway does not serve (`proxy.allowed_hosts`).
     UnknownHost,
+    /// 413: a declared body over `proxy.max_body_bytes`.
+    BodyTooLarge,
 }
 
 impl Refusal {
@@ -39,6 +41,7 @@ impl Refusal {
         match self {
             Refusal::TransferCoding => 501,
             Refusal::UnknownHost => 421,
+            Refusal::BodyTooLarge => 413,
             _ => 400,
         }
     }
@@ -55,9 +58,14 @@ impl Refusal {
                 return Cow::Owned(format!("more than one {name} header"));
             }
             Refusal::UnknownHost => "this gateway does not serve that host",
+            Refusal::BodyTooLarge => BODY_TOO_LARGE,
         })
     }
 }
+
+/// Why a request body over `proxy.max_body_bytes` is refused (413), whether its length was
+/// declared or found out while it streamed.
+pub const BODY_TOO_LARGE: &str = "content too large: the request body is over proxy.max_body_bytes";
 
 /// What a request must satisfy beyond framing: from the config in force.
 #[derive(Debug, Clone, Copy)]
@@ -67,6 +75,8 @@ pub struct Policy<'a> {
     pub allowed_hosts: &'a [HostMatch],
     /// The headers keys are read from, each of which a request may carry once.
     pub key_headers: &'a [HeaderName],
+    /// The largest body a request may declare; 0: any.
+    pub max_body_bytes: u64,
 }
 
 /// A request the gateway accepts, in the form it is judged and forwarded in.
@@ -96,6 +106,10 @@ pub fn admit<'r>(req: &'r RequestHeader, policy: &Policy) -> Result<Admitted<'r>
         return Err(Refusal::NoHost);
     }
     framing(req)?;
+    if policy.max_body_bytes > 0 && declared_length(req).is_some_and(|n| n > policy.max_body_bytes)
+    {
+        return Err(Refusal::BodyTooLarge);
+    }
     for name in policy.key_headers {
         if req.headers.get_all(name).iter().nth(1).is_some() {
             return Err(Refusal::Repeated(name.clone()));
@@ -159,7 +173,7 @@ fn valid_method(method: &Method) -> bool {
 /// and the authority again when the upstream must be sent it as `Host`: an HTTP/1.0 request
 /// in absolute-form may have no `Host` (one that differs from the authority was refused by
 /// pingora, RFC 9112 §3.2.2).
-fn host(req: &RequestHeader) -> (Option<&str>, Option<&str>) {
+pub fn host(req: &RequestHeader) -> (Option<&str>, Option<&str>) {
     let header = req
         .headers
         .get(http::header::HOST)
@@ -175,6 +189,12 @@ fn host(req: &RequestHeader) -> (Option<&str>, Option<&str>) {
         Some(a) => (Some(a), Some(a)),
         None => (header, None),
     }
+}
+
+/// The `Content-Length`, when there is one valid value (framing has refused two).
+fn declared_length(req: &RequestHeader) -> Option<u64> {
+    let v = req.headers.get(http::header::CONTENT_LENGTH)?;
+    std::str::from_utf8(v.as_bytes()).ok()?.trim().parse().ok()
 }
 
 /// Body framing that every upstream reads alike.
@@ -231,6 +251,7 @@ mod tests {
         },
         allowed_hosts: &[],
         key_headers: &[],
+        max_body_bytes: 0,
     };
 
     fn refusal(r: &RequestHeader, policy: &Policy) -> Option<Refusal> {
@@ -258,6 +279,17 @@ mod tests {
             refusal(&h11("POST", "/x", &headers), &OPEN)
         };
         assert_eq!(cl(&["5"]), None);
+        let bounded = Policy {
+            max_body_bytes: 4,
+            ..OPEN
+        };
+        let sized = |n: &str| refusal(&h11("POST", "/x", &[("Content-Length", n)]), &bounded);
+        assert_eq!(sized("4"), None);
+        assert_eq!(sized("5"), Some(Refusal::BodyTooLarge));
+        assert_eq!(
+            refusal(&h11("POST", "/x", &[("Content-Length", "5")]), &OPEN),
+            None
+        );
         assert_eq!(cl(&["5, 5"]), Some(Refusal::ContentLength));
         assert_eq!(cl(&["5", "5"]), Some(Refusal::ContentLength));
     }

@@ -36,8 +36,8 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// What a backend is, beside its address (kept in its `ext`).
 #[derive(Debug, Clone)]
 struct Target {
-    /// `host:port` as configured, for logs and the health check's `Host`.
-    name: String,
+    /// `host:port` as configured, for logs, metrics and the health check's `Host`.
+    name: Arc<str>,
     host: String,
     tls: bool,
 }
@@ -50,6 +50,8 @@ pub struct Pool {
     pub(crate) health: Option<HealthConfig>,
     /// Whether any upstream is a name (else there is nothing to resolve again).
     pub(crate) has_names: bool,
+    /// The upstreams as configured (`host:port`).
+    names: Vec<String>,
 }
 
 impl Pool {
@@ -83,6 +85,7 @@ impl Pool {
                 .upstreams
                 .iter()
                 .any(|u| u.host.parse::<std::net::IpAddr>().is_err()),
+            names: config.upstreams.iter().map(|u| u.name.clone()).collect(),
         })
     }
 
@@ -108,14 +111,31 @@ impl Pool {
         Some(Box::new(peer))
     }
 
-    /// The configured name of the upstream at `addr` (for logs).
-    pub fn name_of(&self, addr: &SocketAddr) -> Option<String> {
+    /// The configured name of the upstream at `addr` (for logs and metrics).
+    pub fn name_of(&self, addr: &SocketAddr) -> Option<Arc<str>> {
         self.lb
             .backends()
             .get_backend()
             .iter()
             .find(|b| b.addr.as_inet() == Some(addr))
             .and_then(|b| b.ext.get::<Target>().map(|t| t.name.clone()))
+    }
+
+    /// Each configured upstream, in config order, and whether it gets requests: one of its
+    /// addresses passes its health check (any does, without health checks; none has, when its
+    /// name never resolved).
+    pub fn health(&self) -> Vec<(&str, bool)> {
+        let backends = self.lb.backends();
+        let all = backends.get_backend();
+        self.names
+            .iter()
+            .map(|name| {
+                let healthy = all.iter().any(|b| {
+                    b.ext.get::<Target>().is_some_and(|t| *t.name == **name) && backends.ready(b)
+                });
+                (name.as_str(), healthy)
+            })
+            .collect()
     }
 
     /// Runs every upstream's check once, all at once (none without `[proxy.health_check]`).
@@ -164,7 +184,7 @@ impl Names {
                     ext: Default::default(),
                 };
                 b.ext.insert(Target {
-                    name: u.name.clone(),
+                    name: Arc::from(u.name.as_str()),
                     host: u.host.clone(),
                     tls: u.tls,
                 });
@@ -271,7 +291,7 @@ impl HealthCheck for Checks {
         let check = target
             .ext
             .get::<Target>()
-            .and_then(|t| self.by_name.get(&t.name));
+            .and_then(|t| self.by_name.get(&*t.name));
         let Some(check) = check else {
             return Ok(());
         };
@@ -290,7 +310,7 @@ impl HealthCheck for Checks {
         let name = target
             .ext
             .get::<Target>()
-            .map_or_else(|| format!("{:?}", target.addr), |t| t.name.clone());
+            .map_or_else(|| format!("{:?}", target.addr), |t| t.name.to_string());
         if healthy {
             log::info!(
                 "upstream {name} ({}) passes its health check again",

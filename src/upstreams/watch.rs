@@ -10,11 +10,13 @@ use pingora::services::background::BackgroundService;
 
 use super::RESOLVE_EVERY;
 use crate::live::{Live, LiveConfig};
+use crate::metrics::Metrics;
 
 /// Runs the health checks and the re-resolution of the pool in force, restarting its
-/// schedule when a reload brings a new pool.
+/// schedule when a reload brings a new pool, and shows each upstream's health in the metrics.
 pub struct Watch {
     pub live: Arc<LiveConfig>,
+    pub metrics: Arc<Metrics>,
 }
 
 #[async_trait]
@@ -30,6 +32,7 @@ impl BackgroundService for Watch {
                 next_check = Instant::now();
                 next_resolve = Instant::now() + RESOLVE_EVERY;
                 current = Some(live.clone());
+                self.metrics.upstreams.set_upstreams(live.pool.health());
             }
             let pool = &live.pool;
             let now = Instant::now();
@@ -37,6 +40,7 @@ impl BackgroundService for Watch {
                 if now >= next_check {
                     pool.check_health().await;
                     next_check = Instant::now() + health.interval;
+                    self.metrics.upstreams.set_health(pool.health());
                 }
             }
             if pool.has_names && now >= next_resolve {

@@ -75,6 +75,8 @@ fn serve(
         let mut content_length = 0;
         let mut forwarded = String::new();
         let (mut real_ip, mut proto) = (String::new(), String::new());
+        let (mut request_id, mut traceparent) = (String::new(), String::new());
+        let mut expects_continue = false;
         let mut names: Vec<String> = Vec::new();
         loop {
             let mut h = String::new();
@@ -93,10 +95,22 @@ fn serve(
                     "x-forwarded-for" => forwarded = v,
                     "x-real-ip" => real_ip = v,
                     "x-forwarded-proto" => proto = v,
+                    "x-request-id" => request_id = v,
+                    "traceparent" => traceparent = v,
+                    "expect" => expects_continue = v.eq_ignore_ascii_case("100-continue"),
                     _ => {}
                 }
                 names.push(k);
             }
+        }
+        // A client that waits for leave to send its body gets it, as servers do.
+        if expects_continue
+            && reader
+                .get_mut()
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .is_err()
+        {
+            return;
         }
         let mut body = vec![0; content_length];
         if reader.read_exact(&mut body).is_err() {
@@ -111,7 +125,7 @@ fn serve(
         served.fetch_add(1, Ordering::SeqCst);
         let reply = format!("upstream {name} {path}");
         let seen = format!(
-            "X-Upstream: {name}\r\nX-Seen-Forwarded-For: {forwarded}\r\nX-Seen-Real-IP: {real_ip}\r\nX-Seen-Proto: {proto}\r\nX-Seen-Headers: {}\r\n",
+            "X-Upstream: {name}\r\nX-Seen-Forwarded-For: {forwarded}\r\nX-Seen-Real-IP: {real_ip}\r\nX-Seen-Proto: {proto}\r\nX-Seen-Request-Id: {request_id}\r\nX-Seen-Traceparent: {traceparent}\r\nX-Seen-Headers: {}\r\n",
             names.join(",")
         );
         if path == "/upgrade" {

@@ -6,14 +6,18 @@
 //! under `key="_other"`). A key's private values (headers, query parameters, cookies, claims)
 //! show digested unless `[privacy] clear_keys` (contract §17).
 
+mod upstream;
+
+pub use upstream::{UpstreamError, UpstreamMetrics};
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::limiter::outcome::CheckResult;
@@ -25,6 +29,12 @@ pub const OTHER_KEY: &str = "_other";
 /// Upstream-duration buckets, in seconds: from a fast local API to a slow report.
 const UPSTREAM_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Request-duration buckets, in seconds: from a 429 answered at once to a slow upload.
+const REQUEST_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
 ];
 
 /// Check-duration buckets, in seconds: fine below a millisecond, where both stores answer.
@@ -46,6 +56,10 @@ pub struct Metrics {
     /// Responses by status class, `1xx`..`5xx`.
     responses: [IntCounter; 5],
     upstream_duration: Histogram,
+    /// Whole requests, from their header to their last byte.
+    request_duration: Histogram,
+    /// Health, responses, retries and errors of each upstream.
+    pub upstreams: UpstreamMetrics,
     max_key_labels: AtomicUsize,
     /// Private key values shown in clear in the `key` label (`[privacy] clear_keys`); by
     /// default they are digested (contract §17).
@@ -175,6 +189,26 @@ impl Metrics {
             )
             .buckets(UPSTREAM_BUCKETS.to_vec()),
         )?;
+        let request_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "ratelimiter_request_duration_seconds",
+                "Time of whole requests, from their header to the last byte of the response.",
+            )
+            .buckets(REQUEST_BUCKETS.to_vec()),
+        )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "ratelimiter_build_info",
+                "1, labelled with the version and the commit this binary was built from.",
+            ),
+            &["version", "commit"],
+        )?;
+        build_info
+            .with_label_values(&[crate::VERSION, crate::COMMIT])
+            .set(1);
+        registry.register(Box::new(build_info))?;
+        registry.register(Box::new(request_duration.clone()))?;
+        let upstreams = UpstreamMetrics::new(&registry)?;
         registry.register(Box::new(responses_vec))?;
         registry.register(Box::new(upstream_duration.clone()))?;
         registry.register(Box::new(
@@ -208,6 +242,8 @@ impl Metrics {
             config_loaded,
             responses,
             upstream_duration,
+            request_duration,
+            upstreams,
             max_key_labels: AtomicUsize::new(max_key_labels),
             clear_keys: AtomicBool::new(false),
             labelled: RwLock::new(Labelled::default()),
@@ -299,6 +335,11 @@ impl Metrics {
     /// How long an upstream took, from connecting to the end of its response.
     pub fn observe_upstream(&self, took: Duration) {
         self.upstream_duration.observe(took.as_secs_f64());
+    }
+
+    /// A whole request, from its header to its last byte.
+    pub fn observe_request(&self, took: Duration) {
+        self.request_duration.observe(took.as_secs_f64());
     }
 
     pub fn count_store_error(&self, kind: &str) {
