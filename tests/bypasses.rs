@@ -98,7 +98,15 @@ fn an_encoded_slash_cannot_take_a_request_past_its_rule() {
         r#"{"path":"/api/items/..%2F..%2Fhealthz","ip":"127.0.0.1","headers":{"X-Api-Key":"k1"}}"#,
     )
     .unwrap();
-    assert_eq!(explain.status, 422, "{explain:?}");
+    assert_eq!(explain.status, 200, "{explain:?}");
+    assert!(
+        explain.body.contains(
+            r#""decision":"refused","status":400,"reason":"the path holds an escaped slash"#
+        ),
+        "{}",
+        explain.body
+    );
+    assert!(explain.body.contains(r#""checks":[]"#), "{}", explain.body);
     let explain = post(
         &gw.admin,
         "/api/explain",

@@ -10,7 +10,8 @@
 //! `ip` is the TCP peer the request would come from (with `trusted_proxies`, an
 //! `X-Forwarded-For` in `headers` is honoured as the proxy would); `method` defaults to `GET`,
 //! `path` to `/` and is taken as the proxy takes it, in its normal form (the answer's `path`),
-//! a path the proxy would refuse being a 422; `host` defaults to a `Host` in `headers`;
+//! a path the proxy would refuse with 400 (an escaped slash, a malformed escape) being the
+//! decision `refused` with its reason; `host` defaults to a `Host` in `headers`;
 //! `query` (a query string, also taken from `path` after `?`) and `cookies` (name → value)
 //! feed `query:` and `cookie:` parts, `headers` every other (`Authorization` for `jwt:`).
 //! Each check shows every part of its key, as read from the described request.
@@ -47,6 +48,8 @@ struct Raw {
 pub struct ExplainRequest {
     method: Method,
     path: String,
+    /// Why the proxy would refuse the path with 400, before any rule.
+    refused: Option<String>,
     host: Option<String>,
     ip: IpAddr,
     query: Option<String>,
@@ -55,8 +58,11 @@ pub struct ExplainRequest {
 
 /// What the rules make of a described request.
 pub struct Plan {
-    /// The path the rules saw (the normal form of the one described).
+    /// The path the rules saw (the normal form of the one described), or the one described
+    /// when the proxy refuses it.
     path: String,
+    /// Why the proxy would answer 400 instead of applying any rule.
+    refused: Option<String>,
     /// The named rules it matches, in config order.
     matched: Vec<&'static str>,
     /// The matching rule that makes it unlimited.
@@ -100,10 +106,10 @@ impl ExplainRequest {
                 "path: expected a request path starting with \"/\", without spaces, at most 8192 bytes, found {target:?}"
             ));
         }
-        let path = path::normalize(sent.as_bytes(), paths)
-            .map_err(|e| format!("path: the proxy refuses it with 400: {}", e.message()))?
-            .matched
-            .into_owned();
+        let (path, refused) = match path::normalize(sent.as_bytes(), paths) {
+            Ok(normal) => (normal.matched.into_owned(), None),
+            Err(e) => (sent.to_string(), Some(e.message().to_string())),
+        };
         let ip: IpAddr = raw
             .ip
             .parse()
@@ -165,6 +171,7 @@ impl ExplainRequest {
         Ok(ExplainRequest {
             method,
             path,
+            refused,
             host,
             ip,
             query,
@@ -173,6 +180,16 @@ impl ExplainRequest {
     }
 
     pub fn plan(&self, rules: &RuleSet) -> Plan {
+        if let Some(why) = &self.refused {
+            return Plan {
+                path: self.path.clone(),
+                refused: Some(why.clone()),
+                matched: Vec::new(),
+                unlimited: None,
+                checks: Vec::new(),
+                parts: Vec::new(),
+            };
+        }
         let view = RequestView {
             peer: Some(crate::key::canonical(self.ip)),
             method: &self.method,
@@ -205,6 +222,7 @@ impl ExplainRequest {
             .collect();
         Plan {
             path: self.path.clone(),
+            refused: None,
             matched,
             unlimited,
             checks,
@@ -217,6 +235,19 @@ impl Plan {
     /// The answer, given what the store read for each check.
     pub fn answer(self, decisions: Vec<Option<Decision>>) -> String {
         let default_applies = self.checks.iter().any(|c| c.rule == "default");
+        if let Some(why) = self.refused {
+            return to_json(&json!({
+                "decision": "refused",
+                "status": 400,
+                "reason": why,
+                "path": self.path,
+                "rule": null,
+                "retry_after_seconds": 0,
+                "matched": [],
+                "default_applies": false,
+                "checks": [],
+            }));
+        }
         if let Some(rule) = self.unlimited {
             return to_json(&json!({
                 "decision": "unlimited",
@@ -296,10 +327,25 @@ mod tests {
             ("/b", Some("x.example"))
         );
         let slash = br#"{"ip":"::1","path":"/a/..%2Fb"}"#;
-        let err = ExplainRequest::parse(slash, EscapedSlashes::Reject.into())
-            .err()
-            .unwrap();
-        assert!(err.contains("escaped slash"), "{err}");
+        let refused = ExplainRequest::parse(slash, EscapedSlashes::Reject.into()).unwrap();
+        assert!(
+            refused
+                .refused
+                .as_deref()
+                .unwrap()
+                .contains("escaped slash"),
+            "{:?}",
+            refused.refused
+        );
+        assert_eq!(refused.path, "/a/..%2Fb");
+        let rules = crate::config::Config::parse("t.toml", "", &|_| None)
+            .unwrap()
+            .rule_set();
+        let plan = refused.plan(&rules);
+        assert!(plan.checks.is_empty());
+        assert!(plan
+            .answer(Vec::new())
+            .starts_with(r#"{"decision":"refused","status":400,"#));
         let kept = ExplainRequest::parse(slash, EscapedSlashes::Keep.into()).unwrap();
         assert_eq!(kept.path, "/a/..%2Fb");
     }
