@@ -5,7 +5,8 @@
 //! request costs no system call and no thread wake-up, and a slow disk never holds up a
 //! worker: past 16 MiB waiting, lines are dropped and the count is reported. No header value
 //! is ever logged (they may be secrets), nor the query string, but for the `Host`, the
-//! `User-Agent` (its first 512 bytes) and the request and trace IDs (contract §17).
+//! `User-Agent` (its first 512 bytes, the host its first 256) and the request and trace IDs
+//! (contract §17).
 
 use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
@@ -28,9 +29,10 @@ const WAKE_AT: usize = 64 * 1024;
 /// Waiting bytes past which lines are dropped (the writer cannot keep up).
 const MAX_PENDING: usize = 16 * 1024 * 1024;
 
-/// The longest `User-Agent` logged, in bytes: a hostile client cannot make each of its lines
-/// as long as a request header may be.
+/// The longest `User-Agent` and `Host` logged, in bytes: a hostile client cannot make each of
+/// its lines as long as a request header may be (and crowd other lines out of the buffer).
 const MAX_USER_AGENT: usize = 512;
+const MAX_HOST: usize = 256;
 
 /// One request, as logged.
 #[derive(Debug, Serialize)]
@@ -38,7 +40,8 @@ pub struct Entry<'a> {
     #[serde(serialize_with = "rfc3339")]
     pub time: SystemTime,
     pub client: Option<IpAddr>,
-    /// The host the rules judged (the target's authority, else `Host`).
+    /// The host the rules judged (the target's authority, else `Host`), its first 256 bytes.
+    #[serde(serialize_with = "truncated_host")]
     pub host: Option<&'a str>,
     pub method: &'a str,
     pub path: &'a str,
@@ -86,21 +89,28 @@ fn three_decimals_or_null<S: serde::Serializer>(ms: &Option<f64>, s: S) -> Resul
     }
 }
 
-/// The first [`MAX_USER_AGENT`] bytes, cut at a character's boundary.
-fn truncate(ua: &str) -> &str {
-    if ua.len() <= MAX_USER_AGENT {
-        return ua;
+/// The first `max` bytes, cut at a character's boundary.
+fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
     }
-    let mut end = MAX_USER_AGENT;
-    while !ua.is_char_boundary(end) {
+    let mut end = max;
+    while !text.is_char_boundary(end) {
         end -= 1;
     }
-    &ua[..end]
+    &text[..end]
 }
 
 fn truncated_user_agent<S: serde::Serializer>(ua: &Option<&str>, s: S) -> Result<S::Ok, S::Error> {
     match ua {
-        Some(ua) => s.serialize_str(truncate(ua)),
+        Some(ua) => s.serialize_str(truncate(ua, MAX_USER_AGENT)),
+        None => s.serialize_none(),
+    }
+}
+
+fn truncated_host<S: serde::Serializer>(host: &Option<&str>, s: S) -> Result<S::Ok, S::Error> {
+    match host {
+        Some(host) => s.serialize_str(truncate(host, MAX_HOST)),
         None => s.serialize_none(),
     }
 }
@@ -315,7 +325,7 @@ fn text(e: &Entry, out: &mut Vec<u8>) -> std::io::Result<()> {
         e.duration_ms,
         e.bytes
     )?;
-    escape(e.host.unwrap_or("-"), true, out);
+    escape(truncate(e.host.unwrap_or("-"), MAX_HOST), true, out);
     write!(
         out,
         " protocol={} tls={} upstream_status=",
@@ -336,7 +346,7 @@ fn text(e: &Entry, out: &mut Vec<u8>) -> std::io::Result<()> {
     match e.user_agent {
         Some(ua) => {
             out.extend_from_slice(b" user_agent=\"");
-            escape(truncate(ua), false, out);
+            escape(truncate(ua, MAX_USER_AGENT), false, out);
             out.push(b'"');
         }
         None => out.extend_from_slice(b" user_agent=-"),
@@ -465,7 +475,7 @@ mod tests {
     #[test]
     fn a_long_user_agent_is_cut_at_a_character() {
         let ua = "é".repeat(400);
-        let cut = truncate(&ua);
+        let cut = truncate(&ua, MAX_USER_AGENT);
         assert!(cut.len() <= MAX_USER_AGENT && cut.len() >= MAX_USER_AGENT - 1);
         assert!(ua.starts_with(cut));
     }

@@ -58,17 +58,24 @@ pub struct RequestCtx {
     client: Option<IpAddr>,
     /// Upstreams this request failed to connect to, skipped when it is tried again.
     tried: Vec<SocketAddr>,
-    /// The upstream it went to, and when the connection was ready.
-    upstream: Option<(SocketAddr, Instant)>,
+    /// The upstream it went to (its address and configured name), and when the connection
+    /// was ready.
+    upstream: Option<Connected>,
     /// The status the upstream answered (none for an interim `1xx`).
     upstream_status: Option<u16>,
-    /// Request body bytes passed on so far, held to `proxy.max_body_bytes`.
-    body_bytes: u64,
     /// The target to send the upstream instead of the client's: its normal form, when that
     /// differs ([`crate::request`]).
     target: Option<Vec<u8>>,
     /// The `Host` to send the upstream instead of the client's: the host the rules judged.
     forward_host: Option<String>,
+}
+
+/// The upstream a request is connected to.
+struct Connected {
+    /// As configured (`host:port`), looked up once: for the `Host` it may be sent, the
+    /// metrics and the access log.
+    name: Option<Arc<str>>,
+    at: Instant,
 }
 
 impl Gateway {
@@ -129,6 +136,10 @@ impl Gateway {
         if !live.config.limits.enabled {
             return Ok(None);
         }
+        if Self::exempt_preflight(req, live) {
+            ctx.decision = "preflight";
+            return Ok(None);
+        }
         Ok(Some(live.rules.select(&RequestView {
             peer: Self::peer_ip(session),
             method: &req.method,
@@ -187,14 +198,18 @@ impl Gateway {
         }
     }
 
-    /// A CORS preflight that `[limits] preflight = "exempt"` lets through uncounted.
+    /// A CORS preflight that `[limits] preflight = "exempt"` lets through uncounted. A
+    /// browser's preflight has no body; an `OPTIONS` that sends one is counted, so the
+    /// exemption is no unlimited way to the upstream.
     fn exempt_preflight(req: &RequestHeader, live: &Live) -> bool {
+        let h = &req.headers;
         live.config.limits.preflight == Preflight::Exempt
             && req.method == Method::OPTIONS
-            && req.headers.contains_key(http::header::ORIGIN)
-            && req
-                .headers
-                .contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+            && h.contains_key(http::header::ORIGIN)
+            && h.contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+            && !h.contains_key(http::header::TRANSFER_ENCODING)
+            && h.get(http::header::CONTENT_LENGTH)
+                .is_none_or(|v| v.as_bytes().trim_ascii() == b"0")
     }
 
     /// The upstream at `addr`, by its configured name.
@@ -211,9 +226,11 @@ impl Gateway {
 }
 
 /// What pingora's own answers get (a request header that is malformed, too large or too
-/// slow, which no phase of the proxy sees): the `[response] headers` in force.
-pub fn error_response_filter(live: Arc<LiveConfig>) -> ErrorResponseFilter {
+/// slow, which no phase of the proxy sees): the `[response] headers` in force; and they are
+/// counted, as no `logging` phase will.
+pub fn error_response_filter(live: Arc<LiveConfig>, metrics: Arc<Metrics>) -> ErrorResponseFilter {
     ErrorResponseFilter(Arc::new(move |resp: &mut ResponseHeader| {
+        metrics.count_response(resp.status.as_u16());
         if let Err(e) = add_own_headers(resp, &live.load().config.response) {
             log::debug!("could not add the [response] headers: {e}");
         }
@@ -318,7 +335,6 @@ impl ProxyHttp for Gateway {
             tried: Vec::new(),
             upstream: None,
             upstream_status: None,
-            body_bytes: 0,
             target: None,
             forward_host: None,
         }
@@ -354,9 +370,7 @@ impl ProxyHttp for Gateway {
             }
         };
         if let Some(selection) = selection {
-            if Self::exempt_preflight(session.req_header(), &live) {
-                ctx.decision = "preflight";
-            } else if self.limit(session, &live, ctx, selection).await? {
+            if self.limit(session, &live, ctx, selection).await? {
                 return Ok(true);
             }
         }
@@ -410,6 +424,8 @@ impl ProxyHttp for Gateway {
         if let Some(addr) = peer._address.as_inet() {
             ctx.tried.push(*addr);
         }
+        // A connection of an earlier try is no longer this request's.
+        ctx.upstream = None;
         let kind = match e.etype() {
             ErrorType::ConnectTimedout => UpstreamError::ConnectTimeout,
             ErrorType::TLSHandshakeFailure
@@ -444,7 +460,10 @@ impl ProxyHttp for Gateway {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         if let Some(addr) = peer._address.as_inet() {
-            ctx.upstream = Some((*addr, Instant::now()));
+            ctx.upstream = Some(Connected {
+                name: Self::upstream_name(ctx, addr),
+                at: Instant::now(),
+            });
         }
         Ok(())
     }
@@ -467,12 +486,8 @@ impl ProxyHttp for Gateway {
         if !upstream_request.headers.contains_key(http::header::HOST)
             && upstream_request.uri.authority().is_none()
         {
-            let name = match (&ctx.upstream, &ctx.live) {
-                (Some((addr, _)), Some(live)) => live.pool.name_of(addr),
-                _ => None,
-            };
-            if let Some(name) = name {
-                upstream_request.insert_header(http::header::HOST, &*name)?;
+            if let Some(name) = ctx.upstream.as_ref().and_then(|c| c.name.as_ref()) {
+                upstream_request.insert_header(http::header::HOST, &**name)?;
             }
         }
         if let Some(id) = &ctx.request_id {
@@ -546,22 +561,22 @@ impl ProxyHttp for Gateway {
         };
         if e.esource() == &ErrorSource::Upstream {
             // A failure to connect was counted as it happened.
-            if let Some(name) = ctx
-                .upstream
-                .and_then(|(addr, _)| Self::upstream_name(ctx, &addr))
-            {
+            if let Some(name) = ctx.upstream.as_ref().and_then(|c| c.name.as_ref()) {
                 let kind = match e.etype() {
                     ErrorType::ReadTimedout | ErrorType::WriteTimedout => UpstreamError::Timeout,
-                    ErrorType::ConnectionClosed | ErrorType::ConnectError => UpstreamError::Closed,
+                    ErrorType::ConnectionClosed
+                    | ErrorType::ConnectError
+                    | ErrorType::ReadError
+                    | ErrorType::WriteError => UpstreamError::Closed,
                     ErrorType::InvalidHTTPHeader | ErrorType::H1Error | ErrorType::H2Error => {
                         UpstreamError::Protocol
                     }
                     _ => UpstreamError::Other,
                 };
-                self.metrics.upstreams.count_error(&name, kind);
+                self.metrics.upstreams.count_error(name, kind);
             }
         }
-        if code > 0 && session.response_written().is_none() {
+        if code > 0 && final_status(session).is_none() {
             let message = match code {
                 502 => "bad gateway: the upstream could not be reached or failed",
                 413 => request::admit::BODY_TOO_LARGE,
@@ -595,10 +610,12 @@ impl ProxyHttp for Gateway {
 
     /// Holds a body without a declared length (chunked, HTTP/2) to `proxy.max_body_bytes`:
     /// past it the request is cut, and answered 413 when no response has started.
+    /// The count is of bytes read from the client (a retry sends the same bytes again), and
+    /// the bytes of an upgraded connection (a WebSocket) are no request body.
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
-        body: &mut Option<Bytes>,
+        session: &mut Session,
+        _body: &mut Option<Bytes>,
         _end_of_stream: bool,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
@@ -606,34 +623,33 @@ impl ProxyHttp for Gateway {
             .live
             .as_ref()
             .map_or(0, |l| l.config.proxy.max_body_bytes);
-        if let (Some(chunk), true) = (body, max > 0) {
-            ctx.body_bytes += chunk.len() as u64;
-            if ctx.body_bytes > max {
-                return Err(Error::explain(
-                    ErrorType::HTTPStatus(413),
-                    request::admit::BODY_TOO_LARGE,
-                )
-                .into_down());
-            }
+        if max > 0
+            && !session.was_upgraded()
+            && session.as_downstream().body_bytes_read() as u64 > max
+        {
+            return Err(
+                Error::explain(ErrorType::HTTPStatus(413), request::admit::BODY_TOO_LARGE)
+                    .into_down(),
+            );
         }
         Ok(())
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Self::CTX) {
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let status = final_status(session).unwrap_or(0);
         if status > 0 {
             self.metrics.count_response(status);
         }
         let took = ctx.started.elapsed();
         self.metrics.observe_request(took);
-        let upstream = ctx
-            .upstream
-            .and_then(|(addr, connected)| Some((Self::upstream_name(ctx, &addr)?, connected)));
-        if let Some((name, connected)) = &upstream {
-            self.metrics.observe_upstream(connected.elapsed());
-            if let Some(code) = ctx.upstream_status {
-                self.metrics.upstreams.count_response(name, code);
-            }
+        let upstream_ms = ctx.upstream.as_ref().map(|c| {
+            let took = c.at.elapsed();
+            self.metrics.observe_upstream(took);
+            access_log::millis(took)
+        });
+        let upstream = ctx.upstream.as_ref().and_then(|c| c.name.as_deref());
+        if let (Some(name), Some(code)) = (upstream, ctx.upstream_status) {
+            self.metrics.upstreams.count_response(name, code);
         }
         if !self.access.enabled() {
             return;
@@ -663,11 +679,9 @@ impl ProxyHttp for Gateway {
             status,
             rule,
             decision: ctx.decision,
-            upstream: upstream.as_ref().map(|(name, _)| &**name),
+            upstream,
             upstream_status: ctx.upstream_status,
-            upstream_ms: upstream
-                .as_ref()
-                .map(|(_, connected)| access_log::millis(connected.elapsed())),
+            upstream_ms,
             duration_ms: access_log::millis(took),
             request_bytes: downstream.body_bytes_read(),
             bytes: session.body_bytes_sent(),
@@ -679,6 +693,16 @@ impl ProxyHttp for Gateway {
             trace_id: request_id::trace_id(&req.headers),
         });
     }
+}
+
+/// The status of the response the client was sent, if any: an interim `100 Continue` (or
+/// `103`) is not one, and a final answer can still follow it.
+fn final_status(session: &Session) -> Option<u16> {
+    session
+        .response_written()
+        .map(|r| r.status)
+        .filter(|s| !s.is_informational() || *s == http::StatusCode::SWITCHING_PROTOCOLS)
+        .map(|s| s.as_u16())
 }
 
 /// Answers a badly framed request and closes the connection, whose framing cannot be

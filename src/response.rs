@@ -37,13 +37,14 @@ impl From<&Decision> for DecisionBody<'_> {
 /// The fields of its own answers a page may need to read, in the order they are named in
 /// `Access-Control-Expose-Headers` (none of them is CORS-safelisted, so a browser hides them
 /// from a cross-origin page unless they are exposed).
-const OWN_FIELDS: [&str; 6] = [
+const OWN_FIELDS: [&str; 7] = [
     "Retry-After",
     "X-RateLimit-Limit",
     "X-RateLimit-Remaining",
     "X-RateLimit-Reset",
     "RateLimit-Policy",
     "RateLimit",
+    "X-Request-Id",
 ];
 
 static EXPOSE: HeaderName = HeaderName::from_static("access-control-expose-headers");

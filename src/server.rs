@@ -205,8 +205,10 @@ pub fn run(config: Config, start: Start) -> Result<(), String> {
     let mut proxy = http_proxy_service(&server.configuration, gateway);
     if let Some(app) = proxy.app_logic_mut() {
         let mut options = client_options(&clients);
-        options.error_response_filter =
-            Some(crate::proxy::error_response_filter(shared.live.clone()));
+        options.error_response_filter = Some(crate::proxy::error_response_filter(
+            shared.live.clone(),
+            shared.metrics.clone(),
+        ));
         // HTTP/2 connections are not closed by the per-request keep-alive of HTTP/1: pingora
         // closes them after this idle time, set once at start.
         options.h2_idle_timeout = Some(config.proxy.keepalive_timeout.max(Duration::from_secs(1)));

@@ -50,7 +50,7 @@ fn gateway_answers_carry_the_response_headers_so_a_page_can_read_a_429() {
     // None of these fields is CORS-safelisted: a page reads them only when they are exposed.
     assert_eq!(
         blocked.header("Access-Control-Expose-Headers"),
-        Some("Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset"),
+        Some("Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, X-Request-Id"),
         "{blocked:?}"
     );
 
@@ -71,6 +71,13 @@ fn gateway_answers_carry_the_response_headers_so_a_page_can_read_a_429() {
     );
     assert_eq!(huge.header("X-Served-By"), Some("edge-1"));
     assert_eq!(huge.header("Access-Control-Expose-Headers"), None);
+    // Counted like the others though no phase of the proxy saw it: the 429, the 400, the 431.
+    wait_for("three 4xx counted", Duration::from_secs(10), || {
+        let m = get(&gw.admin, "/metrics", &[]).ok()?.body;
+        m.lines()
+            .any(|l| l.starts_with("ratelimiter_responses_total{code=\"4xx\"") && l.ends_with(" 3"))
+            .then_some(())
+    });
 
     // A reload changes them on every kind of answer, pingora's included.
     gw.reload_with(&proxy_extra, &body("https://app.example"));
@@ -129,6 +136,20 @@ fn exempt_preflights_count_against_no_rule_and_reach_the_upstream() {
         .send("OPTIONS", "/", &[("Origin", "https://app.example")], "")
         .unwrap();
     assert_eq!(plain.status, 429, "{plain:?}");
+    // Nor is one that carries a body: no browser's preflight does.
+    let mut conn = Conn::open(&gw.proxy).unwrap();
+    let with_body = conn
+        .send(
+            "OPTIONS",
+            "/",
+            &[
+                ("Origin", "https://app.example"),
+                ("Access-Control-Request-Method", "PUT"),
+            ],
+            "payload",
+        )
+        .unwrap();
+    assert_eq!(with_body.status, 429, "{with_body:?}");
 
     // By default a preflight counts like any request.
     let counted = Gateway::start(&upstreams(&[&up.addr]), &limits("count"));
@@ -183,6 +204,35 @@ fn a_body_over_max_body_bytes_gets_413_and_never_all_reaches_the_upstream() {
     let cut = conn.read(false).unwrap();
     assert_eq!(cut.status, 413, "{cut:?}");
     assert!(conn.closed_within(Duration::from_secs(5)));
+
+    // The same after the upstream's `100 Continue` was passed on (curl's chunked uploads):
+    // the interim answer is no response, and the 413 still follows it.
+    let mut conn = Conn::open(&gw.proxy).unwrap();
+    conn.send_raw(
+        b"POST /sleep/3000 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .unwrap();
+    let interim = conn.read(false).unwrap();
+    assert_eq!(interim.status, 100, "{interim:?}");
+    conn.send_raw(format!("{:x}\r\n{chunk}\r\n", chunk.len()).as_bytes())
+        .unwrap();
+    conn.send_raw(format!("{:x}\r\n{chunk}\r\n0\r\n\r\n", chunk.len()).as_bytes())
+        .unwrap();
+    let cut = conn.read(false).unwrap();
+    assert_eq!(cut.status, 413, "{cut:?}");
+
+    // A WebSocket's bytes are no request body: the tunnel carries more than the bound.
+    let mut conn = Conn::open(&gw.proxy).unwrap();
+    conn.send_raw(
+        b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(conn.read(true).unwrap().status, 101);
+    for _ in 0..3 {
+        let frame = "z".repeat(800);
+        conn.send_raw(frame.as_bytes()).unwrap();
+        assert_eq!(conn.read_exactly(800).unwrap(), frame.as_bytes());
+    }
 }
 
 #[test]

@@ -5,8 +5,8 @@
 //! A field that concerns one connection (hop-by-hop) or the message's framing is refused: the
 //! gateway frames its answers itself, and a `Connection` or `Transfer-Encoding` added by hand
 //! would contradict it. So is a field the gateway sets on these answers itself
-//! (`Content-Type`, `Retry-After`, the limit fields): two values would leave a client to pick
-//! one.
+//! (`Content-Type`, `Retry-After`, the limit fields, `X-Request-Id`): two values would leave a
+//! client to pick one, or break the request's ID.
 
 use http::{HeaderName, HeaderValue};
 
@@ -40,6 +40,7 @@ const OWN: &[&str] = &[
     "x-ratelimit-reset",
     "ratelimit",
     "ratelimit-policy",
+    "x-request-id",
 ];
 
 pub(super) fn read(s: &Section, errors: &mut Collector) -> ResponseConfig {

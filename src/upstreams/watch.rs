@@ -45,6 +45,8 @@ impl BackgroundService for Watch {
             }
             if pool.has_names && now >= next_resolve {
                 pool.resolve_again().await;
+                // A name may resolve now that did not, or to other addresses.
+                self.metrics.upstreams.set_health(pool.health());
                 next_resolve = Instant::now() + RESOLVE_EVERY;
             }
             // Look again at least every 250 ms, so a reload's new pool is checked promptly.
