@@ -44,6 +44,7 @@ fn quota(limit: u32) -> Quota {
 
 fn check(key: &str, limit: u32) -> Check {
     Check {
+        cost: 1,
         rule: "default",
         key: key.to_string(),
         limit: Limit::sliding_log(quota(limit).limit, quota(limit).window_ms),
@@ -397,6 +398,7 @@ fn proxy_headers(c: &mut Criterion) {
             remaining: 97,
             retry_after_ms: 0,
             reset_ms: 59_000,
+            mark: 0,
         })],
     );
     let mut g = c.benchmark_group("proxy_headers");

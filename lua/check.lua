@@ -10,12 +10,13 @@
 -- ARGV[1]   flags: 1 = decide and record (else look only, writing nothing, for /api/explain);
 --           2 = also work out reset_ms for requests with room (the IETF fields need it)
 -- ARGV[2]   a member id unique across every gateway node (node instance + sequence)
--- ARGV[3..] four values per key: algorithm id (1 sliding_log, 2 gcra, 3 sliding_window),
---           limit (> 0), window_ms (> 0), shadow (1|0)
+-- ARGV[3..] five values per key: algorithm id (1 sliding_log, 2 gcra, 3 sliding_window),
+--           limit (> 0), window_ms (> 0), shadow (1|0), cost (units the request reserves, > 0)
 --
 -- Returns six integers per key, in order: room (1|0), count, remaining, retry_after_ms,
 -- reset_ms (see src/limiter/algo/mod.rs, Decision; a sliding log's reset_ms is 0 for a
--- request with room unless asked for), and a mark for lua/release.lua (0 unless recorded).
+-- request with room unless asked for), and a mark for lua/release.lua and lua/settle.lua (0
+-- unless recorded). Counts are in units.
 
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -32,13 +33,13 @@ if #KEYS == 1 then
     return redis.error_reply('unknown algorithm id ' .. tostring(id))
   end
   local peek, record_step = load()
-  local limit, window = tonumber(ARGV[4]), tonumber(ARGV[5])
+  local limit, window, cost = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[7])
   local room, count, remaining, retry, reset, state =
-    peek(key, now, now_us, limit, window, not record, want_reset)
+    peek(key, now, now_us, limit, window, not record, want_reset, cost)
   local mark = 0
   if room == 1 and record then
     count, remaining, reset, mark = record_step(key, now, now_us, limit, window, ARGV[2], count,
-      remaining, reset, state)
+      remaining, reset, state, cost)
   end
   return {room, count, remaining, retry, reset, mark}
 end
@@ -47,10 +48,10 @@ end
 local loaders = ALGORITHMS
 local steps = {}
 local function steps_of(i)
-  local id = tonumber(ARGV[3 + (i - 1) * 4])
+  local id = tonumber(ARGV[3 + (i - 1) * 5])
   if not steps[id] then
     if not loaders[id] then
-      error('unknown algorithm id ' .. tostring(ARGV[3 + (i - 1) * 4]))
+      error('unknown algorithm id ' .. tostring(ARGV[3 + (i - 1) * 5]))
     end
     steps[id] = {loaders[id]()}
   end
@@ -59,11 +60,11 @@ end
 
 local reply, states, blocked = {}, {}, false
 for i = 1, #KEYS do
-  local at, b = 3 + (i - 1) * 4, (i - 1) * 6
+  local at, b = 3 + (i - 1) * 5, (i - 1) * 6
   local peek = steps_of(i)
   reply[b + 1], reply[b + 2], reply[b + 3], reply[b + 4], reply[b + 5], states[i] =
     peek(KEYS[i], now, now_us, tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2]), not record,
-      want_reset)
+      want_reset, tonumber(ARGV[at + 4]))
   reply[b + 6] = 0
   if reply[b + 1] == 0 and ARGV[at + 3] ~= '1' then
     blocked = true
@@ -71,12 +72,12 @@ for i = 1, #KEYS do
 end
 if record and not blocked then
   for i = 1, #KEYS do
-    local at, b = 3 + (i - 1) * 4, (i - 1) * 6
+    local at, b = 3 + (i - 1) * 5, (i - 1) * 6
     if reply[b + 1] == 1 then
       local _, record_step = steps_of(i)
       reply[b + 2], reply[b + 3], reply[b + 5], reply[b + 6] = record_step(KEYS[i], now,
         now_us, tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2]), ARGV[2], reply[b + 2],
-        reply[b + 3], reply[b + 5], states[i])
+        reply[b + 3], reply[b + 5], states[i], tonumber(ARGV[at + 4]))
     end
   end
 end

@@ -15,9 +15,9 @@ local load = loaders[tonumber(ARGV[1])]
 if not load then
   return redis.error_reply('unknown algorithm id ' .. tostring(ARGV[1]))
 end
-local peek, _, _, _, _, own_count = load()
+local peek, _, _, _, _, _, own_count = load()
 if own_count then
   return own_count(key, now)
 end
-local _, count = peek(key, now, now_us, tonumber(ARGV[2]), tonumber(ARGV[3]), true, false)
+local _, count = peek(key, now, now_us, tonumber(ARGV[2]), tonumber(ARGV[3]), true, false, 1)
 return count

@@ -15,7 +15,8 @@ local function gcra()
     return t, t * (limit - 1)
   end
 
-  local function peek(key, _, now_us, limit, window)
+  -- Room for `cost` units: as many are conformant now.
+  local function peek(key, _, now_us, limit, window, _, _, cost)
     local t, tau = params(limit, window)
     -- Absent, or another algorithm's state (a rule that changed algorithm on reload): fresh.
     local v = typed('GET', key)
@@ -27,8 +28,11 @@ local function gcra()
     if d < 0 then
       d = 0
     end
+    local remaining = 0
     if d <= tau then
-      local remaining = math.floor((tau - d) / t) + 1
+      remaining = math.floor((tau - d) / t) + 1
+    end
+    if remaining >= cost then
       local reset = 0
       if d > 0 then
         -- The next request's worth frees when d has fallen enough to raise `remaining`.
@@ -36,14 +40,16 @@ local function gcra()
       end
       return 1, limit - remaining, remaining, 0, reset, tat
     end
-    local wait = math.ceil((d - tau) / 1000)
+    -- `cost` units fit once d has fallen to tau - (cost - 1) x T (a cost above the limit
+    -- never does, and is told to wait as if it could).
+    local wait = math.ceil((d - math.max(tau - (cost - 1) * t, 0)) / 1000)
     if wait < 1 then
       wait = 1
     end
-    return 0, limit, 0, wait, wait, tat
+    return 0, limit - remaining, remaining, wait, wait, tat
   end
 
-  local function record(key, _, now_us, limit, window, _, count, remaining, _, tat)
+  local function record(key, _, now_us, limit, window, _, count, remaining, _, tat, cost)
     local t, tau = params(limit, window)
     local ahead = tat - now_us
     if ahead < 0 then
@@ -53,26 +59,57 @@ local function gcra()
     if tat < now_us then
       tat = now_us
     end
-    tat = tat + t
+    tat = tat + cost * t
     -- %.0f: the whole number, where tostring would switch to an exponent.
     redis.call('SET', key, string.format('%.0f', tat), 'PX', math.ceil((tat - now_us) / 1000))
-    return count + 1, remaining - 1, reset, 0
+    return count + cost, remaining - cost, reset, 0
   end
 
-  -- Moves the TAT back by one interval: the state as if the request had not been recorded
-  -- (or later, never earlier, when the TAT had already passed at the record).
-  local function release(key, _, now_us, limit, window)
-    local t = params(limit, window)
-    local v = typed('GET', key)
-    if type(v) ~= 'string' or not tonumber(v) then
-      return
-    end
-    local tat = tonumber(v) - t
+  -- Stores a TAT, or deletes the key once it has passed (the key is as good as fresh).
+  local function store(key, tat, now_us)
     if tat <= now_us then
       redis.call('DEL', key)
     else
       redis.call('SET', key, string.format('%.0f', tat), 'PX', math.ceil((tat - now_us) / 1000))
     end
+  end
+
+  -- Moves the TAT back by the request's intervals: the state as if it had not been recorded
+  -- (or later, never earlier, when the TAT had already passed at the record).
+  local function release(key, _, now_us, limit, window, _, _, cost)
+    local t = params(limit, window)
+    local v = typed('GET', key)
+    if type(v) ~= 'string' or not tonumber(v) then
+      return
+    end
+    store(key, tonumber(v) - cost * t, now_us)
+  end
+
+  -- Moves the TAT back by the units not used (never before now: what has drained cannot be
+  -- given back), or on by those used beyond the reservation.
+  local function settle(key, _, now_us, limit, window, _, reserved, actual)
+    local t = params(limit, window)
+    local v = typed('GET', key)
+    if v == nil then
+      return 0
+    end
+    local tat = 0
+    if type(v) == 'string' then
+      tat = tonumber(v) or 0
+    end
+    local after
+    if actual >= reserved then
+      after = math.max(tat, now_us) + (actual - reserved) * t
+    else
+      after = math.max(tat - (reserved - actual) * t, math.min(now_us, tat))
+    end
+    store(key, after, now_us)
+    -- In whole units, to the nearest: what drained meanwhile is a fraction of one.
+    local given = (math.max(tat, now_us) - math.max(after, now_us)) / t
+    if given >= 0 then
+      return math.floor(given + 0.5)
+    end
+    return math.ceil(given - 0.5)
   end
 
   -- Grants what is conformant now (`remaining`, from peek), and moves the TAT on from the
@@ -110,5 +147,5 @@ local function gcra()
     return unused
   end
 
-  return peek, record, release, take, give
+  return peek, record, release, take, give, settle
 end

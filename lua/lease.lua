@@ -10,7 +10,8 @@
 -- ARGV[2]   algorithm id (1 sliding_log, 2 gcra, 3 sliding_window); ARGV[3] limit (> 0);
 --           ARGV[4] window_ms (> 0)
 -- take:     ARGV[5] slots wanted (> 0), ARGV[6] lease_ms (> 0), ARGV[7] a lease id unique
---           across every gateway node
+--           across every gateway node, ARGV[8] the fewest slots worth taking (the units of
+--           the request asking; none are taken when fewer are left)
 --           -> granted, count (before), remaining (after), retry_after_ms (when none was
 --              granted), lease_end_ms (this server's clock), mark (for give), and the ms
 --              left until the lease ends
@@ -31,8 +32,9 @@ local limit, window = tonumber(ARGV[3]), tonumber(ARGV[4])
 local peek, _, _, take, give = load()
 
 if op == 'take' then
+  local least = tonumber(ARGV[8]) or 1
   local room, count, remaining, retry, _, state = peek(key, now, now_us, limit, window, false,
-    false)
+    false, least)
   if room == 0 then
     return {0, count, 0, retry, 0, 0, 0}
   end

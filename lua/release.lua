@@ -13,8 +13,8 @@
 -- ARGV[1]   the member id the request was recorded under
 -- ARGV[2]   the resets channel
 -- ARGV[3]   the counter key prefix ("ratelimit:"), left out of what is published
--- ARGV[4..] four values per key: algorithm id, limit, window_ms, and the mark check.lua
---           returned for it
+-- ARGV[4..] five values per key: algorithm id, limit, window_ms, the mark check.lua
+--           returned for it, and the units the request was recorded with
 
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -23,12 +23,12 @@ local loaders = ALGORITHMS
 
 local prefix = #ARGV[3]
 for i = 1, #KEYS do
-  local at = 4 + (i - 1) * 4
+  local at = 4 + (i - 1) * 5
   local loader = loaders[tonumber(ARGV[at])]
   if loader then
     local _, _, release = loader()
     release(KEYS[i], now, now_us, tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2]), ARGV[1],
-      tonumber(ARGV[at + 3]))
+      tonumber(ARGV[at + 3]), tonumber(ARGV[at + 4]))
     redis.call('PUBLISH', ARGV[2], string.sub(KEYS[i], prefix + 1))
   end
 end

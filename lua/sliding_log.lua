@@ -16,11 +16,12 @@
 -- they return several values rather than tables, so a one-rule check costs Redis little more
 -- than the bare commands. The steps take the same arguments (each ignores what it does not
 -- need):
---   peek(key, now_ms, now_us, limit, window_ms, dry, want_reset)
---     -> room (1|0), count, remaining, retry_after_ms, reset_ms, state
---   record(key, now_ms, now_us, limit, window_ms, member, count, remaining, reset, state)
---     -> count, remaining, reset_ms (counting the request), mark
---   release(key, now_ms, now_us, limit, window_ms, member, mark)
+--   peek(key, now_ms, now_us, limit, window_ms, dry, want_reset, cost)
+--     -> room (1|0), count, remaining, retry_after_ms, reset_ms, state: room for `cost`
+--     units (contract §13); counts are in units
+--   record(key, now_ms, now_us, limit, window_ms, member, count, remaining, reset, state, cost)
+--     -> count, remaining, reset_ms (counting the request's units), mark
+--   release(key, now_ms, now_us, limit, window_ms, member, mark, cost)
 --     takes a recorded request back (lua/release.lua: Redis Cluster, when another slot's rule
 --     refused the request); `mark` is what record returned.
 --   take(key, now_ms, now_us, limit, window_ms, lease_ms, lease_id, wanted, remaining, state)
@@ -30,8 +31,14 @@
 --     window ever holds more than the limit.
 --   give(key, now_ms, now_us, limit, window_ms, lease_id, granted, unused, mark, lease_end_ms)
 --     -> given: takes back the `unused` slots of a lease that `take` granted.
+--   settle(key, now_ms, now_us, limit, window_ms, mark, reserved, actual) -> given: the
+--     request recorded with `reserved` units (its `mark`) now holds `actual`; returns the
+--     units given back (negative: charged), 0 once its record has gone (lua/settle.lua).
 --   count(key, now_ms) -> how many slots the key holds now (lua/count.lua), when the
 --     algorithm knows better than peek with the rule's window (a log knows its own).
+--
+-- A request of several units (a cost, contract §13) is one entry too, member
+-- '<member>#<units>', counted through the tally as a lease's is.
 
 local function sliding_log()
   local TALLY, TALLY_BASE = '#', 10000000000000
@@ -79,7 +86,7 @@ local function sliding_log()
   -- a deciding call first drops what has left the window. `reset_ms` (when the oldest entry
   -- leaves) costs one more read, so it is worked out only when asked for or when full.
   -- `state` is the key's tally of leased slots, false when it never had a lease.
-  local function peek(key, now, _, limit, window, dry, want_reset)
+  local function peek(key, now, _, limit, window, dry, want_reset, cost)
     local cutoff = now - window
     -- nil: another algorithm's state; false: a log that never had a lease.
     local tally = typed('ZSCORE', key, TALLY)
@@ -87,6 +94,9 @@ local function sliding_log()
       -- A rule that changed algorithm on reload starts afresh.
       if not dry then
         redis.call('DEL', key)
+      end
+      if cost > limit then
+        return 0, 0, limit, window, window, false
       end
       return 1, 0, limit, 0, 0, false
     end
@@ -110,11 +120,16 @@ local function sliding_log()
       redis.call('ZREMRANGEBYSCORE', key, '-inf', cutoff)
       count = redis.call('ZCARD', key)
     end
-    -- The time of the entry whose leaving frees a slot (when full), or of the oldest.
+    -- The time of the entry whose leaving makes room (when full), or of the oldest.
     local at
-    if count >= limit then
-      -- Full: a slot frees when the entry that keeps the log at `limit` leaves the window.
-      at = count - limit
+    if count + cost > limit then
+      if cost > limit then
+        -- More than the limit never fits.
+        return 0, count, math.max(limit - count, 0), window, window, tally
+      end
+      -- Full for `cost`: room comes when the unit that keeps the log above `limit - cost`
+      -- leaves the window.
+      at = count + cost - limit - 1
     elseif want_reset and count > 0 then
       at = 0
     else
@@ -139,8 +154,8 @@ local function sliding_log()
     if wait < 1 then
       wait = 1
     end
-    if count >= limit then
-      return 0, count, 0, wait, wait, tally
+    if count + cost > limit then
+      return 0, count, math.max(limit - count, 0), wait, wait, tally
     end
     return 1, count, limit - count, 0, wait, tally
   end
@@ -152,8 +167,20 @@ local function sliding_log()
     end
   end
 
-  -- Records the request at `now`.
-  local function record(key, now, _, _, window, member, count, remaining, reset, tally)
+  -- Adds `n` to the tally, creating it first on a key that has none.
+  local function add_to_tally(key, n, tally)
+    if not tally then
+      redis.call('ZADD', key, TALLY_BASE, TALLY)
+    end
+    redis.call('ZINCRBY', key, n, TALLY)
+  end
+
+  -- Records the request's units at `now`; the mark is that time.
+  local function record(key, now, _, _, window, member, count, remaining, reset, tally, cost)
+    if cost > 1 then
+      member = member .. '#' .. cost
+      add_to_tally(key, cost - 1, tally)
+    end
     redis.call('ZADD', key, now, member)
     -- The newest entry is the last to expire: the key lives exactly as long as it matters.
     expire_after(key, window, tally)
@@ -161,11 +188,49 @@ local function sliding_log()
       -- The new entry is the oldest: more quota frees when it leaves.
       reset = window
     end
-    return count + 1, remaining - 1, reset, 0
+    return count + cost, remaining - cost, reset, now
   end
 
-  local function release(key, _, _, _, _, member)
-    redis.call('ZREM', key, member)
+  local function release(key, _, _, _, _, member, _, cost)
+    if cost > 1 then
+      if redis.call('ZREM', key, member .. '#' .. cost) == 1 then
+        redis.call('ZINCRBY', key, 1 - cost, TALLY)
+      end
+    else
+      redis.call('ZREM', key, member)
+    end
+  end
+
+  -- The entry of the request recorded at `mark` with `reserved` units: entries of the same
+  -- time and units are alike, so any one of them is the request's.
+  local function settle(key, _, _, _, _, mark, reserved, actual)
+    local found
+    local members = typed('ZRANGEBYSCORE', key, mark, mark)
+    if not members then
+      return 0
+    end
+    for _, m in ipairs(members) do
+      if slots(m) == reserved then
+        found = m
+        break
+      end
+    end
+    if not found then
+      return 0
+    end
+    redis.call('ZREM', key, found)
+    local base = string.match(found, '^(.-)#%d+$') or found
+    if actual == 1 then
+      redis.call('ZADD', key, mark, base)
+    elseif actual > 1 then
+      redis.call('ZADD', key, mark, base .. '#' .. actual)
+    end
+    -- The tally holds the units beyond one of each entry.
+    local delta = math.max(actual - 1, 0) - (reserved - 1)
+    if delta ~= 0 then
+      add_to_tally(key, delta, redis.call('ZSCORE', key, TALLY))
+    end
+    return reserved - actual
   end
 
   -- A lease's slots are stamped at its end: they stay in every window that could hold a
@@ -227,9 +292,9 @@ local function sliding_log()
     if pttl >= 0 then
       window = now - tonumber(newest[2]) + pttl
     end
-    local _, n = peek(key, now, nil, math.huge, window, true, false)
+    local _, n = peek(key, now, nil, math.huge, window, true, false, 1)
     return n
   end
 
-  return peek, record, release, take, give, count
+  return peek, record, release, take, give, settle, count
 end

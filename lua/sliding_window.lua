@@ -54,26 +54,34 @@ local function sliding_window()
     return idx, elapsed, 0, 0, s
   end
 
-  local function peek(key, now, _, limit, window)
+  -- Room for `cost` units: the estimate at most `limit - cost`.
+  local function peek(key, now, _, limit, window, _, _, cost)
     local idx, elapsed, cur, prev, stored = counts(key, now, window)
     local state = {idx, elapsed, cur, prev, stored}
     local n = math.floor(cur + (prev * (window - elapsed)) / window)
-    if n < limit then
+    local remaining = math.max(limit - n, 0)
+    if n + cost <= limit then
       local reset = 0
       if n > 0 then
         reset = until_below(n, elapsed, cur, prev, window)
       end
-      return 1, n, limit - n, 0, reset, state
+      return 1, n, remaining, 0, reset, state
     end
-    local wait = until_below(limit, elapsed, cur, prev, window)
-    return 0, n, 0, wait, wait, state
+    local wait
+    if cost <= limit then
+      wait = until_below(limit + 1 - cost, elapsed, cur, prev, window)
+    else
+      -- More than the limit never fits: told to wait until both windows are empty.
+      wait = 2 * window - elapsed
+    end
+    return 0, n, remaining, wait, wait, state
   end
 
-  local function record(key, now, _, _, window, _, count, remaining, _, state)
+  local function record(key, now, _, _, window, _, count, remaining, _, state, cost)
     local idx, elapsed, cur, prev, stored = state[1], state[2], state[3], state[4], state[5]
-    cur = cur + 1
+    cur = cur + cost
     if stored == idx then
-      redis.call('HINCRBY', key, 'c', 1)
+      redis.call('HINCRBY', key, 'c', cost)
     else
       -- A new window (or a new key): its expiry is the end of the next window.
       if stored == false then
@@ -82,8 +90,8 @@ local function sliding_window()
       redis.call('HSET', key, 'w', idx, 'c', cur, 'p', prev, 'l', window)
       redis.call('PEXPIRE', key, (idx + 2) * window - now)
     end
-    count = count + 1
-    return count, remaining - 1, until_below(count, elapsed, cur, prev, window), idx
+    count = count + cost
+    return count, remaining - cost, until_below(count, elapsed, cur, prev, window), idx
   end
 
   -- Takes `n` requests back from the window they were counted in (`mark`): still the current
@@ -106,8 +114,30 @@ local function sliding_window()
     return n
   end
 
-  local function release(key, _, _, _, window, _, mark)
-    take_back(key, window, mark, 1)
+  local function release(key, _, _, _, window, _, mark, cost)
+    take_back(key, window, mark, cost)
+  end
+
+  -- The request counted in window `mark`: the difference goes to that window's count (the
+  -- current or, by now, the previous one), never below zero.
+  local function settle(key, _, _, _, window, mark, reserved, actual)
+    local v = typed('HMGET', key, 'w', 'c', 'p', 'l')
+    if not v or not v[1] or tonumber(v[4]) ~= window then
+      return 0
+    end
+    local w, field, held = tonumber(v[1]), nil, 0
+    if w == mark then
+      field, held = 'c', tonumber(v[2]) or 0
+    elseif w == mark + 1 then
+      field, held = 'p', tonumber(v[3]) or 0
+    else
+      return 0
+    end
+    local after = math.max(held + actual - reserved, 0)
+    if after ~= held then
+      redis.call('HSET', key, field, after)
+    end
+    return held - after
   end
 
   -- A lease's slots count in the current window, and the lease ends with it (or sooner): a
@@ -131,5 +161,5 @@ local function sliding_window()
     return take_back(key, window, mark, unused)
   end
 
-  return peek, record, release, take, give
+  return peek, record, release, take, give, settle
 end

@@ -133,6 +133,7 @@ mod tests {
 
     fn check(rule: &'static str, limit: u32, window_ms: u64, shadow: bool) -> Check {
         Check {
+            cost: 1,
             rule,
             key: format!("{rule}/ip:10.0.0.1"),
             limit: Limit::sliding_log(
@@ -158,6 +159,7 @@ mod tests {
             remaining,
             retry_after_ms: retry_ms,
             reset_ms,
+            mark: 0,
         })
     }
 

@@ -47,6 +47,7 @@ pub mod request_id;
 pub mod response;
 pub mod rules;
 pub mod server;
+pub mod settle;
 pub mod shutdown;
 pub mod sync;
 pub mod tls;

@@ -32,6 +32,7 @@ use crate::request::{self, Refusal, RequestView};
 use crate::request_id::{self, X_REQUEST_ID};
 use crate::response::{add_own_headers, blocked_json, error_json, store_unavailable_json};
 use crate::rules::Selection;
+use crate::settle::Owed;
 
 pub struct Gateway {
     live: Arc<LiveConfig>,
@@ -50,6 +51,8 @@ pub struct RequestCtx {
     request_id: Option<HeaderValue>,
     /// The decisions, whose headers go on the response (allowed) or on a gateway error.
     outcome: Option<Outcome>,
+    /// What its rules settle from the response (contract §13), gathered as it passes.
+    owed: Option<Owed>,
     /// What limiting made of the request, for the access log.
     decision: &'static str,
     /// The rule that let it through unlimited, for the access log.
@@ -169,11 +172,18 @@ impl Gateway {
                 return Ok(false);
             }
             Selection::Checks(checks) => checks,
+            Selection::BadCost { rule, why } => {
+                ctx.decision = "rejected";
+                let body = Bytes::from(error_json(&format!("rule {rule}: {why}")));
+                respond(session, ctx, 400, &[], "application/json", body).await?;
+                return Ok(true);
+            }
         };
         let reset = live.config.headers.style.shows_reset();
         match self.limiter.check(checks, reset).await {
             Verdict::Decided(outcome) if outcome.allowed() => {
                 ctx.decision = "allowed";
+                ctx.owed = Owed::of(&outcome, &live.rules);
                 ctx.outcome = Some(outcome);
                 Ok(false)
             }
@@ -210,6 +220,24 @@ impl Gateway {
             && !h.contains_key(http::header::TRANSFER_ENCODING)
             && h.get(http::header::CONTENT_LENGTH)
                 .is_none_or(|v| v.as_bytes().trim_ascii() == b"0")
+    }
+
+    /// Settles what the request's rules owe, in a task of its own: the response has been
+    /// sent, and the connection's next request does not wait for the store.
+    fn settle(&self, session: &Session, ctx: &mut RequestCtx) {
+        let (Some(owed), Some(outcome), Some(live)) = (ctx.owed.take(), &ctx.outcome, &ctx.live)
+        else {
+            return;
+        };
+        let status = ctx.upstream_status.or_else(|| final_status(session));
+        let (settlements, failures) = owed.settle(outcome, &live.rules, status);
+        for (rule, why) in failures {
+            self.metrics.units.failed(rule, why);
+        }
+        if !settlements.is_empty() {
+            let limiter = self.limiter.clone();
+            tokio::spawn(async move { limiter.settle(settlements).await });
+        }
     }
 
     /// The upstream at `addr`, by its configured name.
@@ -329,6 +357,7 @@ impl ProxyHttp for Gateway {
             started: Instant::now(),
             request_id: None,
             outcome: None,
+            owed: None,
             decision: "off",
             unlimited_by: None,
             client: None,
@@ -512,6 +541,9 @@ impl ProxyHttp for Gateway {
         }
         ctx.upstream_status = Some(status.as_u16());
         if let (Some(outcome), Some(live)) = (&ctx.outcome, &ctx.live) {
+            if let Some(owed) = &mut ctx.owed {
+                owed.response_header(outcome, &live.rules, &upstream_response.headers);
+            }
             insert_limit_headers(upstream_response, outcome, live.config.headers.style)?;
         }
         if let Some(id) = &ctx.request_id {
@@ -635,7 +667,22 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    /// Feeds the body to the rules that settle from it (contract §13), as it passes.
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<Option<Duration>> {
+        if let (Some(owed), Some(chunk)) = (&mut ctx.owed, body.as_ref()) {
+            owed.body(chunk);
+        }
+        Ok(None)
+    }
+
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Self::CTX) {
+        self.settle(session, ctx);
         let status = final_status(session).unwrap_or(0);
         if status > 0 {
             self.metrics.count_response(status);

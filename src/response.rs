@@ -156,8 +156,10 @@ mod tests {
             remaining: 0,
             retry_after_ms: 1500,
             reset_ms: 1500,
+            mark: 0,
         };
         let check = Check {
+            cost: 1,
             rule: "login",
             key: "login/ip:10.0.0.1".into(),
             limit: Limit::sliding_log(

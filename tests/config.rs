@@ -287,9 +287,24 @@ const EXPECTED: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "rule_costs",
+        &[
+            r#"7:8: [[rules]] #1 cost: 11: it is over the limit (10), so no request would ever fit"#,
+            r#"12:8: [[rules]] #2 cost: 20: it is over max_cost (10)"#,
+            r#"18:8: [[rules]] #3 cost: expected an integer 1..=4294967295 or "header:<Name>", found "header:""#,
+            r#"19:10: [[rules]] #3 settle: expected "header:<Name>" or "json:<dotted.path>" (like "json:usage.total_tokens"), found "xml:usage""#,
+            r#"20:24: [[rules]] #3 count_status: expected a status like "401" or a class like "4xx", found "600""#,
+            r#"20:31: [[rules]] #3 count_status: expected a status like "401" or a class like "4xx", found "40""#,
+            r#"25:8: [[rules]] #4 cost: an unlimited rule counts nothing; remove cost or unlimited"#,
+            r#"31:10: [[rules]] #5 settle: settling needs sync = "exact" (a lease's slots are spent on the node, before any response)"#,
+            r#"36:16: [[rules]] #6 count_status: name at least one status, or remove it (every response counts)"#,
+            r#"37:12: [[rules]] #6 max_cost: expected an integer 1..=4294967295, found integer 0"#,
+        ],
+    ),
+    (
         "rule_unknown_key",
         &[
-            r#"4:1: unknown key `burst` in [[rules]] #1; expected one of: name, methods, path, path_prefix, path_regex, path_ignore_case, host, key, missing, limit, window_ms, algorithm, shadow, skip_default, unlimited, overrides, sync, lease_size, lease_ms"#,
+            r#"4:1: unknown key `burst` in [[rules]] #1; expected one of: name, methods, path, path_prefix, path_regex, path_ignore_case, host, key, missing, limit, window_ms, algorithm, shadow, skip_default, unlimited, overrides, sync, lease_size, lease_ms, cost, max_cost, settle, count_status"#,
         ],
     ),
     (
@@ -319,7 +334,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
             r#"33:47: [[rules]] #6 overrides: "10.0.0.7": expected an integer 1..=4294967295, found integer 0"#,
             r#"39:13: [[rules]] #7 overrides: a rule keyed by "global" has one counter; overrides need key = "ip" or "header:<Header-Name>""#,
             r#"45:16: [[rules]] #8 skip_default: a shadow rule never changes what is enforced; remove skip_default or shadow"#,
-            r#"46:1: unknown key `limt` in [[rules]] #8; expected one of: name, methods, path, path_prefix, path_regex, path_ignore_case, host, key, missing, limit, window_ms, algorithm, shadow, skip_default, unlimited, overrides, sync, lease_size, lease_ms"#,
+            r#"46:1: unknown key `limt` in [[rules]] #8; expected one of: name, methods, path, path_prefix, path_regex, path_ignore_case, host, key, missing, limit, window_ms, algorithm, shadow, skip_default, unlimited, overrides, sync, lease_size, lease_ms, cost, max_cost, settle, count_status"#,
         ],
     ),
     (

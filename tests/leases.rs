@@ -44,6 +44,7 @@ fn scripts_for(body: &str) -> Scripts {
 
 fn check(key: &str, algorithm: Algorithm, limit: u32, window_ms: u64) -> Check {
     Check {
+        cost: 1,
         rule: "api",
         key: key.to_string(),
         limit: Limit {
@@ -301,6 +302,7 @@ fn a_request_refused_by_its_second_rule_gives_its_first_slot_back_to_that_lease(
     let server = RedisServer::start();
     let rt = runtime();
     let lease = |key: &str, limit| Check {
+        cost: 1,
         sync: ratelimiter::limiter::SyncMode::Lease {
             size: 5,
             ms: 60_000,

@@ -512,7 +512,7 @@ unlimited = true
         checks[1],
         json!({"rule":"login","key":"login/ip:10.0.0.1",
                "parts":[{"source":"ip","value":"10.0.0.1"}],"limit":2,"window_ms":60000,
-               "algorithm":"sliding_log","shadow":false,"allowed":true,"count":0,
+               "algorithm":"sliding_log","shadow":false,"cost":1,"allowed":true,"count":0,
                "remaining":2,"retry_after_seconds":0})
     );
     assert_eq!(checks[0]["key"], "x-api-key:k");

@@ -12,7 +12,7 @@ use common::procs::RedisServer;
 use ratelimiter::config::Config;
 use ratelimiter::limiter::backend::memory::MemoryStore;
 use ratelimiter::limiter::backend::redis::RedisStore;
-use ratelimiter::limiter::{Algorithm, Check, Counters, Decide, Limit, Mode};
+use ratelimiter::limiter::{Algorithm, Check, Counters, Decide, Limit, Mode, Settlement};
 
 use Algorithm::{Gcra, SlidingLog, SlidingWindow};
 
@@ -158,6 +158,7 @@ async fn run(store: &dyn Decide, trace: &[Event], start: Instant) -> Seen {
         let checks: Vec<Check> = checks
             .iter()
             .map(|(key, algorithm, limit, shadow)| Check {
+                cost: 1,
                 rule: "default",
                 key: key.to_string(),
                 limit: Limit::new(
@@ -375,4 +376,102 @@ async fn sliding_window_decides_alike_in_redis_and_memory() {
         seen[11][0].1, 1,
         "a shadow window does not block the others"
     );
+}
+
+/// A request with a cost, and what its response settles it at: (ms after the start, key,
+/// cost, settled at).
+type Weighed = (u64, &'static str, u32, Option<u32>);
+
+/// Costs and settlements (contract §13): reservations of several units, give-backs, a charge
+/// past the limit, a refusal for more units than are left while fewer still fit; for each
+/// algorithm, the same trace through both stores. Limit 10 per window.
+const WEIGHED: &[Weighed] = &[
+    (0, "c", 4, Some(2)),    // 4 reserved, 2 used: 2 back
+    (0, "c", 6, None),       // 8
+    (0, "c", 3, None),       // refused: 2 left
+    (0, "c", 2, Some(5)),    // 10, then charged 3: 13, past the limit
+    (0, "d", 11, None),      // more than the limit: never fits
+    (300, "c", 1, None),     // refused: charged past the limit
+    (300, "e", 10, Some(0)), // all of it back
+    (300, "e", 10, None),
+    (1600, "c", 1, Some(1)),
+    (1600, "e", 1, None),
+];
+
+/// Per request: (allowed, count, remaining) and the units its settlement gave back.
+type WeighedSeen = Vec<((bool, u64, u64), Option<i64>)>;
+
+async fn run_weighed(store: &dyn Decide, algorithm: Algorithm, start: Instant) -> WeighedSeen {
+    let mut out = Vec::new();
+    for (at, key, cost, settled) in WEIGHED {
+        tokio::time::sleep_until((start + Duration::from_millis(*at)).into()).await;
+        let check = Check {
+            cost: *cost,
+            ..Check::new(
+                "default",
+                format!("{}-{key}", algorithm.name()),
+                Limit::new(
+                    algorithm,
+                    NonZeroU32::new(10).unwrap(),
+                    NonZeroU64::new(WINDOW_MS).unwrap(),
+                ),
+            )
+        };
+        let d = store.decide(std::slice::from_ref(&check), R).await.unwrap()[0].expect("decided");
+        let given = match settled {
+            Some(actual) if d.allowed => {
+                let s = Settlement {
+                    check,
+                    mark: d.mark,
+                    actual: *actual,
+                    max_cost: 100,
+                };
+                Some(store.settle(&[s]).await.unwrap()[0])
+            }
+            _ => None,
+        };
+        out.push(((d.allowed, d.count, d.remaining), given));
+    }
+    out
+}
+
+#[tokio::test]
+async fn costs_and_settlements_decide_alike_in_redis_and_memory() {
+    let redis = RedisServer::start();
+    let config = Config::parse(
+        "t.toml",
+        &format!("[redis]\nurl = \"{}\"\ntimeout_ms = 1000\n", redis.url()),
+        &|_| None,
+    )
+    .unwrap();
+    let redis_store = RedisStore::new(config.redis.as_ref().unwrap()).unwrap();
+    redis_store.ping().await.unwrap();
+    for algorithm in Algorithm::ALL {
+        let memory_store = MemoryStore::default();
+        let start = start(true);
+        let (from_redis, from_memory) = tokio::join!(
+            run_weighed(&redis_store, *algorithm, start),
+            run_weighed(&memory_store, *algorithm, start)
+        );
+        assert_eq!(from_redis, from_memory, "{}", algorithm.name());
+        let allowed: Vec<bool> = from_memory.iter().map(|(d, _)| d.0).collect();
+        assert_eq!(
+            allowed,
+            [true, true, false, true, false, false, true, true, true, true],
+            "{}",
+            algorithm.name()
+        );
+        // The settlements: 2 back, 3 charged, 10 back.
+        let given: Vec<i64> = from_memory.iter().filter_map(|(_, g)| *g).collect();
+        assert_eq!(&given[..3], [2, -3, 10], "{}", algorithm.name());
+    }
+    // The sliding log counts exactly: after the window, only what the late requests hold.
+    let log = run_weighed(&MemoryStore::default(), SlidingLog, start(false)).await;
+    assert_eq!(log[3].0, (true, 10, 0), "8 in use, then the 2");
+    assert_eq!(
+        log[5].0,
+        (false, 13, 0),
+        "the charge took the key past its limit"
+    );
+    assert_eq!(log[8].0, (true, 1, 9), "the window has passed");
 }

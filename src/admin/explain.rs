@@ -11,7 +11,8 @@
 //! `X-Forwarded-For` in `headers` is honoured as the proxy would); `method` defaults to `GET`,
 //! `path` to `/` and is taken as the proxy takes it, in its normal form (the answer's `path`),
 //! a path the proxy would refuse with 400 (an escaped slash, a malformed escape) being the
-//! decision `refused` with its reason; `host` defaults to a `Host` in `headers`;
+//! decision `refused` with its reason (as is a cost header a rule cannot read, naming the
+//! rule); `host` defaults to a `Host` in `headers`;
 //! `query` (a query string, also taken from `path` after `?`) and `cookies` (name → value)
 //! feed `query:` and `cookie:` parts, `headers` every other (`Authorization` for `jwt:`).
 //! Each check shows every part of its key, as read from the described request.
@@ -203,6 +204,16 @@ impl ExplainRequest {
             Selection::Unlimited { rule } => (Some(rule), Vec::new()),
             Selection::Skipped => (None, Vec::new()),
             Selection::Checks(checks) => (None, checks),
+            Selection::BadCost { rule, why } => {
+                return Plan {
+                    path: self.path.clone(),
+                    refused: Some(format!("rule {rule}: {why}")),
+                    matched,
+                    unlimited: None,
+                    checks: Vec::new(),
+                    parts: Vec::new(),
+                }
+            }
         };
         // Every part of each applied rule's key, as read from this request.
         let mut keys = rules.keys(&view);
@@ -243,7 +254,7 @@ impl Plan {
                 "path": self.path,
                 "rule": null,
                 "retry_after_seconds": 0,
-                "matched": [],
+                "matched": self.matched,
                 "default_applies": false,
                 "checks": [],
             }));
@@ -273,6 +284,7 @@ impl Plan {
                     "window_ms": c.limit.quota.window_ms.get(),
                     "algorithm": c.limit.algorithm.name(),
                     "shadow": c.shadow,
+                    "cost": c.cost,
                     "allowed": d.map(|d| d.allowed),
                     "count": d.map(|d| d.count),
                     "remaining": d.map(|d| d.remaining),

@@ -18,6 +18,7 @@ use crate::limiter::{Algorithm, Check, Counter, Limit, Outcome, StoreError, Sync
 use crate::live::Live;
 use crate::registry::iso8601;
 use crate::response::{decision_json, error_json, store_unavailable_json};
+use crate::rules::cost::{Cost, SettleFrom};
 use crate::rules::Rule;
 
 /// The OpenAPI 3 description of this API.
@@ -201,6 +202,8 @@ struct CheckRequest {
     window_ms: Option<serde_json::Number>,
     /// `sliding_log` (default), `gcra` or `sliding_window`.
     algorithm: Option<String>,
+    /// Units the call reserves (contract §13); 1 when not given.
+    cost: Option<serde_json::Number>,
 }
 
 /// A JSON number that is a whole number in `1..=max`.
@@ -306,9 +309,22 @@ fn rule_json(rule: &Rule, clear: bool) -> Value {
         SyncMode::Lease { size, ms } => Some((size, ms)),
         SyncMode::Exact => None,
     };
+    let c = &rule.costing;
+    let cost = match &c.cost {
+        Cost::Units(n) => json!(n),
+        Cost::Header(name) => json!(format!("header:{name}")),
+    };
+    let settle = c.settle.as_ref().map(|s| match s {
+        SettleFrom::Header(name) => format!("header:{name}"),
+        SettleFrom::Json(path) => format!("json:{path}"),
+    });
     json!({
         "name": rule.name,
         "limit": rule.limit.map(|l| l.quota.limit.get()),
+        "cost": cost,
+        "max_cost": rule.limit.map(|_| c.max_cost),
+        "settle": settle,
+        "count_status": c.count_status.as_ref().map(|s| s.names()),
         "window_ms": rule.limit.map(|l| l.quota.window_ms.get()),
         "key": rule.key.to_json(),
         "missing": rule.missing.name(),
@@ -614,12 +630,16 @@ impl AdminApp {
             Some(Ok(a)) => a,
             Some(Err(why)) => return error(422, &format!("algorithm: {why}")),
         };
+        let cost = match &req.cost {
+            None => 1,
+            Some(n) => match whole(n, u64::from(u32::MAX)) {
+                Some(n) => n as u32,
+                None => return error(422, "cost: expected an integer 1..=4294967295"),
+            },
+        };
         let check = Check {
-            rule: CHECK_RULE,
-            key: req.key,
-            limit: Limit::new(algorithm, limit, window_ms),
-            shadow: false,
-            sync: SyncMode::Exact,
+            cost,
+            ..Check::new(CHECK_RULE, req.key, Limit::new(algorithm, limit, window_ms))
         };
         let reset = live.config.headers.style.shows_reset();
         match self.limiter.check(vec![check], reset).await {

@@ -123,6 +123,16 @@ impl<'a> Section<'a> {
         }
     }
 
+    /// Where the key's value is written (for a key that is).
+    pub(crate) fn span_of(&self, key: &str) -> Span {
+        self.raw(key).map(|v| v.span.clone()).unwrap_or_default()
+    }
+
+    /// Whether the key's value is a string.
+    pub(crate) fn is_string(&self, key: &str) -> bool {
+        self.raw(key).is_some_and(|v| v.value.as_str().is_some())
+    }
+
     /// Whether the key's value is an array.
     pub(crate) fn is_array(&self, key: &str) -> bool {
         self.raw(key).is_some_and(|v| v.value.as_array().is_some())

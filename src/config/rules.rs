@@ -34,6 +34,10 @@ const KEYS: &[&str] = &[
     "sync",
     "lease_size",
     "lease_ms",
+    "cost",
+    "max_cost",
+    "settle",
+    "count_status",
 ];
 
 /// The longest lease: past it, unused slots would keep other nodes out for too long.
@@ -81,8 +85,11 @@ pub(super) fn read(root: &Section, limits: &Defaults, errors: &mut Collector) ->
         let limit = limit(&s, &at, limits, unlimited, errors);
         let overrides = super::keys::overrides(&s, key.as_ref(), errors);
         let sync = sync(&s, errors);
-        if let (Some(name), Some(key), Some(missing), Some(limit), Some(sync)) =
-            (name, key, missing, limit, sync)
+        let costing = limit
+            .as_ref()
+            .and_then(|l| super::cost::read(&s, l.map(|l| l.quota.limit.get()), sync, errors));
+        if let (Some(name), Some(key), Some(missing), Some(limit), Some(sync), Some(costing)) =
+            (name, key, missing, limit, sync, costing)
         {
             rules.push(Rule {
                 name: intern(&name),
@@ -94,6 +101,7 @@ pub(super) fn read(root: &Section, limits: &Defaults, errors: &mut Collector) ->
                 skip_default: skip_default.is_some_and(|v| v.value),
                 overrides: overrides.unwrap_or_default(),
                 sync,
+                costing,
             });
         }
     }

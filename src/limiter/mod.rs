@@ -36,6 +36,35 @@ pub struct Check {
     pub shadow: bool,
     /// How the counter is kept in step across nodes.
     pub sync: SyncMode,
+    /// Units the request reserves (contract §13): 1 for a request that weighs one.
+    pub cost: u32,
+}
+
+/// A check of one unit, kept exactly: the common case.
+impl Check {
+    pub fn new(rule: &'static str, key: String, limit: Limit) -> Check {
+        Check {
+            rule,
+            key,
+            limit,
+            shadow: false,
+            sync: SyncMode::Exact,
+            cost: 1,
+        }
+    }
+}
+
+/// A recorded request's reservation, settled once its response has told what it really cost
+/// (contract §13): the difference between `check.cost` (reserved) and `actual` is given back
+/// or charged, in the record the decision's `mark` points at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settlement {
+    pub check: Check,
+    pub mark: i64,
+    pub actual: u32,
+    /// The rule's `max_cost`: no request of it can have been refused while more than this
+    /// was left, so a give-back below that needs no node to forget a refusal it remembers.
+    pub max_cost: u32,
 }
 
 /// How a rule's counters are kept in step across gateway nodes (contract §11).

@@ -116,6 +116,7 @@ mod tests {
 
     fn check(rule: &'static str, limit: u32, shadow: bool) -> Check {
         Check {
+            cost: 1,
             rule,
             key: format!("{rule}/k"),
             limit: Limit::sliding_log(
@@ -135,6 +136,7 @@ mod tests {
             remaining,
             retry_after_ms,
             reset_ms: retry_after_ms,
+            mark: 0,
         }
     }
 

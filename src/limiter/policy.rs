@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Check, Decide, Decision, Mode, Outcome, StoreError};
+use super::{Check, Decide, Decision, Mode, Outcome, Settlement, StoreError};
 use crate::config::OnError;
 use crate::metrics::Metrics;
 
@@ -79,6 +79,27 @@ impl Limiter {
                 match self.on_error {
                     OnError::Allow => Verdict::FailOpen,
                     OnError::Deny => Verdict::FailClosed,
+                }
+            }
+        }
+    }
+
+    /// Settles recorded requests' reservations (contract §13), counting the units given
+    /// back and charged; a store failure leaves them as reserved, and is counted and logged
+    /// like any other. Runs off the request path: the store bounds the call itself.
+    pub async fn settle(&self, settlements: Vec<Settlement>) {
+        match self.store.settle(&settlements).await {
+            Ok(given) => {
+                for (s, given) in settlements.iter().zip(given) {
+                    self.metrics.units.settled(s.check.rule, given);
+                }
+            }
+            Err(e) => {
+                self.failed(&e);
+                for s in &settlements {
+                    self.metrics
+                        .units
+                        .failed(s.check.rule, crate::settle::Failure::Store);
                 }
             }
         }

@@ -9,7 +9,7 @@
 
 use async_trait::async_trait;
 
-use super::{Check, Counter, Decision, Limit, Mode, StoreError};
+use super::{Check, Counter, Decision, Limit, Mode, Settlement, StoreError};
 
 /// Deciding requests.
 #[async_trait]
@@ -34,6 +34,12 @@ pub trait Decide: Send + Sync {
     fn decide_local(&self, _checks: &[Check], _mode: Mode) -> Option<Vec<Option<Decision>>> {
         None
     }
+
+    /// Settles recorded requests' reservations (contract §13), all in one call where the
+    /// store can: each record's units become its settlement's `actual`. Returns, per
+    /// settlement, the units given back (negative: charged); 0 where the record has left
+    /// the window or was reset.
+    async fn settle(&self, settlements: &[Settlement]) -> Result<Vec<i64>, StoreError>;
 
     /// Gives back what this node holds of shared counters (the unused slots of its leases),
     /// at shutdown. Blocks; called outside any runtime.

@@ -6,8 +6,10 @@
 //! under `key="_other"`). A key's private values (headers, query parameters, cookies, claims)
 //! show digested unless `[privacy] clear_keys` (contract §17).
 
+mod units;
 mod upstream;
 
+pub use units::UnitMetrics;
 pub use upstream::{UpstreamError, UpstreamMetrics};
 
 use std::collections::HashMap;
@@ -60,6 +62,8 @@ pub struct Metrics {
     request_duration: Histogram,
     /// Health, responses, retries and errors of each upstream.
     pub upstreams: UpstreamMetrics,
+    /// Units reserved, given back and charged; settlements that failed.
+    pub units: UnitMetrics,
     max_key_labels: AtomicUsize,
     /// Private key values shown in clear in the `key` label (`[privacy] clear_keys`); by
     /// default they are digested (contract §17).
@@ -85,6 +89,8 @@ struct Labelled {
 /// would-be block for a rule that became a shadow on reload.
 struct Decisions {
     allowed: IntCounter,
+    /// `ratelimiter_units_total{kind="reserved"}` of the key's rule.
+    reserved: IntCounter,
     blocked: IntCounter,
     shadow_blocked: OnceLock<IntCounter>,
     /// The `key` label, for a `shadow_blocked` series made late.
@@ -92,7 +98,7 @@ struct Decisions {
 }
 
 impl Decisions {
-    fn of(vec: &IntCounterVec, check: &Check, key: &str) -> Self {
+    fn of(vec: &IntCounterVec, units: &UnitMetrics, check: &Check, key: &str) -> Self {
         let series =
             |result: CheckResult| vec.with_label_values(&[result.label(), key, check.rule]);
         let shadow_blocked = OnceLock::new();
@@ -101,15 +107,20 @@ impl Decisions {
         }
         Decisions {
             allowed: series(CheckResult::Allowed),
+            reserved: units.reserved(check.rule),
             blocked: series(CheckResult::Blocked),
             shadow_blocked,
             key: key.into(),
         }
     }
 
-    fn count(&self, vec: &IntCounterVec, rule: &str, result: CheckResult) {
+    fn count(&self, vec: &IntCounterVec, check: &Check, result: CheckResult) {
+        let rule = check.rule;
         match result {
-            CheckResult::Allowed => self.allowed.inc(),
+            CheckResult::Allowed => {
+                self.allowed.inc();
+                self.reserved.inc_by(u64::from(check.cost));
+            }
             CheckResult::Blocked => self.blocked.inc(),
             CheckResult::ShadowBlocked => self
                 .shadow_blocked
@@ -209,6 +220,7 @@ impl Metrics {
         registry.register(Box::new(build_info))?;
         registry.register(Box::new(request_duration.clone()))?;
         let upstreams = UpstreamMetrics::new(&registry)?;
+        let units = UnitMetrics::new(&registry)?;
         registry.register(Box::new(responses_vec))?;
         registry.register(Box::new(upstream_duration.clone()))?;
         registry.register(Box::new(
@@ -244,6 +256,7 @@ impl Metrics {
             upstream_duration,
             request_duration,
             upstreams,
+            units,
             max_key_labels: AtomicUsize::new(max_key_labels),
             clear_keys: AtomicBool::new(false),
             labelled: RwLock::new(Labelled::default()),
@@ -254,32 +267,32 @@ impl Metrics {
         self.check_duration.observe(took.as_secs_f64());
     }
 
-    /// Counts one check's part in a decided request.
+    /// Counts one check's part in a decided request, and the units it reserved.
     pub fn count_decision(&self, check: &Check, result: CheckResult) {
         let (vec, rule) = (&self.checked, check.rule);
         {
             let map = crate::sync::read(&self.labelled);
             if let Some(d) = map.keys.get(rule).and_then(|k| k.get(check.key.as_str())) {
-                return d.count(vec, rule, result);
+                return d.count(vec, check, result);
             }
             if map.len >= self.max_key_labels() {
                 if let Some(d) = map.other.get(rule) {
-                    return d.count(vec, rule, result);
+                    return d.count(vec, check, result);
                 }
             }
         }
         let mut map = crate::sync::write(&self.labelled);
         let map = &mut *map;
         if let Some(d) = map.keys.get(rule).and_then(|k| k.get(check.key.as_str())) {
-            d.count(vec, rule, result);
+            d.count(vec, check, result);
         } else if map.len < self.max_key_labels() {
             // Labelled once per key: the digest is worked out here, not per decision.
             let shown = match self.clear_keys.load(Ordering::Relaxed) {
                 true => std::borrow::Cow::Borrowed(check.key.as_str()),
                 false => crate::key::counter::display(&check.key),
             };
-            let d = Decisions::of(vec, check, &shown);
-            d.count(vec, rule, result);
+            let d = Decisions::of(vec, &self.units, check, &shown);
+            d.count(vec, check, result);
             map.keys
                 .entry(rule)
                 .or_default()
@@ -288,8 +301,8 @@ impl Metrics {
         } else {
             map.other
                 .entry(rule)
-                .or_insert_with(|| Decisions::of(vec, check, OTHER_KEY))
-                .count(vec, rule, result);
+                .or_insert_with(|| Decisions::of(vec, &self.units, check, OTHER_KEY))
+                .count(vec, check, result);
         }
     }
 
@@ -363,6 +376,7 @@ mod tests {
 
     fn check(rule: &'static str, key: &str, shadow: bool) -> Check {
         Check {
+            cost: 1,
             rule,
             key: key.to_string(),
             limit: Limit::sliding_log(NonZeroU32::new(5).unwrap(), NonZeroU64::new(1000).unwrap()),

@@ -10,6 +10,7 @@
 //! (`login/ip:10.0.0.1`). Rules are validated from the config's format-neutral document
 //! ([`crate::config::document`]), whatever it was written in.
 
+pub mod cost;
 pub mod matcher;
 pub mod overrides;
 
@@ -23,6 +24,7 @@ use crate::key::jwt::Verifier;
 use crate::key::{KeySource, Keys, Missing, Part};
 use crate::limiter::{Check, Limit};
 use crate::request::RequestView;
+pub use cost::Costing;
 pub use matcher::{Matcher, PathMatch};
 pub use overrides::Overrides;
 
@@ -71,6 +73,8 @@ pub struct Rule {
     pub sync: crate::limiter::SyncMode,
     /// Key value (`10.0.0.7`, `premium-1`, `acme|p1`) → its own limit.
     pub overrides: Overrides,
+    /// What a request weighs and how its response settles it (contract §13).
+    pub costing: Costing,
 }
 
 impl Rule {
@@ -86,6 +90,7 @@ impl Rule {
             sync: crate::limiter::SyncMode::Exact,
             skip_default: false,
             overrides: Overrides::default(),
+            costing: Costing::one(limit.quota.limit.get()),
         }
     }
 
@@ -113,7 +118,7 @@ impl Rule {
         Some(limit)
     }
 
-    fn check(&self, request_key: String) -> Option<Check> {
+    fn check(&self, request_key: String, cost: u32) -> Option<Check> {
         let limit = self.limit_for(&request_key)?;
         Some(Check {
             rule: self.name,
@@ -121,6 +126,7 @@ impl Rule {
             limit,
             shadow: self.shadow,
             sync: self.sync,
+            cost,
         })
     }
 }
@@ -134,6 +140,9 @@ pub enum Selection {
     Skipped,
     /// Decide these; never empty.
     Checks(Vec<Check>),
+    /// A rule that applies reads its cost from a header that is missing or invalid: the
+    /// request is refused (`400`), never let through free.
+    BadCost { rule: &'static str, why: String },
 }
 
 /// The default rule and the named rules, in config order, with what keys need.
@@ -148,6 +157,8 @@ pub struct RuleSet {
     key_headers: Vec<http::HeaderName>,
     /// Verifies bearer tokens for `jwt:` parts.
     jwt: Option<Arc<Verifier>>,
+    /// Whether a rule settles from responses (`settle`, `count_status`).
+    settles: bool,
 }
 
 impl RuleSet {
@@ -173,7 +184,9 @@ impl RuleSet {
                 }
             }
         }
+        let settles = rules.iter().any(|r| r.costing.settles());
         RuleSet {
+            settles,
             default_limit: default.limit.expect("the default rule has a limit"),
             default,
             rules,
@@ -181,6 +194,12 @@ impl RuleSet {
             key_headers,
             jwt,
         }
+    }
+
+    /// Whether any rule settles from responses: when none does, no request owes anything
+    /// after its response.
+    pub fn settles(&self) -> bool {
+        self.settles
     }
 
     pub fn default_rule(&self) -> &Rule {
@@ -221,7 +240,7 @@ impl RuleSet {
         if self.rules.is_empty() {
             // The common case of one limit: no matching.
             let key = keys.request_key(&self.default.key, self.default.missing);
-            return match key.and_then(|k| self.default.check(k)) {
+            return match key.and_then(|k| self.default.check(k, 1)) {
                 Some(check) => Selection::Checks(vec![check]),
                 None => Selection::Skipped,
             };
@@ -235,7 +254,16 @@ impl RuleSet {
         let applied = (!skip_default).then_some(&self.default);
         for rule in applied.into_iter().chain(matched) {
             if let Some(key) = keys.request_key(&rule.key, rule.missing) {
-                checks.extend(rule.check(key));
+                let cost = match rule.costing.units(view.headers) {
+                    Ok(cost) => cost,
+                    Err(why) => {
+                        return Selection::BadCost {
+                            rule: rule.name,
+                            why,
+                        }
+                    }
+                };
+                checks.extend(rule.check(key, cost));
             }
         }
         if checks.is_empty() {
@@ -283,6 +311,7 @@ mod tests {
             sync: crate::limiter::SyncMode::Exact,
             skip_default: false,
             overrides: Overrides::default(),
+            costing: Costing::one(n.unwrap_or(1)),
         }
     }
 
@@ -319,7 +348,9 @@ mod tests {
                 .iter()
                 .map(|c| (c.rule, c.key.as_str(), c.limit.quota.limit.get()))
                 .collect(),
-            Selection::Unlimited { .. } | Selection::Skipped => vec![],
+            Selection::Unlimited { .. } | Selection::Skipped | Selection::BadCost { .. } => {
+                vec![]
+            }
         }
     }
 

@@ -7,6 +7,7 @@
 pub mod failover;
 pub mod frameworks;
 pub mod http;
+pub mod llm;
 pub mod load;
 pub mod procs;
 pub mod topologies;

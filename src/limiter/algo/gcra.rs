@@ -29,13 +29,15 @@ fn ceil_ms(us: u64) -> u64 {
 }
 
 /// The decision as if the request were not recorded, for a key whose TAT is `tat_us` (0 for
-/// a key never seen).
-pub fn peek(tat_us: u64, now_us: u64, quota: Quota) -> Decision {
+/// a key never seen) and a request of `cost` units: it has room when `cost` units would be
+/// allowed at once now.
+pub fn peek(tat_us: u64, now_us: u64, quota: Quota, cost: u32) -> Decision {
     let (t, tau) = params(quota);
     let limit = quota.limit.get();
+    let cost = u64::from(cost.max(1));
     let d = tat_us.saturating_sub(now_us);
-    if d <= tau {
-        let remaining = (tau - d) / t + 1;
+    let remaining = if d <= tau { (tau - d) / t + 1 } else { 0 };
+    if remaining >= cost {
         Decision {
             allowed: true,
             count: u64::from(limit) - remaining,
@@ -48,21 +50,48 @@ pub fn peek(tat_us: u64, now_us: u64, quota: Quota) -> Decision {
             } else {
                 ceil_ms(d + remaining * t - tau)
             },
+            mark: 0,
         }
     } else {
-        Decision::refused(u64::from(limit), limit, ceil_ms(d - tau).max(1))
+        // `cost` units fit once d has fallen to tau - (cost - 1) × T; a cost above the limit
+        // never does, and is told to wait as if it could.
+        let fits_at = tau.saturating_sub((cost - 1) * t);
+        Decision {
+            remaining,
+            ..Decision::refused(
+                u64::from(limit) - remaining,
+                limit,
+                ceil_ms(d.saturating_sub(fits_at)).max(1),
+            )
+        }
     }
 }
 
-/// Records an allowed request: the new TAT, and the decision updated to count the request.
-pub fn record(tat_us: u64, now_us: u64, quota: Quota, d: &mut Decision) -> u64 {
+/// Records an allowed request of `cost` units: the new TAT, and the decision updated to
+/// count it.
+pub fn record(tat_us: u64, now_us: u64, quota: Quota, cost: u32, d: &mut Decision) -> u64 {
     let (t, tau) = params(quota);
+    let cost = u64::from(cost.max(1));
     let ahead = tat_us.saturating_sub(now_us);
-    // With `remaining` before this request: the next slot after it frees at d - tau + r×T.
+    // With `remaining` before this request: the next unit after it frees at d - tau + r×T.
     d.reset_ms = ceil_ms(ahead + d.remaining * t - tau);
-    d.count += 1;
-    d.remaining = d.remaining.saturating_sub(1);
-    tat_us.max(now_us) + t
+    d.count += cost;
+    d.remaining = d.remaining.saturating_sub(cost);
+    tat_us.max(now_us) + cost * t
+}
+
+/// The TAT once a request that reserved `reserved` units settles at `actual`: moved back
+/// by what was not used (never before `now`: what has drained cannot be given back twice), or
+/// on by what was used beyond the reservation.
+pub fn settle(tat_us: u64, now_us: u64, quota: Quota, reserved: u32, actual: u32) -> u64 {
+    let (t, _) = params(quota);
+    if actual >= reserved {
+        tat_us.max(now_us) + u64::from(actual - reserved) * t
+    } else {
+        tat_us
+            .saturating_sub(u64::from(reserved - actual) * t)
+            .max(now_us.min(tat_us))
+    }
 }
 
 /// One key's state in the embedded store.
@@ -72,17 +101,27 @@ pub struct Gcra {
 }
 
 impl Gcra {
-    pub fn peek(&mut self, now_us: u64, quota: Quota) -> Decision {
-        peek(self.tat_us, now_us, quota)
+    pub fn peek(&mut self, now_us: u64, quota: Quota, cost: u32) -> Decision {
+        peek(self.tat_us, now_us, quota, cost)
     }
 
-    pub fn record(&mut self, now_us: u64, quota: Quota, decision: &mut Decision) {
-        self.tat_us = record(self.tat_us, now_us, quota, decision);
+    pub fn record(&mut self, now_us: u64, quota: Quota, cost: u32, decision: &mut Decision) {
+        self.tat_us = record(self.tat_us, now_us, quota, cost, decision);
+    }
+
+    /// Settles a request's reservation; returns the units given back (negative: charged).
+    pub fn settle(&mut self, now_us: u64, quota: Quota, reserved: u32, actual: u32) -> i64 {
+        let before = self.tat_us;
+        self.tat_us = settle(before, now_us, quota, reserved, actual);
+        // In whole units, to the nearest: what drained meanwhile is a fraction of one.
+        let t = params(quota).0 as i64;
+        let moved = before.max(now_us) as i64 - self.tat_us.max(now_us) as i64;
+        (moved + moved.signum() * (t / 2)) / t
     }
 
     /// The burst in use now (`limit − remaining`).
     pub fn count(&self, now_us: u64, quota: Quota) -> u64 {
-        peek(self.tat_us, now_us, quota).count
+        peek(self.tat_us, now_us, quota, 1).count
     }
 
     /// Nothing in use: the key is as good as fresh.
@@ -105,9 +144,9 @@ mod tests {
 
     /// Sends a request at `now_us` (ms × 1000); returns whether it was allowed.
     fn send(g: &mut Gcra, now_ms: u64, quota: Quota) -> Decision {
-        let mut d = g.peek(now_ms * 1000, quota);
+        let mut d = g.peek(now_ms * 1000, quota, 1);
         if d.allowed {
-            g.record(now_ms * 1000, quota, &mut d);
+            g.record(now_ms * 1000, quota, 1, &mut d);
         }
         d
     }
@@ -153,7 +192,7 @@ mod tests {
         }
         assert!(!g.is_idle(5_000 * 1000));
         assert!(g.is_idle((5_000 + 900) * 1000));
-        let d = g.peek((5_000 + 900) * 1000, quota);
+        let d = g.peek((5_000 + 900) * 1000, quota, 1);
         assert_eq!((d.remaining, d.count, d.reset_ms), (3, 0, 0));
     }
 
@@ -164,7 +203,7 @@ mod tests {
         let d = send(&mut g, 1_000, quota);
         assert_eq!((d.count, d.remaining, d.reset_ms), (1, 3, 250));
         // 100 ms later: 150 ms until the used slot is back.
-        let d = g.peek(1_100 * 1000, quota);
+        let d = g.peek(1_100 * 1000, quota, 1);
         assert_eq!((d.count, d.remaining, d.reset_ms), (1, 3, 150));
     }
 
@@ -199,15 +238,43 @@ mod tests {
     }
 
     #[test]
+    fn costs_take_that_many_intervals_and_settle_back_or_on() {
+        let quota = q(10, 1000); // T = 100 ms, tau = 900 ms
+        let mut g = Gcra::default();
+        let now = 1_000_000;
+        let mut d = g.peek(now, quota, 6);
+        assert_eq!((d.allowed, d.remaining), (true, 10));
+        g.record(now, quota, 6, &mut d);
+        assert_eq!((d.count, d.remaining), (6, 4));
+        // Four units left: five do not fit, and fit once one more interval has passed.
+        let d = g.peek(now, quota, 5);
+        assert_eq!((d.allowed, d.remaining, d.retry_after_ms), (false, 4, 100));
+        assert!(g.peek(now, quota, 4).allowed);
+        // Only 2 of the 6 used: 4 come back.
+        assert_eq!(g.settle(now, quota, 6, 2), 4);
+        assert_eq!(g.peek(now, quota, 1).remaining, 8);
+        // A charge past the limit: 13 more than reserved, waits until the TAT drains.
+        assert_eq!(g.settle(now, quota, 2, 15), -13);
+        let d = g.peek(now, quota, 1);
+        assert_eq!((d.allowed, d.retry_after_ms), (false, 600));
+        // A give-back after the units drained gives nothing.
+        let later = now + 5_000_000;
+        assert_eq!(g.settle(later, quota, 5, 0), 0);
+        assert!(g.is_idle(later));
+        // More than the limit never fits.
+        assert!(!Gcra::default().peek(now, quota, 11).allowed);
+    }
+
+    #[test]
     fn tiny_intervals_and_huge_limits_do_not_overflow() {
         // More requests than microseconds in the window: T is 1 µs, the burst is the limit.
         let quota = q(u32::MAX, 1);
         assert_eq!(params(quota), (1, u64::from(u32::MAX) - 1));
-        let d = peek(0, 1, quota);
+        let d = peek(0, 1, quota, 1);
         assert_eq!(d.remaining, u64::from(u32::MAX));
         let quota = q(1, 365 * 24 * 3600 * 1000);
-        let mut d = peek(0, u64::MAX / 4, quota);
-        let tat = record(0, u64::MAX / 4, quota, &mut d);
+        let mut d = peek(0, u64::MAX / 4, quota, 1);
+        let tat = record(0, u64::MAX / 4, quota, 1, &mut d);
         assert!(tat > u64::MAX / 4);
     }
 }

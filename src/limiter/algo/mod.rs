@@ -6,6 +6,12 @@
 //!    left, when does more free up). A request with several rules peeks at all of them first.
 //! 2. `record`: only when every enforced rule had room, each rule with room records the request
 //!    and its decision is updated to count it.
+//! 3. `settle` (contract §13): later, once the response has told what the request really
+//!    cost, its record (found again by the decision's `mark`) is given back or charged the
+//!    difference.
+//!
+//! Counts are in units: a request of `cost` units needs room for all of them, and records
+//! them all (one entry of that weight in a log).
 //!
 //! The embedded store keeps a [`State`] per counter key and calls these functions under a lock;
 //! the Redis store runs the Lua twins inside one script call. Each algorithm is registered once,
@@ -187,6 +193,10 @@ pub struct Decision {
     /// when nothing is in use. For a check with room, the Redis store works it out only when
     /// asked ([`crate::limiter::Mode::reset`]), and says 0 otherwise.
     pub reset_ms: u64,
+    /// Where the store put the request's record, for settling it later: the time of a log's
+    /// entry (ms), the window index of a sliding window's count; 0 when nothing was recorded
+    /// (and always for GCRA, which needs none).
+    pub mark: i64,
 }
 
 impl Decision {
@@ -199,6 +209,7 @@ impl Decision {
             remaining: 0,
             retry_after_ms: wait_ms,
             reset_ms: wait_ms,
+            mark: 0,
         }
     }
 
@@ -243,21 +254,40 @@ impl State {
         }
     }
 
-    /// The decision as if the request were not recorded; may drop what has expired.
-    pub fn peek(&mut self, now_us: u64, quota: Quota) -> Decision {
+    /// The decision for a request of `cost` units as if it were not recorded; may drop what
+    /// has expired.
+    pub fn peek(&mut self, now_us: u64, quota: Quota, cost: u32) -> Decision {
         match self {
-            State::Log(s) => s.peek(now_us / 1000, quota),
-            State::Gcra(s) => s.peek(now_us, quota),
-            State::Window(s) => s.peek(now_us / 1000, quota),
+            State::Log(s) => s.peek(now_us / 1000, quota, cost),
+            State::Gcra(s) => s.peek(now_us, quota, cost),
+            State::Window(s) => s.peek(now_us / 1000, quota, cost),
         }
     }
 
-    /// Records an allowed request and updates its decision to count it.
-    pub fn record(&mut self, now_us: u64, quota: Quota, decision: &mut Decision) {
+    /// Records an allowed request of `cost` units and updates its decision to count it.
+    pub fn record(&mut self, now_us: u64, quota: Quota, cost: u32, decision: &mut Decision) {
         match self {
-            State::Log(s) => s.record(now_us / 1000, quota, decision),
-            State::Gcra(s) => s.record(now_us, quota, decision),
-            State::Window(s) => s.record(now_us / 1000, quota, decision),
+            State::Log(s) => s.record(now_us / 1000, quota, cost, decision),
+            State::Gcra(s) => s.record(now_us, quota, cost, decision),
+            State::Window(s) => s.record(now_us / 1000, quota, cost, decision),
+        }
+    }
+
+    /// Settles a recorded request (its decision's `mark`) from `reserved` units to `actual`;
+    /// returns the units given back (negative: charged).
+    pub fn settle(
+        &mut self,
+        now_us: u64,
+        quota: Quota,
+        mark: i64,
+        reserved: u32,
+        actual: u32,
+    ) -> i64 {
+        let mark = mark.max(0) as u64;
+        match self {
+            State::Log(s) => s.settle(mark, reserved, actual),
+            State::Gcra(s) => s.settle(now_us, quota, reserved, actual),
+            State::Window(s) => s.settle(quota, mark, reserved, actual),
         }
     }
 
@@ -312,6 +342,7 @@ mod tests {
             remaining: 0,
             retry_after_ms: ms,
             reset_ms: ms,
+            mark: 0,
         };
         assert_eq!(blocked(1).retry_after_secs(), 1);
         assert_eq!(blocked(1000).retry_after_secs(), 1);

@@ -18,96 +18,142 @@ pub fn is_expired(t_ms: u64, now_ms: u64, window_ms: u64) -> bool {
     t_ms.saturating_add(window_ms) <= now_ms
 }
 
-/// Peeks at a log already pruned to the window and indexable oldest first, without copying
-/// it: the decision reads its length and at most two entries.
-pub fn peek_indexed(
-    len: usize,
-    entry: impl Fn(usize) -> u64,
+/// Peeks at a log already pruned to the window, for a request of `cost` units: `count` units
+/// are in use, and `unit_time(k)` is the time of the entry holding the `k`-th of them (from
+/// 0, oldest first). The decision reads at most two entries' times.
+pub fn peek_units(
+    count: u64,
+    unit_time: impl Fn(u64) -> u64,
     now_ms: u64,
     quota: Quota,
+    cost: u32,
 ) -> Decision {
-    let count = len as u64;
     let limit = quota.limit.get();
     let limit64 = u64::from(limit);
+    let cost = u64::from(cost.max(1));
     let window_ms = quota.window_ms.get();
     let until_leaves = |t: u64| (t + window_ms).saturating_sub(now_ms).max(1);
-    if count < limit64 {
+    let remaining = limit64.saturating_sub(count);
+    if count + cost <= limit64 {
         return Decision {
             allowed: true,
             count,
             limit,
-            remaining: limit64 - count,
+            remaining,
             retry_after_ms: 0,
             reset_ms: if count == 0 {
                 0
             } else {
-                until_leaves(entry(0))
+                until_leaves(unit_time(0))
             },
+            mark: 0,
         };
     }
-    // The entry whose expiry brings the log below the limit.
-    Decision::refused(
-        count,
-        limit,
-        until_leaves(entry((count - limit64) as usize)),
-    )
+    // Room for `cost` comes when the unit that keeps the log above `limit - cost` leaves;
+    // a cost above the limit never fits, and waits a whole window.
+    let wait = match (count + cost).checked_sub(limit64 + 1) {
+        Some(k) if cost <= limit64 && k < count => until_leaves(unit_time(k)),
+        _ => window_ms,
+    };
+    Decision {
+        remaining,
+        ..Decision::refused(count, limit, wait)
+    }
 }
 
-/// [`peek_indexed`] over a slice.
+/// [`peek_units`] over a slice of one-unit entries, for a request of one unit.
 pub fn peek(log: &[u64], now_ms: u64, quota: Quota) -> Decision {
-    peek_indexed(log.len(), |i| log[i], now_ms, quota)
+    peek_units(log.len() as u64, |i| log[i as usize], now_ms, quota, 1)
 }
 
-/// The decision once the request is recorded at `now` (only ever after a peek with room).
-pub fn counted(d: &mut Decision, quota: Quota) {
+/// The decision once the request's `cost` units are recorded at `now` (only ever after a
+/// peek with room).
+pub fn counted(d: &mut Decision, quota: Quota, cost: u32, now_ms: u64) {
     if d.count == 0 {
         // The new entry is the oldest: more quota frees when it leaves.
         d.reset_ms = quota.window_ms.get();
     }
-    d.count += 1;
-    d.remaining = d.remaining.saturating_sub(1);
+    d.count += u64::from(cost);
+    d.remaining = d.remaining.saturating_sub(u64::from(cost));
+    d.mark = now_ms as i64;
 }
 
-/// One key's log in the embedded store: the times of allowed requests, oldest first.
+/// One key's log in the embedded store: the allowed requests, oldest first, each with its
+/// time and the units it holds, and the units of them all.
 #[derive(Debug, Default)]
 pub struct Log {
     window_ms: u64,
-    times: VecDeque<u64>,
+    entries: VecDeque<(u64, u32)>,
+    units: u64,
 }
 
 impl Log {
     fn prune(&mut self, now_ms: u64) {
-        while self
-            .times
-            .front()
-            .is_some_and(|&t| is_expired(t, now_ms, self.window_ms))
-        {
-            self.times.pop_front();
+        while let Some(&(t, n)) = self.entries.front() {
+            if !is_expired(t, now_ms, self.window_ms) {
+                break;
+            }
+            self.units -= u64::from(n);
+            self.entries.pop_front();
         }
     }
 
-    pub fn peek(&mut self, now_ms: u64, quota: Quota) -> Decision {
+    /// The time of the entry holding the `k`-th unit (from 0, oldest first).
+    fn unit_time(&self, k: u64) -> u64 {
+        let mut seen = 0;
+        for &(t, n) in &self.entries {
+            seen += u64::from(n);
+            if seen > k {
+                return t;
+            }
+        }
+        self.entries.back().map_or(0, |e| e.0)
+    }
+
+    pub fn peek(&mut self, now_ms: u64, quota: Quota, cost: u32) -> Decision {
         // The window in force is the latest one asked for (it changes only on reload).
         self.window_ms = quota.window_ms.get();
         self.prune(now_ms);
-        let times = &self.times;
-        peek_indexed(times.len(), |i| times[i], now_ms, quota)
+        peek_units(self.units, |k| self.unit_time(k), now_ms, quota, cost)
     }
 
-    pub fn record(&mut self, now_ms: u64, quota: Quota, decision: &mut Decision) {
+    pub fn record(&mut self, now_ms: u64, quota: Quota, cost: u32, decision: &mut Decision) {
         self.window_ms = quota.window_ms.get();
-        self.times.push_back(now_ms);
-        counted(decision, quota);
+        let cost = cost.max(1);
+        self.entries.push_back((now_ms, cost));
+        self.units += u64::from(cost);
+        counted(decision, quota, cost, now_ms);
+    }
+
+    /// Sets the units of a request recorded at `at_ms` with `reserved` units to `actual`
+    /// (0 takes it out). Entries of the same time and units are alike, so any one of them
+    /// is the request's. Returns the units given back (negative: charged); nothing once the
+    /// entry has left the window.
+    pub fn settle(&mut self, at_ms: u64, reserved: u32, actual: u32) -> i64 {
+        let Some(i) = self
+            .entries
+            .iter()
+            .rposition(|&(t, n)| t == at_ms && n == reserved)
+        else {
+            return 0;
+        };
+        self.units = self.units - u64::from(reserved) + u64::from(actual);
+        if actual == 0 {
+            self.entries.remove(i);
+        } else {
+            self.entries[i].1 = actual;
+        }
+        i64::from(reserved) - i64::from(actual)
     }
 
     pub fn count(&mut self, now_ms: u64) -> u64 {
         self.prune(now_ms);
-        self.times.len() as u64
+        self.units
     }
 
     pub fn shrink(&mut self) {
-        if self.times.capacity() > 4 * self.times.len().max(4) {
-            self.times.shrink_to_fit();
+        if self.entries.capacity() > 4 * self.entries.len().max(4) {
+            self.entries.shrink_to_fit();
         }
     }
 }
@@ -140,10 +186,10 @@ mod tests {
     #[test]
     fn counting_the_request_updates_count_remaining_and_reset() {
         let mut d = peek(&[], 1000, q(3, 100));
-        counted(&mut d, q(3, 100));
+        counted(&mut d, q(3, 100), 1, 1000);
         assert_eq!((d.count, d.remaining, d.reset_ms), (1, 2, 100));
         let mut d = peek(&[990], 1000, q(3, 100));
-        counted(&mut d, q(3, 100));
+        counted(&mut d, q(3, 100), 1, 1000);
         assert_eq!((d.count, d.remaining, d.reset_ms), (2, 1, 90));
     }
 
@@ -179,14 +225,14 @@ mod tests {
         let mut log = Log::default();
         let quota = q(2, 100);
         for now in [0, 10] {
-            let mut d = log.peek(now, quota);
+            let mut d = log.peek(now, quota, 1);
             assert!(d.allowed);
-            log.record(now, quota, &mut d);
+            log.record(now, quota, 1, &mut d);
         }
-        let d = log.peek(20, quota);
+        let d = log.peek(20, quota, 1);
         assert_eq!((d.allowed, d.retry_after_ms), (false, 80));
         // Blocked requests are not recorded; the entry at 0 leaves at 100.
-        assert!(log.peek(100, quota).allowed);
+        assert!(log.peek(100, quota, 1).allowed);
         assert_eq!(log.count(100), 1);
         assert_eq!(log.count(110), 0);
     }
@@ -199,6 +245,50 @@ mod tests {
         assert_eq!((d.allowed, d.count), (false, 2));
         assert_eq!(d.retry_after_ms, 1000 + 100 - 500);
         assert!(!is_expired(1010, 500, 100));
+    }
+
+    #[test]
+    fn costs_need_room_for_every_unit_and_wait_for_enough_to_leave() {
+        let mut log = Log::default();
+        let quota = q(10, 100);
+        for (now, cost) in [(0, 4), (10, 3), (20, 2)] {
+            let mut d = log.peek(now, quota, cost);
+            assert!(d.allowed);
+            log.record(now, quota, cost, &mut d);
+            assert_eq!(d.mark, now as i64);
+        }
+        // 9 of 10 used: one unit fits, two do not.
+        let d = log.peek(30, quota, 2);
+        assert_eq!((d.allowed, d.count, d.remaining), (false, 9, 1));
+        // Two units need one more to leave: the 4 at 0 leave at 100.
+        assert_eq!(d.retry_after_ms, 70);
+        assert!(log.peek(30, quota, 1).allowed);
+        // Five units need 4 to leave: still the entry at 0.
+        assert_eq!(log.peek(30, quota, 5).retry_after_ms, 70);
+        // Eight need 7: the 3 at 10 too, at 110.
+        assert_eq!(log.peek(30, quota, 8).retry_after_ms, 80);
+        // More than the limit never fits.
+        let d = log.peek(30, quota, 11);
+        assert_eq!((d.allowed, d.retry_after_ms), (false, 100));
+        assert_eq!(log.peek(100, quota, 5).count, 5);
+    }
+
+    #[test]
+    fn settling_gives_back_or_charges_the_request_s_entry() {
+        let mut log = Log::default();
+        let quota = q(10, 100);
+        let mut d = log.peek(0, quota, 5);
+        log.record(0, quota, 5, &mut d);
+        assert_eq!(log.settle(0, 5, 2), 3);
+        assert_eq!(log.count(50), 2);
+        // A charge may take the key past its limit; it stays until the entry leaves.
+        assert_eq!(log.settle(0, 2, 14), -12);
+        assert_eq!(log.count(50), 14);
+        assert!(!log.peek(50, quota, 1).allowed);
+        assert_eq!(log.peek(50, quota, 1).retry_after_ms, 50);
+        // Nothing to settle once the entry has left, or for an entry that is not there.
+        assert_eq!(log.count(100), 0);
+        assert_eq!(log.settle(0, 14, 1), 0);
     }
 
     #[test]

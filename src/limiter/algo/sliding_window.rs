@@ -73,39 +73,78 @@ fn until_below(target: u64, c: Counts, window_ms: u64) -> u64 {
     (window_ms - c.elapsed) + e.max(1.0) as u64
 }
 
-/// The decision as if the request were not recorded.
-pub fn peek(c: Counts, quota: Quota) -> Decision {
+/// The decision as if the request were not recorded, for a request of `cost` units.
+pub fn peek(c: Counts, quota: Quota, cost: u32) -> Decision {
     let window_ms = quota.window_ms.get();
     let limit = quota.limit.get();
+    let cost = u64::from(cost.max(1));
     let n = count(c, window_ms);
-    if n < u64::from(limit) {
+    let remaining = u64::from(limit).saturating_sub(n);
+    if n + cost <= u64::from(limit) {
         Decision {
             allowed: true,
             count: n,
             limit,
-            remaining: u64::from(limit) - n,
+            remaining,
             retry_after_ms: 0,
             reset_ms: if n == 0 {
                 0
             } else {
                 until_below(n, c, window_ms)
             },
+            mark: 0,
         }
     } else {
-        Decision::refused(n, limit, until_below(u64::from(limit), c, window_ms))
+        // Room for `cost` once the estimate is at most `limit - cost`; a cost above the limit
+        // never fits, and waits until both windows would be empty.
+        let wait = match (u64::from(limit) + 1).checked_sub(cost) {
+            Some(target) if target > 0 => until_below(target, c, window_ms),
+            _ => 2 * window_ms - c.elapsed,
+        };
+        Decision {
+            remaining,
+            ..Decision::refused(n, limit, wait)
+        }
     }
 }
 
-/// Records an allowed request: the counts after it, and the decision updated to count it.
-pub fn record(c: Counts, quota: Quota, d: &mut Decision) -> Counts {
+/// Records an allowed request of `cost` units: the counts after it, and the decision updated
+/// to count it.
+pub fn record(c: Counts, quota: Quota, cost: u32, d: &mut Decision) -> Counts {
+    let cost = u64::from(cost.max(1));
     let after = Counts {
-        cur: c.cur + 1,
+        cur: c.cur + cost,
         ..c
     };
-    d.count += 1;
-    d.remaining = d.remaining.saturating_sub(1);
+    d.count += cost;
+    d.remaining = d.remaining.saturating_sub(cost);
     d.reset_ms = until_below(d.count, after, quota.window_ms.get());
+    d.mark = c.idx as i64;
     after
+}
+
+/// The stored counts once a request counted in window `mark` with `reserved` units settles at
+/// `actual`: the difference goes to that window's count (the current or the previous one by
+/// now), never below zero; nothing once that window has rolled out. Returns the new state and
+/// the units given back (negative: charged).
+pub fn settle(
+    stored: (u64, u64, u64),
+    mark: u64,
+    reserved: u32,
+    actual: u32,
+) -> ((u64, u64, u64), i64) {
+    let (idx, mut cur, mut prev) = stored;
+    let field = if idx == mark {
+        &mut cur
+    } else if idx == mark + 1 {
+        &mut prev
+    } else {
+        return (stored, 0);
+    };
+    let before = *field;
+    *field = (before + u64::from(actual)).saturating_sub(u64::from(reserved));
+    let given = before as i64 - *field as i64;
+    ((idx, cur, prev), given)
 }
 
 /// One key's state in the embedded store.
@@ -125,16 +164,27 @@ impl SlidingWindow {
         self.stored.filter(|_| self.window_ms == window_ms)
     }
 
-    pub fn peek(&mut self, now_ms: u64, quota: Quota) -> Decision {
+    pub fn peek(&mut self, now_ms: u64, quota: Quota, cost: u32) -> Decision {
         let w = quota.window_ms.get();
-        peek(counts(self.stored_for(w), now_ms, w), quota)
+        peek(counts(self.stored_for(w), now_ms, w), quota, cost)
     }
 
-    pub fn record(&mut self, now_ms: u64, quota: Quota, decision: &mut Decision) {
+    pub fn record(&mut self, now_ms: u64, quota: Quota, cost: u32, decision: &mut Decision) {
         let w = quota.window_ms.get();
-        let c = record(counts(self.stored_for(w), now_ms, w), quota, decision);
+        let c = record(counts(self.stored_for(w), now_ms, w), quota, cost, decision);
         self.window_ms = w;
         self.stored = Some((c.idx, c.cur, c.prev));
+    }
+
+    /// Settles a request counted in window `mark`; returns the units given back (negative:
+    /// charged).
+    pub fn settle(&mut self, quota: Quota, mark: u64, reserved: u32, actual: u32) -> i64 {
+        let Some(stored) = self.stored_for(quota.window_ms.get()) else {
+            return 0;
+        };
+        let (after, given) = settle(stored, mark, reserved, actual);
+        self.stored = Some(after);
+        given
     }
 
     /// The estimate now.
@@ -166,9 +216,9 @@ mod tests {
     }
 
     fn send(s: &mut SlidingWindow, now_ms: u64, quota: Quota) -> Decision {
-        let mut d = s.peek(now_ms, quota);
+        let mut d = s.peek(now_ms, quota, 1);
         if d.allowed {
-            s.record(now_ms, quota, &mut d);
+            s.record(now_ms, quota, 1, &mut d);
         }
         d
     }
@@ -195,7 +245,7 @@ mod tests {
             send(&mut s, 1_000, quota);
         }
         // 300 ms into the next window: 10 × 0.7 = 7 in use, 3 left.
-        let d = s.peek(2_300, quota);
+        let d = s.peek(2_300, quota, 1);
         assert_eq!((d.allowed, d.count, d.remaining), (true, 7, 3));
         // The estimate falls below 7 after 2_300 + 1 ms (10 × 0.699 = 6.99).
         assert_eq!(d.reset_ms, 1);
@@ -205,7 +255,7 @@ mod tests {
         assert_eq!(allowed, 3);
         // Two windows later nothing is left.
         assert!(s.is_idle(4_000));
-        assert_eq!(s.peek(4_000, quota).remaining, 10);
+        assert_eq!(s.peek(4_000, quota, 1).remaining, 10);
     }
 
     #[test]
@@ -294,6 +344,34 @@ mod tests {
         assert_eq!((d.allowed, d.count), (true, 1));
         assert!(!s.is_idle(1_000_100));
         assert!(s.is_idle(1_000_100 + 2 * 60_000));
+    }
+
+    #[test]
+    fn costs_count_in_units_and_settle_in_their_window() {
+        let quota = q(10, 1000);
+        let mut s = SlidingWindow::default();
+        let mut d = s.peek(5_000, quota, 7);
+        s.record(5_000, quota, 7, &mut d);
+        assert_eq!((d.count, d.remaining, d.mark), (7, 3, 5));
+        let d = s.peek(5_100, quota, 4);
+        assert_eq!((d.allowed, d.remaining), (false, 3));
+        // Full for 4 until the estimate is at most 6: 7 × (1000 - e) / 1000 < 7 at once in
+        // the next window (6.993 at e = 1).
+        assert_eq!(d.retry_after_ms, 900 + 1);
+        assert!(s.peek(5_100, quota, 3).allowed);
+        // 2 used of 7: 5 back, in the window it was counted in.
+        assert_eq!(s.settle(quota, 5, 7, 2), 5);
+        assert_eq!(s.peek(5_100, quota, 1).count, 2);
+        // In the next window the same request's charge goes to the previous count.
+        let mut d = s.peek(6_000, quota, 1);
+        s.record(6_000, quota, 1, &mut d);
+        assert_eq!(s.settle(quota, 5, 2, 12), -10);
+        assert_eq!(s.peek(6_000, quota, 1).count, 13);
+        // Two windows on, nothing is left to settle.
+        let mut d = s.peek(7_000, quota, 1);
+        s.record(7_000, quota, 1, &mut d);
+        assert_eq!(s.settle(quota, 5, 12, 0), 0);
+        assert!(!SlidingWindow::default().peek(0, quota, 11).allowed);
     }
 
     #[test]

@@ -16,8 +16,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
-use crate::limiter::algo::{Decision, State};
-use crate::limiter::{Check, Counter, Counters, Decide, Limit, Mode, StoreError};
+use crate::limiter::algo::{Algorithm, Decision, State};
+use crate::limiter::{Check, Counter, Counters, Decide, Limit, Mode, Settlement, StoreError};
 use crate::sync::lock;
 
 /// A source of monotonic microseconds; tests drive a manual one.
@@ -88,9 +88,11 @@ impl Shard {
     fn peek(&mut self, check: &Check, now_us: u64) -> Decision {
         let quota = check.limit.quota;
         match self.counters.get_mut(check.key.as_str()) {
-            Some(state) if state.algorithm() == check.limit.algorithm => state.peek(now_us, quota),
+            Some(state) if state.algorithm() == check.limit.algorithm => {
+                state.peek(now_us, quota, check.cost)
+            }
             // New, or its rule changed algorithm on reload: it starts afresh.
-            _ => State::new(check.limit.algorithm).peek(now_us, quota),
+            _ => State::new(check.limit.algorithm).peek(now_us, quota, check.cost),
         }
     }
 
@@ -107,7 +109,26 @@ impl Shard {
                 .entry(check.key.as_str().into())
                 .or_insert_with(|| State::new(algorithm)),
         };
-        state.record(now_us, check.limit.quota, decision);
+        state.record(now_us, check.limit.quota, check.cost, decision);
+    }
+
+    fn settle(&mut self, s: &Settlement, now_us: u64) -> i64 {
+        match self.counters.get_mut(s.check.key.as_str()) {
+            Some(state) if state.algorithm() == s.check.limit.algorithm => {
+                state.settle(now_us, s.check.limit.quota, s.mark, s.check.cost, s.actual)
+            }
+            // A GCRA key whose TAT has passed is gone here as in Redis, and a charge still
+            // applies to it (from now), as the script's does.
+            None if s.check.limit.algorithm == Algorithm::Gcra && s.actual > s.check.cost => {
+                let mut state = State::new(Algorithm::Gcra);
+                let given =
+                    state.settle(now_us, s.check.limit.quota, s.mark, s.check.cost, s.actual);
+                self.counters.insert(s.check.key.as_str().into(), state);
+                given
+            }
+            // Reset, expired, or its rule changed algorithm: nothing to settle.
+            _ => 0,
+        }
     }
 }
 
@@ -205,6 +226,14 @@ impl Decide for MemoryStore {
     fn decide_local(&self, checks: &[Check], mode: Mode) -> Option<Vec<Option<Decision>>> {
         Some(self.decide_now(checks, mode))
     }
+
+    async fn settle(&self, settlements: &[Settlement]) -> Result<Vec<i64>, StoreError> {
+        let now = self.clock.now_us();
+        Ok(settlements
+            .iter()
+            .map(|s| lock(&self.shards[self.shard_of(&s.check.key)]).settle(s, now))
+            .collect())
+    }
 }
 
 #[async_trait]
@@ -296,6 +325,7 @@ mod tests {
             ),
             shadow: false,
             sync: crate::limiter::SyncMode::Exact,
+            cost: 1,
         }
     }
 

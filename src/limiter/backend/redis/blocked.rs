@@ -32,6 +32,8 @@ const MAX_ENTRIES: usize = 100_000;
 struct Entry {
     /// The algorithm and quota the key was found full under; another one must ask Redis.
     limit: Limit,
+    /// The units of the refused request: one of fewer units may still fit, and must ask.
+    cost: u32,
     count: u64,
     until: Instant,
 }
@@ -72,8 +74,9 @@ impl BlockedKeys {
         crate::sync::lock(&self.shards[i])
     }
 
-    /// The decision for a key still known to be full under this limit.
-    pub fn get(&self, key: &str, limit: Limit, now: Instant) -> Option<Decision> {
+    /// The decision for a request of `cost` units on a key still known to be full for that
+    /// many under this limit.
+    pub fn get(&self, key: &str, limit: Limit, cost: u32, now: Instant) -> Option<Decision> {
         let mut shard = self.shard(key);
         let entries = shard.get_mut(key)?;
         let before = entries.len();
@@ -81,7 +84,7 @@ impl BlockedKeys {
         let removed = before - entries.len();
         let found = entries
             .iter()
-            .find(|e| e.limit == limit)
+            .find(|e| e.limit == limit && cost >= e.cost)
             .map(|e| Decision::refused(e.count, e.limit.quota.limit.get(), ceil_ms(e.until - now)));
         if entries.is_empty() {
             shard.remove(key);
@@ -101,8 +104,9 @@ impl BlockedKeys {
         }
     }
 
-    /// Records a blocked decision from a call sent at `sent`.
-    pub fn remember(&self, key: &str, limit: Limit, d: &Decision, sent: Instant) {
+    /// Records a blocked decision for a request of `cost` units, from a call sent at `sent`.
+    /// One entry per limit: the latest refusal replaces the one before.
+    pub fn remember(&self, key: &str, limit: Limit, cost: u32, d: &Decision, sent: Instant) {
         if d.allowed
             || !self.live.load(Ordering::SeqCst)
             || self.entries.load(Ordering::Relaxed) >= MAX_ENTRIES
@@ -111,6 +115,7 @@ impl BlockedKeys {
         }
         let entry = Entry {
             limit,
+            cost,
             count: d.count,
             until: sent + Duration::from_millis(d.retry_after_ms),
         };
@@ -231,6 +236,7 @@ mod tests {
             remaining: 0,
             retry_after_ms,
             reset_ms: retry_after_ms,
+            mark: 0,
         }
     }
 
@@ -243,22 +249,26 @@ mod tests {
     #[test]
     fn nothing_is_remembered_while_resets_may_be_missed() {
         let b = BlockedKeys::default();
-        b.remember("k", q(3), &blocked(500), Instant::now());
+        b.remember("k", q(3), 1, &blocked(500), Instant::now());
         assert!(b.is_empty());
         let b = live();
-        b.remember("k", q(3), &blocked(500), Instant::now());
+        b.remember("k", q(3), 1, &blocked(500), Instant::now());
         b.set_live(false);
-        assert!(b.get("k", q(3), Instant::now()).is_none());
+        assert!(b.get("k", q(3), 1, Instant::now()).is_none());
     }
 
     #[test]
     fn answers_until_the_slot_frees_then_forgets() {
         let b = live();
         let t0 = Instant::now();
-        b.remember("k", q(3), &blocked(500), t0);
-        let d = b.get("k", q(3), t0 + Duration::from_millis(100)).unwrap();
+        b.remember("k", q(3), 1, &blocked(500), t0);
+        let d = b
+            .get("k", q(3), 1, t0 + Duration::from_millis(100))
+            .unwrap();
         assert_eq!((d.allowed, d.count, d.retry_after_ms), (false, 3, 400));
-        assert!(b.get("k", q(3), t0 + Duration::from_millis(500)).is_none());
+        assert!(b
+            .get("k", q(3), 1, t0 + Duration::from_millis(500))
+            .is_none());
         assert!(b.is_empty());
     }
 
@@ -266,21 +276,21 @@ mod tests {
     fn another_quota_is_not_answered() {
         let b = live();
         let t0 = Instant::now();
-        b.remember("k", q(3), &blocked(500), t0);
-        assert!(b.get("k", q(4), t0).is_none());
+        b.remember("k", q(3), 1, &blocked(500), t0);
+        assert!(b.get("k", q(4), 1, t0).is_none());
     }
 
     #[test]
     fn forget_and_clear() {
         let b = live();
         let t0 = Instant::now();
-        b.remember("a", q(3), &blocked(500), t0);
-        b.remember("b", q(3), &blocked(500), t0);
+        b.remember("a", q(3), 1, &blocked(500), t0);
+        b.remember("b", q(3), 1, &blocked(500), t0);
         b.forget("a");
-        assert!(b.get("a", q(3), t0).is_none());
+        assert!(b.get("a", q(3), 1, t0).is_none());
         assert_eq!(b.len(), 1);
         b.clear();
-        assert!(b.get("b", q(3), t0).is_none());
+        assert!(b.get("b", q(3), 1, t0).is_none());
         assert!(b.is_empty());
     }
 
@@ -290,12 +300,22 @@ mod tests {
         let sent = Instant::now();
         // The reset of a record that made the key look full, heard before the reply.
         b.forget("k");
-        b.remember("k", q(3), &blocked(500), sent);
-        assert!(b.get("k", q(3), sent).is_none());
+        b.remember("k", q(3), 1, &blocked(500), sent);
+        assert!(b.get("k", q(3), 1, sent).is_none());
         // A refusal sent after it is.
         let later = Instant::now();
-        b.remember("k", q(3), &blocked(500), later);
-        assert!(b.get("k", q(3), later).is_some());
+        b.remember("k", q(3), 1, &blocked(500), later);
+        assert!(b.get("k", q(3), 1, later).is_some());
+    }
+
+    #[test]
+    fn a_refusal_for_many_units_does_not_answer_fewer() {
+        let b = live();
+        let t0 = Instant::now();
+        b.remember("k", q(3), 50, &blocked(500), t0);
+        assert!(b.get("k", q(3), 1, t0).is_none(), "one unit may still fit");
+        assert!(b.get("k", q(3), 50, t0).is_some());
+        assert!(b.get("k", q(3), 80, t0).is_some());
     }
 
     #[test]
@@ -303,7 +323,7 @@ mod tests {
         let b = live();
         let mut d = blocked(500);
         d.allowed = true;
-        b.remember("k", q(3), &d, Instant::now());
+        b.remember("k", q(3), 1, &d, Instant::now());
         assert!(b.is_empty());
     }
 }

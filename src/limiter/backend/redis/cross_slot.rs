@@ -29,7 +29,7 @@ pub fn by_slot(checks: &[Check]) -> Vec<Vec<usize>> {
 }
 
 /// A counter key's cluster slot.
-fn slot_of(key: &str) -> Slot {
+pub fn slot_of(key: &str) -> Slot {
     Slot::for_key(format!("{KEY_PREFIX}{key}"))
 }
 
@@ -168,8 +168,10 @@ async fn record(
     }
     for &i in &back {
         if let Some(d) = answer.decisions[i].as_mut() {
-            d.count = d.count.saturating_sub(1);
-            d.remaining += 1;
+            let cost = u64::from(checks[i].cost.max(1));
+            d.count = d.count.saturating_sub(cost);
+            d.remaining += cost;
+            d.mark = 0;
         }
     }
     answer.into_result()

@@ -55,6 +55,7 @@ impl Held {
             remaining,
             retry_after_ms: 0,
             reset_ms: 0,
+            mark: 0,
         }
     }
 }
@@ -64,18 +65,27 @@ impl Held {
 #[derive(Default)]
 struct State {
     lease: Option<Held>,
-    refused: Option<(Instant, Decision)>,
+    /// Until when, the refusal, and the units refused (fewer may still fit).
+    refused: Option<(Instant, Decision, u32)>,
 }
 
 impl State {
-    /// The decision for one more request on this key, when this node knows it without asking
-    /// Redis: a slot of a usable lease (with the lease's number), or a refusal still fresh.
-    fn local(&mut self, now: Instant) -> Option<(Decision, u64)> {
-        if let Some(h) = self.lease.as_mut().filter(|h| h.usable(now)) {
-            h.used += 1;
+    /// The decision for one more request of `cost` units on this key, when this node knows
+    /// it without asking Redis: slots of a usable lease that has that many (with the lease's
+    /// number), or a refusal still fresh for at most that many.
+    fn local(&mut self, now: Instant, cost: u32) -> Option<(Decision, u64)> {
+        let cost = u64::from(cost.max(1));
+        if let Some(h) = self
+            .lease
+            .as_mut()
+            .filter(|h| h.usable(now) && h.unused() >= cost)
+        {
+            h.used += cost;
             return Some((h.decision(), h.n));
         }
-        let (until, refused) = self.refused.filter(|(until, _)| now < *until)?;
+        let (until, refused, _) = self
+            .refused
+            .filter(|(until, _, units)| now < *until && cost >= u64::from(*units))?;
         let left = until.saturating_duration_since(now).as_millis() as u64;
         let wait = left.max(1).min(refused.retry_after_ms.max(1));
         Some((Decision::refused(refused.count, refused.limit, wait), 0))
@@ -136,7 +146,7 @@ impl Leases {
             let decided = {
                 let held = read(&self.held);
                 held.get(&check.key)
-                    .and_then(|slot| lock(&slot.state).local(now))
+                    .and_then(|slot| lock(&slot.state).local(now, check.cost))
             };
             let Some((d, n)) = decided else {
                 self.unuse_allowed(&checks[..i], &out, &from);
@@ -194,8 +204,9 @@ impl Leases {
             }
             if let Some(slot) = read(&self.held).get(&check.key) {
                 let mut state = lock(&slot.state);
-                if let Some(h) = state.lease.as_mut().filter(|h| h.n == n && h.used > 0) {
-                    h.used -= 1;
+                let cost = u64::from(check.cost.max(1));
+                if let Some(h) = state.lease.as_mut().filter(|h| h.n == n && h.used >= cost) {
+                    h.used -= cost;
                 }
             }
         }
@@ -231,7 +242,7 @@ impl Leases {
         lease_ms: u64,
     ) -> Result<(Decision, u64), StoreError> {
         let slot = self.slot(&check.key);
-        if let Some(d) = lock(&slot.state).local(Instant::now()) {
+        if let Some(d) = lock(&slot.state).local(Instant::now(), check.cost) {
             return Ok(d);
         }
         let _calling = slot.calling.lock().await;
@@ -240,7 +251,7 @@ impl Leases {
         // taken a new lease while this one waited.
         let old = {
             let mut state = lock(&slot.state);
-            if let Some(d) = state.local(Instant::now()) {
+            if let Some(d) = state.local(Instant::now(), check.cost) {
                 return Ok(d);
             }
             state.refused = None;
@@ -265,14 +276,14 @@ impl Leases {
             // refused again by the same unused slots.
             let sweep = GIVE_BACK_EVERY.as_millis() as u64;
             let again = Duration::from_millis(wait.min(lease_ms.max(1) + sweep));
-            state.refused = Some((asked + again, refused));
+            state.refused = Some((asked + again, refused, check.cost.max(1)));
             return Ok((refused, 0));
         }
         let h = state.lease.insert(Held {
             id,
             n,
             grant,
-            used: 1,
+            used: u64::from(check.cost.max(1)),
             ends: asked + Duration::from_millis(grant.left_ms),
             check: check.clone(),
         });
@@ -337,7 +348,10 @@ impl Leases {
                     None
                 };
                 let now = Instant::now();
-                if state.refused.is_some_and(|(until, _)| now >= until || all) {
+                if state
+                    .refused
+                    .is_some_and(|(until, _, _)| now >= until || all)
+                {
                     state.refused = None;
                 }
                 old

@@ -29,7 +29,7 @@ pub mod scripts;
 
 use crate::config::RedisConfig;
 use crate::limiter::{
-    Check, Counter, Counters, Decide, Decision, Limit, Mode, StoreError, SyncMode,
+    Check, Counter, Counters, Decide, Decision, Limit, Mode, Settlement, StoreError, SyncMode,
 };
 use crate::redis_conn::scan::Scan;
 use crate::redis_conn::{pubsub, topology, Redis};
@@ -141,7 +141,7 @@ impl RedisStore {
             if check.shadow {
                 continue;
             }
-            if let Some(d) = self.blocked.get(&check.key, check.limit, now) {
+            if let Some(d) = self.blocked.get(&check.key, check.limit, check.cost, now) {
                 known.get_or_insert_with(|| vec![None; checks.len()])[i] = Some(d);
             }
         }
@@ -203,11 +203,42 @@ impl Decide for RedisStore {
         if mode.record {
             for (check, d) in checks.iter().zip(&decisions) {
                 if !check.shadow {
-                    self.blocked.remember(&check.key, check.limit, d, sent);
+                    self.blocked
+                        .remember(&check.key, check.limit, check.cost, d, sent);
                 }
             }
         }
         Ok(decisions.into_iter().map(Some).collect())
+    }
+
+    /// One script call, or one per cluster slot, all at once.
+    async fn settle(&self, settlements: &[Settlement]) -> Result<Vec<i64>, StoreError> {
+        let mut groups: Vec<(Option<redis::cluster_routing::Slot>, Vec<usize>)> = Vec::new();
+        for (i, s) in settlements.iter().enumerate() {
+            let slot = self
+                .redis
+                .is_cluster()
+                .then(|| cross_slot::slot_of(&s.check.key));
+            match groups.iter_mut().find(|(g, _)| *g == slot) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((slot, vec![i])),
+            }
+        }
+        let calls = groups.iter().map(|(_, members)| {
+            let part: Vec<&Settlement> = members.iter().map(|&i| &settlements[i]).collect();
+            let scripts = &self.scripts;
+            async move { scripts.settle(&part).await }
+        });
+        let mut given = vec![0; settlements.len()];
+        for ((_, members), reply) in groups
+            .iter()
+            .zip(futures_util::future::join_all(calls).await)
+        {
+            for (&i, g) in members.iter().zip(reply?) {
+                given[i] = g;
+            }
+        }
+        Ok(given)
     }
 }
 

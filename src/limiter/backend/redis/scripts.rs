@@ -1,6 +1,7 @@
 //! The store's Lua scripts and their calls: `lua/check.lua` decides a set of checks in one
 //! call, `lua/release.lua` takes back what a check call recorded, `lua/count.lua` counts a
-//! key for listings, `lua/lease.lua` takes a lease of slots and gives back what it left.
+//! key for listings, `lua/lease.lua` takes a lease of slots and gives back what it left,
+//! `lua/settle.lua` settles recorded requests' reservations once their responses are known.
 //! Each is the algorithm files followed by its driver, embedded at build time, sent with
 //! `EVALSHA` and loaded again on `NOSCRIPT`.
 
@@ -10,7 +11,7 @@ use redis::Script;
 
 use super::blocked::RESET_CHANNEL;
 use crate::limiter::algo::lua_dispatch;
-use crate::limiter::{Check, Decision, Mode, StoreError};
+use crate::limiter::{Check, Decision, Mode, Settlement, StoreError};
 use crate::redis_conn::{Conn, Redis};
 
 /// Prefix of every counter key in Redis (contract §4).
@@ -36,6 +37,10 @@ pub static COUNT_SCRIPT: LazyLock<String> =
 /// Takes back a request's records on the slots that allowed it, when another refused it.
 static RELEASE_SCRIPT: LazyLock<String> =
     LazyLock::new(|| script(include_str!("../../../../lua/release.lua")));
+
+/// Settles reservations: gives back or charges the difference.
+static SETTLE_SCRIPT: LazyLock<String> =
+    LazyLock::new(|| script(include_str!("../../../../lua/settle.lua")));
 
 /// Takes a lease of a counter's slots, and gives back the unused ones.
 static LEASE_SCRIPT: LazyLock<String> =
@@ -77,6 +82,7 @@ pub struct Scripts {
     check: Script,
     release: Script,
     lease: Script,
+    settle: Script,
 }
 
 impl Scripts {
@@ -86,6 +92,7 @@ impl Scripts {
             check: Script::new(&SCRIPT),
             release: Script::new(&RELEASE_SCRIPT),
             lease: Script::new(&LEASE_SCRIPT),
+            settle: Script::new(&SETTLE_SCRIPT),
         }
     }
 
@@ -107,7 +114,9 @@ impl Scripts {
             .arg(member);
         for check in checks {
             algorithm_args(&mut invocation, check);
-            invocation.arg(u8::from(check.shadow));
+            invocation
+                .arg(u8::from(check.shadow))
+                .arg(check.cost.max(1));
         }
         // Once more on a broken connection: after an outage each thread's connection heals on
         // its next call, and this way that call is not lost. (A script that ran before the
@@ -138,7 +147,7 @@ impl Scripts {
         invocation.arg(member).arg(RESET_CHANNEL).arg(KEY_PREFIX);
         for (check, mark) in checks.iter().zip(marks) {
             algorithm_args(&mut invocation, check);
-            invocation.arg(mark);
+            invocation.arg(mark).arg(check.cost.max(1));
         }
         // Off the request path (in the recording task): the longer bound, so a take-back is
         // not given up on under load. Never retried: a sliding window's take-back that ran
@@ -154,8 +163,41 @@ impl Scripts {
             .map_err(StoreError::from)
     }
 
+    /// Settles these reservations (all in one slot on a cluster) in one call; returns the
+    /// units given back per settlement (negative: charged). Off the request path, with the
+    /// longer bound; never retried (a settlement that ran twice would give back twice).
+    pub async fn settle(&self, settlements: &[&Settlement]) -> Result<Vec<i64>, StoreError> {
+        let mut invocation = self.settle.prepare_invoke();
+        for s in settlements {
+            invocation.key(format!("{KEY_PREFIX}{}", s.check.key));
+        }
+        invocation.arg(RESET_CHANNEL).arg(KEY_PREFIX);
+        for s in settlements {
+            algorithm_args(&mut invocation, &s.check);
+            invocation
+                .arg(s.mark)
+                .arg(s.check.cost.max(1))
+                .arg(s.actual)
+                .arg(s.max_cost.max(1));
+        }
+        let invocation = &invocation;
+        let given: Vec<i64> = self
+            .redis
+            .once(self.redis.slow_timeout(), |mut conn| async move {
+                invocation.invoke_async(&mut conn).await
+            })
+            .await?;
+        if given.len() != settlements.len() {
+            return Err(StoreError::Reply(format!(
+                "unexpected settle reply {given:?} for {} settlements",
+                settlements.len()
+            )));
+        }
+        Ok(given)
+    }
+
     /// Reserves up to `wanted` of `check`'s slots for lease `id` (unique across nodes) of
-    /// `lease_ms`, within `timeout_ms`.
+    /// `lease_ms`, within `timeout_ms`; none unless at least the check's cost is left.
     pub async fn take(
         &self,
         check: &Check,
@@ -166,7 +208,11 @@ impl Scripts {
         // Retried after a broken connection: a take that ran twice only holds more slots.
         let reply = self
             .lease_call(check, "take", self.redis.timeout(), true, |i| {
-                i.arg(wanted.max(1)).arg(lease_ms.max(1)).arg(id);
+                let least = u64::from(check.cost.max(1));
+                i.arg(wanted.max(least))
+                    .arg(lease_ms.max(1))
+                    .arg(id)
+                    .arg(least);
             })
             .await?;
         let n = |v: i64| v.max(0) as u64;
@@ -261,6 +307,7 @@ fn parse_reply(checks: &[&Check], reply: &[i64]) -> Result<Reply, StoreError> {
             remaining: n(r[2]),
             retry_after_ms: n(r[3]),
             reset_ms: n(r[4]),
+            mark: r[5],
         });
         out.marks.push(r[5]);
     }

@@ -1,0 +1,471 @@
+//! Costs on the wire (contract §13), with the embedded store and with Redis: requests that
+//! weigh more than one unit, reserved at admission and settled from the response of a real
+//! OpenAI-compatible upstream (a JSON body, an event stream, a header); a charge past the
+//! limit; a malformed usage; the failed-login guard (`count_status`); two rules refused
+//! together; a `400` for every bad cost header; `/check` with a cost.
+
+mod common;
+
+use std::time::Duration;
+
+use common::http::{get, post, Conn, Response};
+use common::llm::Llm;
+use common::procs::{Gateway, RedisServer};
+use common::wait_for;
+use serde_json::{json, Value};
+
+fn body(r: &Response) -> Value {
+    serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.body))
+}
+
+/// `count` of the counter with this key, 0 when it holds nothing.
+fn count(gw: &Gateway, counter_key: &str) -> u64 {
+    let encoded: String = counter_key.bytes().map(|b| format!("%{b:02X}")).collect();
+    let r = get(&gw.admin, &format!("/api/counters?key={encoded}"), &[]).unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    body(&r)["counters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["key"] == counter_key)
+        .map_or(0, |c| c["count"].as_u64().unwrap())
+}
+
+/// Waits until the counter holds `want` (settling runs after the response).
+fn settles_to(gw: &Gateway, counter_key: &str, want: u64) {
+    let mut seen = 0;
+    let settled = (0..250).any(|_| {
+        seen = count(gw, counter_key);
+        seen == want || {
+            std::thread::sleep(Duration::from_millis(20));
+            false
+        }
+    });
+    assert!(settled, "{counter_key} holds {seen}, not {want}");
+}
+
+/// The value of one series in `/metrics` (0 when absent).
+fn metric(gw: &Gateway, series: &str) -> f64 {
+    let text = get(&gw.admin, "/metrics", &[]).unwrap().body;
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            let name_and_labels = l.rsplit_once(' ').map_or("", |(n, _)| n);
+            // Every label asked for is on the line, whatever else (node_id) is.
+            let (name, labels) = series.split_once('{').unwrap_or((series, "}"));
+            name_and_labels.starts_with(&format!("{name}{{"))
+                && labels
+                    .trim_end_matches('}')
+                    .split(',')
+                    .all(|label| name_and_labels.contains(label))
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// The two stores: the embedded one, and a real Redis (kept running for the test).
+fn stores() -> Vec<(&'static str, String, Option<RedisServer>)> {
+    let redis = RedisServer::start();
+    let section = format!("[redis]\nurl = \"{}\"\n", redis.url());
+    vec![
+        ("memory", String::new(), None),
+        ("redis", section, Some(redis)),
+    ]
+}
+
+fn chat(gw: &Gateway, key: &str, words: &str, max_tokens: u64, stream: bool) -> Response {
+    chat_with(gw, key, words, max_tokens, stream, &[])
+}
+
+fn chat_with(
+    gw: &Gateway,
+    key: &str,
+    words: &str,
+    max_tokens: u64,
+    stream: bool,
+    extra: &[(&str, &str)],
+) -> Response {
+    let request = json!({
+        "model": "test-model",
+        "messages": [{"role": "user", "content": words}],
+        "max_tokens": max_tokens,
+        "stream": stream,
+    });
+    let mut headers = vec![("X-Api-Key", key), ("Content-Type", "application/json")];
+    headers.extend_from_slice(extra);
+    post(
+        &gw.proxy,
+        "/v1/chat/completions",
+        &headers,
+        &request.to_string(),
+    )
+    .unwrap()
+}
+
+/// The usage a completion reports: from its JSON body, or from the last event carrying it.
+fn used(r: &Response) -> u64 {
+    if r.header("content-type") == Some("text/event-stream") {
+        return r
+            .body
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .filter_map(|v| v["usage"]["total_tokens"].as_u64())
+            .next_back()
+            .expect("an event with the usage");
+    }
+    body(r)["usage"]["total_tokens"].as_u64().unwrap()
+}
+
+fn tokens_rule(llm: &Llm, store: &str, limit: u64, window_ms: u64, settle: &str) -> Gateway {
+    Gateway::start(
+        &format!("upstreams = [\"{}\"]", llm.addr),
+        &format!(
+            r#"
+{store}
+[limits]
+default_limit = 100000
+
+[[rules]]
+name = "tokens"
+path_prefix = "/v1/chat/completions"
+key = "header:X-Api-Key"
+limit = {limit}
+window_ms = {window_ms}
+cost = 50
+max_cost = 5000
+settle = "{settle}"
+"#
+        ),
+    )
+}
+
+#[test]
+fn after_each_request_the_counter_holds_the_tokens_actually_used() {
+    let llm = Llm::start();
+    for (name, store, _redis) in stores() {
+        for settle in ["json:usage.total_tokens", "header:X-Usage"] {
+            let gw = tokens_rule(&llm, &store, 100_000, 60_000, settle);
+            // A key of its own per run: Redis outlives the gateway.
+            let team = format!("team-a-{}", &settle[..4]);
+            let key = &format!("tokens/x-api-key:{team}");
+            let mut total = 0;
+            for (words, max_tokens, stream) in [
+                ("hello there", 10, false),
+                ("one two three four five", 200, false),
+                ("stream me a poem", 37, true),
+                ("a", 1, false),
+                ("and a long one streamed", 400, true),
+            ] {
+                let r = chat(&gw, &team, words, max_tokens, stream);
+                assert_eq!(r.status, 200, "{name} {settle}: {r:?}");
+                let n = used(&r);
+                assert_eq!(n, words.split_whitespace().count() as u64 + max_tokens);
+                total += n;
+                settles_to(&gw, key, total);
+            }
+            // Reserved 50 each; what came back and what was charged make up the difference.
+            let reserved = metric(
+                &gw,
+                r#"ratelimiter_units_total{rule="tokens",kind="reserved"}"#,
+            );
+            let back = metric(
+                &gw,
+                r#"ratelimiter_units_total{rule="tokens",kind="given_back"}"#,
+            );
+            let charged = metric(
+                &gw,
+                r#"ratelimiter_units_total{rule="tokens",kind="charged"}"#,
+            );
+            assert_eq!(reserved, 250.0, "{name} {settle}");
+            assert_eq!(reserved - back + charged, total as f64, "{name} {settle}");
+            // The limit fields count units.
+            let r = chat(&gw, &team, "x", 5, false);
+            total += used(&r);
+            let remaining: u64 = r.header("x-ratelimit-remaining").unwrap().parse().unwrap();
+            assert_eq!(
+                remaining,
+                100_000 - (total - used(&r)) - 50,
+                "{name} {settle}"
+            );
+            settles_to(&gw, key, total);
+        }
+    }
+}
+
+#[test]
+fn a_charge_past_the_limit_refuses_later_requests_until_the_window_frees_it() {
+    let llm = Llm::start();
+    for (name, store, _redis) in stores() {
+        let gw = tokens_rule(&llm, &store, 1000, 3000, "json:usage.total_tokens");
+        let key = "tokens/x-api-key:team-b";
+        // 50 reserved, 1 + 899 used.
+        assert_eq!(chat(&gw, "team-b", "go", 899, false).status, 200);
+        settles_to(&gw, key, 900);
+        // 100 left: the next reservation of 50 fits; the answer uses 401 tokens.
+        let r = chat(&gw, "team-b", "go", 400, false);
+        assert_eq!(r.status, 200, "{name}");
+        settles_to(&gw, key, 1301);
+        // Past the limit now: refused before the upstream, told to wait.
+        let served = llm.served("/v1/chat/completions");
+        let refused = chat(&gw, "team-b", "go", 1, false);
+        assert_eq!(refused.status, 429, "{name}: {refused:?}");
+        assert!(refused.header("retry-after").is_some());
+        assert_eq!(llm.served("/v1/chat/completions"), served);
+        // Other keys are not held back.
+        assert_eq!(chat(&gw, "team-c", "go", 1, false).status, 200);
+        // Once the window has passed, the key has room again.
+        let freed = wait_for(
+            &format!("{name}: room again"),
+            Duration::from_secs(6),
+            || {
+                let r = chat(&gw, "team-b", "go", 1, false);
+                (r.status == 200).then_some(r)
+            },
+        );
+        assert_eq!(used(&freed), 2);
+    }
+}
+
+#[test]
+fn a_malformed_or_missing_usage_keeps_the_reservation_and_is_counted() {
+    let llm = Llm::start();
+    for (name, store, _redis) in stores() {
+        let gw = tokens_rule(&llm, &store, 100_000, 60_000, "json:usage.total_tokens");
+        let key = "tokens/x-api-key:team-d";
+        let r = chat_with(
+            &gw,
+            "team-d",
+            "hi",
+            10,
+            false,
+            &[("X-Test-Usage", "malformed")],
+        );
+        assert_eq!(r.status, 200);
+        wait_for(
+            &format!("{name}: the failure counted"),
+            Duration::from_secs(5),
+            || {
+                let n = metric(
+                    &gw,
+                    r#"ratelimiter_settle_failures_total{rule="tokens",reason="malformed"}"#,
+                );
+                (n == 1.0).then_some(())
+            },
+        );
+        assert_eq!(count(&gw, key), 50, "{name}: the reservation stays");
+        // A stream whose events never carry the usage field stays as reserved too.
+        let r = chat_with(
+            &gw,
+            "team-d",
+            "hi",
+            3,
+            true,
+            &[("X-Test-Usage", "malformed")],
+        );
+        assert_eq!(r.status, 200);
+        wait_for(
+            &format!("{name}: counted again"),
+            Duration::from_secs(5),
+            || {
+                let n = metric(
+                    &gw,
+                    r#"ratelimiter_settle_failures_total{rule="tokens",reason="malformed"}"#,
+                );
+                (n == 2.0).then_some(())
+            },
+        );
+        assert_eq!(count(&gw, key), 100, "{name}");
+    }
+}
+
+#[test]
+fn failed_logins_count_and_successful_ones_do_not() {
+    let llm = Llm::start();
+    for (name, store, _redis) in stores() {
+        let gw = Gateway::start(
+            &format!("upstreams = [\"{}\"]", llm.addr),
+            &format!(
+                r#"
+{store}
+[limits]
+default_limit = 100000
+
+[[rules]]
+name = "login"
+methods = ["POST"]
+path = "/login"
+limit = 3
+window_ms = 60000
+count_status = ["401", "403"]
+"#
+            ),
+        );
+        let login = |password: &str| {
+            let mut conn = Conn::open(&gw.proxy).unwrap();
+            conn.send(
+                "POST",
+                "/login",
+                &[("Content-Type", "application/x-www-form-urlencoded")],
+                &format!("user=ann&password={password}"),
+            )
+            .unwrap()
+            .status
+        };
+        let before = llm.served("/login");
+        // Each success gives its unit back once its response is sent.
+        for _ in 0..10 {
+            assert_eq!(login("right"), 200, "{name}");
+            settles_to(&gw, "login/ip:127.0.0.1", 0);
+        }
+        for n in 1..=3 {
+            assert_eq!(login("wrong"), 401, "{name}: failure {n}");
+            settles_to(&gw, "login/ip:127.0.0.1", n);
+        }
+        // The fourth failure is refused before the upstream sees it; so is a right password
+        // now, until the window frees a failure.
+        assert_eq!(login("wrong"), 429, "{name}");
+        assert_eq!(login("right"), 429, "{name}");
+        assert_eq!(llm.served("/login") - before, 13, "{name}");
+    }
+}
+
+#[test]
+fn two_rules_with_costs_record_in_neither_when_one_lacks_room() {
+    let llm = Llm::start();
+    for (name, store, _redis) in stores() {
+        let gw = Gateway::start(
+            &format!("upstreams = [\"{}\"]", llm.addr),
+            &format!(
+                r#"
+{store}
+[limits]
+default_limit = 100000
+
+[[rules]]
+name = "small"
+path_prefix = "/v1/"
+key = "header:X-Api-Key"
+limit = 10
+cost = "header:X-Cost"
+
+[[rules]]
+name = "large"
+path_prefix = "/v1/"
+key = "header:X-Api-Key"
+limit = 100
+cost = "header:X-Cost"
+"#
+            ),
+        );
+        let send = |cost: &str| chat_with(&gw, "k", "hi", 1, false, &[("X-Cost", cost)]).status;
+        assert_eq!(send("8"), 200, "{name}");
+        assert_eq!(send("5"), 429, "{name}: small has 2 left");
+        assert_eq!(count(&gw, "small/x-api-key:k"), 8, "{name}");
+        assert_eq!(
+            count(&gw, "large/x-api-key:k"),
+            8,
+            "{name}: large was not charged"
+        );
+        assert_eq!(send("2"), 200, "{name}: exactly what is left fits");
+        assert_eq!(count(&gw, "large/x-api-key:k"), 10, "{name}");
+    }
+}
+
+#[test]
+fn every_bad_cost_header_gets_a_400_naming_the_rule() {
+    let llm = Llm::start();
+    for (name, store, _redis) in stores() {
+        let gw = Gateway::start(
+            &format!("upstreams = [\"{}\"]", llm.addr),
+            &format!(
+                r#"
+{store}
+[limits]
+default_limit = 100000
+
+[[rules]]
+name = "weighed"
+path_prefix = "/v1/"
+key = "header:X-Api-Key"
+limit = 1000
+cost = "header:X-Cost"
+max_cost = 100
+"#
+            ),
+        );
+        let served = llm.served("/v1/chat/completions");
+        let cases: &[&[&str]] = &[
+            &[],
+            &["0"],
+            &["-1"],
+            &["abc"],
+            &["1.5"],
+            &["101"],
+            &["99999999999999999999999"],
+            &[""],
+            &["1", "2"],
+        ];
+        for values in cases {
+            let mut conn = Conn::open(&gw.proxy).unwrap();
+            let mut headers = vec![("X-Api-Key", "k"), ("Content-Type", "application/json")];
+            for v in values.iter() {
+                headers.push(("X-Cost", v));
+            }
+            let r = conn
+                .send("POST", "/v1/chat/completions", &headers, "{}")
+                .unwrap();
+            assert_eq!(r.status, 400, "{name} {values:?}: {r:?}");
+            let why = body(&r)["error"].as_str().unwrap().to_string();
+            assert!(why.contains("weighed") && why.contains("x-cost"), "{why}");
+        }
+        assert_eq!(llm.served("/v1/chat/completions"), served, "{name}");
+        assert_eq!(count(&gw, "weighed/x-api-key:k"), 0, "{name}");
+        // A good one goes through and reserves what it says.
+        let r = chat_with(&gw, "k", "hi", 1, false, &[("X-Cost", "100")]);
+        assert_eq!(r.status, 200);
+        assert_eq!(count(&gw, "weighed/x-api-key:k"), 100);
+        // /api/explain says the same as the proxy.
+        let explained = post(
+            &gw.admin,
+            "/api/explain",
+            &[("Content-Type", "application/json")],
+            r#"{"ip":"127.0.0.1","method":"POST","path":"/v1/x","headers":{"X-Api-Key":"k","X-Cost":"0"}}"#,
+        )
+        .unwrap();
+        let e = body(&explained);
+        assert_eq!(
+            (e["decision"].as_str(), e["status"].as_u64()),
+            (Some("refused"), Some(400))
+        );
+    }
+}
+
+#[test]
+fn check_takes_a_cost_in_units() {
+    for (name, store, _redis) in stores() {
+        let gw = Gateway::start("[proxy.direct_response]\nbody = \"ok\"", &store);
+        let check = |cost: u64| {
+            let r = post(
+                &gw.admin,
+                "/check",
+                &[("Content-Type", "application/json")],
+                &json!({"key": "user:1", "limit": 10, "window_ms": 60000, "cost": cost})
+                    .to_string(),
+            )
+            .unwrap();
+            (r.status, body(&r)["remaining"].as_u64().unwrap())
+        };
+        assert_eq!(check(7), (200, 3), "{name}");
+        assert_eq!(check(4), (429, 3), "{name}: 4 do not fit in 3");
+        assert_eq!(check(3), (200, 0), "{name}");
+        let r = post(
+            &gw.admin,
+            "/check",
+            &[("Content-Type", "application/json")],
+            r#"{"key":"user:2","cost":0}"#,
+        )
+        .unwrap();
+        assert_eq!(r.status, 422, "{name}");
+    }
+}
