@@ -469,3 +469,77 @@ fn check_takes_a_cost_in_units() {
         assert_eq!(r.status, 422, "{name}");
     }
 }
+
+/// Three nodes on one Redis, leasing (slots are units), hammered by 30 clients sending
+/// costs of 1 to 7 units: the units let through never pass the limit.
+#[test]
+fn three_nodes_with_leases_and_costs_never_exceed_the_limit_in_units() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    const LIMIT: u64 = 300;
+    let redis = RedisServer::start();
+    for algorithm in ["sliding_log", "gcra", "sliding_window"] {
+        let body = format!(
+            r#"
+[redis]
+url = "{}"
+timeout_ms = 2000
+[limits]
+default_limit = 100000
+[[rules]]
+name = "api"
+path_prefix = "/"
+key = "header:X-Api-Key"
+limit = {LIMIT}
+window_ms = 60000
+algorithm = "{algorithm}"
+skip_default = true
+sync = "lease"
+lease_size = 20
+cost = "header:X-Cost"
+max_cost = 7
+"#,
+            redis.url()
+        );
+        let nodes: Vec<Gateway> = (0..3)
+            .map(|_| Gateway::start("[proxy.direct_response]\nbody = \"ok\"", &body))
+            .collect();
+        let (units, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let threads: Vec<_> = (0..30)
+            .map(|i| {
+                let addr = nodes[i % 3].proxy.clone();
+                let (units, refused) = (units.clone(), refused.clone());
+                std::thread::spawn(move || {
+                    let mut conn = Conn::open(&addr).unwrap();
+                    for n in 0..40 {
+                        let cost = (i + n) % 7 + 1;
+                        let r = conn
+                            .get(
+                                "/",
+                                &[("X-Api-Key", "shared"), ("X-Cost", &cost.to_string())],
+                            )
+                            .unwrap();
+                        match r.status {
+                            200 => units.fetch_add(cost as u64, Ordering::SeqCst),
+                            429 => refused.fetch_add(1, Ordering::SeqCst),
+                            other => panic!("unexpected {other}: {r:?}"),
+                        };
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let (units, refused) = (units.load(Ordering::SeqCst), refused.load(Ordering::SeqCst));
+        eprintln!("{algorithm}: {units} units let through, {refused} requests refused");
+        assert!(units <= LIMIT, "{algorithm}: {units} units, limit {LIMIT}");
+        // 1,200 requests of 4 units on average: the limit is reached, less what leases
+        // held unused when the load ended (20 slots per node at most).
+        assert!(units + 3 * 20 >= LIMIT, "{algorithm}: only {units} units");
+        assert!(refused > 0);
+        redis::cmd("FLUSHALL")
+            .query::<()>(&mut redis.conn())
+            .unwrap();
+    }
+}

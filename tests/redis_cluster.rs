@@ -353,3 +353,51 @@ fn a_killed_master_is_followed_and_exact_limiting_resumes() {
 fn a_hung_master_is_followed_and_exact_limiting_resumes() {
     master_failure_under_load(Fault::Freeze, "cluster, master hung");
 }
+
+/// Costs on a cluster (contract §13): two rules whose counters live on different shards
+/// reserve at once (one call per shard) and settle from one response (one call per shard);
+/// each counter ends holding the tokens the upstream used.
+#[test]
+fn costs_reserve_and_settle_across_shards() {
+    let cluster = Cluster::start(3);
+    let llm = common::llm::Llm::start();
+    let body = gateway_body(
+        &cluster,
+        "timeout_ms = 2000\n[limits]\ndefault_limit = 100000\n\
+         [[rules]]\nname = \"per_key\"\npath_prefix = \"/v1/\"\nkey = \"header:X-Api-Key\"\nlimit = 100000\ncost = 50\nmax_cost = 5000\nsettle = \"header:X-Usage\"\n\
+         [[rules]]\nname = \"tokens\"\npath_prefix = \"/v1/\"\nkey = \"global\"\nlimit = 100000\ncost = 50\nmax_cost = 5000\nsettle = \"json:usage.total_tokens\"\n",
+    );
+    let gw = Gateway::start(&format!("upstreams = [\"{}\"]", llm.addr), &body);
+    // A key whose counter is on another shard than the global one.
+    let global_home = cluster.master_of("ratelimit:tokens/global");
+    let key = (0..)
+        .map(|i| format!("k{i}"))
+        .find(|k| cluster.master_of(&format!("ratelimit:per_key/x-api-key:{k}")) != global_home)
+        .unwrap();
+    let mut total = 0;
+    for max_tokens in [10, 300, 7] {
+        let request = serde_json::json!({
+            "model": "m",
+            "messages": [{"role": "user", "content": "count these words"}],
+            "max_tokens": max_tokens,
+        });
+        let r = post(
+            &gw.proxy,
+            "/v1/chat/completions",
+            &[("X-Api-Key", &key), ("Content-Type", "application/json")],
+            &request.to_string(),
+        )
+        .unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+        total += 3 + max_tokens;
+        let counted = |counter: &str| -> u64 {
+            let listing = get(&gw.admin, &format!("/api/counters?key={counter}"), &[]).unwrap();
+            let v: serde_json::Value = serde_json::from_str(&listing.body).unwrap();
+            v["counters"][0]["count"].as_u64().unwrap_or(0)
+        };
+        let per_key = format!("per_key/x-api-key:{key}");
+        wait_for("both shards settled", Duration::from_secs(5), || {
+            (counted(&per_key) == total && counted("tokens/global") == total).then_some(())
+        });
+    }
+}
