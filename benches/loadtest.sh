@@ -11,7 +11,7 @@
 # certificate made here (ECDSA P-256) in nginx and in the gateway; wrk and oha speak
 # HTTP/1.1 over TLS to both, oha also HTTP/2 (tool "oha-h2"); mode 13 makes a new TLS
 # connection per request (the handshake's cost). Mode 12 is mode 4 with the access log on
-# (JSON lines to a file). Modes 14 and 15 are one hot key on a rule with sync = "lease"
+# (JSON lines to a file). Modes 16-18 weigh requests (costs; 18 settles each). Modes 14 and 15 are one hot key on a rule with sync = "lease"
 # (wrk too sends one key there), counted with the sliding log and with GCRA.
 #
 #   benches/loadtest.sh                 # defaults: CONNS=64 DURATION=10s THREADS=1
@@ -95,7 +95,9 @@ events { worker_connections 4096; }
 http {
   access_log off;
   keepalive_requests 1000000;
-  server { listen 127.0.0.1:$UP; location / { return 200 "ok\n"; } }
+  # /usage/ also says what the request used, for the modes that settle (16-18).
+  server { listen 127.0.0.1:$UP; location / { return 200 "ok\n"; }
+           location /usage/ { add_header X-Usage 3; return 200 "ok\n"; } }
 }
 NGINX
 cat > "$OUT/nginx-peer/nginx.conf" <<NGINX
@@ -204,7 +206,7 @@ run_wrk() {
   for port in "$@"; do
     local f; f=$(mktemp)
     files+=("$f")
-    wrk -t1 -c"$conns" -d"$DURATION" -s "$OUT/report.lua" "${SCHEME:-http}://127.0.0.1:$port/" >/dev/null 2>"$f" &
+    wrk -t1 -c"$conns" -d"$DURATION" -s "$OUT/report.lua" "${SCHEME:-http}://127.0.0.1:$port${TARGET_PATH:-/}" >/dev/null 2>"$f" &
   done
   wait_jobs
   cat "${files[@]}" | awk '/^RESULT/ { rps += $2; if ($3 > p50) p50 = $3; if ($4 > p99) p99 = $4;
@@ -218,7 +220,7 @@ run_oha() {
     local f; f=$(mktemp)
     files+=("$f")
     oha --no-tui -c "$conns" -z "$DURATION" --output-format json --insecure $OHA_ARGS \
-      "${SCHEME:-http}://127.0.0.1:$port/" > "$f" &
+      "${SCHEME:-http}://127.0.0.1:$port${TARGET_PATH:-/}" > "$f" &
   done
   wait_jobs
   for f in "${files[@]}"; do
@@ -362,6 +364,19 @@ lease_rule() {
 }
 wanted 14 && each_build "14 redis, lease rule, one key" "$BY_KEY" "$REDIS" "$(lease_rule sliding_log)"
 wanted 15 && each_build "15 redis, gcra lease rule, one key" "$BY_KEY" "$REDIS" "$(lease_rule gcra)"
+# Costs (contract §13), one rule on every path keyed by X-Api-Key (new per request):
+# 16 reserves 1 unit, 17 reserves 5, 18 reserves 5 and settles at the 3 the upstream's
+# X-Usage says (a settle script call per request, off the request path). All three ask for
+# /usage/, whose answer carries X-Usage.
+cost_rule() {
+  printf '[[rules]]\nname = "api"\npath_prefix = "/"\nkey = "header:X-Api-Key"\nlimit = 1000000000\nwindow_ms = 1000\nskip_default = true\ncost = %s\n%s\n' "$1" "${2:-}"
+}
+export UNIQUE_KEYS=1
+export TARGET_PATH=/usage/
+wanted 16 && each_build "16 redis, cost 1" "$BY_KEY" "$REDIS" "$(cost_rule 1)"
+wanted 17 && each_build "17 redis, cost 5" "$BY_KEY" "$REDIS" "$(cost_rule 5)"
+wanted 18 && each_build "18 redis, cost 5 settled at 3" "$BY_KEY" "$REDIS" "$(cost_rule 5 'settle = "header:X-Usage"')"
+UNIQUE_KEYS=0 TARGET_PATH=/
 wanted 6 && each_build "6 gateway redis blocked" 'default_limit = 10
 default_window_ms = 3600000' "$REDIS"
 

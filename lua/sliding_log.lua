@@ -167,12 +167,13 @@ local function sliding_log()
     end
   end
 
-  -- Adds `n` to the tally, creating it first on a key that has none.
+  -- Adds `n` to the tally, creating it on a key that has none (one command either way).
   local function add_to_tally(key, n, tally)
     if not tally then
-      redis.call('ZADD', key, TALLY_BASE, TALLY)
+      redis.call('ZADD', key, TALLY_BASE + n, TALLY)
+    else
+      redis.call('ZINCRBY', key, n, TALLY)
     end
-    redis.call('ZINCRBY', key, n, TALLY)
   end
 
   -- Records the request's units at `now`; the mark is that time.

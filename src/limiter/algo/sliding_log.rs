@@ -130,11 +130,10 @@ impl Log {
     /// is the request's. Returns the units given back (negative: charged); nothing once the
     /// entry has left the window.
     pub fn settle(&mut self, at_ms: u64, reserved: u32, actual: u32) -> i64 {
-        let Some(i) = self
-            .entries
-            .iter()
-            .rposition(|&(t, n)| t == at_ms && n == reserved)
-        else {
+        // Entries are in time order: only those of that time are looked at.
+        let from = self.entries.partition_point(|&(t, _)| t < at_ms);
+        let to = self.entries.partition_point(|&(t, _)| t <= at_ms);
+        let Some(i) = (from..to).rev().find(|&i| self.entries[i].1 == reserved) else {
             return 0;
         };
         self.units = self.units - u64::from(reserved) + u64::from(actual);
