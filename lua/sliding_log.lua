@@ -179,10 +179,13 @@ local function sliding_log()
   -- Records the request's units at `now`; the mark is that time.
   local function record(key, now, _, _, window, member, count, remaining, reset, tally, cost)
     if cost > 1 then
-      member = member .. '#' .. cost
-      add_to_tally(key, cost - 1, tally)
+      -- Once, even when a retried call records the same member again.
+      if redis.call('ZADD', key, now, member .. '#' .. cost) == 1 then
+        add_to_tally(key, cost - 1, tally)
+      end
+    else
+      redis.call('ZADD', key, now, member)
     end
-    redis.call('ZADD', key, now, member)
     -- The newest entry is the last to expire: the key lives exactly as long as it matters.
     expire_after(key, window, tally)
     if count == 0 then
@@ -204,7 +207,7 @@ local function sliding_log()
 
   -- The entry of the request recorded at `mark` with `reserved` units: entries of the same
   -- time and units are alike, so any one of them is the request's.
-  local function settle(key, _, _, _, _, mark, reserved, actual)
+  local function settle(key, now, _, _, window, mark, reserved, actual)
     local found
     local members = typed('ZRANGEBYSCORE', key, mark, mark)
     if not members then
@@ -230,6 +233,17 @@ local function sliding_log()
     local delta = math.max(actual - 1, 0) - (reserved - 1)
     if delta ~= 0 then
       add_to_tally(key, delta, redis.call('ZSCORE', key, TALLY))
+    end
+    if actual == 0 then
+      -- The entry may have been the newest: the key lives one window after its newest entry
+      -- again (which lua/count.lua relies on), or goes with the last one.
+      local newest = redis.call('ZREVRANGEBYSCORE', key, '(' .. TALLY_BASE, '-inf',
+        'WITHSCORES', 'LIMIT', 0, 1)
+      if #newest == 0 then
+        redis.call('DEL', key)
+      elseif redis.call('PTTL', key) > tonumber(newest[2]) + window - now then
+        redis.call('PEXPIRE', key, math.max(tonumber(newest[2]) + window - now, 1))
+      end
     end
     return reserved - actual
   end

@@ -841,3 +841,61 @@ fn a_request_also_owing_an_exact_rule_is_decided_exactly_and_explain_reads_redis
     assert_eq!(r.status, 200, "{r:?}");
     assert!(r.body.contains("\"count\":10"), "{}", r.body);
 }
+
+/// A request of several units on a sliding log is one entry counted through the tally: a
+/// check call retried after a lost reply counts it once, and settling it to nothing leaves
+/// the key living one window after its newest entry again.
+#[test]
+fn a_weighed_log_entry_counts_once_when_retried_and_settles_its_expiry() {
+    let server = RedisServer::start();
+    let scripts = scripts(&server);
+    let rt = runtime();
+    let old = check("w", Algorithm::SlidingLog, 100, 10_000);
+    let weighed = Check {
+        cost: 5,
+        ..old.clone()
+    };
+    rt.block_on(async {
+        scripts
+            .call(&[&old], Mode::RECORD, "m0", true)
+            .await
+            .unwrap();
+        // The weighed entry is the newest by 400 ms: the key's expiry follows it.
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        let first = scripts
+            .call(&[&weighed], Mode::RECORD, "m1", true)
+            .await
+            .unwrap();
+        // The same member again: what a retried call does.
+        scripts
+            .call(&[&weighed], Mode::RECORD, "m1", true)
+            .await
+            .unwrap();
+        let tally: String = on_key(&server, "ZSCORE", "w", &["#"]);
+        assert_eq!(tally, "10000000000004", "the 5 units counted once");
+        let now = scripts
+            .call(&[&old], Mode::DRY_RUN, "look", true)
+            .await
+            .unwrap();
+        assert_eq!(now.decisions[0].count, 6);
+        // Settled to nothing: the entry goes, and the key expires with its newest entry.
+        let s = ratelimiter::limiter::Settlement {
+            check: weighed.clone(),
+            mark: first.decisions[0].mark,
+            actual: 0,
+            max_cost: 100,
+        };
+        assert_eq!(scripts.settle(&[&s]).await.unwrap(), [5]);
+        let now = scripts
+            .call(&[&old], Mode::DRY_RUN, "look", true)
+            .await
+            .unwrap();
+        assert_eq!(now.decisions[0].count, 1);
+        assert_eq!(entries(&server, "w"), 2, "the first entry and the tally");
+        let ttl: i64 = on_key(&server, "PTTL", "w", &[]);
+        assert!(
+            ttl <= 9_600 && ttl > 8_000,
+            "{ttl}: one window after the first entry"
+        );
+    });
+}

@@ -55,7 +55,7 @@ pub fn peek(tat_us: u64, now_us: u64, quota: Quota, cost: u32) -> Decision {
     } else {
         // `cost` units fit once d has fallen to tau - (cost - 1) × T; a cost above the limit
         // never does, and is told to wait as if it could.
-        let fits_at = tau.saturating_sub((cost - 1) * t);
+        let fits_at = tau.saturating_sub((cost - 1).saturating_mul(t));
         Decision {
             remaining,
             ..Decision::refused(
@@ -77,7 +77,7 @@ pub fn record(tat_us: u64, now_us: u64, quota: Quota, cost: u32, d: &mut Decisio
     d.reset_ms = ceil_ms(ahead + d.remaining * t - tau);
     d.count += cost;
     d.remaining = d.remaining.saturating_sub(cost);
-    tat_us.max(now_us) + cost * t
+    tat_us.max(now_us).saturating_add(cost.saturating_mul(t))
 }
 
 /// The TAT once a request that reserved `reserved` units settles at `actual`: moved back
@@ -86,10 +86,12 @@ pub fn record(tat_us: u64, now_us: u64, quota: Quota, cost: u32, d: &mut Decisio
 pub fn settle(tat_us: u64, now_us: u64, quota: Quota, reserved: u32, actual: u32) -> u64 {
     let (t, _) = params(quota);
     if actual >= reserved {
-        tat_us.max(now_us) + u64::from(actual - reserved) * t
+        tat_us
+            .max(now_us)
+            .saturating_add(u64::from(actual - reserved).saturating_mul(t))
     } else {
         tat_us
-            .saturating_sub(u64::from(reserved - actual) * t)
+            .saturating_sub(u64::from(reserved - actual).saturating_mul(t))
             .max(now_us.min(tat_us))
     }
 }
@@ -114,9 +116,9 @@ impl Gcra {
         let before = self.tat_us;
         self.tat_us = settle(before, now_us, quota, reserved, actual);
         // In whole units, to the nearest: what drained meanwhile is a fraction of one.
-        let t = params(quota).0 as i64;
-        let moved = before.max(now_us) as i64 - self.tat_us.max(now_us) as i64;
-        (moved + moved.signum() * (t / 2)) / t
+        let t = i128::from(params(quota).0);
+        let moved = i128::from(before.max(now_us)) - i128::from(self.tat_us.max(now_us));
+        ((moved + moved.signum() * (t / 2)) / t).clamp(i64::MIN.into(), i64::MAX.into()) as i64
     }
 
     /// The burst in use now (`limit − remaining`).

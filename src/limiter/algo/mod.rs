@@ -285,9 +285,9 @@ impl State {
     ) -> i64 {
         let mark = mark.max(0) as u64;
         match self {
-            State::Log(s) => s.settle(mark, reserved, actual),
+            State::Log(s) => s.settle(now_us / 1000, mark, reserved, actual),
             State::Gcra(s) => s.settle(now_us, quota, reserved, actual),
-            State::Window(s) => s.settle(quota, mark, reserved, actual),
+            State::Window(s) => s.settle(now_us / 1000, quota, mark, reserved, actual),
         }
     }
 

@@ -126,10 +126,12 @@ impl Log {
     }
 
     /// Sets the units of a request recorded at `at_ms` with `reserved` units to `actual`
-    /// (0 takes it out). Entries of the same time and units are alike, so any one of them
+    /// (0 takes it out), at `now_ms`. Entries of the same time and units are alike, so any one of them
     /// is the request's. Returns the units given back (negative: charged); nothing once the
     /// entry has left the window.
-    pub fn settle(&mut self, at_ms: u64, reserved: u32, actual: u32) -> i64 {
+    pub fn settle(&mut self, now_ms: u64, at_ms: u64, reserved: u32, actual: u32) -> i64 {
+        // What has left the window is gone, as Redis has dropped it.
+        self.prune(now_ms);
         // Entries are in time order: only those of that time are looked at.
         let from = self.entries.partition_point(|&(t, _)| t < at_ms);
         let to = self.entries.partition_point(|&(t, _)| t <= at_ms);
@@ -278,16 +280,16 @@ mod tests {
         let quota = q(10, 100);
         let mut d = log.peek(0, quota, 5);
         log.record(0, quota, 5, &mut d);
-        assert_eq!(log.settle(0, 5, 2), 3);
+        assert_eq!(log.settle(10, 0, 5, 2), 3);
         assert_eq!(log.count(50), 2);
         // A charge may take the key past its limit; it stays until the entry leaves.
-        assert_eq!(log.settle(0, 2, 14), -12);
+        assert_eq!(log.settle(10, 0, 2, 14), -12);
         assert_eq!(log.count(50), 14);
         assert!(!log.peek(50, quota, 1).allowed);
         assert_eq!(log.peek(50, quota, 1).retry_after_ms, 50);
         // Nothing to settle once the entry has left, or for an entry that is not there.
+        assert_eq!(log.settle(100, 0, 14, 1), 0, "left the window");
         assert_eq!(log.count(100), 0);
-        assert_eq!(log.settle(0, 14, 1), 0);
     }
 
     #[test]

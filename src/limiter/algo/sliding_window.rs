@@ -178,11 +178,21 @@ impl SlidingWindow {
 
     /// Settles a request counted in window `mark`; returns the units given back (negative:
     /// charged).
-    pub fn settle(&mut self, quota: Quota, mark: u64, reserved: u32, actual: u32) -> i64 {
-        let Some(stored) = self.stored_for(quota.window_ms.get()) else {
+    pub fn settle(
+        &mut self,
+        now_ms: u64,
+        quota: Quota,
+        mark: u64,
+        reserved: u32,
+        actual: u32,
+    ) -> i64 {
+        let w = quota.window_ms.get();
+        let Some(stored) = self.stored_for(w) else {
             return 0;
         };
-        let (after, given) = settle(stored, mark, reserved, actual);
+        // Rolled forward to now: a count two windows old is gone, as Redis has let it expire.
+        let c = counts(Some(stored), now_ms, w);
+        let (after, given) = settle((c.idx, c.cur, c.prev), mark, reserved, actual);
         self.stored = Some(after);
         given
     }
@@ -360,17 +370,17 @@ mod tests {
         assert_eq!(d.retry_after_ms, 900 + 1);
         assert!(s.peek(5_100, quota, 3).allowed);
         // 2 used of 7: 5 back, in the window it was counted in.
-        assert_eq!(s.settle(quota, 5, 7, 2), 5);
+        assert_eq!(s.settle(5_100, quota, 5, 7, 2), 5);
         assert_eq!(s.peek(5_100, quota, 1).count, 2);
         // In the next window the same request's charge goes to the previous count.
         let mut d = s.peek(6_000, quota, 1);
         s.record(6_000, quota, 1, &mut d);
-        assert_eq!(s.settle(quota, 5, 2, 12), -10);
+        assert_eq!(s.settle(6_000, quota, 5, 2, 12), -10);
         assert_eq!(s.peek(6_000, quota, 1).count, 13);
         // Two windows on, nothing is left to settle.
         let mut d = s.peek(7_000, quota, 1);
         s.record(7_000, quota, 1, &mut d);
-        assert_eq!(s.settle(quota, 5, 12, 0), 0);
+        assert_eq!(s.settle(7_000, quota, 5, 12, 0), 0);
         assert!(!SlidingWindow::default().peek(0, quota, 11).allowed);
     }
 
