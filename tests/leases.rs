@@ -862,12 +862,13 @@ fn a_weighed_log_entry_counts_once_when_retried_and_settles_its_expiry() {
             .unwrap();
         // The weighed entry is the newest by 400 ms: the key's expiry follows it.
         tokio::time::sleep(std::time::Duration::from_millis(400)).await;
-        let first = scripts
+        scripts
             .call(&[&weighed], Mode::RECORD, "m1", true)
             .await
             .unwrap();
-        // The same member again: what a retried call does.
-        scripts
+        // The same member again: what a retried call does. Its reply is the one the caller
+        // gets, and the entry takes the retry's time, which that reply's mark says.
+        let retried = scripts
             .call(&[&weighed], Mode::RECORD, "m1", true)
             .await
             .unwrap();
@@ -881,7 +882,7 @@ fn a_weighed_log_entry_counts_once_when_retried_and_settles_its_expiry() {
         // Settled to nothing: the entry goes, and the key expires with its newest entry.
         let s = ratelimiter::limiter::Settlement {
             check: weighed.clone(),
-            mark: first.decisions[0].mark,
+            mark: retried.decisions[0].mark,
             actual: 0,
             max_cost: 100,
         };
