@@ -74,17 +74,6 @@ local function gcra()
     end
   end
 
-  -- Moves the TAT back by the request's intervals: the state as if it had not been recorded
-  -- (or later, never earlier, when the TAT had already passed at the record).
-  local function release(key, _, now_us, limit, window, _, _, cost)
-    local t = params(limit, window)
-    local v = typed('GET', key)
-    if type(v) ~= 'string' or not tonumber(v) then
-      return
-    end
-    store(key, tonumber(v) - cost * t, now_us)
-  end
-
   -- Moves the TAT back by the units not used (never before now: what has drained cannot be
   -- given back), or on by those used beyond the reservation.
   local function settle(key, _, now_us, limit, window, _, reserved, actual)
@@ -110,6 +99,12 @@ local function gcra()
       return math.floor(given + 0.5)
     end
     return math.ceil(given - 0.5)
+  end
+
+  -- Taking a request back is settling it at nothing: the state as if it had not been
+  -- recorded (or later, never earlier, when the TAT had already passed at the record).
+  local function release(key, now, now_us, limit, window, _, _, cost)
+    settle(key, now, now_us, limit, window, 0, cost, 0)
   end
 
   -- Grants what is conformant now (`remaining`, from peek), and moves the TAT on from the

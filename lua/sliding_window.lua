@@ -94,32 +94,9 @@ local function sliding_window()
     return count, remaining - cost, until_below(count, elapsed, cur, prev, window), idx
   end
 
-  -- Takes `n` requests back from the window they were counted in (`mark`): still the current
-  -- one, or by now the previous one. Returns how many it took back.
-  local function take_back(key, window, mark, n)
-    local v = typed('HMGET', key, 'w', 'c', 'p', 'l')
-    if not v or not v[1] or tonumber(v[4]) ~= window then
-      return 0
-    end
-    local w, field, held = tonumber(v[1]), nil, 0
-    if w == mark then
-      field, held = 'c', tonumber(v[2]) or 0
-    elseif w == mark + 1 then
-      field, held = 'p', tonumber(v[3]) or 0
-    end
-    n = math.min(n, held)
-    if n > 0 then
-      redis.call('HINCRBY', key, field, -n)
-    end
-    return n
-  end
-
-  local function release(key, _, _, _, window, _, mark, cost)
-    take_back(key, window, mark, cost)
-  end
-
-  -- The request counted in window `mark`: the difference goes to that window's count (the
-  -- current or, by now, the previous one), never below zero.
+  -- The request counted in window `mark` with `reserved` units now holds `actual`: the
+  -- difference goes to that window's count (the current or, by now, the previous one), never
+  -- below zero. Returns the units taken away (negative: added).
   local function settle(key, _, _, _, window, mark, reserved, actual)
     local v = typed('HMGET', key, 'w', 'c', 'p', 'l')
     if not v or not v[1] or tonumber(v[4]) ~= window then
@@ -140,6 +117,11 @@ local function sliding_window()
     return held - after
   end
 
+  -- Taking a request back is settling it at nothing.
+  local function release(key, now, now_us, limit, window, _, mark, cost)
+    settle(key, now, now_us, limit, window, mark, cost, 0)
+  end
+
   -- A lease's slots count in the current window, and the lease ends with it (or sooner): a
   -- slot is then used in the window that counts it, and decays with it afterwards.
   local function take(key, now, _, _, window, lease, _, wanted, remaining, state)
@@ -157,8 +139,8 @@ local function sliding_window()
     return granted, math.min(now + lease, (idx + 1) * window), idx
   end
 
-  local function give(key, _, _, _, window, _, _, unused, mark)
-    return take_back(key, window, mark, unused)
+  local function give(key, now, now_us, limit, window, _, _, unused, mark)
+    return settle(key, now, now_us, limit, window, mark, unused, 0)
   end
 
   return peek, record, release, take, give, settle

@@ -72,11 +72,10 @@ fn refused(checks: &[Check], decisions: &[Option<Decision>]) -> bool {
         .any(|(c, d)| !c.shadow && d.is_some_and(|d| !d.allowed))
 }
 
-/// Every slot's answer: each check's decision (`None` where its slot's call failed), its
-/// mark for a release, and the last failure.
+/// Every slot's answer: each check's decision (`None` where its slot's call failed; its mark
+/// finds the record for a release), and the last failure.
 struct Answer {
     decisions: Vec<Option<Decision>>,
-    marks: Vec<i64>,
     failure: Option<StoreError>,
 }
 
@@ -104,7 +103,6 @@ async fn call_slots(
     let replies = futures_util::future::join_all(calls).await;
     let mut answer = Answer {
         decisions: vec![None; checks.len()],
-        marks: vec![0; checks.len()],
         failure: None,
     };
     for (group, reply) in groups.iter().zip(replies) {
@@ -112,7 +110,6 @@ async fn call_slots(
             Ok(reply) => {
                 for (k, &i) in group.iter().enumerate() {
                     answer.decisions[i] = Some(reply.decisions[k]);
-                    answer.marks[i] = reply.marks[k];
                 }
             }
             Err(e) => answer.failure = Some(e),
@@ -157,7 +154,10 @@ async fn record(
         }
         back.extend(&recorded);
         let part: Vec<&Check> = recorded.iter().map(|&i| &checks[i]).collect();
-        let marks: Vec<i64> = recorded.iter().map(|&i| answer.marks[i]).collect();
+        let marks: Vec<i64> = recorded
+            .iter()
+            .map(|&i| answer.decisions[i].map_or(0, |d| d.mark))
+            .collect();
         Some(async move { scripts.release(&part, &marks, member).await })
     });
     for result in futures_util::future::join_all(releases.collect::<Vec<_>>()).await {

@@ -69,11 +69,10 @@ pub struct Grant {
 /// Integers per check in the check script's reply.
 const REPLY_FIELDS: usize = 6;
 
-/// One script call's answer for its checks: the decisions, and each check's mark for a
-/// release.
+/// One script call's answer for its checks: the decisions (each with its record's mark, for
+/// a release or a settlement).
 pub struct Reply {
     pub decisions: Vec<Decision>,
-    pub marks: Vec<i64>,
 }
 
 /// The check and release calls, on the Redis layer; shared with tasks that outlive a request.
@@ -297,7 +296,6 @@ fn parse_reply(checks: &[&Check], reply: &[i64]) -> Result<Reply, StoreError> {
     let n = |v: i64| v.max(0) as u64;
     let mut out = Reply {
         decisions: Vec::with_capacity(checks.len()),
-        marks: Vec::with_capacity(checks.len()),
     };
     for (check, r) in checks.iter().zip(reply.chunks_exact(REPLY_FIELDS)) {
         out.decisions.push(Decision {
@@ -309,7 +307,6 @@ fn parse_reply(checks: &[&Check], reply: &[i64]) -> Result<Reply, StoreError> {
             reset_ms: n(r[4]),
             mark: r[5],
         });
-        out.marks.push(r[5]);
     }
     Ok(out)
 }
