@@ -18,24 +18,11 @@ fn body(r: &Response) -> Value {
     serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.body))
 }
 
-/// `count` of the counter with this key, 0 when it holds nothing.
-fn count(gw: &Gateway, counter_key: &str) -> u64 {
-    let encoded: String = counter_key.bytes().map(|b| format!("%{b:02X}")).collect();
-    let r = get(&gw.admin, &format!("/api/counters?key={encoded}"), &[]).unwrap();
-    assert_eq!(r.status, 200, "{r:?}");
-    body(&r)["counters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["key"] == counter_key)
-        .map_or(0, |c| c["count"].as_u64().unwrap())
-}
-
 /// Waits until the counter holds `want` (settling runs after the response).
 fn settles_to(gw: &Gateway, counter_key: &str, want: u64) {
     let mut seen = 0;
     let settled = (0..250).any(|_| {
-        seen = count(gw, counter_key);
+        seen = gw.count(counter_key);
         seen == want || {
             std::thread::sleep(Duration::from_millis(20));
             false
@@ -117,15 +104,21 @@ fn used(r: &Response) -> u64 {
     body(r)["usage"]["total_tokens"].as_u64().unwrap()
 }
 
-fn tokens_rule(llm: &Llm, store: &str, limit: u64, window_ms: u64, settle: &str) -> Gateway {
+/// A gateway in front of `llm` on `store` (`""`: the embedded one), with a default limit
+/// that is never reached and these `[[rules]]`.
+fn gateway(llm: &Llm, store: &str, rules: &str) -> Gateway {
     Gateway::start(
         &format!("upstreams = [\"{}\"]", llm.addr),
+        &format!("{store}\n[limits]\ndefault_limit = 100000\n\n{rules}"),
+    )
+}
+
+fn tokens_rule(llm: &Llm, store: &str, limit: u64, window_ms: u64, settle: &str) -> Gateway {
+    gateway(
+        llm,
+        store,
         &format!(
             r#"
-{store}
-[limits]
-default_limit = 100000
-
 [[rules]]
 name = "tokens"
 path_prefix = "/v1/chat/completions"
@@ -178,6 +171,12 @@ fn after_each_request_the_counter_holds_the_tokens_actually_used() {
                 r#"ratelimiter_units_total{rule="tokens",kind="charged"}"#,
             );
             assert_eq!(reserved, 250.0, "{name} {settle}");
+            // A rule without a cost reserves one unit per request.
+            let plain = metric(
+                &gw,
+                r#"ratelimiter_units_total{rule="default",kind="reserved"}"#,
+            );
+            assert_eq!(plain, 5.0, "{name} {settle}");
             assert_eq!(reserved - back + charged, total as f64, "{name} {settle}");
             // The limit fields count units.
             let r = chat(&gw, &team, "x", 5, false);
@@ -253,7 +252,7 @@ fn a_malformed_or_missing_usage_keeps_the_reservation_and_is_counted() {
                 (n == 1.0).then_some(())
             },
         );
-        assert_eq!(count(&gw, key), 50, "{name}: the reservation stays");
+        assert_eq!(gw.count(key), 50, "{name}: the reservation stays");
         // A stream whose events never carry the usage field stays as reserved too.
         let r = chat_with(
             &gw,
@@ -275,7 +274,7 @@ fn a_malformed_or_missing_usage_keeps_the_reservation_and_is_counted() {
                 (n == 2.0).then_some(())
             },
         );
-        assert_eq!(count(&gw, key), 100, "{name}");
+        assert_eq!(gw.count(key), 100, "{name}");
     }
 }
 
@@ -283,14 +282,10 @@ fn a_malformed_or_missing_usage_keeps_the_reservation_and_is_counted() {
 fn failed_logins_count_and_successful_ones_do_not() {
     let llm = Llm::start();
     for (name, store, _redis) in stores() {
-        let gw = Gateway::start(
-            &format!("upstreams = [\"{}\"]", llm.addr),
-            &format!(
-                r#"
-{store}
-[limits]
-default_limit = 100000
-
+        let gw = gateway(
+            &llm,
+            &store,
+            r#"
 [[rules]]
 name = "login"
 methods = ["POST"]
@@ -298,8 +293,7 @@ path = "/login"
 limit = 3
 window_ms = 60000
 count_status = ["401", "403"]
-"#
-            ),
+"#,
         );
         let login = |password: &str| {
             let mut conn = Conn::open(&gw.proxy).unwrap();
@@ -334,14 +328,10 @@ count_status = ["401", "403"]
 fn two_rules_with_costs_record_in_neither_when_one_lacks_room() {
     let llm = Llm::start();
     for (name, store, _redis) in stores() {
-        let gw = Gateway::start(
-            &format!("upstreams = [\"{}\"]", llm.addr),
-            &format!(
-                r#"
-{store}
-[limits]
-default_limit = 100000
-
+        let gw = gateway(
+            &llm,
+            &store,
+            r#"
 [[rules]]
 name = "small"
 path_prefix = "/v1/"
@@ -355,20 +345,19 @@ path_prefix = "/v1/"
 key = "header:X-Api-Key"
 limit = 100
 cost = "header:X-Cost"
-"#
-            ),
+"#,
         );
         let send = |cost: &str| chat_with(&gw, "k", "hi", 1, false, &[("X-Cost", cost)]).status;
         assert_eq!(send("8"), 200, "{name}");
         assert_eq!(send("5"), 429, "{name}: small has 2 left");
-        assert_eq!(count(&gw, "small/x-api-key:k"), 8, "{name}");
+        assert_eq!(gw.count("small/x-api-key:k"), 8, "{name}");
         assert_eq!(
-            count(&gw, "large/x-api-key:k"),
+            gw.count("large/x-api-key:k"),
             8,
             "{name}: large was not charged"
         );
         assert_eq!(send("2"), 200, "{name}: exactly what is left fits");
-        assert_eq!(count(&gw, "large/x-api-key:k"), 10, "{name}");
+        assert_eq!(gw.count("large/x-api-key:k"), 10, "{name}");
     }
 }
 
@@ -376,14 +365,10 @@ cost = "header:X-Cost"
 fn every_bad_cost_header_gets_a_400_naming_the_rule() {
     let llm = Llm::start();
     for (name, store, _redis) in stores() {
-        let gw = Gateway::start(
-            &format!("upstreams = [\"{}\"]", llm.addr),
-            &format!(
-                r#"
-{store}
-[limits]
-default_limit = 100000
-
+        let gw = gateway(
+            &llm,
+            &store,
+            r#"
 [[rules]]
 name = "weighed"
 path_prefix = "/v1/"
@@ -391,8 +376,7 @@ key = "header:X-Api-Key"
 limit = 1000
 cost = "header:X-Cost"
 max_cost = 100
-"#
-            ),
+"#,
         );
         let served = llm.served("/v1/chat/completions");
         let cases: &[&[&str]] = &[
@@ -420,11 +404,11 @@ max_cost = 100
             assert!(why.contains("weighed") && why.contains("x-cost"), "{why}");
         }
         assert_eq!(llm.served("/v1/chat/completions"), served, "{name}");
-        assert_eq!(count(&gw, "weighed/x-api-key:k"), 0, "{name}");
+        assert_eq!(gw.count("weighed/x-api-key:k"), 0, "{name}");
         // A good one goes through and reserves what it says.
         let r = chat_with(&gw, "k", "hi", 1, false, &[("X-Cost", "100")]);
         assert_eq!(r.status, 200);
-        assert_eq!(count(&gw, "weighed/x-api-key:k"), 100);
+        assert_eq!(gw.count("weighed/x-api-key:k"), 100);
         // /api/explain says the same as the proxy.
         let explained = post(
             &gw.admin,

@@ -24,19 +24,6 @@ fn body(r: &Response) -> Value {
     serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.body))
 }
 
-/// `count` of the counter with this key (`?key=`, clear), 0 when it holds nothing.
-fn count(gw: &Gateway, counter_key: &str) -> u64 {
-    let encoded: String = counter_key.bytes().map(|b| format!("%{b:02X}")).collect();
-    let r = get(&gw.admin, &format!("/api/counters?key={encoded}"), &[]).unwrap();
-    assert_eq!(r.status, 200, "{r:?}");
-    body(&r)["counters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["key"] == counter_key)
-        .map_or(0, |c| c["count"].as_u64().unwrap())
-}
-
 /// Statuses of `n` requests.
 fn statuses(gw: &Gateway, n: usize, path: &str, headers: &[(&str, &str)]) -> Vec<u16> {
     (0..n)
@@ -65,8 +52,8 @@ fn a_header_named_ip_shares_neither_the_client_ips_counter_nor_its_override() {
         Some("1"),
         "the default rule's 2"
     );
-    assert_eq!(count(&gw, "tiers/ip:10.0.0.7"), 1);
-    assert_eq!(count(&gw, "tiers/header(ip):10.0.0.7"), 2);
+    assert_eq!(gw.count("tiers/ip:10.0.0.7"), 1);
+    assert_eq!(gw.count("tiers/header(ip):10.0.0.7"), 2);
     // Listed without a token, the header's value shows digested, the IP in clear.
     let tiers = get(&gw.admin, "/api/counters?rule=tiers", &[]).unwrap();
     let listed: Vec<Value> = body(&tiers)["counters"]
@@ -184,8 +171,8 @@ fn every_source_keys_its_requests(gw: &Gateway) {
     );
     assert_eq!(statuses(gw, 1, "/net", &from("2001:db8:1:3::1")), [200]);
     assert_eq!(statuses(gw, 1, "/net", &from("198.51.100.1")), [200]);
-    assert_eq!(count(gw, "net/ip:2001:db8:1:2::/64"), 2);
-    assert_eq!(count(gw, "net/ip:198.51.100.1"), 1);
+    assert_eq!(gw.count("net/ip:2001:db8:1:2::/64"), 2);
+    assert_eq!(gw.count("net/ip:198.51.100.1"), 1);
 
     // query: the first api_key, percent-decoded; without one, the client IP.
     let q = |query: &str, ip: &'static str| statuses(gw, 1, &format!("/q?{query}"), &from(ip))[0];
@@ -194,15 +181,15 @@ fn every_source_keys_its_requests(gw: &Gateway) {
     assert_eq!(q("api_key=k-1", "198.51.100.4"), 429);
     assert_eq!(q("api_key=k-2", "198.51.100.4"), 200);
     assert_eq!(q("other=1", "198.51.100.5"), 200);
-    assert_eq!(count(gw, "q/query(api_key):k-1"), 2);
-    assert_eq!(count(gw, "q/ip:198.51.100.5"), 1);
+    assert_eq!(gw.count("q/query(api_key):k-1"), 2);
+    assert_eq!(gw.count("q/ip:198.51.100.5"), 1);
 
     // cookie: the first `session` over every Cookie header.
     let c = |cookie: &'static str| get(&gw.proxy, "/c", &[("Cookie", cookie)]).unwrap().status;
     assert_eq!(c("theme=dark; session=s1"), 200);
     assert_eq!(c("session=s1; session=s2"), 200);
     assert_eq!(c("session=\"s1\""), 429);
-    assert_eq!(count(gw, "c/cookie(session):s1"), 2);
+    assert_eq!(gw.count("c/cookie(session):s1"), 2);
 
     // A composite: one counter per combination; the override for acme|p1.
     let pair = |org: &str, project: &str| {
@@ -227,8 +214,8 @@ fn every_source_keys_its_requests(gw: &Gateway) {
         (0..3).map(|_| pair("acme|p1", "x")).collect::<Vec<_>>(),
         [200, 200, 429]
     );
-    assert_eq!(count(gw, "pair/[x-org:acme|query(project):p1]"), 3);
-    assert_eq!(count(gw, "pair/[x-org:acme%7Cp1|query(project):x]"), 2);
+    assert_eq!(gw.count("pair/[x-org:acme|query(project):p1]"), 3);
+    assert_eq!(gw.count("pair/[x-org:acme%7Cp1|query(project):x]"), 2);
 
     // missing = "skip": without the header, the rule does not apply.
     assert_eq!(statuses(gw, 3, "/opt", &[]), [200, 200, 200]);
@@ -264,8 +251,8 @@ fn every_source_keys_its_requests(gw: &Gateway) {
     assert_eq!(tok(&alice, "198.51.100.11"), 200);
     assert_eq!(tok(&alice, "198.51.100.12"), 429);
     assert_eq!(tok(&hs256("alice", &[7; 32]), "198.51.100.13"), 200);
-    assert_eq!(count(gw, "tok/jwt(sub):alice"), 2);
-    assert_eq!(count(gw, "tok/ip:198.51.100.13"), 1);
+    assert_eq!(gw.count("tok/jwt(sub):alice"), 2);
+    assert_eq!(gw.count("tok/ip:198.51.100.13"), 1);
 }
 
 #[test]
@@ -453,10 +440,10 @@ fn jwt_claims_key_only_verified_tokens() {
     for (i, (what, token)) in bad.iter().enumerate() {
         let client = format!("198.51.100.{}", 20 + i);
         assert_eq!(call(token, &client), 200, "{what}");
-        assert_eq!(count(&gw, &format!("api/ip:{client}")), 1, "{what}");
+        assert_eq!(gw.count(&format!("api/ip:{client}")), 1, "{what}");
     }
-    assert_eq!(count(&gw, "api/jwt(sub):alice"), 2);
-    assert_eq!(count(&gw, "api/jwt(sub):bob"), 1);
+    assert_eq!(gw.count("api/jwt(sub):alice"), 2);
+    assert_eq!(gw.count("api/jwt(sub):bob"), 1);
     // The token is read from the one Authorization header: two are refused, whichever the
     // upstream would honour.
     let two = Conn::open(&gw.proxy)
@@ -492,11 +479,11 @@ fn jwt_claims_key_only_verified_tokens() {
     gw.reload_with(&upstream(&up), &config);
     let carol = sign(&evil, "evil", claims("carol"));
     wait_for("the rotated keys", Duration::from_secs(10), || {
-        (call(&carol, "198.51.100.40") == 200 && count(&gw, "api/jwt(sub):carol") > 0).then_some(())
+        (call(&carol, "198.51.100.40") == 200 && gw.count("api/jwt(sub):carol") > 0).then_some(())
     });
     assert_eq!(call(&sign(&a, "a", claims("dave")), "198.51.100.41"), 200);
     assert_eq!(
-        count(&gw, "api/jwt(sub):dave"),
+        gw.count("api/jwt(sub):dave"),
         0,
         "the old key no longer verifies"
     );
@@ -573,7 +560,7 @@ fn private_values_stay_out_of_metrics_logs_and_listings() {
     let auth = [("Authorization", "Bearer admin-token")];
     let clear = get(&gw.admin, "/api/counters", &auth).unwrap().body;
     assert!(clear.contains(&format!("x-api-key:{SECRET}")), "{clear}");
-    assert_eq!(count(&gw, &format!("x-api-key:{SECRET}")), 1);
+    assert_eq!(gw.count(&format!("x-api-key:{SECRET}")), 1);
     let limits = body(&get(&gw.admin, "/api/limits", &auth).unwrap());
     assert_eq!(limits["rules"][2]["overrides"][SECRET], 1, "{limits}");
     let reset = post(
@@ -584,5 +571,5 @@ fn private_values_stay_out_of_metrics_logs_and_listings() {
     )
     .unwrap();
     assert_eq!(reset.status, 200, "{reset:?}");
-    assert_eq!(count(&gw, &format!("x-api-key:{SECRET}")), 0);
+    assert_eq!(gw.count(&format!("x-api-key:{SECRET}")), 0);
 }

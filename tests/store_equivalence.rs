@@ -204,19 +204,24 @@ fn start(aligned: bool) -> Instant {
     Instant::now() + Duration::from_millis(WINDOW_MS - now_ms % WINDOW_MS)
 }
 
-/// Runs a trace through Redis and memory at once; returns what both saw.
-async fn both(trace: &[Event], aligned: bool) -> Seen {
-    let redis = RedisServer::start();
+/// A store on this Redis, connected before a trace starts.
+async fn connected(redis: &RedisServer) -> RedisStore {
     let config = Config::parse(
         "t.toml",
         &format!("[redis]\nurl = \"{}\"\ntimeout_ms = 1000\n", redis.url()),
         &|_| None,
     )
     .unwrap();
-    let redis_store = RedisStore::new(config.redis.as_ref().unwrap()).unwrap();
+    let store = RedisStore::new(config.redis.as_ref().unwrap()).unwrap();
+    store.ping().await.unwrap();
+    store
+}
+
+/// Runs a trace through Redis and memory at once; returns what both saw.
+async fn both(trace: &[Event], aligned: bool) -> Seen {
+    let redis = RedisServer::start();
+    let redis_store = connected(&redis).await;
     let memory_store = MemoryStore::default();
-    // Connected before the trace starts.
-    redis_store.ping().await.unwrap();
     let start = start(aligned);
     let (from_redis, from_memory) = tokio::join!(
         run(&redis_store, trace, start),
@@ -438,14 +443,7 @@ async fn run_weighed(store: &dyn Decide, algorithm: Algorithm, start: Instant) -
 #[tokio::test]
 async fn costs_and_settlements_decide_alike_in_redis_and_memory() {
     let redis = RedisServer::start();
-    let config = Config::parse(
-        "t.toml",
-        &format!("[redis]\nurl = \"{}\"\ntimeout_ms = 1000\n", redis.url()),
-        &|_| None,
-    )
-    .unwrap();
-    let redis_store = RedisStore::new(config.redis.as_ref().unwrap()).unwrap();
-    redis_store.ping().await.unwrap();
+    let redis_store = connected(&redis).await;
     for algorithm in Algorithm::ALL {
         let memory_store = MemoryStore::default();
         let start = start(true);
@@ -474,4 +472,66 @@ async fn costs_and_settlements_decide_alike_in_redis_and_memory() {
         "the charge took the key past its limit"
     );
     assert_eq!(log[8].0, (true, 1, 9), "the window has passed");
+}
+
+/// Polls `probe` every 20 ms until it holds, or panics after `limit`.
+async fn until(what: &str, limit: Duration, mut probe: impl AsyncFnMut() -> bool) {
+    let start = Instant::now();
+    while !probe().await {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A give-back that makes room for a refusal nodes remember is published: every node (two
+/// stores on one Redis here) forgets it, and the next request is asked of Redis and allowed.
+#[tokio::test]
+async fn a_give_back_makes_every_node_forget_a_refusal_it_remembers() {
+    let redis = RedisServer::start();
+    let (a, b) = (connected(&redis).await, connected(&redis).await);
+    let limit = Limit::sliding_log(
+        NonZeroU32::new(10).unwrap(),
+        NonZeroU64::new(60_000).unwrap(),
+    );
+    let big = Check {
+        cost: 10,
+        ..Check::new("default", "g".to_string(), limit)
+    };
+    let one = Check {
+        cost: 1,
+        ..big.clone()
+    };
+    let taken = a.decide(std::slice::from_ref(&big), R).await.unwrap()[0].unwrap();
+    assert!(taken.allowed);
+    // Each node refuses one unit and remembers it (once it hears resets: its subscription
+    // comes up after it connects).
+    for node in [&a, &b] {
+        until(
+            "the refusal remembered",
+            Duration::from_secs(5),
+            async || {
+                let d = node.decide(std::slice::from_ref(&one), R).await.unwrap();
+                assert!(!d[0].unwrap().allowed);
+                node.decide_local(std::slice::from_ref(&one), R).is_some()
+            },
+        )
+        .await;
+    }
+    let settled = Settlement {
+        check: big,
+        mark: taken.mark,
+        actual: 2,
+        max_cost: 10,
+    };
+    assert_eq!(a.settle(&[settled]).await.unwrap(), [8]);
+    for node in [&a, &b] {
+        until(
+            "the refusal forgotten",
+            Duration::from_secs(2),
+            async || node.decide_local(std::slice::from_ref(&one), R).is_none(),
+        )
+        .await;
+    }
+    let d = b.decide(std::slice::from_ref(&one), R).await.unwrap()[0].unwrap();
+    assert_eq!((d.allowed, d.count), (true, 3));
 }

@@ -110,6 +110,22 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// `count` of the counter with this key (asked by `?key=`, every byte percent-encoded),
+    /// 0 when it holds nothing.
+    pub fn count(&self, counter_key: &str) -> u64 {
+        let encoded: String = counter_key.bytes().map(|b| format!("%{b:02X}")).collect();
+        let r =
+            super::http::get(&self.admin, &format!("/api/counters?key={encoded}"), &[]).unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+        let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        body["counters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["key"] == counter_key)
+            .map_or(0, |c| c["count"].as_u64().unwrap())
+    }
+
     /// Starts the binary with `body` appended to a `[proxy]`/`[admin]` header on free ports.
     /// `proxy_extra` goes into the `[proxy]` table (e.g. `upstreams = [...]`).
     pub fn start(proxy_extra: &str, body: &str) -> Gateway {
