@@ -50,6 +50,7 @@ fn check(key: &str, limit: u32) -> Check {
         limit: Limit::sliding_log(quota(limit).limit, quota(limit).window_ms),
         shadow: false,
         sync: ratelimiter::limiter::SyncMode::Exact,
+        wait: Default::default(),
     }
 }
 
@@ -399,6 +400,7 @@ fn proxy_headers(c: &mut Criterion) {
             retry_after_ms: 0,
             reset_ms: 59_000,
             mark: 0,
+            delay_ms: 0,
         })],
     );
     let mut g = c.benchmark_group("proxy_headers");

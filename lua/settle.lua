@@ -14,7 +14,9 @@
 -- KEYS[i]   ratelimit:<counter key>
 -- ARGV[1]   the resets channel
 -- ARGV[2]   the counter key prefix ("ratelimit:"), left out of what is published
--- ARGV[3..] seven values per key: algorithm id, limit, window_ms, mark, reserved, actual,
+-- ARGV[3]   the settling node's instance id: with the mark, it names a concurrency slot
+--           (lua/concurrency.lua, where settling at 0 frees the slot and at 1 renews it)
+-- ARGV[4..] seven values per key: algorithm id, limit, window_ms, mark, reserved, actual,
 --           max_cost
 --
 -- Returns one integer per key: the units given back (negative: charged).
@@ -27,14 +29,14 @@ local prefix = #ARGV[2]
 
 local out = {}
 for i = 1, #KEYS do
-  local at = 3 + (i - 1) * 7
+  local at = 4 + (i - 1) * 7
   local load = loaders[tonumber(ARGV[at])]
   local given = 0
   if load then
     local peek, _, _, _, _, settle = load()
     local limit, window = tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
     given = settle(KEYS[i], now, now_us, limit, window, tonumber(ARGV[at + 3]),
-      tonumber(ARGV[at + 4]), tonumber(ARGV[at + 5]))
+      tonumber(ARGV[at + 4]), tonumber(ARGV[at + 5]), ARGV[3])
     if given > 0 then
       -- Left before the give-back: at most what is left now less what came back.
       local _, count = peek(KEYS[i], now, now_us, limit, window, true, false, 1)

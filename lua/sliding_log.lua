@@ -31,9 +31,10 @@
 --     window ever holds more than the limit.
 --   give(key, now_ms, now_us, limit, window_ms, lease_id, granted, unused, mark, lease_end_ms)
 --     -> given: takes back the `unused` slots of a lease that `take` granted.
---   settle(key, now_ms, now_us, limit, window_ms, mark, reserved, actual) -> given: the
---     request recorded with `reserved` units (its `mark`) now holds `actual`; returns the
+--   settle(key, now_ms, now_us, limit, window_ms, mark, reserved, actual, owner) -> given:
+--     the request recorded with `reserved` units (its `mark`) now holds `actual`; returns the
 --     units given back (negative: charged), 0 once its record has gone (lua/settle.lua).
+--     `owner` is the settling node's instance id (a concurrency slot's member starts with it).
 --   count(key, now_ms) -> how many slots the key holds now (lua/count.lua), when the
 --     algorithm knows better than peek with the rule's window (a log knows its own).
 --

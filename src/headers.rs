@@ -5,7 +5,8 @@
 //!   the fewest remaining requests; a 429 adds `X-RateLimit-Reset`.
 //! - `ietf`: the fields of draft-ietf-httpapi-ratelimit-headers (-10/-11), one list item per
 //!   applied rule: `RateLimit-Policy: "login";q=5;w=60` (quota, window in seconds, rounded
-//!   up) and `RateLimit: "login";r=0;t=42` (remaining, seconds until more quota frees).
+//!   up) and `RateLimit: "login";r=0;t=42` (remaining, seconds until more quota frees); a
+//!   concurrency rule's quota is of requests at once: `"gpu";q=4;qu="concurrent-requests"`.
 //! - `both`, or `none`.
 //!
 //! A 429 always carries `Retry-After` (the longest wait among the blocking rules), whatever the
@@ -109,8 +110,17 @@ pub fn limit_headers(outcome: &Outcome, style: HeaderStyle) -> Vec<(&'static str
         let (mut policy, mut state) = (String::new(), String::new());
         for (check, d) in outcome.visible() {
             let sep = if policy.is_empty() { "" } else { ", " };
-            let window_s = check.limit.quota.window_ms.get().div_ceil(1000);
-            let _ = write!(policy, "{sep}\"{}\";q={};w={window_s}", check.rule, d.limit);
+            if check.is_concurrency() {
+                // A quota of requests at once: no window.
+                let _ = write!(
+                    policy,
+                    "{sep}\"{}\";q={};qu=\"concurrent-requests\"",
+                    check.rule, d.limit
+                );
+            } else {
+                let window_s = check.limit.quota.window_ms.get().div_ceil(1000);
+                let _ = write!(policy, "{sep}\"{}\";q={};w={window_s}", check.rule, d.limit);
+            }
             let t = if blocked { retry } else { d.reset_secs() };
             let _ = write!(state, "{sep}\"{}\";r={};t={t}", check.rule, d.remaining);
         }
@@ -142,6 +152,7 @@ mod tests {
             ),
             shadow,
             sync: crate::limiter::SyncMode::Exact,
+            wait: Default::default(),
         }
     }
 
@@ -160,6 +171,7 @@ mod tests {
             retry_after_ms: retry_ms,
             reset_ms,
             mark: 0,
+            delay_ms: 0,
         })
     }
 

@@ -25,6 +25,7 @@ use crate::config::Preflight;
 use crate::forwarding;
 use crate::headers::{insert_limit_headers, limit_headers};
 use crate::key::{canonical, client_ip};
+use crate::limiter::slots::Slots;
 use crate::limiter::{Limiter, Outcome, Verdict};
 use crate::live::{Live, LiveConfig};
 use crate::metrics::{Metrics, UpstreamError};
@@ -53,6 +54,8 @@ pub struct RequestCtx {
     outcome: Option<Outcome>,
     /// What its rules settle from the response (contract §13), gathered as it passes.
     owed: Option<Owed>,
+    /// The concurrency slots it holds while in flight (contract §14), freed when dropped.
+    slots: Option<Slots>,
     /// What limiting made of the request, for the access log.
     decision: &'static str,
     /// The rule that let it through unlimited, for the access log.
@@ -184,7 +187,12 @@ impl Gateway {
             Verdict::Decided(outcome) if outcome.allowed() => {
                 ctx.decision = "allowed";
                 ctx.owed = Owed::of(&outcome, &live.rules);
+                ctx.slots = self.limiter.hold(&outcome);
+                let delay = outcome.delay();
                 ctx.outcome = Some(outcome);
+                if !delay.is_zero() {
+                    self.wait(ctx, delay).await;
+                }
                 Ok(false)
             }
             Verdict::Decided(outcome) => {
@@ -204,6 +212,19 @@ impl Gateway {
                 let body = Bytes::from(store_unavailable_json());
                 respond(session, ctx, 503, &[], "application/json", body).await?;
                 Ok(true)
+            }
+        }
+    }
+
+    /// Holds a request its rules delayed (contract §14, `delay`): its place was reserved
+    /// when it arrived; it goes on after the wait.
+    async fn wait(&self, ctx: &RequestCtx, delay: Duration) {
+        tokio::time::sleep(delay).await;
+        if let Some(outcome) = &ctx.outcome {
+            for (check, d) in outcome.visible() {
+                if d.delay_ms > 0 {
+                    self.metrics.waits.waited(check.rule, delay);
+                }
             }
         }
     }
@@ -358,6 +379,7 @@ impl ProxyHttp for Gateway {
             request_id: None,
             outcome: None,
             owed: None,
+            slots: None,
             decision: "off",
             unlimited_by: None,
             client: None,
@@ -682,6 +704,11 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Self::CTX) {
+        // The response has ended (or the client left, or the upstream failed): its slots free
+        // before the connection's next request is read.
+        if let Some(slots) = ctx.slots.take() {
+            slots.free().await;
+        }
         self.settle(session, ctx);
         let status = final_status(session).unwrap_or(0);
         if status > 0 {

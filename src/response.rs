@@ -157,6 +157,7 @@ mod tests {
             retry_after_ms: 1500,
             reset_ms: 1500,
             mark: 0,
+            delay_ms: 0,
         };
         let check = Check {
             cost: 1,
@@ -168,6 +169,7 @@ mod tests {
             ),
             shadow: false,
             sync: crate::limiter::SyncMode::Exact,
+            wait: Default::default(),
         };
         assert_eq!(
             decision_json(&d),

@@ -26,6 +26,7 @@ use crate::proxy::Gateway;
 use crate::registry::{Heartbeat, Registry};
 use crate::reload::Reloader;
 use crate::shutdown::{Handlers, Signals, UpgradeSocket};
+use crate::slot_keeper::SlotKeeper;
 use crate::upstreams;
 
 /// Everything the services share, built once.
@@ -256,6 +257,13 @@ pub fn run(config: Config, start: Start) -> Result<(), String> {
     server.add_service(admin);
 
     server.add_service(background_service(
+        "slots",
+        SlotKeeper {
+            limiter: shared.limiter.clone(),
+        },
+    ));
+
+    server.add_service(background_service(
         "heartbeat",
         Heartbeat {
             registry: shared.registry.clone(),
@@ -307,7 +315,7 @@ pub fn run(config: Config, start: Start) -> Result<(), String> {
     server.run(RunArgs {
         shutdown_signal: Box::new(signals),
     });
-    shared.limiter.give_back_leases();
+    shared.limiter.give_back();
     if shared.lifecycle.handed_over() {
         unregister_unless_taken_over(&shared.registry);
     }

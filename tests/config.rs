@@ -302,9 +302,27 @@ const EXPECTED: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "rule_concurrency",
+        &[
+            r#"4:9: [[rules]] #1 limit: a concurrency rule limits requests in flight, not requests per window; remove limit or concurrency"#,
+            r#"5:13: [[rules]] #1 window_ms: a concurrency rule limits requests in flight, not requests per window; remove window_ms or concurrency"#,
+            r#"6:8: [[rules]] #1 cost: a request holds one slot, whatever it costs; remove cost or concurrency"#,
+            r#"11:8: [[rules]] #2 sync: slots are exact (one is held until its response ends, which no lease can foresee); remove sync or concurrency"#,
+            r#"16:9: [[rules]] #3 queue: applies only to a concurrency rule (concurrency = N)"#,
+            r#"17:15: [[rules]] #3 slot_ttl_ms: applies only to a concurrency rule (concurrency = N)"#,
+            r#"22:9: [[rules]] #4 delay: applies only with algorithm = "gcra" (whose requests are spaced at the rate)"#,
+            r#"26:15: [[rules]] #5 concurrency: expected an integer 1..=1000000, found integer 0"#,
+            r#"27:9: [[rules]] #5 queue max_wait_ms is required (an integer 1..=600000)"#,
+            r#"27:28: unknown key `wait_ms` in [[rules]] #5 queue; expected one of: max_waiting, max_wait_ms"#,
+            r#"28:15: [[rules]] #5 slot_ttl_ms: expected an integer 500..=3600000, found integer 10"#,
+            r#"35:9: [[rules]] #6 delay: needs sync = "exact" (a delayed request's place is reserved in the shared counter)"#,
+            r#"35:26: [[rules]] #6 delay max_delay_ms: expected an integer 1..=60000, found integer 0"#,
+        ],
+    ),
+    (
         "rule_unknown_key",
         &[
-            r#"4:1: unknown key `burst` in [[rules]] #1; expected one of: name, methods, path, path_prefix, path_regex, path_ignore_case, host, key, missing, limit, window_ms, algorithm, shadow, skip_default, unlimited, overrides, sync, lease_size, lease_ms, cost, max_cost, settle, count_status"#,
+            r#"4:1: unknown key `burst` in [[rules]] #1; expected one of: name, methods, path, path_prefix, path_regex, path_ignore_case, host, key, missing, limit, window_ms, algorithm, shadow, skip_default, unlimited, overrides, sync, lease_size, lease_ms, cost, max_cost, settle, count_status, concurrency, slot_ttl_ms, queue, delay"#,
         ],
     ),
     (
@@ -334,7 +352,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
             r#"33:47: [[rules]] #6 overrides: "10.0.0.7": expected an integer 1..=4294967295, found integer 0"#,
             r#"39:13: [[rules]] #7 overrides: a rule keyed by "global" has one counter; overrides need key = "ip" or "header:<Header-Name>""#,
             r#"45:16: [[rules]] #8 skip_default: a shadow rule never changes what is enforced; remove skip_default or shadow"#,
-            r#"46:1: unknown key `limt` in [[rules]] #8; expected one of: name, methods, path, path_prefix, path_regex, path_ignore_case, host, key, missing, limit, window_ms, algorithm, shadow, skip_default, unlimited, overrides, sync, lease_size, lease_ms, cost, max_cost, settle, count_status"#,
+            r#"46:1: unknown key `limt` in [[rules]] #8; expected one of: name, methods, path, path_prefix, path_regex, path_ignore_case, host, key, missing, limit, window_ms, algorithm, shadow, skip_default, unlimited, overrides, sync, lease_size, lease_ms, cost, max_cost, settle, count_status, concurrency, slot_ttl_ms, queue, delay"#,
         ],
     ),
     (

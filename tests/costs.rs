@@ -8,10 +8,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::http::{get, post, Conn, Response};
+use common::http::{post, Conn, Response};
 use common::llm::Llm;
 use common::procs::{Gateway, RedisServer};
-use common::wait_for;
+use common::{metric, wait_for};
 use serde_json::{json, Value};
 
 fn body(r: &Response) -> Value {
@@ -29,25 +29,6 @@ fn settles_to(gw: &Gateway, counter_key: &str, want: u64) {
         }
     });
     assert!(settled, "{counter_key} holds {seen}, not {want}");
-}
-
-/// The value of one series in `/metrics` (0 when absent).
-fn metric(gw: &Gateway, series: &str) -> f64 {
-    let text = get(&gw.admin, "/metrics", &[]).unwrap().body;
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            let name_and_labels = l.rsplit_once(' ').map_or("", |(n, _)| n);
-            // Every label asked for is on the line, whatever else (node_id) is.
-            let (name, labels) = series.split_once('{').unwrap_or((series, "}"));
-            name_and_labels.starts_with(&format!("{name}{{"))
-                && labels
-                    .trim_end_matches('}')
-                    .split(',')
-                    .all(|label| name_and_labels.contains(label))
-        })
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
 }
 
 /// The two stores: the embedded one, and a real Redis (kept running for the test).

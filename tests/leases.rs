@@ -56,6 +56,7 @@ fn check(key: &str, algorithm: Algorithm, limit: u32, window_ms: u64) -> Check {
         },
         shadow: false,
         sync: ratelimiter::limiter::SyncMode::Exact,
+        wait: Default::default(),
     }
 }
 
@@ -97,6 +98,7 @@ fn leases_share_the_limit_and_what_goes_back_can_be_taken_again() {
                 Algorithm::Gcra => {
                     assert!(total >= 100 - a.granted - b.granted, "{name}: {total}");
                 }
+                Algorithm::Concurrency => unreachable!("slots are never leased"),
             }
             let none = s.take(&c, 1, 60_000, "node-d:1").await.unwrap();
             assert_eq!(none.granted, 0, "{name}: nothing left");
@@ -141,6 +143,7 @@ fn leases_share_the_limit_and_what_goes_back_can_be_taken_again() {
                     assert!(a.ends_ms <= window_end.max((after / 60_000 + 1) * 60_000));
                     assert!(a.ends_ms > before);
                 }
+                Algorithm::Concurrency => unreachable!("slots are never leased"),
             }
         });
     }
@@ -886,7 +889,7 @@ fn a_weighed_log_entry_counts_once_when_retried_and_settles_its_expiry() {
             actual: 0,
             max_cost: 100,
         };
-        assert_eq!(scripts.settle(&[&s]).await.unwrap(), [5]);
+        assert_eq!(scripts.settle(&[&s], "node").await.unwrap(), [5]);
         let now = scripts
             .call(&[&old], Mode::DRY_RUN, "look", true)
             .await

@@ -401,3 +401,73 @@ fn costs_reserve_and_settle_across_shards() {
         });
     }
 }
+
+/// Concurrency on a cluster (contract §14): a per-key rule and a global one whose slots live
+/// on different shards. Two gateways never put more in flight than either allows; a request
+/// refused by one shard's rule leaves no slot on the other (taken back); every slot is freed
+/// (one call per shard) once the responses end.
+#[test]
+fn concurrency_slots_across_shards() {
+    let cluster = Cluster::start(3);
+    let up = Upstream::start();
+    let body = gateway_body(
+        &cluster,
+        "timeout_ms = 2000\n[limits]\ndefault_limit = 100000\n\
+         [[rules]]\nname = \"per_key\"\nkey = \"header:X-Api-Key\"\nconcurrency = 2\n\
+         [[rules]]\nname = \"all\"\nkey = \"global\"\nconcurrency = 3\n",
+    );
+    let upstreams = format!("upstreams = [\"{}\"]", up.addr);
+    let gws: Vec<Gateway> = (0..2).map(|_| Gateway::start(&upstreams, &body)).collect();
+    let global_home = cluster.master_of("ratelimit:all/global");
+    let key = (0..)
+        .map(|i| format!("k{i}"))
+        .find(|k| cluster.master_of(&format!("ratelimit:per_key/x-api-key:{k}")) != global_home)
+        .unwrap();
+    let slow = |gw: &Gateway, key: &str| {
+        let (addr, key) = (gw.proxy.clone(), key.to_string());
+        std::thread::spawn(move || {
+            get(&addr, "/sleep/800", &[("X-Api-Key", &key)]).map_or(0, |r| r.status)
+        })
+    };
+    // Two of `key` in flight: its rule is full, the global one holds two of three.
+    let held = [slow(&gws[0], &key), slow(&gws[1], &key)];
+    wait_for("two in flight", Duration::from_secs(5), || {
+        (up.sleeping() == 2).then_some(())
+    });
+    for gw in &gws {
+        let r = get(&gw.proxy, "/", &[("X-Api-Key", &key)]).unwrap();
+        assert_eq!(r.status, 429, "per_key is full");
+    }
+    assert_eq!(
+        zcard(&cluster, "ratelimit:all/global"),
+        2,
+        "the refused requests' global slots were taken back"
+    );
+    // Another key takes the last global slot; a third key finds the global rule full.
+    let other = slow(&gws[0], "other");
+    wait_for("three in flight", Duration::from_secs(5), || {
+        (up.sleeping() == 3).then_some(())
+    });
+    assert_eq!(
+        get(&gws[1].proxy, "/", &[("X-Api-Key", "third")])
+            .unwrap()
+            .status,
+        429
+    );
+    assert_eq!(up.peak(), 3);
+    for h in held.into_iter().chain([other]) {
+        assert_eq!(h.join().unwrap(), 200);
+    }
+    // Freed on both shards.
+    wait_for("every slot freed", Duration::from_secs(5), || {
+        (zcard(&cluster, "ratelimit:all/global") == 0
+            && zcard(&cluster, &format!("ratelimit:per_key/x-api-key:{key}")) == 0)
+            .then_some(())
+    });
+    assert_eq!(
+        get(&gws[1].proxy, "/", &[("X-Api-Key", &key)])
+            .unwrap()
+            .status,
+        200
+    );
+}

@@ -144,11 +144,16 @@ fn an_acl_user_with_only_the_needed_commands_keys_and_channel() {
     let gw = Gateway::start(
         DIRECT,
         &format!(
-            "[node]\nid = \"gw\"\n[redis]\nurl = \"redis://gw:gw-secret@127.0.0.1:{}\"\ntimeout_ms = 1000\n[limits]\ndefault_limit = 2\n[[rules]]\nname = \"leased\"\npath_prefix = \"/lease/\"\nlimit = 3\nwindow_ms = 60000\nskip_default = true\nsync = \"lease\"\nlease_size = 2\n",
+            "[node]\nid = \"gw\"\n[redis]\nurl = \"redis://gw:gw-secret@127.0.0.1:{}\"\ntimeout_ms = 1000\n[limits]\ndefault_limit = 2\n[[rules]]\nname = \"leased\"\npath_prefix = \"/lease/\"\nlimit = 3\nwindow_ms = 60000\nskip_default = true\nsync = \"lease\"\nlease_size = 2\n[[rules]]\nname = \"slots\"\npath_prefix = \"/slots/\"\nconcurrency = 1\nskip_default = true\n",
             redis.port
         ),
     );
     works_end_to_end(&gw);
+    // Concurrency slots too: taken and freed, one request after another on a connection.
+    let mut c = Conn::open(&gw.proxy).unwrap();
+    for _ in 0..3 {
+        assert_eq!(c.get("/slots/x", &[]).unwrap().status, 200, "{}", gw.log());
+    }
     // Leases too: two calls take 2 and 1 slots, the third is refused; the listing counts them.
     let statuses: Vec<u16> = (0..4)
         .map(|_| get(&gw.proxy, "/lease/x", &[]).unwrap().status)

@@ -168,6 +168,7 @@ async fn run(store: &dyn Decide, trace: &[Event], start: Instant) -> Seen {
                 ),
                 shadow: *shadow,
                 sync: ratelimiter::limiter::SyncMode::Exact,
+                wait: Default::default(),
             })
             .collect();
         // Ask for reset_ms too, so the scripts' extra reads are covered.
@@ -534,4 +535,156 @@ async fn a_give_back_makes_every_node_forget_a_refusal_it_remembers() {
     }
     let d = b.decide(std::slice::from_ref(&one), R).await.unwrap()[0].unwrap();
     assert_eq!((d.allowed, d.count), (true, 3));
+}
+
+/// A concurrency step: take a slot of a key (limit 2), or settle the slot the n-th step took
+/// at 0 (free it) or 1 (renew it).
+#[derive(Clone, Copy)]
+enum Slot {
+    Take,
+    Free(usize),
+    Renew(usize),
+}
+
+/// Slots live one window (1200 ms) unless renewed.
+const SLOTS: &[(u64, Slot)] = &[
+    (0, Slot::Take),
+    (0, Slot::Take),
+    (0, Slot::Take), // refused: two in flight
+    (0, Slot::Free(0)),
+    (0, Slot::Take), // the freed one's place
+    (300, Slot::Renew(1)),
+    (300, Slot::Free(0)), // freed already: nothing
+    (1400, Slot::Take),   // the slot taken at 0 expired; the renewed one lives to 1500
+    (1400, Slot::Take),   // refused
+    (1700, Slot::Take),   // the renewed one expired too
+    (1700, Slot::Take),   // refused
+];
+
+/// Per step: the decision's (allowed, count, remaining, retry_after_ms > 0), or a
+/// settlement's slots freed.
+async fn run_slots(store: &dyn Decide, start: Instant) -> Vec<(bool, u64, u64, bool, i64)> {
+    let check = Check::new(
+        "default",
+        "slots".to_string(),
+        Limit::new(
+            Algorithm::Concurrency,
+            NonZeroU32::new(2).unwrap(),
+            NonZeroU64::new(WINDOW_MS).unwrap(),
+        ),
+    );
+    let (mut out, mut marks) = (Vec::new(), Vec::new());
+    for (at, step) in SLOTS {
+        tokio::time::sleep_until((start + Duration::from_millis(*at)).into()).await;
+        let settle = |i: usize, actual| Settlement {
+            check: check.clone(),
+            mark: marks[i],
+            actual,
+            max_cost: 1,
+        };
+        match *step {
+            Slot::Take => {
+                let d = store.decide(std::slice::from_ref(&check), R).await.unwrap()[0].unwrap();
+                marks.push(d.mark);
+                out.push((d.allowed, d.count, d.remaining, d.retry_after_ms > 0, 0));
+            }
+            Slot::Free(i) | Slot::Renew(i) => {
+                let actual = u32::from(matches!(step, Slot::Renew(_)));
+                let given = store.settle(&[settle(i, actual)]).await.unwrap()[0];
+                marks.push(0);
+                out.push((true, 0, 0, false, given));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn concurrency_slots_decide_alike_in_redis_and_memory() {
+    let redis = RedisServer::start();
+    let redis_store = connected(&redis).await;
+    let memory_store = MemoryStore::default();
+    let start = start(false);
+    let (from_redis, from_memory) = tokio::join!(
+        run_slots(&redis_store, start),
+        run_slots(&memory_store, start)
+    );
+    assert_eq!(from_redis, from_memory);
+    let allowed: Vec<bool> = from_memory.iter().map(|s| s.0).collect();
+    assert_eq!(
+        allowed,
+        [true, true, false, true, true, true, true, true, false, true, false]
+    );
+    let freed: Vec<i64> = from_memory.iter().map(|s| s.4).collect();
+    assert_eq!(freed[3], 1, "freed");
+    assert_eq!((freed[5], freed[6]), (0, 0), "renewed; freed once only");
+    assert_eq!(
+        from_memory[2],
+        (false, 2, 0, true, 0),
+        "refused with a wait"
+    );
+    // Counted with the slot just taken: one other live.
+    assert_eq!(from_memory[7].1, 2, "at 1400, the renewed slot lives");
+    assert_eq!(
+        from_memory[9].1, 2,
+        "at 1700, only the slot taken at 1400 lives"
+    );
+}
+
+/// A gcra key with `delay`: a burst of its limit at once, then requests delayed by the wait
+/// up to max_delay_ms, then refused, told to come back when a delay would do.
+#[tokio::test]
+async fn delays_decide_alike_in_redis_and_memory() {
+    let redis = RedisServer::start();
+    let redis_store = connected(&redis).await;
+    let memory_store = MemoryStore::default();
+    // Two per 1200 ms: one every 600 ms; up to 700 ms of delay.
+    let check = Check {
+        wait: ratelimiter::limiter::Wait {
+            max_delay_ms: 700,
+            queue: None,
+        },
+        ..Check::new(
+            "default",
+            "paced".to_string(),
+            Limit::new(
+                Gcra,
+                NonZeroU32::new(2).unwrap(),
+                NonZeroU64::new(WINDOW_MS).unwrap(),
+            ),
+        )
+    };
+    let burst = async |store: &dyn Decide| {
+        let mut out = Vec::new();
+        for _ in 0..5 {
+            let d = store.decide(std::slice::from_ref(&check), R).await.unwrap()[0].unwrap();
+            out.push((d.allowed, d.delay_ms, d.retry_after_ms));
+        }
+        out
+    };
+    let (from_redis, from_memory) = tokio::join!(burst(&redis_store), burst(&memory_store));
+    for (r, m) in from_redis.iter().zip(&from_memory) {
+        assert_eq!(r.0, m.0);
+        assert!(r.1.abs_diff(m.1) <= CLOCK_SLACK_MS && r.2.abs_diff(m.2) <= CLOCK_SLACK_MS);
+    }
+    let shape: Vec<(bool, bool)> = from_memory.iter().map(|d| (d.0, d.1 > 0)).collect();
+    assert_eq!(
+        shape,
+        [
+            (true, false),
+            (true, false),
+            (true, true),
+            (false, false),
+            (false, false)
+        ]
+    );
+    assert!(
+        from_memory[2].1.abs_diff(600) <= CLOCK_SLACK_MS,
+        "{from_memory:?}"
+    );
+    // The next would wait 1200 ms: refused, to come back in 500 (1200 - 700).
+    assert!(
+        from_memory[3].2.abs_diff(500) <= CLOCK_SLACK_MS,
+        "{from_memory:?}"
+    );
 }

@@ -318,14 +318,28 @@ fn rule_json(rule: &Rule, clear: bool) -> Value {
         SettleFrom::Header(name) => format!("header:{name}"),
         SettleFrom::Json(path) => format!("json:{path}"),
     });
+    // A concurrency rule's limit is slots, its window their ttl (contract §14).
+    let slots = rule
+        .limit
+        .filter(|l| l.algorithm == crate::limiter::Algorithm::Concurrency);
+    let rate = rule.limit.filter(|_| slots.is_none());
     json!({
         "name": rule.name,
-        "limit": rule.limit.map(|l| l.quota.limit.get()),
+        "limit": rate.map(|l| l.quota.limit.get()),
+        "concurrency": slots.map(|l| l.quota.limit.get()),
+        "slot_ttl_ms": slots.map(|l| l.quota.window_ms.get()),
+        "queue": rule.wait.queue.map(|q| json!({
+            "max_waiting": q.max_waiting,
+            "max_wait_ms": q.max_wait_ms,
+        })),
+        "delay": (rule.wait.max_delay_ms > 0).then(|| json!({
+            "max_delay_ms": rule.wait.max_delay_ms,
+        })),
         "cost": cost,
         "max_cost": rule.limit.map(|_| c.max_cost),
         "settle": settle,
         "count_status": c.count_status.as_ref().map(|s| s.names()),
-        "window_ms": rule.limit.map(|l| l.quota.window_ms.get()),
+        "window_ms": rate.map(|l| l.quota.window_ms.get()),
         "key": rule.key.to_json(),
         "missing": rule.missing.name(),
         "algorithm": rule.limit.map(|l| l.algorithm.name()),

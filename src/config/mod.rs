@@ -23,6 +23,7 @@ mod redis;
 mod response;
 mod rules;
 mod validate;
+mod wait;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -164,6 +164,29 @@ impl<'a> Section<'a> {
         }
     }
 
+    /// An inline table of a key (`queue = { max_waiting = 16 }`), read as a section named
+    /// after the key (`[[rules]] #2 queue`).
+    pub(crate) fn inline_table(
+        &self,
+        key: &str,
+        known: &[&str],
+        errors: &mut Collector,
+    ) -> Option<Section<'a>> {
+        let raw = self.raw(key)?;
+        match raw.value.as_table() {
+            Some(t) => Some(Section::new(
+                format!("{} {key}", self.name),
+                Some(t),
+                known,
+                errors,
+            )),
+            None => {
+                errors.at(raw.span.clone(), self.expected(key, "a table", raw));
+                None
+            }
+        }
+    }
+
     /// The tables of an array of tables (`[[rules]]`), each read as a section named
     /// `[[key]] #n` (from 1), with the span of its `[[key]]` header.
     pub(crate) fn tables(

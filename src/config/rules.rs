@@ -12,7 +12,9 @@ use super::MAX_WINDOW_MS;
 use crate::key::{KeySource, Missing};
 use crate::limiter::{Algorithm, Limit, Quota, SyncMode};
 use crate::request::HostMatch;
-use crate::rules::{intern, valid_name, Matcher, PathMatch, Rule, DEFAULT_RULE, MAX_NAME_LEN};
+use crate::rules::{
+    intern, valid_name, Costing, Matcher, PathMatch, Rule, DEFAULT_RULE, MAX_NAME_LEN,
+};
 
 const KEYS: &[&str] = &[
     "name",
@@ -38,6 +40,10 @@ const KEYS: &[&str] = &[
     "max_cost",
     "settle",
     "count_status",
+    "concurrency",
+    "slot_ttl_ms",
+    "queue",
+    "delay",
 ];
 
 /// The longest lease: past it, unused slots would keep other nodes out for too long.
@@ -82,14 +88,30 @@ pub(super) fn read(root: &Section, limits: &Defaults, errors: &mut Collector) ->
             }
         }
         let unlimited = unlimited.is_some_and(|v| v.value);
-        let limit = limit(&s, &at, limits, unlimited, errors);
-        let overrides = super::keys::overrides(&s, key.as_ref(), errors);
         let sync = sync(&s, errors);
-        let costing = limit
-            .as_ref()
-            .and_then(|l| super::cost::read(&s, l.map(|l| l.quota.limit.get()), sync, errors));
-        if let (Some(name), Some(key), Some(missing), Some(limit), Some(sync), Some(costing)) =
-            (name, key, missing, limit, sync, costing)
+        let (limit, costing) = match super::wait::concurrency(&s, sync, errors) {
+            // A slot is one request: it weighs one.
+            Some(Some(slots)) => (Some(Some(slots)), Some(Costing::one(1))),
+            Some(None) => {
+                let limit = limit(&s, &at, limits, unlimited, errors);
+                let costing = limit.as_ref().and_then(|l| {
+                    super::cost::read(&s, l.map(|l| l.quota.limit.get()), sync, errors)
+                });
+                (limit, costing)
+            }
+            None => (None, None),
+        };
+        let overrides = super::keys::overrides(&s, key.as_ref(), errors);
+        let wait = super::wait::wait(&s, limit, sync, errors);
+        if let (
+            Some(name),
+            Some(key),
+            Some(missing),
+            Some(limit),
+            Some(sync),
+            Some(costing),
+            Some(wait),
+        ) = (name, key, missing, limit, sync, costing, wait)
         {
             rules.push(Rule {
                 name: intern(&name),
@@ -102,6 +124,7 @@ pub(super) fn read(root: &Section, limits: &Defaults, errors: &mut Collector) ->
                 overrides: overrides.unwrap_or_default(),
                 sync,
                 costing,
+                wait,
             });
         }
     }

@@ -8,12 +8,16 @@
 //! - [`backend::memory`]: the embedded store, a single node's own memory;
 //! - [`backend::redis`]: the shared store, one Lua script call per request;
 //! - [`outcome`]: what a list of decisions means for the request (allowed, which rule shows);
-//! - [`policy`]: the [`Limiter`].
+//! - [`policy`]: the [`Limiter`];
+//! - [`slots`]: the concurrency slots this node holds for requests in flight (contract §14);
+//! - [`queue`]: requests waiting in line for a slot.
 
 pub mod algo;
 pub mod backend;
 pub mod outcome;
 pub mod policy;
+pub mod queue;
+pub mod slots;
 pub mod store;
 
 use std::fmt;
@@ -38,6 +42,8 @@ pub struct Check {
     pub sync: SyncMode,
     /// Units the request reserves (contract §13): 1 for a request that weighs one.
     pub cost: u32,
+    /// How the request may wait instead of being refused (contract §14).
+    pub wait: Wait,
 }
 
 /// A check of one unit, kept exactly: the common case.
@@ -50,8 +56,33 @@ impl Check {
             shadow: false,
             sync: SyncMode::Exact,
             cost: 1,
+            wait: Wait::default(),
         }
     }
+
+    /// Whether it holds a slot while its request is in flight (contract §14).
+    pub fn is_concurrency(&self) -> bool {
+        self.limit.algorithm == Algorithm::Concurrency
+    }
+}
+
+/// How a request may wait instead of being refused (contract §14).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Wait {
+    /// A gcra rule's `delay`: a request that would have room within this long is admitted
+    /// after that wait instead of refused; 0: never delayed.
+    pub max_delay_ms: u64,
+    /// A concurrency rule's `queue`: a request without a slot waits in line for one.
+    pub queue: Option<Queue>,
+}
+
+/// A concurrency rule's line of waiting requests, per key on each node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Queue {
+    /// Requests that may wait at once; one more is refused at once.
+    pub max_waiting: u32,
+    /// How long a request waits before it is refused.
+    pub max_wait_ms: u64,
 }
 
 /// A recorded request's reservation, settled once its response has told what it really cost

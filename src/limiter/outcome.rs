@@ -87,6 +87,13 @@ impl Outcome {
             .unwrap_or(0)
     }
 
+    /// How long an allowed request waits before it is proxied (contract §14, `delay`): the
+    /// longest delay among its enforced checks; 0 for most.
+    pub fn delay(&self) -> std::time::Duration {
+        let ms = self.visible().map(|(_, d)| d.delay_ms).max().unwrap_or(0);
+        std::time::Duration::from_millis(ms)
+    }
+
     /// How each check is counted in `ratelimiter_requests_checked_total`.
     pub fn result_of(&self, check: &Check, decision: Option<&Decision>) -> CheckResult {
         let had_room = decision.is_some_and(|d| d.allowed);
@@ -125,6 +132,7 @@ mod tests {
             ),
             shadow,
             sync: crate::limiter::SyncMode::Exact,
+            wait: Default::default(),
         }
     }
 
@@ -137,6 +145,7 @@ mod tests {
             retry_after_ms,
             reset_ms: retry_after_ms,
             mark: 0,
+            delay_ms: 0,
         }
     }
 

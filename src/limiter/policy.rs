@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::queue::{line_of, Lines};
+use super::slots::HeldSlots;
 use super::{Check, Decide, Decision, Mode, Outcome, Settlement, StoreError};
 use crate::config::OnError;
 use crate::metrics::Metrics;
@@ -23,11 +25,15 @@ pub enum Verdict {
 }
 
 pub struct Limiter {
-    store: Arc<dyn Decide>,
+    pub(super) store: Arc<dyn Decide>,
     /// `None` for the embedded store, which cannot hang.
     timeout: Option<Duration>,
     on_error: OnError,
-    metrics: Arc<Metrics>,
+    pub(super) metrics: Arc<Metrics>,
+    /// The concurrency slots this node holds (contract §14).
+    pub(super) held: HeldSlots,
+    /// Requests waiting for a slot, by key.
+    pub(super) lines: Arc<Lines>,
     started: Instant,
     /// When the last store error was logged, in ms since `started` (+1, so 0 means never).
     last_logged_ms: AtomicU64,
@@ -45,26 +51,37 @@ impl Limiter {
             timeout,
             on_error,
             metrics,
+            held: HeldSlots::default(),
+            lines: Arc::default(),
             started: Instant::now(),
             last_logged_ms: AtomicU64::new(0),
         }
     }
 
-    /// Gives back what this node holds of shared counters, at shutdown (blocks).
-    pub fn give_back_leases(&self) {
-        self.store.give_back_leases();
-    }
-
     /// Decides and records a request's checks, timed and counted. `reset`: the caller shows
     /// when more quota frees up for requests that are allowed (the IETF fields).
+    /// A request refused only by concurrency rules with a queue waits in line first
+    /// ([`super::queue`]).
     pub async fn check(&self, checks: Vec<Check>, reset: bool) -> Verdict {
-        let start = Instant::now();
         let mode = Mode::RECORD.with_reset(reset);
-        let result = match self.store.decide_local(&checks, mode) {
-            Some(decisions) => Ok(decisions),
-            None => self.bounded(self.store.decide(&checks, mode)).await,
+        let result = match self.lines.waited_for(&checks) {
+            // Others wait for a slot this request needs: it goes behind them.
+            Some((check, queue)) => {
+                let check = check.clone();
+                self.wait_in_line(&checks, mode, &check, queue, None).await
+            }
+            None => match self.decide(&checks, mode).await {
+                Ok(decisions) => match line_of(&checks, &decisions) {
+                    Some((check, queue)) => {
+                        let check = check.clone();
+                        self.wait_in_line(&checks, mode, &check, queue, Some(decisions))
+                            .await
+                    }
+                    None => Ok(decisions),
+                },
+                Err(e) => Err(e),
+            },
         };
-        self.metrics.observe_check(start.elapsed());
         match result {
             Ok(decisions) => {
                 let outcome = Outcome::new(checks, decisions);
@@ -82,6 +99,22 @@ impl Limiter {
                 }
             }
         }
+    }
+
+    /// One decision of a request's checks, timed: from what the store knows at once, else
+    /// by asking it, under its time bound.
+    pub(super) async fn decide(
+        &self,
+        checks: &[Check],
+        mode: Mode,
+    ) -> Result<Vec<Option<Decision>>, StoreError> {
+        let start = Instant::now();
+        let result = match self.store.decide_local(checks, mode) {
+            Some(decisions) => Ok(decisions),
+            None => self.bounded(self.store.decide(checks, mode)).await,
+        };
+        self.metrics.observe_check(start.elapsed());
+        result
     }
 
     /// Settles recorded requests' reservations (contract §13), counting the units given

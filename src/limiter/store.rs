@@ -38,12 +38,21 @@ pub trait Decide: Send + Sync {
     /// Settles recorded requests' reservations (contract §13), all in one call where the
     /// store can: each record's units become its settlement's `actual`. Returns, per
     /// settlement, the units given back (negative: charged); 0 where the record has left
-    /// the window or was reset.
+    /// the window or was reset. A concurrency slot (contract §14) settled at 0 is freed
+    /// (given back: 1), at 1 renewed (its request still runs).
     async fn settle(&self, settlements: &[Settlement]) -> Result<Vec<i64>, StoreError>;
 
-    /// Gives back what this node holds of shared counters (the unused slots of its leases),
-    /// at shutdown. Blocks; called outside any runtime.
-    fn give_back_leases(&self) {}
+    /// Gives back what this node holds of shared counters at shutdown: the unused slots of
+    /// its leases, and `slots`, the concurrency slots of requests that never ended (settled
+    /// at 0). Blocks; called outside any runtime.
+    fn give_back(&self, _slots: Vec<Settlement>) {}
+
+    /// Keys other nodes may have made room in (a concurrency slot freed on a full key, a
+    /// give-back, a reset), as this node hears of them; `None` for a store no other node
+    /// shares.
+    fn freed(&self) -> Option<tokio::sync::broadcast::Receiver<std::sync::Arc<str>>> {
+        None
+    }
 }
 
 /// The counters, for the admin API, the registry's gauge and health checks.

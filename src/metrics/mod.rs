@@ -8,9 +8,11 @@
 
 mod units;
 mod upstream;
+mod waits;
 
 pub use units::UnitMetrics;
 pub use upstream::{UpstreamError, UpstreamMetrics};
+pub use waits::WaitMetrics;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -64,6 +66,8 @@ pub struct Metrics {
     pub upstreams: UpstreamMetrics,
     /// Units reserved, given back and charged; settlements that failed.
     pub units: UnitMetrics,
+    /// Slots in flight, requests in line and their waits (contract §14).
+    pub waits: WaitMetrics,
     max_key_labels: AtomicUsize,
     /// Private key values shown in clear in the `key` label (`[privacy] clear_keys`); by
     /// default they are digested (contract §17).
@@ -221,6 +225,7 @@ impl Metrics {
         registry.register(Box::new(request_duration.clone()))?;
         let upstreams = UpstreamMetrics::new(&registry)?;
         let units = UnitMetrics::new(&registry)?;
+        let waits = WaitMetrics::new(&registry)?;
         registry.register(Box::new(responses_vec))?;
         registry.register(Box::new(upstream_duration.clone()))?;
         registry.register(Box::new(
@@ -257,6 +262,7 @@ impl Metrics {
             request_duration,
             upstreams,
             units,
+            waits,
             max_key_labels: AtomicUsize::new(max_key_labels),
             clear_keys: AtomicBool::new(false),
             labelled: RwLock::new(Labelled::default()),
@@ -382,6 +388,7 @@ mod tests {
             limit: Limit::sliding_log(NonZeroU32::new(5).unwrap(), NonZeroU64::new(1000).unwrap()),
             shadow,
             sync: crate::limiter::SyncMode::Exact,
+            wait: Default::default(),
         }
     }
 

@@ -22,7 +22,7 @@ use ipnet::IpNet;
 use crate::key::counter::{self, split_rule};
 use crate::key::jwt::Verifier;
 use crate::key::{KeySource, Keys, Missing, Part};
-use crate::limiter::{Check, Limit};
+use crate::limiter::{Check, Limit, Wait};
 use crate::request::RequestView;
 pub use cost::Costing;
 pub use matcher::{Matcher, PathMatch};
@@ -75,6 +75,8 @@ pub struct Rule {
     pub overrides: Overrides,
     /// What a request weighs and how its response settles it (contract §13).
     pub costing: Costing,
+    /// How its requests may wait instead of being refused (contract §14).
+    pub wait: Wait,
 }
 
 impl Rule {
@@ -91,6 +93,7 @@ impl Rule {
             skip_default: false,
             overrides: Overrides::default(),
             costing: Costing::one(limit.quota.limit.get()),
+            wait: Wait::default(),
         }
     }
 
@@ -127,6 +130,7 @@ impl Rule {
             shadow: self.shadow,
             sync: self.sync,
             cost,
+            wait: self.wait,
         })
     }
 }
@@ -312,6 +316,7 @@ mod tests {
             skip_default: false,
             overrides: Overrides::default(),
             costing: Costing::one(n.unwrap_or(1)),
+            wait: Wait::default(),
         }
     }
 

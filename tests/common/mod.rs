@@ -15,6 +15,25 @@ pub mod upstream;
 
 use std::time::{Duration, Instant};
 
+/// The value of one series in `/metrics` (0 when absent).
+pub fn metric(gw: &procs::Gateway, series: &str) -> f64 {
+    let text = http::get(&gw.admin, "/metrics", &[]).unwrap().body;
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            let name_and_labels = l.rsplit_once(' ').map_or("", |(n, _)| n);
+            // Every label asked for is on the line, whatever else (node_id) is.
+            let (name, labels) = series.split_once('{').unwrap_or((series, "}"));
+            name_and_labels.starts_with(&format!("{name}{{"))
+                && labels
+                    .trim_end_matches('}')
+                    .split(',')
+                    .all(|label| name_and_labels.contains(label))
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
 /// Polls `probe` every 20 ms until it returns `Some`, or panics after `limit`.
 pub fn wait_for<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();

@@ -1,7 +1,9 @@
 //! A real HTTP/1.1 upstream on a free port: answers every request with 200 and a body that
 //! names it, keeps connections alive, and counts what it served. It reports what it received
 //! in `X-Seen-*` response headers, and a few paths behave on purpose:
-//! `/sleep/<ms>` answers late, `/chunked` answers with chunked framing, `/keepalive` sends
+//! `/sleep/<ms>` answers late, `/stream/<ms>` sends its header and a first chunk at once and
+//! the rest after `<ms>` (both count as held while they run, with the most held at once
+//! kept), `/chunked` answers with chunked framing, `/keepalive` sends
 //! `Keep-Alive` and `Connection: keep-alive`, `/healthz` answers 503 while it is sick, and
 //! `/upgrade` switches protocols (101 to `websocket`, then every byte sent back), as a WebSocket
 //! upstream would.
@@ -15,8 +17,10 @@ pub struct Upstream {
     pub addr: String,
     served: Arc<AtomicUsize>,
     sick: Arc<AtomicBool>,
-    /// Requests of `/sleep/<ms>` received and not yet answered.
+    /// Requests of `/sleep/<ms>` and `/stream/<ms>` received and not yet answered.
     sleeping: Arc<AtomicUsize>,
+    /// The most of them held at once.
+    peak: Arc<AtomicUsize>,
 }
 
 impl Upstream {
@@ -26,13 +30,17 @@ impl Upstream {
         let served = Arc::new(AtomicUsize::new(0));
         let sick = Arc::new(AtomicBool::new(false));
         let sleeping = Arc::new(AtomicUsize::new(0));
-        let (name, count, ill, asleep) =
-            (addr.clone(), served.clone(), sick.clone(), sleeping.clone());
+        let peak = Arc::new(AtomicUsize::new(0));
+        let (name, count, ill) = (addr.clone(), served.clone(), sick.clone());
+        let held = Held {
+            now: sleeping.clone(),
+            peak: peak.clone(),
+        };
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (name, count, ill, asleep) =
-                    (name.clone(), count.clone(), ill.clone(), asleep.clone());
-                std::thread::spawn(move || serve(stream, &name, &count, &ill, &asleep));
+                let (name, count, ill, held) =
+                    (name.clone(), count.clone(), ill.clone(), held.clone());
+                std::thread::spawn(move || serve(stream, &name, &count, &ill, &held));
             }
         });
         Upstream {
@@ -40,7 +48,18 @@ impl Upstream {
             served,
             sick,
             sleeping,
+            peak,
         }
+    }
+
+    /// The most requests of `/sleep/<ms>` and `/stream/<ms>` held at once so far.
+    pub fn peak(&self) -> usize {
+        self.peak.load(Ordering::SeqCst)
+    }
+
+    /// Starts counting the most held at once afresh.
+    pub fn reset_peak(&self) {
+        self.peak.store(self.sleeping(), Ordering::SeqCst);
     }
 
     /// Requests of `/sleep/<ms>` in the upstream's hands now.
@@ -58,13 +77,25 @@ impl Upstream {
     }
 }
 
-fn serve(
-    stream: TcpStream,
-    name: &str,
-    served: &AtomicUsize,
-    sick: &AtomicBool,
-    sleeping: &AtomicUsize,
-) {
+/// Requests held now, and the most at once.
+#[derive(Clone)]
+struct Held {
+    now: Arc<AtomicUsize>,
+    peak: Arc<AtomicUsize>,
+}
+
+impl Held {
+    fn enter(&self) {
+        let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(n, Ordering::SeqCst);
+    }
+
+    fn leave(&self) {
+        self.now.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn serve(stream: TcpStream, name: &str, served: &AtomicUsize, sick: &AtomicBool, held: &Held) {
     let mut reader = BufReader::new(stream);
     loop {
         let mut line = String::new();
@@ -117,10 +148,31 @@ fn serve(
             return;
         }
         // `/sleep/<ms>` answers after a delay: a request that stays in flight.
-        if let Some(ms) = path.strip_prefix("/sleep/").and_then(|m| m.parse().ok()) {
-            sleeping.fetch_add(1, Ordering::SeqCst);
+        let ms = |prefix: &str| {
+            path.strip_prefix(prefix)
+                .map(|m| m.split('?').next().unwrap_or(m))
+                .and_then(|m| m.parse().ok())
+        };
+        if let Some(ms) = ms("/sleep/") {
+            held.enter();
             std::thread::sleep(std::time::Duration::from_millis(ms));
-            sleeping.fetch_sub(1, Ordering::SeqCst);
+            held.leave();
+        }
+        // `/stream/<ms>`: a response that runs for `<ms>` after its first bytes.
+        if let Some(ms) = ms("/stream/") {
+            held.enter();
+            let head = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nfirst\n\r\n";
+            let sent = reader.get_mut().write_all(head.as_bytes()).is_ok();
+            if sent {
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+            }
+            let tail = reader.get_mut().write_all(b"5\r\nlast\n\r\n0\r\n\r\n");
+            held.leave();
+            served.fetch_add(1, Ordering::SeqCst);
+            if !sent || tail.is_err() {
+                return;
+            }
+            continue;
         }
         served.fetch_add(1, Ordering::SeqCst);
         let reply = format!("upstream {name} {path}");

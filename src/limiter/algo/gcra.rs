@@ -51,6 +51,7 @@ pub fn peek(tat_us: u64, now_us: u64, quota: Quota, cost: u32) -> Decision {
                 ceil_ms(d + remaining * t - tau)
             },
             mark: 0,
+            delay_ms: 0,
         }
     } else {
         // `cost` units fit once d has fallen to tau - (cost - 1) × T; a cost above the limit
@@ -74,7 +75,8 @@ pub fn record(tat_us: u64, now_us: u64, quota: Quota, cost: u32, d: &mut Decisio
     let cost = u64::from(cost.max(1));
     let ahead = tat_us.saturating_sub(now_us);
     // With `remaining` before this request: the next unit after it frees at d - tau + r×T.
-    d.reset_ms = ceil_ms(ahead + d.remaining * t - tau);
+    // (A delayed request is recorded ahead of its rate: then nothing frees before it.)
+    d.reset_ms = ceil_ms((ahead + d.remaining * t).saturating_sub(tau));
     d.count += cost;
     d.remaining = d.remaining.saturating_sub(cost);
     tat_us.max(now_us).saturating_add(cost.saturating_mul(t))

@@ -25,7 +25,12 @@
 //! | [`sliding_log`] | one entry per allowed request in the window | yes: never more than `limit` in any window |
 //! | [`gcra`] | one timestamp | yes for its own rule: a burst of `limit`, then one per `window / limit` |
 //! | [`sliding_window`] | two counts | an estimate: at most `limit` per fixed window, `2 × limit` in any window |
+//! | [`concurrency`] | one slot per request in flight | yes: never more than `limit` in flight (contract §14) |
+//!
+//! Concurrency is registered like the others, with its `limit` the slots and its `window_ms`
+//! the slots' time to live, but is not written as an `algorithm`: a rule says `concurrency`.
 
+pub mod concurrency;
 pub mod gcra;
 pub mod sliding_log;
 pub mod sliding_window;
@@ -50,6 +55,8 @@ pub enum Algorithm {
     Gcra,
     /// The weighted two-window counter: two counts per key.
     SlidingWindow,
+    /// Requests in flight (contract §14): one slot per request until its response ends.
+    Concurrency,
 }
 
 /// One algorithm, as everything that dispatches on it knows it.
@@ -66,7 +73,7 @@ pub struct Registered {
 
 /// Every algorithm, once. Adding one is a line here, its Rust module and state, and its Lua
 /// file; the scripts' dispatch follows from this table.
-pub const REGISTRY: [Registered; 3] = [
+pub const REGISTRY: [Registered; 4] = [
     Registered {
         algorithm: Algorithm::SlidingLog,
         name: "sliding_log",
@@ -84,6 +91,12 @@ pub const REGISTRY: [Registered; 3] = [
         name: "sliding_window",
         id: 3,
         lua: include_str!("../../../lua/sliding_window.lua"),
+    },
+    Registered {
+        algorithm: Algorithm::Concurrency,
+        name: "concurrency",
+        id: 4,
+        lua: include_str!("../../../lua/concurrency.lua"),
     },
 ];
 
@@ -104,6 +117,7 @@ pub fn lua_dispatch() -> String {
 }
 
 impl Algorithm {
+    /// The rate algorithms, which a rule names in `algorithm`.
     pub const ALL: &'static [Algorithm] = &[
         Algorithm::SlidingLog,
         Algorithm::Gcra,
@@ -189,6 +203,9 @@ pub struct Decision {
     pub remaining: u64,
     /// Milliseconds until this counter has room again; 0 when it has room.
     pub retry_after_ms: u64,
+    /// For an allowed request of a rule with `delay` (contract §14): how long it waits before
+    /// it is proxied; its place was reserved at arrival. 0 for every other decision.
+    pub delay_ms: u64,
     /// Milliseconds until more of the quota frees up (the next entry leaves the window); 0
     /// when nothing is in use. For a check with room, the Redis store works it out only when
     /// asked ([`crate::limiter::Mode::reset`]), and says 0 otherwise.
@@ -210,7 +227,33 @@ impl Decision {
             retry_after_ms: wait_ms,
             reset_ms: wait_ms,
             mark: 0,
+            delay_ms: 0,
         }
+    }
+
+    /// This decision for a rule that may delay a request by up to `max_delay_ms` instead of
+    /// refusing it (contract §14, gcra): a refusal that would have room within that time
+    /// becomes an admission delayed by the wait, and a longer one is told to come back when
+    /// a delayed admission would be possible. `lua/check.lua` does the same.
+    ///
+    /// A request of more units than the limit never fits, and is never delayed (its wait is
+    /// only what it is told).
+    pub fn delayed(mut self, max_delay_ms: u64, cost: u32) -> Decision {
+        if max_delay_ms == 0 || self.allowed || cost > self.limit {
+            return self;
+        }
+        if self.retry_after_ms <= max_delay_ms {
+            // Admitted ahead of its rate: nothing more is left, nothing frees before it.
+            self.allowed = true;
+            self.delay_ms = self.retry_after_ms;
+            self.retry_after_ms = 0;
+            self.remaining = 0;
+            self.reset_ms = 0;
+        } else {
+            self.retry_after_ms = (self.retry_after_ms - max_delay_ms).max(1);
+            self.reset_ms = self.retry_after_ms;
+        }
+        self
     }
 
     /// `Retry-After`: whole seconds, rounded up, at least 1 when blocked (contract §3.4).
@@ -235,6 +278,7 @@ pub enum State {
     Log(sliding_log::Log),
     Gcra(gcra::Gcra),
     Window(sliding_window::SlidingWindow),
+    Slots(concurrency::Slots),
 }
 
 impl State {
@@ -243,6 +287,7 @@ impl State {
             Algorithm::SlidingLog => State::Log(Default::default()),
             Algorithm::Gcra => State::Gcra(Default::default()),
             Algorithm::SlidingWindow => State::Window(Default::default()),
+            Algorithm::Concurrency => State::Slots(Default::default()),
         }
     }
 
@@ -251,6 +296,7 @@ impl State {
             State::Log(_) => Algorithm::SlidingLog,
             State::Gcra(_) => Algorithm::Gcra,
             State::Window(_) => Algorithm::SlidingWindow,
+            State::Slots(_) => Algorithm::Concurrency,
         }
     }
 
@@ -261,6 +307,7 @@ impl State {
             State::Log(s) => s.peek(now_us / 1000, quota, cost),
             State::Gcra(s) => s.peek(now_us, quota, cost),
             State::Window(s) => s.peek(now_us / 1000, quota, cost),
+            State::Slots(s) => s.peek(now_us / 1000, quota),
         }
     }
 
@@ -270,6 +317,7 @@ impl State {
             State::Log(s) => s.record(now_us / 1000, quota, cost, decision),
             State::Gcra(s) => s.record(now_us, quota, cost, decision),
             State::Window(s) => s.record(now_us / 1000, quota, cost, decision),
+            State::Slots(s) => s.record(now_us / 1000, quota, decision),
         }
     }
 
@@ -288,6 +336,7 @@ impl State {
             State::Log(s) => s.settle(now_us / 1000, mark, reserved, actual),
             State::Gcra(s) => s.settle(now_us, quota, reserved, actual),
             State::Window(s) => s.settle(now_us / 1000, quota, mark, reserved, actual),
+            State::Slots(s) => s.settle(now_us / 1000, quota, mark, actual),
         }
     }
 
@@ -297,6 +346,7 @@ impl State {
             State::Log(s) => s.count(now_us / 1000),
             State::Gcra(s) => s.count(now_us, quota),
             State::Window(s) => s.count(now_us / 1000, quota),
+            State::Slots(s) => s.count(now_us / 1000),
         }
     }
 
@@ -307,6 +357,7 @@ impl State {
             State::Log(s) => s.count(now_us / 1000) == 0,
             State::Gcra(s) => s.is_idle(now_us),
             State::Window(s) => s.is_idle(now_us / 1000),
+            State::Slots(s) => s.count(now_us / 1000) == 0,
         }
     }
 
@@ -343,6 +394,7 @@ mod tests {
             retry_after_ms: ms,
             reset_ms: ms,
             mark: 0,
+            delay_ms: 0,
         };
         assert_eq!(blocked(1).retry_after_secs(), 1);
         assert_eq!(blocked(1000).retry_after_secs(), 1);
@@ -351,12 +403,35 @@ mod tests {
         assert_eq!(blocked(1001).reset_secs(), 2);
     }
 
+    #[test]
+    fn a_refusal_within_the_delay_is_a_delayed_admission() {
+        let refused = |wait| Decision {
+            remaining: 1,
+            ..Decision::refused(9, 10, wait)
+        };
+        let d = refused(400).delayed(500, 2);
+        assert!(d.allowed);
+        assert_eq!((d.delay_ms, d.retry_after_ms, d.remaining), (400, 0, 0));
+        let d = refused(800).delayed(500, 2);
+        assert!(!d.allowed);
+        assert_eq!(
+            (d.retry_after_ms, d.reset_ms),
+            (300, 300),
+            "back when a delay would do"
+        );
+        assert!(
+            !refused(400).delayed(500, 11).allowed,
+            "never fits: never delayed"
+        );
+        assert!(!refused(400).delayed(0, 1).allowed, "no delay");
+    }
+
     /// The registry and the Lua files agree: every algorithm registered once, with a unique
     /// name and id, its file defining the function the scripts' table names and returning the
     /// same steps as every other; and no driver script dispatches on its own.
     #[test]
     fn the_registry_and_the_lua_files_agree() {
-        for a in Algorithm::ALL {
+        for a in Algorithm::ALL.iter().chain([&Algorithm::Concurrency]) {
             let r = a.registered();
             assert_eq!(r.algorithm, *a);
             assert_eq!(REGISTRY.iter().filter(|o| o.name == r.name).count(), 1);
@@ -374,7 +449,7 @@ mod tests {
             );
             assert!(lua_dispatch().contains(&format!("[{}] = {},", r.id, r.name)));
         }
-        assert_eq!(REGISTRY.len(), Algorithm::ALL.len());
+        assert_eq!(REGISTRY.len(), Algorithm::ALL.len() + 1, "and concurrency");
         for driver in [
             include_str!("../../../lua/check.lua"),
             include_str!("../../../lua/count.lua"),

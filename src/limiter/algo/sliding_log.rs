@@ -47,6 +47,7 @@ pub fn peek_units(
                 until_leaves(unit_time(0))
             },
             mark: 0,
+            delay_ms: 0,
         };
     }
     // Room for `cost` comes when the unit that keeps the log above `limit - cost` leaves;

@@ -93,6 +93,7 @@ pub fn peek(c: Counts, quota: Quota, cost: u32) -> Decision {
                 until_below(n, c, window_ms)
             },
             mark: 0,
+            delay_ms: 0,
         }
     } else {
         // Room for `cost` once the estimate is at most `limit - cost`; a cost above the limit

@@ -94,6 +94,7 @@ impl Shard {
             // New, or its rule changed algorithm on reload: it starts afresh.
             _ => State::new(check.limit.algorithm).peek(now_us, quota, check.cost),
         }
+        .delayed(check.wait.max_delay_ms, check.cost)
     }
 
     fn record(&mut self, check: &Check, now_us: u64, decision: &mut Decision) {
@@ -326,6 +327,7 @@ mod tests {
             shadow: false,
             sync: crate::limiter::SyncMode::Exact,
             cost: 1,
+            wait: Default::default(),
         }
     }
 

@@ -237,6 +237,7 @@ mod tests {
             retry_after_ms,
             reset_ms: retry_after_ms,
             mark: 0,
+            delay_ms: 0,
         }
     }
 

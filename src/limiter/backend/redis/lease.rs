@@ -56,6 +56,7 @@ impl Held {
             retry_after_ms: 0,
             reset_ms: 0,
             mark: 0,
+            delay_ms: 0,
         }
     }
 }

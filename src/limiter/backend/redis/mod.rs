@@ -113,7 +113,8 @@ impl RedisStore {
             blocked,
             count_script: Script::new(&COUNT_SCRIPT),
             instance,
-            seq: AtomicU64::new(0),
+            // From 1: a concurrency slot's mark is its sequence number, and 0 means none.
+            seq: AtomicU64::new(1),
             runtime: Some(runtime),
         })
     }
@@ -128,9 +129,10 @@ impl RedisStore {
         self.redis.clone()
     }
 
-    fn member(&self) -> String {
+    /// A new member id, and its sequence number (a concurrency slot's mark).
+    fn member(&self) -> (String, u64) {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
-        format!("{}-{n:x}", self.instance)
+        (format!("{}-{n:x}", self.instance), n)
     }
 
     /// A request remembered blocked: the decisions known without asking Redis, when at least
@@ -151,18 +153,36 @@ impl RedisStore {
 
 #[async_trait]
 impl Decide for RedisStore {
-    fn give_back_leases(&self) {
+    fn give_back(&self, slots: Vec<Settlement>) {
         let Some(rt) = &self.runtime else {
             return;
         };
         // On the store's own runtime, whose thread has its own connection.
         let (leases, limit) = (self.leases.clone(), self.redis.slow_timeout());
-        let done = rt.block_on(
-            rt.spawn(async move { tokio::time::timeout(limit, leases.give_back_all()).await }),
-        );
-        if !matches!(done, Ok(Ok(()))) {
+        let (scripts, owner) = (self.scripts.clone(), self.instance.clone());
+        let held = slots.len();
+        let done = rt.block_on(rt.spawn(async move {
+            let leases = tokio::time::timeout(limit, leases.give_back_all()).await;
+            let slots = match slots.is_empty() {
+                true => Ok(Ok(Vec::new())),
+                false => tokio::time::timeout(limit, settle(&scripts, &owner, &slots)).await,
+            };
+            (leases, slots)
+        }));
+        let (leases, slots) = match done {
+            Ok((leases, slots)) => (leases.is_ok(), matches!(slots, Ok(Ok(_)))),
+            Err(_) => (false, false),
+        };
+        if !leases {
             log::warn!("could not give back every leased slot in time; they free when their leases would have ended");
         }
+        if !slots {
+            log::warn!("could not free {held} concurrency slot(s) at exit; they expire within their slot_ttl_ms");
+        }
+    }
+
+    fn freed(&self) -> Option<tokio::sync::broadcast::Receiver<Arc<str>>> {
+        Some(self.blocked.listen())
     }
 
     fn decide_local(&self, checks: &[Check], mode: Mode) -> Option<Vec<Option<Decision>>> {
@@ -185,13 +205,15 @@ impl Decide for RedisStore {
         if mode.record && all_lease(checks) {
             return self.leases.decide_all(checks).await;
         }
-        let member = self.member();
+        let (member, seq) = self.member();
+        let mut untaken = Untaken::of(self, checks, mode, seq);
         let groups = if self.redis.is_cluster() && checks.len() > 1 {
             cross_slot::by_slot(checks)
         } else {
             Vec::new()
         };
-        let decisions = if groups.len() > 1 {
+        let cross = groups.len() > 1;
+        let decisions = if cross {
             cross_slot::decide(&self.scripts, checks, groups, mode, member).await?
         } else {
             let all: Vec<&Check> = checks.iter().collect();
@@ -202,44 +224,108 @@ impl Decide for RedisStore {
         };
         if mode.record {
             for (check, d) in checks.iter().zip(&decisions) {
-                if !check.shadow {
+                // A concurrency slot frees whenever a response ends: a refusal says nothing
+                // about how long the key stays full.
+                if !check.shadow && !check.is_concurrency() {
                     self.blocked
                         .remember(&check.key, check.limit, check.cost, d, sent);
                 }
             }
         }
+        // The decisions reach the caller: the slots taken are its to free. (A request refused
+        // across cluster slots holds none, but a slot whose call failed may have taken one.)
+        let refused = checks
+            .iter()
+            .zip(&decisions)
+            .any(|(c, d)| !c.shadow && !d.allowed);
+        if !(cross && refused) {
+            untaken.slots.clear();
+        }
         Ok(decisions.into_iter().map(Some).collect())
     }
 
-    /// One script call, or one per cluster slot, all at once.
     async fn settle(&self, settlements: &[Settlement]) -> Result<Vec<i64>, StoreError> {
-        let mut groups: Vec<(Option<redis::cluster_routing::Slot>, Vec<usize>)> = Vec::new();
-        for (i, s) in settlements.iter().enumerate() {
-            let slot = self
-                .redis
-                .is_cluster()
-                .then(|| cross_slot::slot_of(&s.check.key));
-            match groups.iter_mut().find(|(g, _)| *g == slot) {
-                Some((_, members)) => members.push(i),
-                None => groups.push((slot, vec![i])),
-            }
-        }
-        let calls = groups.iter().map(|(_, members)| {
-            let part: Vec<&Settlement> = members.iter().map(|&i| &settlements[i]).collect();
-            let scripts = &self.scripts;
-            async move { scripts.settle(&part).await }
-        });
-        let mut given = vec![0; settlements.len()];
-        for ((_, members), reply) in groups
-            .iter()
-            .zip(futures_util::future::join_all(calls).await)
-        {
-            for (&i, g) in members.iter().zip(reply?) {
-                given[i] = g;
-            }
-        }
-        Ok(given)
+        settle(&self.scripts, &self.instance, settlements).await
     }
+}
+
+/// The concurrency slots a decision may take, freed unless its decisions reach the caller: a
+/// call cut short by the time bound (or failing after the script ran) may have taken them,
+/// and no request would ever free them. Freeing a slot never taken does nothing.
+struct Untaken<'s> {
+    store: &'s RedisStore,
+    slots: Vec<Settlement>,
+}
+
+impl<'s> Untaken<'s> {
+    fn of(store: &'s RedisStore, checks: &[Check], mode: Mode, seq: u64) -> Untaken<'s> {
+        let slots = match mode.record {
+            true => checks
+                .iter()
+                .filter(|c| c.is_concurrency())
+                .map(|check| Settlement {
+                    check: check.clone(),
+                    mark: seq as i64,
+                    actual: 0,
+                    max_cost: 1,
+                })
+                .collect(),
+            false => Vec::new(),
+        };
+        Untaken { store, slots }
+    }
+}
+
+impl Drop for Untaken<'_> {
+    fn drop(&mut self) {
+        if self.slots.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (scripts, owner) = (self.store.scripts.clone(), self.store.instance.clone());
+        let slots = std::mem::take(&mut self.slots);
+        runtime.spawn(async move {
+            if let Err(e) = settle(&scripts, &owner, &slots).await {
+                log::debug!("could not free the slots of a decision cut short: {e}");
+            }
+        });
+    }
+}
+
+/// Settles in one script call, or one per cluster slot, all at once; `owner` is this node's
+/// instance id.
+async fn settle(
+    scripts: &Scripts,
+    owner: &str,
+    settlements: &[Settlement],
+) -> Result<Vec<i64>, StoreError> {
+    let mut groups: Vec<(Option<redis::cluster_routing::Slot>, Vec<usize>)> = Vec::new();
+    for (i, s) in settlements.iter().enumerate() {
+        let slot = scripts
+            .redis
+            .is_cluster()
+            .then(|| cross_slot::slot_of(&s.check.key));
+        match groups.iter_mut().find(|(g, _)| *g == slot) {
+            Some((_, members)) => members.push(i),
+            None => groups.push((slot, vec![i])),
+        }
+    }
+    let calls = groups.iter().map(|(_, members)| {
+        let part: Vec<&Settlement> = members.iter().map(|&i| &settlements[i]).collect();
+        async move { scripts.settle(&part, owner).await }
+    });
+    let mut given = vec![0; settlements.len()];
+    for ((_, members), reply) in groups
+        .iter()
+        .zip(futures_util::future::join_all(calls).await)
+    {
+        for (&i, g) in members.iter().zip(reply?) {
+            given[i] = g;
+        }
+    }
+    Ok(given)
 }
 
 #[async_trait]

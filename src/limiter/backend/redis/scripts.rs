@@ -115,7 +115,8 @@ impl Scripts {
             algorithm_args(&mut invocation, check);
             invocation
                 .arg(u8::from(check.shadow))
-                .arg(check.cost.max(1));
+                .arg(check.cost.max(1))
+                .arg(check.wait.max_delay_ms);
         }
         // Once more on a broken connection: after an outage each thread's connection heals on
         // its next call, and this way that call is not lost. (A script that ran before the
@@ -165,12 +166,18 @@ impl Scripts {
     /// Settles these reservations (all in one slot on a cluster) in one call; returns the
     /// units given back per settlement (negative: charged). Off the request path, with the
     /// longer bound; never retried (a settlement that ran twice would give back twice).
-    pub async fn settle(&self, settlements: &[&Settlement]) -> Result<Vec<i64>, StoreError> {
+    /// `owner`: the instance part of this node's member ids, which names a concurrency slot
+    /// again with its mark.
+    pub async fn settle(
+        &self,
+        settlements: &[&Settlement],
+        owner: &str,
+    ) -> Result<Vec<i64>, StoreError> {
         let mut invocation = self.settle.prepare_invoke();
         for s in settlements {
             invocation.key(format!("{KEY_PREFIX}{}", s.check.key));
         }
-        invocation.arg(RESET_CHANNEL).arg(KEY_PREFIX);
+        invocation.arg(RESET_CHANNEL).arg(KEY_PREFIX).arg(owner);
         for s in settlements {
             algorithm_args(&mut invocation, &s.check);
             invocation
@@ -298,14 +305,18 @@ fn parse_reply(checks: &[&Check], reply: &[i64]) -> Result<Reply, StoreError> {
         decisions: Vec::with_capacity(checks.len()),
     };
     for (check, r) in checks.iter().zip(reply.chunks_exact(REPLY_FIELDS)) {
+        let allowed = r[0] == 1;
+        // For a request with room, the fourth field is how long it is delayed.
+        let (retry_after_ms, delay_ms) = if allowed { (0, n(r[3])) } else { (n(r[3]), 0) };
         out.decisions.push(Decision {
-            allowed: r[0] == 1,
+            allowed,
             count: n(r[1]),
             limit: check.limit.quota.limit.get(),
             remaining: n(r[2]),
-            retry_after_ms: n(r[3]),
+            retry_after_ms,
             reset_ms: n(r[4]),
             mark: r[5],
+            delay_ms,
         });
     }
     Ok(out)
