@@ -11,7 +11,8 @@
 # certificate made here (ECDSA P-256) in nginx and in the gateway; wrk and oha speak
 # HTTP/1.1 over TLS to both, oha also HTTP/2 (tool "oha-h2"); mode 13 makes a new TLS
 # connection per request (the handshake's cost). Mode 12 is mode 4 with the access log on
-# (JSON lines to a file). Modes 16-18 weigh requests (costs; 18 settles each). Modes 14 and 15 are one hot key on a rule with sync = "lease"
+# (JSON lines to a file). Modes 16-18 weigh requests (costs; 18 settles each); 19 and 20
+# compare an exact rate rule with a concurrency rule. Modes 14 and 15 are one hot key on a rule with sync = "lease"
 # (wrk too sends one key there), counted with the sliding log and with GCRA.
 #
 #   benches/loadtest.sh                 # defaults: CONNS=64 DURATION=10s THREADS=1
@@ -377,6 +378,18 @@ wanted 16 && each_build "16 redis, cost 1" "$BY_KEY" "$REDIS" "$(cost_rule 1)"
 wanted 17 && each_build "17 redis, cost 5" "$BY_KEY" "$REDIS" "$(cost_rule 5)"
 wanted 18 && each_build "18 redis, cost 5 settled at 3" "$BY_KEY" "$REDIS" "$(cost_rule 5 'settle = "header:X-Usage"')"
 UNIQUE_KEYS=0 TARGET_PATH=/
+# Concurrency (contract §14) against the exact rate rule it replaces, keyed by X-Api-Key (wrk:
+# a new key per request; oha: one key): 19 counts requests per window, 20 holds a slot per
+# request in flight (a slot taken in the check call, freed by a settle call once the
+# response has been sent), never full.
+rate_or_slots() {
+  printf '[[rules]]\nname = "api"\npath_prefix = "/"\nkey = "header:X-Api-Key"\n%s\nskip_default = true\n' "$1"
+}
+export UNIQUE_KEYS=1
+wanted 19 && each_build "19 redis, exact rate rule" "$BY_KEY" "$REDIS" "$(rate_or_slots 'limit = 1000000000
+window_ms = 1000')"
+wanted 20 && each_build "20 redis, concurrency rule" "$BY_KEY" "$REDIS" "$(rate_or_slots 'concurrency = 1000000')"
+UNIQUE_KEYS=0
 wanted 6 && each_build "6 gateway redis blocked" 'default_limit = 10
 default_window_ms = 3600000' "$REDIS"
 
