@@ -440,7 +440,7 @@ print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for (label, tool), r in rows.items():
     rps = med([x[0] for x in r])
     ratio = lambda base: f"{rps / base:.2f}" if base else "-"
-    redis = label.split()[0] in ("5", "6", "7", "8", "9", "10", "14", "15")
+    redis = label.split()[0] in ("5", "6", "7", "8", "9", "10", "14", "15", "16", "17", "18", "19", "20")
     https = "https" in label
     passthrough = "11 gateway https pass-through" if https else "3 gateway pass-through"
     nginx = "2c nginx https proxy_pass" if https else "2a nginx proxy_pass"
