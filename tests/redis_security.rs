@@ -38,7 +38,7 @@ fn tls_gateway(server: &TlsServer, tls: &str) -> Gateway {
     Gateway::start(
         DIRECT,
         &format!(
-            "[node]\nid = \"gw\"\n[redis]\nurl = \"{}\"\ntimeout_ms = 1000\n{tls}\n[limits]\ndefault_limit = 2\n",
+            "[node]\nid = \"gw\"\n[redis]\nurl = \"{}\"\ntimeout_ms = 1000\n{tls}\n[limits]\ndefault_limit = 2\n[[rules]]\nname = \"slots\"\npath_prefix = \"/slots/\"\nconcurrency = 1\nskip_default = true\n",
             server.url()
         ),
     )
@@ -57,6 +57,19 @@ fn tls_verified_against_the_suite_s_ca() {
         server.cli(&["EXISTS", "ratelimit:ip:127.0.0.1"]).trim(),
         "1"
     );
+    // Concurrency slots over TLS: taken and freed, one request after another.
+    let mut c = Conn::open(&gw.proxy).unwrap();
+    for _ in 0..3 {
+        assert_eq!(c.get("/slots/x", &[]).unwrap().status, 200, "{}", gw.log());
+    }
+    // (The last is freed just after its answer.)
+    wait_for("every slot freed", Duration::from_secs(2), || {
+        (server
+            .cli(&["EXISTS", "ratelimit:slots/ip:127.0.0.1"])
+            .trim()
+            == "0")
+            .then_some(())
+    });
 }
 
 #[test]

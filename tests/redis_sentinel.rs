@@ -34,9 +34,20 @@ fn the_master_is_found_through_the_sentinels() {
     let set = Sentinels::start();
     let body = gateway_body(
         &set,
-        "timeout_ms = 1000\n[limits]\ndefault_limit = 3\ndefault_window_ms = 60000\nkey = \"header:X-Api-Key\"",
+        "timeout_ms = 1000\n[limits]\ndefault_limit = 3\ndefault_window_ms = 60000\nkey = \"header:X-Api-Key\"\n\
+         [[rules]]\nname = \"slots\"\npath_prefix = \"/slots/\"\nkey = \"header:X-Api-Key\"\nconcurrency = 1\nskip_default = true",
     );
     let gw = Gateway::start("", &body.replace("[node]\n", "[node]\nid = \"gw-s\"\n"));
+    // Concurrency slots on the master: taken and freed, one request after another.
+    let mut c = Conn::open(&gw.proxy).unwrap();
+    for _ in 0..3 {
+        let r = c.get("/slots/x", &[("X-Api-Key", "alice")]).unwrap();
+        assert_eq!(r.status, 200, "{}", gw.log());
+    }
+    // (The last is freed just after its answer.)
+    wait_for("every slot freed", Duration::from_secs(2), || {
+        (zcard(&set, "ratelimit:slots/x-api-key:alice") == 0).then_some(())
+    });
     let k = [("X-Api-Key", "alice")];
     let mut c = Conn::open(&gw.proxy).unwrap();
     let statuses: Vec<u16> = (0..4).map(|_| c.get("/", &k).unwrap().status).collect();
