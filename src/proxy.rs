@@ -54,7 +54,8 @@ pub struct RequestCtx {
     outcome: Option<Outcome>,
     /// What its rules settle from the response (contract §13), gathered as it passes.
     owed: Option<Owed>,
-    /// The concurrency slots it holds while in flight (contract §14), freed when dropped.
+    /// The concurrency slots it holds while in flight (contract §14): freed in its last
+    /// phase (or, should it never come, when dropped).
     slots: Option<Slots>,
     /// What limiting made of the request, for the access log.
     decision: &'static str,

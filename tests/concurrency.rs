@@ -193,22 +193,28 @@ fn streams_and_websockets_hold_their_slot_until_they_end() {
     }
 }
 
+/// Drops the connection of a request holding the only slot; returns how long until another
+/// request gets it (well before the upstream would have answered, or the test fails).
+fn freed_after_leaving(gw: &Gateway, held: TcpStream, what: &str) -> Duration {
+    assert_eq!(status(gw, "/", "k"), 429, "{what}: the slot is held");
+    let left = Instant::now();
+    drop(held);
+    wait_for(what, Duration::from_secs(3), || {
+        (status(gw, "/", "k") == 200).then_some(())
+    });
+    // That request's own slot is freed just after its answer.
+    free(gw, "gpu/x-api-key:k");
+    left.elapsed()
+}
+
 #[test]
 fn a_client_that_leaves_mid_response_frees_its_slot() {
     let upstream = Upstream::start();
     let gw = gateway(&upstream, "", &gpu(1, ""));
     // Mid-response: the stream's first bytes came; the client goes.
     let stream = open_stream(&gw, "/stream/5000", "k");
-    assert_eq!(status(&gw, "/", "k"), 429);
-    let left = Instant::now();
-    drop(stream);
-    wait_for(
-        "the slot of the client that left",
-        Duration::from_secs(3),
-        || (status(&gw, "/", "k") == 200).then_some(()),
-    );
-    println!("slot freed {:?} after the client left", left.elapsed());
-    free(&gw, "gpu/x-api-key:k");
+    let took = freed_after_leaving(&gw, stream, "a client leaving mid-response");
+    println!("slot freed {took:?} after the client left mid-response");
     // Before the response: the upstream still thinking.
     let mut waiting = TcpStream::connect(&gw.proxy).unwrap();
     waiting
@@ -217,18 +223,8 @@ fn a_client_that_leaves_mid_response_frees_its_slot() {
     wait_for("the request in flight", Duration::from_secs(2), || {
         (gw.count("gpu/x-api-key:k") == 1).then_some(())
     });
-    assert_eq!(status(&gw, "/", "k"), 429);
-    let left = Instant::now();
-    drop(waiting);
-    wait_for(
-        "the slot of the client that left early",
-        Duration::from_secs(3),
-        || (status(&gw, "/", "k") == 200).then_some(()),
-    );
-    println!(
-        "slot freed {:?} after a client left before the response",
-        left.elapsed()
-    );
+    let took = freed_after_leaving(&gw, waiting, "a client leaving before the response");
+    println!("slot freed {took:?} after a client left before the response");
 }
 
 /// Two slots held on `victim` through slow requests; the other node is refused until

@@ -150,18 +150,11 @@ impl<'a> Section<'a> {
         known: &[&str],
         errors: &mut Collector,
     ) -> Option<Section<'a>> {
-        let raw = self.raw(key)?;
         let name = format!(
             "[{}.{key}]",
             self.name.trim_matches(|c| c == '[' || c == ']')
         );
-        match raw.value.as_table() {
-            Some(t) => Some(Section::new(name, Some(t), known, errors)),
-            None => {
-                errors.at(raw.span.clone(), self.expected(key, "a table", raw));
-                None
-            }
-        }
+        self.table_named(key, name, known, errors)
     }
 
     /// An inline table of a key (`queue = { max_waiting = 16 }`), read as a section named
@@ -172,14 +165,19 @@ impl<'a> Section<'a> {
         known: &[&str],
         errors: &mut Collector,
     ) -> Option<Section<'a>> {
+        self.table_named(key, format!("{} {key}", self.name), known, errors)
+    }
+
+    fn table_named(
+        &self,
+        key: &str,
+        name: String,
+        known: &[&str],
+        errors: &mut Collector,
+    ) -> Option<Section<'a>> {
         let raw = self.raw(key)?;
         match raw.value.as_table() {
-            Some(t) => Some(Section::new(
-                format!("{} {key}", self.name),
-                Some(t),
-                known,
-                errors,
-            )),
+            Some(t) => Some(Section::new(name, Some(t), known, errors)),
             None => {
                 errors.at(raw.span.clone(), self.expected(key, "a table", raw));
                 None

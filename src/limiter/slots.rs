@@ -1,8 +1,9 @@
 //! The concurrency slots this node holds (contract §14): a request admitted under a
 //! concurrency rule holds a slot in the store from admission until its response has ended
-//! (or its client left, or its upstream failed), which the proxy marks by dropping the
-//! request's [`Slots`]. Dropping frees them in the store, in a task of its own, and wakes
-//! the requests waiting in line for those keys ([`super::queue`]).
+//! (or its client left, or its upstream failed), which the proxy marks by freeing the
+//! request's [`Slots`] in its last phase (a request dropped without one frees them in a task
+//! of its own). Freeing wakes the requests waiting in line for those keys
+//! ([`super::queue`]).
 //!
 //! A slot expires in the store `slot_ttl_ms` after it was taken unless renewed: this node
 //! renews its slots while their requests run ([`Limiter::renew_slots`], about every third of
@@ -87,19 +88,6 @@ pub struct HeldSlots {
 }
 
 impl HeldSlots {
-    /// Slots held now, by requests still running (for tests and the admin side).
-    pub fn len(&self) -> usize {
-        lock(&self.held)
-            .values()
-            .filter(|h| h.stage == Stage::Held)
-            .map(|h| h.slots.len())
-            .sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// What became of these requests' slots.
     fn update(&self, ids: &[u64], what: Update) {
         let mut held = lock(&self.held);
@@ -264,10 +252,5 @@ impl Limiter {
             .flat_map(|(_, h)| h.slots)
             .collect();
         self.store.give_back(slots);
-    }
-
-    /// The slots this node holds.
-    pub fn held_slots(&self) -> &HeldSlots {
-        &self.held
     }
 }
