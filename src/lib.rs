@@ -18,7 +18,8 @@
 //! Beside the request path: [`redis_conn`] is the one Redis layer (standalone, Sentinel, Cluster;
 //! TLS) that the store, the registry and the admin API share; [`admin`] serves the JSON admin
 //! API and `/metrics` on its own port; [`registry`] keeps this node listed in Redis with a
-//! heartbeat; [`slot_keeper`] renews the concurrency slots of requests in flight; [`shutdown`] turns signals into a drain or a fast stop, which [`lifecycle`]
+//! heartbeat; [`tenants`] holds what operators change at runtime (overrides, the audit log);
+//! [`slot_keeper`] renews the concurrency slots of requests in flight; [`shutdown`] turns signals into a drain or a fast stop, which [`lifecycle`]
 //! tells the services about. [`server`] wires them all into pingora services;
 //! [`cli`] and `main.rs` are the thin binary, and [`preflight`] what `-t` checks beyond the
 //! config: every file it names, opened as the start opens it.
@@ -51,6 +52,7 @@ pub mod settle;
 pub mod shutdown;
 pub mod slot_keeper;
 pub mod sync;
+pub mod tenants;
 pub mod tls;
 pub mod upstreams;
 

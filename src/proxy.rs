@@ -34,12 +34,15 @@ use crate::request_id::{self, X_REQUEST_ID};
 use crate::response::{add_own_headers, blocked_json, error_json, store_unavailable_json};
 use crate::rules::Selection;
 use crate::settle::Owed;
+use crate::tenants::Tenants;
 
 pub struct Gateway {
     live: Arc<LiveConfig>,
     limiter: Arc<Limiter>,
     metrics: Arc<Metrics>,
     access: Arc<AccessLog>,
+    /// Overrides set at runtime (contract §15).
+    tenants: Arc<Tenants>,
 }
 
 /// Per-request state.
@@ -91,12 +94,14 @@ impl Gateway {
         limiter: Arc<Limiter>,
         metrics: Arc<Metrics>,
         access: Arc<AccessLog>,
+        tenants: Arc<Tenants>,
     ) -> Self {
         Gateway {
             live,
             limiter,
             metrics,
             access,
+            tenants,
         }
     }
 
@@ -175,7 +180,10 @@ impl Gateway {
                 ctx.decision = "skipped";
                 return Ok(false);
             }
-            Selection::Checks(checks) => checks,
+            Selection::Checks(mut checks) => {
+                self.tenants.apply(&mut checks);
+                checks
+            }
             Selection::BadCost { rule, why } => {
                 ctx.decision = "rejected";
                 let body = Bytes::from(error_json(&format!("rule {rule}: {why}")));

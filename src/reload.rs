@@ -19,8 +19,11 @@ use crate::access_log::AccessLog;
 use crate::config::{Config, ConfigError, ConfigErrors, Origin, DEFAULTS_NAME};
 use crate::live::{Live, LiveConfig};
 use crate::metrics::Metrics;
-use crate::registry::Registry;
+use crate::registry::{iso8601, Registry};
+use crate::tenants::audit::{self, Change};
+use crate::tenants::Tenants;
 use crate::tls::{certified_key, ServerCert};
+use serde_json::json;
 
 pub struct Reloader {
     /// The `-c` file; `None`: the built-in defaults (and the environment) are read again.
@@ -32,6 +35,8 @@ pub struct Reloader {
     access: Arc<AccessLog>,
     /// The HTTPS listener's certificate, if it listens.
     cert: Option<Arc<ServerCert>>,
+    /// Where every reload is written in the audit log.
+    tenants: Arc<Tenants>,
 }
 
 /// What a successful reload did.
@@ -49,6 +54,7 @@ impl Reloader {
         registry: Arc<Registry>,
         access: Arc<AccessLog>,
         cert: Option<Arc<ServerCert>>,
+        tenants: Arc<Tenants>,
     ) -> Self {
         Reloader {
             path,
@@ -57,6 +63,7 @@ impl Reloader {
             registry,
             access,
             cert,
+            tenants,
         }
     }
 
@@ -67,6 +74,7 @@ impl Reloader {
     /// Reads the config again and puts it in force when valid; counted and logged.
     pub async fn reload(&self) -> Result<Reloaded, ConfigErrors> {
         self.access.reopen();
+        let before = self.live.load().loaded_at;
         let result = self.put_in_force().await;
         match &result {
             Ok(Reloaded { kept }) => {
@@ -94,6 +102,24 @@ impl Reloader {
         }
         // Counted once logged: whoever watches the counter finds the whole story in the log.
         self.metrics.count_reload(result.is_ok());
+        let after = match &result {
+            Ok(_) => json!({"result": "success", "loaded_at": iso8601(self.live.load().loaded_at)}),
+            Err(errors) => json!({
+                "result": "failure",
+                "errors": errors.0.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+            }),
+        };
+        let change = Change {
+            actor: audit::SIGNAL,
+            action: "config.reload",
+            target: self.name().to_string(),
+            before: json!({"loaded_at": iso8601(before)}),
+            after,
+        };
+        if let Err(e) = self.tenants.record(&change).await {
+            log::warn!("config reload: could not write the audit log: {e}");
+        }
+        self.metrics.tenants.changed(change.action);
         result
     }
 

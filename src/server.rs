@@ -27,6 +27,8 @@ use crate::registry::{Heartbeat, Registry};
 use crate::reload::Reloader;
 use crate::shutdown::{Handlers, Signals, UpgradeSocket};
 use crate::slot_keeper::SlotKeeper;
+use crate::tenants::store::{MemoryTenants, RedisTenants, TenantStore};
+use crate::tenants::{TenantSync, Tenants};
 use crate::upstreams;
 
 /// Everything the services share, built once.
@@ -41,6 +43,19 @@ pub struct Shared {
     pub access: Arc<AccessLog>,
     /// Whether the node is draining.
     pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
+    /// Overrides set at runtime and the audit log (contract §15).
+    pub tenants: Arc<Tenants>,
+}
+
+/// The store, by role, with what the limiter needs to know of it.
+struct Stores {
+    decide: Arc<dyn Decide>,
+    counters: Arc<dyn Counters>,
+    registry: Registry,
+    tenants: Arc<dyn TenantStore>,
+    /// `None` for the embedded store, which cannot hang.
+    timeout: Option<Duration>,
+    on_error: crate::config::OnError,
 }
 
 impl Shared {
@@ -51,38 +66,43 @@ impl Shared {
         );
         metrics.set_clear_keys(config.privacy.clear_keys);
         // One store, seen by role: the limiter decides, the admin side lists and resets.
-        let (decide, counters, registry, timeout, on_error): (
-            Arc<dyn Decide>,
-            Arc<dyn Counters>,
-            _,
-            _,
-            _,
-        ) = match &config.redis {
+        let Stores {
+            decide,
+            counters,
+            registry,
+            tenants,
+            timeout,
+            on_error,
+        } = match &config.redis {
             Some(redis) => {
                 let store =
                     RedisStore::new(redis).map_err(|e| format!("cannot set up Redis: {e}"))?;
                 store.leases().count_calls_in(metrics.lease_calls.clone());
                 let registry = Registry::new(&config.node, Some(store.redis()));
+                let tenants = Arc::new(RedisTenants::new(store.redis()));
                 let store = Arc::new(store);
-                (
-                    store.clone(),
-                    store,
+                Stores {
+                    decide: store.clone(),
+                    counters: store,
                     registry,
-                    Some(redis.timeout),
-                    redis.on_error,
-                )
+                    tenants,
+                    timeout: Some(redis.timeout),
+                    on_error: redis.on_error,
+                }
             }
             None => {
                 let store = Arc::new(MemoryStore::default());
-                (
-                    store.clone(),
-                    store,
-                    Registry::new(&config.node, None),
-                    None,
-                    crate::config::OnError::Allow,
-                )
+                Stores {
+                    decide: store.clone(),
+                    counters: store,
+                    registry: Registry::new(&config.node, None),
+                    tenants: Arc::new(MemoryTenants::default()),
+                    timeout: None,
+                    on_error: crate::config::OnError::Allow,
+                }
             }
         };
+        let tenants = Arc::new(Tenants::new(tenants, config.node.id.clone()));
         let limiter = Arc::new(Limiter::new(decide, timeout, on_error, metrics.clone()));
         let access = Arc::new(AccessLog::open(&config.log)?);
         let live = Arc::new(LiveConfig::new(config)?);
@@ -95,6 +115,7 @@ impl Shared {
             registry: Arc::new(registry),
             access,
             lifecycle: Arc::default(),
+            tenants,
         })
     }
 }
@@ -195,11 +216,15 @@ pub fn run(config: Config, start: Start) -> Result<(), String> {
         check_listeners(config, |addr| !inherited.contains(&addr.to_string()))?;
     }
 
+    // The overrides set at runtime are in force before the first request (a store that does
+    // not answer now is read again by the sync below).
+    first_sync(&shared.tenants);
     let gateway = Gateway::new(
         shared.live.clone(),
         shared.limiter.clone(),
         shared.metrics.clone(),
         shared.access.clone(),
+        shared.tenants.clone(),
     );
     let clients = config.proxy.clients;
     let max_connections = connection_budget(clients.max_connections);
@@ -248,6 +273,7 @@ pub fn run(config: Config, start: Start) -> Result<(), String> {
             options: client_options(&clients),
             listings: tokio::sync::Semaphore::new(crate::admin::LISTINGS_AT_ONCE),
             lifecycle: shared.lifecycle.clone(),
+            tenants: shared.tenants.clone(),
         },
     );
     admin.set_connection_limits(Some(ADMIN_CONNECTIONS), clients.header_timeout);
@@ -255,6 +281,13 @@ pub fn run(config: Config, start: Start) -> Result<(), String> {
     admin.serve_through_shutdown();
     admin.add_tcp(&config.admin.listen.to_string());
     server.add_service(admin);
+
+    server.add_service(background_service(
+        "tenants",
+        TenantSync {
+            tenants: shared.tenants.clone(),
+        },
+    ));
 
     server.add_service(background_service(
         "slots",
@@ -291,6 +324,7 @@ pub fn run(config: Config, start: Start) -> Result<(), String> {
         shared.registry.clone(),
         shared.access.clone(),
         cert,
+        shared.tenants.clone(),
     )
     .listen()?;
 
@@ -330,6 +364,24 @@ pub fn run(config: Config, start: Start) -> Result<(), String> {
 /// How long an idle keep-alive client connection is still read at a graceful stop (at most
 /// the grace period).
 const SHUTDOWN_IDLE_LINGER: Duration = Duration::from_secs(1);
+
+/// Reads the overrides set at runtime once, before the node serves (at most a few seconds).
+fn first_sync(tenants: &Tenants) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let done = runtime.map(|rt| {
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(3), tenants.sync(true)).await
+        })
+    });
+    if !matches!(done, Ok(Ok(Ok(())))) {
+        log::warn!(
+            "could not read the overrides set at runtime yet; reading them again every {:?}",
+            crate::tenants::SYNC_EVERY
+        );
+    }
+}
 
 /// After handing the sockets over: the registry entry goes unless the successor has made it
 /// its own. The services' runtimes are gone, so this runs on a runtime of its own.

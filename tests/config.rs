@@ -302,6 +302,17 @@ const EXPECTED: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "admin_tokens",
+        &[
+            r#"3:12: [admin] tokens: expected a name of 1 to 64 characters of a-z, 0-9, _ and -, found "Ops Team""#,
+            r#"3:31: [admin] tokens: "admin" is the name of admin.token; choose another"#,
+            r#"3:55: [admin] tokens: "billing": expected a non-empty string without spaces or control characters"#,
+            r#"3:81: [admin] tokens: "copy": the same token as another name (each name needs its own, or the audit log could not tell who made a change)"#,
+            r#"3:92: [admin] tokens: "n": expected a string, found integer 5"#,
+            r#"3:102: [admin] tokens: "root": the same token as another name (each name needs its own, or the audit log could not tell who made a change)"#,
+        ],
+    ),
+    (
         "rule_concurrency",
         &[
             r#"4:9: [[rules]] #1 limit: a concurrency rule limits requests in flight, not requests per window; remove limit or concurrency"#,
@@ -388,7 +399,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
     (
         "admin_read_without_token",
         &[
-            r#"2:8: [admin] read: "token" needs a token to check; expected token set in [admin] too, or read = "open""#,
+            r#"2:8: [admin] read: "token" needs a token to check; expected token or tokens set in [admin] too, or read = "open""#,
             r#"3:17: [admin] metrics_token: expected a non-empty string without spaces or control characters"#,
         ],
     ),

@@ -188,6 +188,14 @@ fn an_acl_user_with_only_the_needed_commands_keys_and_channel() {
             .collect();
         assert_eq!(statuses, [200, 429], "{algorithm}: {}", gw.log());
     }
+    // Overrides and the audit log too.
+    let mut admin = Conn::open(&gw.admin).unwrap();
+    let r = admin
+        .send("PUT", "/api/overrides/default/10.9.9.9", &[], r#"{"limit": 50}"#)
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = admin.get("/api/audit", &[]).unwrap();
+    assert!(r.body.contains("override.put"), "{}", r.body);
     // Nothing was refused by the ACL.
     let log: Vec<Vec<redis::Value>> = redis::cmd("ACL").arg("LOG").query(&mut conn).unwrap();
     assert!(log.is_empty(), "the ACL refused: {log:?}");

@@ -20,13 +20,14 @@ use crate::registry::iso8601;
 use crate::response::{decision_json, error_json, store_unavailable_json};
 use crate::rules::cost::{Cost, SettleFrom};
 use crate::rules::Rule;
+use crate::tenants::audit::{Change, ANONYMOUS};
 
 /// The OpenAPI 3 description of this API.
 const OPENAPI: &str = include_str!("openapi.json");
 
 /// Bound on an admin store call that is not a check (a reset, which also waits to hear its
 /// message come back from Redis): off the request path, so longer than `redis.timeout_ms`.
-const ADMIN_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+pub(super) const ADMIN_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How long a counter listing waits for the one before it.
 const LISTING_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
@@ -410,7 +411,10 @@ impl AdminApp {
                 }
             }
             Route::Limits => self.limits(&live, clear_keys(&live, session)),
-            Route::Reset(key) => self.reset(&key).await,
+            Route::Reset(key) => {
+                let actor = actor(&live, session).unwrap_or(ANONYMOUS);
+                self.reset(&key, actor).await
+            }
             Route::Check => self.check(&live, body).await,
             Route::Explain => self.explain(&live, body).await,
             Route::Metrics => reply(
@@ -420,6 +424,18 @@ impl AdminApp {
                 self.metrics.render(),
             ),
             Route::OpenApi => json(200, OPENAPI.to_string()),
+            Route::Overrides => self.list_overrides(&live).await,
+            Route::Override { put, rule, value } => {
+                let actor = actor(&live, session).unwrap_or(ANONYMOUS);
+                match put {
+                    true => self.put_override(&live, actor, &rule, &value, body).await,
+                    false => self.delete_override(&live, actor, &rule, &value).await,
+                }
+            }
+            Route::Audit => {
+                let query = session.req_header().uri.query().unwrap_or("");
+                self.audit(query).await
+            }
         }
     }
 
@@ -484,14 +500,13 @@ impl AdminApp {
         &self,
         live: &Live,
     ) -> Result<Vec<(Counter, &'static str, u32)>, Response<Vec<u8>>> {
-        let rules = &live.rules;
-        let limit_of = |key: &str| rules.describe(key).1;
+        let limit_of = |key: &str| self.describe(live, key).1;
         match self.counters.counters(&limit_of).await {
             Ok(c) => {
                 self.metrics.active_counters.set(c.len() as i64);
                 Ok(c.into_iter()
                     .map(|c| {
-                        let (rule, limit) = live.rules.describe(&c.key);
+                        let (rule, limit) = self.describe(live, &c.key);
                         (c, rule.name, limit.quota.limit.get())
                     })
                     .collect())
@@ -531,7 +546,7 @@ impl AdminApp {
         };
         let mut found = Vec::new();
         for counter_key in candidates {
-            let (r, limit) = live.rules.describe(&counter_key);
+            let (r, limit) = self.describe(live, &counter_key);
             let call = self.counters.count(&counter_key, limit);
             match tokio::time::timeout(ADMIN_CALL_TIMEOUT, call).await {
                 Ok(Ok(Some(c))) => found.push((c, r.name, limit.quota.limit.get())),
@@ -595,10 +610,20 @@ impl AdminApp {
         )
     }
 
-    async fn reset(&self, key: &str) -> Response<Vec<u8>> {
+    async fn reset(&self, key: &str, actor: &str) -> Response<Vec<u8>> {
         let bounded = tokio::time::timeout(ADMIN_CALL_TIMEOUT, self.counters.reset(key));
         match bounded.await.unwrap_or(Err(StoreError::Timeout)) {
-            Ok(_) => json(200, to_json(&json!({ "key": key, "reset": true }))),
+            Ok(existed) => {
+                self.audited(Change {
+                    actor,
+                    action: "counter.reset",
+                    target: key.to_string(),
+                    before: json!({ "existed": existed }),
+                    after: Value::Null,
+                })
+                .await;
+                json(200, to_json(&json!({ "key": key, "reset": true })))
+            }
             Err(e) => self.store_down(&e),
         }
     }
@@ -677,7 +702,8 @@ impl AdminApp {
             Ok(r) => r,
             Err(why) => return error(422, &why),
         };
-        let plan = request.plan(&live.rules);
+        let mut plan = request.plan(&live.rules);
+        self.tenants.apply(&mut plan.checks);
         let decisions = match self.limiter.explain(&plan.checks).await {
             Ok(d) => d,
             Err(e) => return self.store_down(&e),
@@ -685,7 +711,14 @@ impl AdminApp {
         json(200, plan.answer(decisions))
     }
 
-    fn store_down(&self, e: &StoreError) -> Response<Vec<u8>> {
+    /// The rule a counter key belongs to, and the limit it is judged by now: the rule's,
+    /// or an override's (the file's, or one set at runtime).
+    fn describe<'l>(&self, live: &'l Live, counter_key: &str) -> (&'l Rule, Limit) {
+        let (rule, limit) = live.rules.describe(counter_key);
+        (rule, self.tenants.limit_for(rule.name, counter_key, limit))
+    }
+
+    pub(super) fn store_down(&self, e: &StoreError) -> Response<Vec<u8>> {
         self.limiter.failed(e);
         error(503, &format!("rate limit store unavailable: {e}"))
     }
@@ -703,36 +736,50 @@ fn check_reply(outcome: &Outcome, live: &Live) -> Response<Vec<u8>> {
     )
 }
 
-/// Who may call what (contract §17), in one place: the 401 a route gets, if any. Mutations
-/// need `admin.token` when it is set; `/api/*` reads need it too with `admin.read = "token"`;
-/// `/metrics` needs `admin.metrics_token` when that is set. `/health*` and `/openapi.json`
-/// (which describes the API and holds no data) are always open.
+/// Who may call what (contract §17), in one place: the 401 a route gets, if any. Changes
+/// need an admin token (`admin.token` or one of `admin.tokens`) when one is set; `/api/*`
+/// reads need one too with `admin.read = "token"`; `/metrics` needs `admin.metrics_token`
+/// when that is set. `/health*` and `/openapi.json` (which describes the API and holds no
+/// data) are always open.
 fn gate(route: &Route, live: &Arc<Live>, session: &ServerSession) -> Option<Response<Vec<u8>>> {
     let admin = &live.config.admin;
-    let (token, key) = match route {
-        Route::Reset(_) | Route::Check => (admin.token.as_deref(), "admin.token"),
-        Route::Nodes | Route::Counters | Route::Limits | Route::Blocks | Route::Explain
-            if admin.read == AdminRead::Token =>
-        {
-            (admin.token.as_deref(), "admin.token")
+    let needs_admin = match route {
+        Route::Reset(_) | Route::Check | Route::Override { .. } => true,
+        Route::Nodes
+        | Route::Counters
+        | Route::Limits
+        | Route::Blocks
+        | Route::Explain
+        | Route::Overrides
+        | Route::Audit => admin.read == AdminRead::Token,
+        Route::Metrics => {
+            let token = admin.metrics_token.as_deref()?;
+            return (!bearer(session, token)).then(|| unauthorized("admin.metrics_token"));
         }
-        Route::Metrics => (admin.metrics_token.as_deref(), "admin.metrics_token"),
-        _ => (None, ""),
+        _ => false,
     };
-    let token = token?;
-    (!bearer(session, token)).then(|| unauthorized(key))
+    if !needs_admin || !admin.has_token() {
+        return None;
+    }
+    actor(live, session)
+        .is_none()
+        .then(|| unauthorized("admin.token"))
+}
+
+/// The name of the admin token the request carries (`admin` for `admin.token`, a name of
+/// `admin.tokens`), or `None`.
+pub(super) fn actor<'l>(live: &'l Live, session: &ServerSession) -> Option<&'l str> {
+    live.config
+        .admin
+        .named_tokens()
+        .find(|(_, token)| bearer(session, token))
+        .map(|(name, _)| name)
 }
 
 /// Whether private key values are shown in clear: with `[privacy] clear_keys`, or to a caller
-/// with the admin token (contract §17).
+/// with an admin token (contract §17).
 fn clear_keys(live: &Arc<Live>, session: &ServerSession) -> bool {
-    live.config.privacy.clear_keys
-        || live
-            .config
-            .admin
-            .token
-            .as_deref()
-            .is_some_and(|token| bearer(session, token))
+    live.config.privacy.clear_keys || actor(live, session).is_some()
 }
 
 /// Whether the request carries `Authorization: Bearer <token>`, compared in constant time.

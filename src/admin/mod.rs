@@ -26,6 +26,7 @@
 mod explain;
 mod handlers;
 pub mod router;
+mod tenants;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,6 +64,8 @@ pub struct AdminApp {
     pub listings: tokio::sync::Semaphore,
     /// Whether the node is draining (`/health/ready`).
     pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
+    /// Overrides set at runtime and the audit log (contract §15).
+    pub tenants: Arc<crate::tenants::Tenants>,
 }
 
 /// Listings one at a time ([`AdminApp::listings`]).

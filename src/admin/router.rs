@@ -19,6 +19,16 @@ pub enum Route {
     Explain,
     Metrics,
     OpenApi,
+    /// `GET /api/overrides`: every override set at runtime.
+    Overrides,
+    /// `PUT` or `DELETE /api/overrides/{rule}/{value}`, decoded.
+    Override {
+        put: bool,
+        rule: String,
+        value: String,
+    },
+    /// `GET /api/audit`: the audit log.
+    Audit,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +41,7 @@ pub enum Miss {
 }
 
 const COUNTERS_PREFIX: &str = "/api/counters/";
+const OVERRIDES_PREFIX: &str = "/api/overrides/";
 const RESET_SUFFIX: &str = "/reset";
 
 pub fn route(method: &str, path_and_query: &str) -> Result<Route, Miss> {
@@ -47,6 +58,8 @@ pub fn route(method: &str, path_and_query: &str) -> Result<Route, Miss> {
         "/api/explain" => Some(("POST", Route::Explain)),
         "/metrics" => Some(("GET", Route::Metrics)),
         "/openapi.json" => Some(("GET", Route::OpenApi)),
+        "/api/overrides" => Some(("GET", Route::Overrides)),
+        "/api/audit" => Some(("GET", Route::Audit)),
         _ => None,
     };
     if let Some((allowed, route)) = fixed {
@@ -57,6 +70,36 @@ pub fn route(method: &str, path_and_query: &str) -> Result<Route, Miss> {
             ("GET", _) => Err(Miss::MethodNotAllowed("GET, HEAD")),
             _ => Err(Miss::MethodNotAllowed(allowed)),
         };
+    }
+    // `/api/overrides/{rule}/{value}`: the value is everything after the rule's `/`.
+    if let Some(rest) = path.strip_prefix(OVERRIDES_PREFIX) {
+        let put = match method {
+            "PUT" => true,
+            "DELETE" => false,
+            _ => return Err(Miss::MethodNotAllowed("PUT, DELETE")),
+        };
+        let (rule, value) = rest
+            .split_once('/')
+            .ok_or_else(|| Miss::BadKey("expected /api/overrides/{rule}/{value}".into()))?;
+        let decode = |raw: &str, what: &str| {
+            percent_decode_str(raw)
+                .decode_utf8()
+                .map(|v| v.into_owned())
+                .map_err(|_| {
+                    Miss::BadKey(format!(
+                        "the {what} is not valid UTF-8 once percent-decoded"
+                    ))
+                })
+                .and_then(|v| match v.is_empty() {
+                    true => Err(Miss::BadKey(format!("the {what} is empty"))),
+                    false => Ok(v),
+                })
+        };
+        return Ok(Route::Override {
+            put,
+            rule: decode(rule, "rule")?,
+            value: decode(value, "value")?,
+        });
     }
     // Everything between `/api/counters/` and the final `/reset` is the key.
     if let Some(raw) = path

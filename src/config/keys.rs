@@ -13,6 +13,7 @@ use super::error::Collector;
 use super::reader::{At, Section, Span};
 use crate::key::jwt::{parse_algorithm, JwtConfig, KeyFile, Verifier};
 use crate::key::{KeySource, Missing, Part, MAX_VALUE_LEN};
+use crate::rules::overrides::Entry;
 use crate::rules::Overrides;
 
 /// What every source `key` may name, for messages.
@@ -122,23 +123,18 @@ pub(super) fn overrides(
         let Some(n) = NonZeroU32::new(limit.value as u32) else {
             continue;
         };
-        match entry(&k.value, parts) {
-            Ok(Entry::Ip(ip)) => out.insert_ip(ip, n),
-            Ok(Entry::Value(v)) => out.insert_value(v, n),
+        match override_entry(&k.value, parts) {
+            Ok(entry) => out.insert(entry, n),
             Err(why) => errors.at(k.span, format!("{} overrides: {why}", s.name)),
         }
     }
     Some(out)
 }
 
-enum Entry {
-    Ip(String),
-    Value(String),
-}
-
-/// One override entry for a key of these parts: a client IP (or an `ip/N` network), or the
-/// value(s) of the key as the key writes them.
-fn entry(written: &str, parts: &[Part]) -> Result<Entry, String> {
+/// One override entry for a key of these parts, as the file's `overrides` and the admin API
+/// (contract §15) take it alike: a client IP (or an `ip/N` network), or the value(s) of the
+/// key as the key writes them.
+pub fn override_entry(written: &str, parts: &[Part]) -> Result<Entry, String> {
     let as_ip = |text: &str, part: &Part| -> Option<String> {
         if let Ok(ip) = text.parse::<IpAddr>() {
             // Written the way keys print it (`::1`, not `0::1`). Under `ip/N` an IPv6 client

@@ -31,6 +31,7 @@ use std::time::Duration;
 
 pub use error::{ConfigError, ConfigErrors, Origin};
 use ipnet::IpNet;
+pub use keys::override_entry;
 pub use validate::MAX_SOCKET_PATH;
 
 use crate::headers::HeaderStyle;
@@ -207,6 +208,28 @@ pub struct AdminConfig {
     /// When set, `GET /metrics` needs this bearer token (a scraper's, apart from the admin
     /// token, so the one it holds can read nothing else).
     pub metrics_token: Option<String>,
+    /// Named admin tokens (`admin.tokens = { ops = "..." }`), each as good as `token`; the
+    /// name is the actor the audit log records (contract §15).
+    pub tokens: Vec<(String, String)>,
+}
+
+impl AdminConfig {
+    /// The actor name of `admin.token` in the audit log.
+    pub const TOKEN_ACTOR: &'static str = "admin";
+
+    /// Whether any admin token is set (`token` or `tokens`): then changes need one.
+    pub fn has_token(&self) -> bool {
+        self.token.is_some() || !self.tokens.is_empty()
+    }
+
+    /// Every admin token with its actor name: `token` as `admin`, then the named ones.
+    pub fn named_tokens(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.token
+            .as_deref()
+            .map(|t| (Self::TOKEN_ACTOR, t))
+            .into_iter()
+            .chain(self.tokens.iter().map(|(n, t)| (n.as_str(), t.as_str())))
+    }
 }
 
 /// Who may read `/api/*` (contract §17).

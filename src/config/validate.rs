@@ -58,7 +58,7 @@ pub(super) fn build(path: &str, source: &str, env: Env) -> Result<Config, Config
     let admin = admin(
         &root.section(
             "admin",
-            &["listen", "token", "read", "metrics_token"],
+            &["listen", "token", "tokens", "read", "metrics_token"],
             &mut errors,
         ),
         &mut errors,
@@ -235,21 +235,68 @@ fn admin(s: &Section, errors: &mut Collector) -> Option<AdminConfig> {
             errors,
         )
         .unwrap_or(AdminRead::Open);
-    if read == AdminRead::Token && !s.has("token") {
+    if read == AdminRead::Token && !s.has("token") && !s.has("tokens") {
         errors.at(
             s.span("read").unwrap_or(0..0),
             format!(
-                "{} read: \"token\" needs a token to check; expected token set in {} too, or read = \"open\"",
+                "{} read: \"token\" needs a token to check; expected token or tokens set in {} too, or read = \"open\"",
                 s.name, s.name
             ),
         );
     }
+    let tokens = named_tokens(s, token.as_deref(), errors);
     Some(AdminConfig {
         listen: listen?,
         token,
         read,
         metrics_token,
+        tokens,
     })
+}
+
+/// `tokens = { ops = "...", billing = "..." }`: names like rule names (`admin` is
+/// `token`'s), each token valid and used once.
+fn named_tokens(s: &Section, admin: Option<&str>, errors: &mut Collector) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (name, token) in s.string_table("tokens", errors).unwrap_or_default() {
+        let why = if !crate::rules::valid_name(&name.value) {
+            Some(format!(
+                "expected a name of 1 to 64 characters of a-z, 0-9, _ and -, found {:?}",
+                name.value
+            ))
+        } else if name.value == AdminConfig::TOKEN_ACTOR {
+            Some("\"admin\" is the name of admin.token; choose another".to_string())
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            errors.at(name.span, format!("{} tokens: {why}", s.name));
+            continue;
+        }
+        let t = &token.value;
+        if t.is_empty() || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            errors.at(
+                token.span,
+                format!(
+                    "{} tokens: {:?}: expected a non-empty string without spaces or control characters",
+                    s.name, name.value
+                ),
+            );
+            continue;
+        }
+        if admin == Some(t.as_str()) || out.iter().any(|(_, other)| other == t) {
+            errors.at(
+                token.span,
+                format!(
+                    "{} tokens: {:?}: the same token as another name (each name needs its own, or the audit log could not tell who made a change)",
+                    s.name, name.value
+                ),
+            );
+            continue;
+        }
+        out.push((name.value, token.value));
+    }
+    out
 }
 
 /// A bearer token as written; a bad one is reported and left out.

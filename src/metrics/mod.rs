@@ -6,10 +6,12 @@
 //! under `key="_other"`). A key's private values (headers, query parameters, cookies, claims)
 //! show digested unless `[privacy] clear_keys` (contract §17).
 
+mod tenants;
 mod units;
 mod upstream;
 mod waits;
 
+pub use tenants::TenantMetrics;
 pub use units::UnitMetrics;
 pub use upstream::{UpstreamError, UpstreamMetrics};
 pub use waits::WaitMetrics;
@@ -68,6 +70,8 @@ pub struct Metrics {
     pub units: UnitMetrics,
     /// Slots in flight, requests in line and their waits (contract §14).
     pub waits: WaitMetrics,
+    /// Changes through the admin API and bans (contract §15).
+    pub tenants: TenantMetrics,
     max_key_labels: AtomicUsize,
     /// Private key values shown in clear in the `key` label (`[privacy] clear_keys`); by
     /// default they are digested (contract §17).
@@ -226,6 +230,7 @@ impl Metrics {
         let upstreams = UpstreamMetrics::new(&registry)?;
         let units = UnitMetrics::new(&registry)?;
         let waits = WaitMetrics::new(&registry)?;
+        let tenants = TenantMetrics::new(&registry)?;
         registry.register(Box::new(responses_vec))?;
         registry.register(Box::new(upstream_duration.clone()))?;
         registry.register(Box::new(
@@ -263,6 +268,7 @@ impl Metrics {
             upstreams,
             units,
             waits,
+            tenants,
             max_key_labels: AtomicUsize::new(max_key_labels),
             clear_keys: AtomicBool::new(false),
             labelled: RwLock::new(Labelled::default()),

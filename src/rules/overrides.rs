@@ -12,6 +12,24 @@ use std::num::NonZeroU32;
 use crate::key::counter::{display_override, override_key, OverrideKey};
 use crate::key::Part;
 
+/// What an override applies to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Entry {
+    /// Requests keyed by this client IP (or `ip/N` network), as keys print it.
+    Ip(String),
+    /// Requests whose key holds this value (a composite's values joined by `|`).
+    Value(String),
+}
+
+impl Entry {
+    /// As written in `overrides` and the admin API.
+    pub fn written(&self) -> &str {
+        match self {
+            Entry::Ip(s) | Entry::Value(s) => s,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     by_ip: HashMap<String, NonZeroU32>,
@@ -28,6 +46,13 @@ impl Overrides {
     /// An entry for a key value, as written in the key (a composite's values joined by `|`).
     pub fn insert_value(&mut self, value: String, limit: NonZeroU32) {
         self.by_value.insert(value, limit);
+    }
+
+    pub fn insert(&mut self, entry: Entry, limit: NonZeroU32) {
+        match entry {
+            Entry::Ip(ip) => self.insert_ip(ip, limit),
+            Entry::Value(v) => self.insert_value(v, limit),
+        }
     }
 
     /// The override for a request key, if any.

@@ -253,6 +253,9 @@ pub const GATEWAY_ACL: &[&str] = &[
     "resetkeys",
     "~ratelimit:*",
     "~ratelimiter:nodes:*",
+    "~ratelimiter:overrides",
+    "~ratelimiter:overrides:version",
+    "~ratelimiter:audit",
     "resetchannels",
     "&ratelimiter:resets",
     "-@all",
@@ -290,6 +293,12 @@ pub const GATEWAY_ACL: &[&str] = &[
     "+hmget",
     "+hincrby",
     "+time",
+    "+hget",
+    "+hdel",
+    "+incr",
+    "+lpush",
+    "+ltrim",
+    "+lrange",
 ];
 
 /// Creates the gateway's ACL user on one server.

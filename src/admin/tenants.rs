@@ -1,0 +1,234 @@
+//! The admin API of tenants at runtime (contract §15): overrides set, removed and listed,
+//! and the audit log read. Every change is written to the audit log with its actor.
+
+use std::num::NonZeroU32;
+
+use http::Response;
+use serde_json::{json, Value};
+
+use super::handlers::ADMIN_CALL_TIMEOUT;
+use super::{error, json, to_json, AdminApp};
+use crate::config::override_entry;
+use crate::limiter::{Algorithm, StoreError};
+use crate::live::Live;
+use crate::rules::overrides::Entry;
+use crate::rules::Rule;
+use crate::tenants::audit::Change;
+use crate::tenants::store::AUDIT_CAP;
+
+/// Entries of the audit log sent when `limit` is not given.
+const AUDIT_DEFAULT: usize = 100;
+/// The largest concurrency an override may give (as `concurrency` in the file).
+const MAX_CONCURRENCY: u64 = 1_000_000;
+
+/// A JSON number that is a whole number (`8` and `8.0` alike).
+fn whole(v: &Value) -> Option<u64> {
+    v.as_u64().or_else(|| {
+        v.as_f64()
+            .filter(|f| *f >= 0.0 && f.fract() == 0.0 && *f < u64::MAX as f64)
+            .map(|f| f as u64)
+    })
+}
+
+/// What an override sets: the field its rule takes, and the number.
+fn override_field(rule: &Rule) -> &'static str {
+    match rule.limit.map(|l| l.algorithm) {
+        Some(Algorithm::Concurrency) => "concurrency",
+        _ => "limit",
+    }
+}
+
+impl AdminApp {
+    /// Writes a change to the audit log, and counts it; a log that cannot be written is
+    /// logged, never a reason to undo the change.
+    pub(super) async fn audited(&self, change: Change<'_>) {
+        let write = tokio::time::timeout(ADMIN_CALL_TIMEOUT, self.tenants.record(&change));
+        if let Err(e) = write.await.unwrap_or(Err(StoreError::Timeout)) {
+            log::warn!(
+                "could not write {} of {} to the audit log: {e}",
+                change.action,
+                change.target
+            );
+        }
+        self.metrics.tenants.changed(change.action);
+    }
+
+    /// The rule an override names and what it applies to, or why such an override cannot
+    /// exist (no such rule, a rule with no per-key limit, a value the rule's key never
+    /// holds): a 404.
+    fn override_target<'l>(
+        live: &'l Live,
+        rule: &str,
+        value: &str,
+    ) -> Result<(&'l Rule, Entry), String> {
+        let Some(r) = live.rules.iter().find(|r| r.name == rule) else {
+            return Err(format!("no rule named {rule:?}"));
+        };
+        if r.unlimited() {
+            return Err(format!(
+                "rule {rule:?} is unlimited: it has no limit to override"
+            ));
+        }
+        if r.key.is_global() {
+            return Err(format!(
+                "rule {rule:?} is keyed by \"global\": it has one counter and no per-key overrides"
+            ));
+        }
+        let entry = override_entry(value, r.key.parts())
+            .map_err(|why| format!("rule {rule:?} has no such key: {why}"))?;
+        Ok((r, entry))
+    }
+
+    pub(super) async fn put_override(
+        &self,
+        live: &Live,
+        actor: &str,
+        rule: &str,
+        value: &str,
+        body: &[u8],
+    ) -> Response<Vec<u8>> {
+        let (r, entry) = match Self::override_target(live, rule, value) {
+            Ok(t) => t,
+            Err(why) => return error(404, &why),
+        };
+        let field = override_field(r);
+        let max = match field {
+            "concurrency" => MAX_CONCURRENCY,
+            _ => u64::from(u32::MAX),
+        };
+        let other = match field {
+            "concurrency" => "limit",
+            _ => "concurrency",
+        };
+        let n = match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Object(o)) if o.len() == 1 && o.contains_key(other) => {
+                return error(
+                    409,
+                    &format!(
+                        "rule {rule:?} takes a {field}, not a {other}: send {{\"{field}\": n}}"
+                    ),
+                )
+            }
+            Ok(Value::Object(o)) if o.len() == 1 && o.contains_key(field) => whole(&o[field])
+                .filter(|n| (1..=max).contains(n))
+                .and_then(|n| NonZeroU32::new(n as u32)),
+            _ => None,
+        };
+        let Some(n) = n else {
+            return error(
+                422,
+                &format!("body: expected {{\"{field}\": n}} with n in 1..={max} (rule {rule:?} takes a {field})"),
+            );
+        };
+        let put = self.tenants.put_override(rule, &entry, n.get());
+        let before = match tokio::time::timeout(ADMIN_CALL_TIMEOUT, put).await {
+            Ok(Ok(before)) => before,
+            Ok(Err(e)) => return self.store_down(&e),
+            Err(_) => return self.store_down(&StoreError::Timeout),
+        };
+        let shown = |n: Option<u32>| n.map_or(Value::Null, |n| json!({ field: n }));
+        self.audited(Change {
+            actor,
+            action: "override.put",
+            target: format!("{rule}/{}", entry.written()),
+            before: shown(before),
+            after: shown(Some(n.get())),
+        })
+        .await;
+        json(
+            200,
+            to_json(&json!({
+                "rule": rule,
+                "value": entry.written(),
+                field: n.get(),
+                "before": before,
+            })),
+        )
+    }
+
+    pub(super) async fn delete_override(
+        &self,
+        live: &Live,
+        actor: &str,
+        rule: &str,
+        value: &str,
+    ) -> Response<Vec<u8>> {
+        let (r, entry) = match Self::override_target(live, rule, value) {
+            Ok(t) => t,
+            Err(why) => return error(404, &why),
+        };
+        let field = override_field(r);
+        let delete = self.tenants.delete_override(rule, &entry);
+        let before = match tokio::time::timeout(ADMIN_CALL_TIMEOUT, delete).await {
+            Ok(Ok(Some(before))) => before,
+            Ok(Ok(None)) => {
+                return error(
+                    404,
+                    &format!("no override for {:?} on rule {rule:?}", entry.written()),
+                )
+            }
+            Ok(Err(e)) => return self.store_down(&e),
+            Err(_) => return self.store_down(&StoreError::Timeout),
+        };
+        self.audited(Change {
+            actor,
+            action: "override.delete",
+            target: format!("{rule}/{}", entry.written()),
+            before: json!({ field: before }),
+            after: Value::Null,
+        })
+        .await;
+        json(
+            200,
+            to_json(&json!({
+                "rule": rule,
+                "value": entry.written(),
+                "deleted": true,
+                "before": before,
+            })),
+        )
+    }
+
+    pub(super) async fn list_overrides(&self, live: &Live) -> Response<Vec<u8>> {
+        let listed = tokio::time::timeout(ADMIN_CALL_TIMEOUT, self.tenants.overrides());
+        let all = match listed.await.unwrap_or(Err(StoreError::Timeout)) {
+            Ok(all) => all,
+            Err(e) => return self.store_down(&e),
+        };
+        let out: Vec<Value> = all
+            .iter()
+            .map(|(rule, entry, n)| {
+                let field = live
+                    .rules
+                    .iter()
+                    .find(|r| r.name == rule)
+                    .map_or("limit", override_field);
+                json!({ "rule": rule, "value": entry.written(), field: n })
+            })
+            .collect();
+        json(200, to_json(&json!({ "overrides": out })))
+    }
+
+    pub(super) async fn audit(&self, query: &str) -> Response<Vec<u8>> {
+        let mut limit = AUDIT_DEFAULT;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("limit", v)) => match v.parse::<usize>() {
+                    Ok(n) if (1..=AUDIT_CAP).contains(&n) => limit = n,
+                    _ => {
+                        return error(
+                            422,
+                            &format!("limit: expected an integer 1..={AUDIT_CAP}, found {v:?}"),
+                        )
+                    }
+                },
+                _ => return error(422, &format!("unknown parameter {pair:?}; expected limit")),
+            }
+        }
+        let read = tokio::time::timeout(ADMIN_CALL_TIMEOUT, self.tenants.audit(limit));
+        match read.await.unwrap_or(Err(StoreError::Timeout)) {
+            Ok(entries) => json(200, to_json(&json!({ "entries": entries }))),
+            Err(e) => self.store_down(&e),
+        }
+    }
+}

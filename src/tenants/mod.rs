@@ -1,0 +1,178 @@
+//! Tenants at runtime (contract §15): what operators change while the fleet runs, apart from
+//! the config file.
+//!
+//! - Overrides: per-key limits set through the admin API, kept in the store ([`store`]) and
+//!   applied by every node: each node holds the set in memory and looks at the store's
+//!   version of it every [`SYNC_EVERY`], so a change made through one node is in force on
+//!   every node within that, and after restarts. They take precedence over the file's
+//!   `overrides` and change only the limit a key is judged by, never its counter.
+//! - The audit log: every change through the admin API and every reload, with who made it
+//!   ([`audit`]).
+
+pub mod audit;
+pub mod store;
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use crate::key::counter::split_rule;
+use crate::limiter::{Check, Limit, StoreError};
+use crate::rules::overrides::Entry;
+use crate::rules::Overrides;
+use crate::sync::{read, write};
+use store::{Stored, TenantStore};
+
+/// How often a node looks at the store's version of the overrides.
+pub const SYNC_EVERY: Duration = Duration::from_millis(250);
+
+pub struct Tenants {
+    store: Arc<dyn TenantStore>,
+    /// This node's id, for the audit log.
+    node: String,
+    /// The overrides in force on this node, by rule, and the version they were read at.
+    overrides: RwLock<HashMap<String, Overrides>>,
+    version: AtomicU64,
+    /// Whether any override is set: most requests need not look.
+    any: AtomicBool,
+}
+
+impl Tenants {
+    pub fn new(store: Arc<dyn TenantStore>, node: String) -> Tenants {
+        Tenants {
+            store,
+            node,
+            overrides: RwLock::default(),
+            version: AtomicU64::new(u64::MAX),
+            any: AtomicBool::new(false),
+        }
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    pub fn store(&self) -> &dyn TenantStore {
+        self.store.as_ref()
+    }
+
+    /// Applies the overrides in force to a request's checks: a check whose rule has one for
+    /// its key is judged by that limit (or concurrency).
+    pub fn apply(&self, checks: &mut [Check]) {
+        if !self.any.load(Ordering::Relaxed) {
+            return;
+        }
+        let overrides = read(&self.overrides);
+        for check in checks {
+            if let Some(n) = Self::lookup(&overrides, check.rule, &check.key) {
+                check.limit.quota.limit = n;
+            }
+        }
+    }
+
+    /// `limit` as the overrides in force change it for this counter key of `rule`.
+    pub fn limit_for(&self, rule: &str, counter_key: &str, mut limit: Limit) -> Limit {
+        if self.any.load(Ordering::Relaxed) {
+            if let Some(n) = Self::lookup(&read(&self.overrides), rule, counter_key) {
+                limit.quota.limit = n;
+            }
+        }
+        limit
+    }
+
+    fn lookup(
+        overrides: &HashMap<String, Overrides>,
+        rule: &str,
+        counter_key: &str,
+    ) -> Option<NonZeroU32> {
+        let of_rule = overrides.get(rule)?;
+        let request_key = match split_rule(counter_key) {
+            (Some(_), request_key) => request_key,
+            (None, _) => counter_key,
+        };
+        of_rule.get(request_key)
+    }
+
+    /// Reads the overrides again when the store's version moved (or `force`).
+    pub async fn sync(&self, force: bool) -> Result<(), StoreError> {
+        let version = self.store.overrides_version().await?;
+        if !force && version == self.version.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let all = self.store.overrides().await?;
+        self.install(all);
+        self.version.store(version, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn install(&self, all: Vec<Stored>) {
+        let mut by_rule: HashMap<String, Overrides> = HashMap::new();
+        for (rule, entry, limit) in all {
+            if let Some(n) = NonZeroU32::new(limit) {
+                by_rule.entry(rule).or_default().insert(entry, n);
+            }
+        }
+        self.any.store(!by_rule.is_empty(), Ordering::Relaxed);
+        *write(&self.overrides) = by_rule;
+    }
+
+    /// Sets an override (already validated against its rule); returns the limit before.
+    pub async fn put_override(
+        &self,
+        rule: &str,
+        entry: &Entry,
+        limit: u32,
+    ) -> Result<Option<u32>, StoreError> {
+        let before = self.store.put_override(rule, entry, limit).await?;
+        self.sync(true).await?;
+        Ok(before)
+    }
+
+    /// Removes an override; returns its limit (`None`: there was none).
+    pub async fn delete_override(
+        &self,
+        rule: &str,
+        entry: &Entry,
+    ) -> Result<Option<u32>, StoreError> {
+        let before = self.store.delete_override(rule, entry).await?;
+        self.sync(true).await?;
+        Ok(before)
+    }
+
+    /// Every override set at runtime, sorted.
+    pub async fn overrides(&self) -> Result<Vec<Stored>, StoreError> {
+        let mut all = self.store.overrides().await?;
+        all.sort_by(|a, b| (&a.0, a.1.written()).cmp(&(&b.0, b.1.written())));
+        Ok(all)
+    }
+}
+
+/// Keeps this node's overrides in step with the store's: looks at its version every
+/// [`SYNC_EVERY`], for the life of the process.
+pub struct TenantSync {
+    pub tenants: Arc<Tenants>,
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for TenantSync {
+    async fn start(&self, _shutdown: pingora::server::ShutdownWatch) {
+        let mut failing = false;
+        loop {
+            match self.tenants.sync(false).await {
+                Ok(()) if failing => {
+                    log::info!("overrides set at runtime: read again");
+                    failing = false;
+                }
+                Ok(()) => {}
+                Err(e) if !failing => {
+                    log::warn!("overrides set at runtime: cannot read them: {e}; trying again every {SYNC_EVERY:?}");
+                    failing = true;
+                }
+                Err(_) => {}
+            }
+            tokio::time::sleep(SYNC_EVERY).await;
+        }
+    }
+}

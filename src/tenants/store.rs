@@ -1,0 +1,234 @@
+//! Where the runtime state of tenants lives (contract §15): per-key overrides and the audit
+//! log. With Redis it is shared by every node: the overrides in one hash, with a version
+//! number that every change raises (so a node asks for the whole hash only when it moved),
+//! and the audit log in one list, newest first, capped. With the embedded store, in memory.
+//!
+//! | key | type | content |
+//! |---|---|---|
+//! | `ratelimiter:overrides` | hash | `<rule>/ip/<address>` or `<rule>/value/<value>` → the limit (or concurrency) |
+//! | `ratelimiter:overrides:version` | string | raised by every change |
+//! | `ratelimiter:audit` | list | one JSON entry per change, newest first, at most 10000 |
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+
+use crate::limiter::StoreError;
+use crate::redis_conn::Redis;
+use crate::rules::overrides::Entry;
+use crate::sync::lock;
+
+pub const OVERRIDES_KEY: &str = "ratelimiter:overrides";
+pub const OVERRIDES_VERSION_KEY: &str = "ratelimiter:overrides:version";
+pub const AUDIT_KEY: &str = "ratelimiter:audit";
+/// The most audit entries kept.
+pub const AUDIT_CAP: usize = 10_000;
+
+/// One override as stored: the rule, what it applies to, and the limit.
+pub type Stored = (String, Entry, u32);
+
+#[async_trait]
+pub trait TenantStore: Send + Sync {
+    /// A number that every change of the overrides raises.
+    async fn overrides_version(&self) -> Result<u64, StoreError>;
+    /// Every override.
+    async fn overrides(&self) -> Result<Vec<Stored>, StoreError>;
+    /// Sets one; returns the limit it had before.
+    async fn put_override(
+        &self,
+        rule: &str,
+        entry: &Entry,
+        limit: u32,
+    ) -> Result<Option<u32>, StoreError>;
+    /// Removes one; returns the limit it had.
+    async fn delete_override(&self, rule: &str, entry: &Entry) -> Result<Option<u32>, StoreError>;
+    /// Appends an entry (JSON) to the audit log.
+    async fn append_audit(&self, entry: String) -> Result<(), StoreError>;
+    /// The newest `limit` entries, newest first.
+    async fn audit(&self, limit: usize) -> Result<Vec<String>, StoreError>;
+}
+
+fn field(rule: &str, entry: &Entry) -> String {
+    match entry {
+        Entry::Ip(ip) => format!("{rule}/ip/{ip}"),
+        Entry::Value(v) => format!("{rule}/value/{v}"),
+    }
+}
+
+/// This node's memory: the embedded store.
+#[derive(Default)]
+pub struct MemoryTenants {
+    overrides: Mutex<(u64, HashMap<String, u32>)>,
+    audit: Mutex<VecDeque<String>>,
+}
+
+#[async_trait]
+impl TenantStore for MemoryTenants {
+    async fn overrides_version(&self) -> Result<u64, StoreError> {
+        Ok(lock(&self.overrides).0)
+    }
+
+    async fn overrides(&self) -> Result<Vec<Stored>, StoreError> {
+        Ok(lock(&self.overrides)
+            .1
+            .iter()
+            .filter_map(|(f, n)| parse(f, &n.to_string()))
+            .collect())
+    }
+
+    async fn put_override(
+        &self,
+        rule: &str,
+        entry: &Entry,
+        limit: u32,
+    ) -> Result<Option<u32>, StoreError> {
+        let mut o = lock(&self.overrides);
+        o.0 += 1;
+        Ok(o.1.insert(field(rule, entry), limit))
+    }
+
+    async fn delete_override(&self, rule: &str, entry: &Entry) -> Result<Option<u32>, StoreError> {
+        let mut o = lock(&self.overrides);
+        let before = o.1.remove(&field(rule, entry));
+        if before.is_some() {
+            o.0 += 1;
+        }
+        Ok(before)
+    }
+
+    async fn append_audit(&self, entry: String) -> Result<(), StoreError> {
+        let mut log = lock(&self.audit);
+        log.push_front(entry);
+        log.truncate(AUDIT_CAP);
+        Ok(())
+    }
+
+    async fn audit(&self, limit: usize) -> Result<Vec<String>, StoreError> {
+        Ok(lock(&self.audit).iter().take(limit).cloned().collect())
+    }
+}
+
+/// A field and a number into an override; `None` for anything else (another program's
+/// field, a hand-made entry).
+fn parse(field: &str, limit: &str) -> Option<Stored> {
+    let (rule, rest) = field.split_once('/')?;
+    let entry = match rest.split_once('/')? {
+        ("ip", ip) => Entry::Ip(ip.to_string()),
+        ("value", v) => Entry::Value(v.to_string()),
+        _ => return None,
+    };
+    let limit: u32 = limit.parse().ok().filter(|n| *n > 0)?;
+    Some((rule.to_string(), entry, limit))
+}
+
+/// The shared state in Redis.
+pub struct RedisTenants {
+    redis: Arc<Redis>,
+}
+
+impl RedisTenants {
+    pub fn new(redis: Arc<Redis>) -> RedisTenants {
+        RedisTenants { redis }
+    }
+
+    async fn query<T: redis::FromRedisValue + Send>(
+        &self,
+        cmd: redis::Cmd,
+    ) -> Result<T, StoreError> {
+        let cmd = &cmd;
+        Ok(self
+            .redis
+            .retried(self.redis.slow_timeout(), |mut c| async move {
+                cmd.query_async(&mut c).await
+            })
+            .await?)
+    }
+
+    /// A change: made, then the version raised (a node that reads the version before the
+    /// change lands reads it again at its next look).
+    async fn changed(&self) -> Result<(), StoreError> {
+        self.query::<u64>(redis::cmd("INCR").arg(OVERRIDES_VERSION_KEY).clone())
+            .await
+            .map(|_| ())
+    }
+}
+
+#[async_trait]
+impl TenantStore for RedisTenants {
+    async fn overrides_version(&self) -> Result<u64, StoreError> {
+        let v: Option<u64> = self
+            .query(redis::cmd("GET").arg(OVERRIDES_VERSION_KEY).clone())
+            .await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    async fn overrides(&self) -> Result<Vec<Stored>, StoreError> {
+        let all: HashMap<String, String> = self
+            .query(redis::cmd("HGETALL").arg(OVERRIDES_KEY).clone())
+            .await?;
+        Ok(all.iter().filter_map(|(f, n)| parse(f, n)).collect())
+    }
+
+    async fn put_override(
+        &self,
+        rule: &str,
+        entry: &Entry,
+        limit: u32,
+    ) -> Result<Option<u32>, StoreError> {
+        let f = field(rule, entry);
+        let before: Option<String> = self
+            .query(redis::cmd("HGET").arg(OVERRIDES_KEY).arg(&f).clone())
+            .await?;
+        self.query::<u64>(
+            redis::cmd("HSET")
+                .arg(OVERRIDES_KEY)
+                .arg(&f)
+                .arg(limit)
+                .clone(),
+        )
+        .await?;
+        self.changed().await?;
+        Ok(before.and_then(|b| b.parse().ok()))
+    }
+
+    async fn delete_override(&self, rule: &str, entry: &Entry) -> Result<Option<u32>, StoreError> {
+        let f = field(rule, entry);
+        let before: Option<String> = self
+            .query(redis::cmd("HGET").arg(OVERRIDES_KEY).arg(&f).clone())
+            .await?;
+        if before.is_some() {
+            self.query::<u64>(redis::cmd("HDEL").arg(OVERRIDES_KEY).arg(&f).clone())
+                .await?;
+            self.changed().await?;
+        }
+        Ok(before.and_then(|b| b.parse().ok()))
+    }
+
+    async fn append_audit(&self, entry: String) -> Result<(), StoreError> {
+        self.query::<u64>(redis::cmd("LPUSH").arg(AUDIT_KEY).arg(entry).clone())
+            .await?;
+        self.query::<()>(
+            redis::cmd("LTRIM")
+                .arg(AUDIT_KEY)
+                .arg(0)
+                .arg(AUDIT_CAP - 1)
+                .clone(),
+        )
+        .await
+    }
+
+    async fn audit(&self, limit: usize) -> Result<Vec<String>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.query(
+            redis::cmd("LRANGE")
+                .arg(AUDIT_KEY)
+                .arg(0)
+                .arg(limit - 1)
+                .clone(),
+        )
+        .await
+    }
+}
