@@ -31,10 +31,12 @@ use crate::live::{Live, LiveConfig};
 use crate::metrics::{Metrics, UpstreamError};
 use crate::request::{self, Refusal, RequestView};
 use crate::request_id::{self, X_REQUEST_ID};
-use crate::response::{add_own_headers, blocked_json, error_json, store_unavailable_json};
+use crate::response::{
+    add_own_headers, banned_json, blocked_json, error_json, store_unavailable_json,
+};
 use crate::rules::Selection;
 use crate::settle::Owed;
-use crate::tenants::Tenants;
+use crate::tenants::{bans, Tenants};
 
 pub struct Gateway {
     live: Arc<LiveConfig>,
@@ -191,6 +193,15 @@ impl Gateway {
                 return Ok(true);
             }
         };
+        // A banned key is answered from memory: no store call, no upstream.
+        if let Some((rule, left)) = self.tenants.banned(&checks) {
+            ctx.decision = "banned";
+            let secs = (left.as_millis() as u64).div_ceil(1000).max(1);
+            let body = Bytes::from(banned_json(rule, secs));
+            let headers = [("Retry-After", secs.to_string())];
+            respond(session, ctx, 429, &headers, "application/json", body).await?;
+            return Ok(true);
+        }
         let reset = live.config.headers.style.shows_reset();
         match self.limiter.check(checks, reset).await {
             Verdict::Decided(outcome) if outcome.allowed() => {
@@ -206,6 +217,7 @@ impl Gateway {
             }
             Verdict::Decided(outcome) => {
                 ctx.decision = "blocked";
+                self.count_refusals(&outcome, live);
                 let body = Bytes::from(blocked_json(&outcome));
                 let headers = limit_headers(&outcome, live.config.headers.style);
                 ctx.outcome = Some(outcome);
@@ -222,6 +234,27 @@ impl Gateway {
                 respond(session, ctx, 503, &[], "application/json", body).await?;
                 Ok(true)
             }
+        }
+    }
+
+    /// Counts a refusal towards the bans of its rules (contract §15); a key that reaches a
+    /// rule's `after` is banned, on every node, in a task of its own.
+    fn count_refusals(&self, outcome: &Outcome, live: &Live) {
+        for (check, d) in outcome.visible() {
+            let policy = live.rules.get(check.rule).and_then(|r| r.ban);
+            let (Some(policy), false) = (policy, d.allowed) else {
+                continue;
+            };
+            let Some((entry, until_ms)) = self.tenants.refused(check, policy) else {
+                continue;
+            };
+            self.metrics.tenants.banned(check.rule, bans::AUTO);
+            let (tenants, rule) = (self.tenants.clone(), check.rule);
+            tokio::spawn(async move {
+                if let Err(e) = tenants.put_ban(rule, &entry, until_ms, bans::AUTO).await {
+                    log::warn!("could not ban {} on rule {rule}: {e}", entry.written());
+                }
+            });
         }
     }
 

@@ -100,6 +100,18 @@ pub fn blocked_json(outcome: &Outcome) -> String {
     })
 }
 
+/// The body of the 429 a banned key gets (contract §15): the 429's fields, and that it is
+/// a ban.
+pub fn banned_json(rule: &str, retry_after_seconds: u64) -> String {
+    json(&serde_json::json!({
+        "allowed": false,
+        "banned": true,
+        "remaining": 0,
+        "retry_after_seconds": retry_after_seconds,
+        "rule": rule,
+    }))
+}
+
 /// The body of the 503 a fail-closed gateway answers while its store is unreachable.
 pub fn store_unavailable_json() -> String {
     error_json("rate limit store unavailable")

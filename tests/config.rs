@@ -313,6 +313,18 @@ const EXPECTED: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "rule_ban",
+        &[
+            r#"5:7: [[rules]] #1 ban: an unlimited rule refuses nothing; remove ban"#,
+            r#"11:7: [[rules]] #2 ban: a shadow rule never refuses, so it never bans; remove ban"#,
+            r#"16:7: [[rules]] #3 ban within_ms is required (an integer 1..=31536000000)"#,
+            r#"16:7: [[rules]] #3 ban for_ms is required (an integer 1..=31536000000)"#,
+            r#"16:17: [[rules]] #3 ban after: expected an integer 1..=1000000, found integer 0"#,
+            r#"16:20: unknown key `within` in [[rules]] #3 ban; expected one of: after, within_ms, for_ms"#,
+            r#"21:7: [[rules]] #4 ban: expected a table, found integer 10"#,
+        ],
+    ),
+    (
         "rule_concurrency",
         &[
             r#"4:9: [[rules]] #1 limit: a concurrency rule limits requests in flight, not requests per window; remove limit or concurrency"#,
@@ -333,7 +345,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
     (
         "rule_unknown_key",
         &[
-            r#"4:1: unknown key `burst` in [[rules]] #1; expected one of: name, methods, path, path_prefix, path_regex, path_ignore_case, host, key, missing, limit, window_ms, algorithm, shadow, skip_default, unlimited, overrides, sync, lease_size, lease_ms, cost, max_cost, settle, count_status, concurrency, slot_ttl_ms, queue, delay"#,
+            r#"4:1: unknown key `burst` in [[rules]] #1; expected one of: name, methods, path, path_prefix, path_regex, path_ignore_case, host, key, missing, limit, window_ms, algorithm, shadow, skip_default, unlimited, overrides, sync, lease_size, lease_ms, cost, max_cost, settle, count_status, concurrency, slot_ttl_ms, queue, delay, ban"#,
         ],
     ),
     (
@@ -363,7 +375,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
             r#"33:47: [[rules]] #6 overrides: "10.0.0.7": expected an integer 1..=4294967295, found integer 0"#,
             r#"39:13: [[rules]] #7 overrides: a rule keyed by "global" has one counter; overrides need key = "ip" or "header:<Header-Name>""#,
             r#"45:16: [[rules]] #8 skip_default: a shadow rule never changes what is enforced; remove skip_default or shadow"#,
-            r#"46:1: unknown key `limt` in [[rules]] #8; expected one of: name, methods, path, path_prefix, path_regex, path_ignore_case, host, key, missing, limit, window_ms, algorithm, shadow, skip_default, unlimited, overrides, sync, lease_size, lease_ms, cost, max_cost, settle, count_status, concurrency, slot_ttl_ms, queue, delay"#,
+            r#"46:1: unknown key `limt` in [[rules]] #8; expected one of: name, methods, path, path_prefix, path_regex, path_ignore_case, host, key, missing, limit, window_ms, algorithm, shadow, skip_default, unlimited, overrides, sync, lease_size, lease_ms, cost, max_cost, settle, count_status, concurrency, slot_ttl_ms, queue, delay, ban"#,
         ],
     ),
     (

@@ -191,7 +191,12 @@ fn an_acl_user_with_only_the_needed_commands_keys_and_channel() {
     // Overrides and the audit log too.
     let mut admin = Conn::open(&gw.admin).unwrap();
     let r = admin
-        .send("PUT", "/api/overrides/default/10.9.9.9", &[], r#"{"limit": 50}"#)
+        .send(
+            "PUT",
+            "/api/overrides/default/10.9.9.9",
+            &[],
+            r#"{"limit": 50}"#,
+        )
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
     let r = admin.get("/api/audit", &[]).unwrap();

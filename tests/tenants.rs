@@ -291,3 +291,125 @@ fn the_embedded_store_keeps_overrides_in_memory_and_the_api_refuses_what_is_wron
     let log = body(&call(&gw, "GET", "/api/audit", None, ""));
     assert_eq!(log["entries"].as_array().unwrap().len(), 2, "{log}");
 }
+
+/// A rule that bans a key refused 3 times within 5 s, for 2 s.
+const LOGIN: &str = "[[rules]]\nname = \"login\"\npath_prefix = \"/login\"\nkey = \"header:X-Api-Key\"\nlimit = 2\nwindow_ms = 1000\nban = { after = 3, within_ms = 5000, for_ms = 2000 }\n";
+
+fn login(gw: &Gateway, key: &str) -> Response {
+    get(&gw.proxy, "/login", &[("X-Api-Key", key)]).unwrap()
+}
+
+#[test]
+fn a_ban_after_repeated_refusals_holds_on_every_node_from_memory_and_ends_on_time() {
+    let redis = RedisServer::start();
+    let upstream = common::upstream::Upstream::start();
+    let store = format!("[redis]\nurl = \"{}\"\n", redis.url());
+    let text = format!("{store}\n[limits]\ndefault_limit = 100000\n{LOGIN}");
+    let proxy = format!("upstreams = [\"{}\"]", upstream.addr);
+    let a = Gateway::start(&proxy, &text);
+    let b = Gateway::start(&proxy, &text);
+    // Two allowed, then three refusals on A: the third bans the key.
+    let statuses: Vec<u16> = (0..5).map(|_| login(&a, "mallory").status).collect();
+    assert_eq!(statuses, [200, 200, 429, 429, 429]);
+    let banned_at = Instant::now();
+    // Banned on B too, within a second, without B having refused anything.
+    let took = loop {
+        let r = login(&b, "mallory");
+        if body(&r)["banned"] == true {
+            break banned_at.elapsed();
+        }
+        assert!(
+            banned_at.elapsed() < Duration::from_secs(1),
+            "not banned on B"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    println!("a ban made on node A held on node B {took:?} later");
+    let r = login(&b, "mallory");
+    assert_eq!(r.status, 429);
+    assert!(r
+        .header("Retry-After")
+        .is_some_and(|s| s == "1" || s == "2"));
+    assert_eq!(body(&r)["rule"], "login");
+    // Answered from memory: no upstream, no script call, on either node.
+    let mut conn = redis.conn();
+    let (served, calls) = (
+        upstream.served(),
+        common::command_calls(&mut conn, &["evalsha"]),
+    );
+    for gw in [&a, &b] {
+        for _ in 0..20 {
+            assert_eq!(login(gw, "mallory").status, 429);
+        }
+    }
+    assert_eq!(upstream.served(), served, "the upstream saw none");
+    assert_eq!(
+        common::command_calls(&mut conn, &["evalsha"]),
+        calls,
+        "no check reached Redis"
+    );
+    // Another key is not banned.
+    assert_eq!(login(&b, "alice").status, 200);
+    let bans = body(&get(&b.admin, "/api/bans", &[]).unwrap());
+    assert_eq!(bans["bans"][0]["rule"], "login");
+    assert_eq!(bans["bans"][0]["value"], "mallory");
+    assert_eq!(bans["bans"][0]["reason"], "auto");
+    assert_eq!(
+        common::metric(&a, "ratelimiter_bans_total{rule=\"login\",reason=\"auto\"}"),
+        1.0
+    );
+    // It ends on time (2 s), on both nodes.
+    let ended = loop {
+        if login(&b, "mallory").status == 200 {
+            break banned_at.elapsed();
+        }
+        assert!(banned_at.elapsed() < Duration::from_secs(4), "still banned");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    println!("the 2 s ban ended {ended:?} after it began");
+    assert!(
+        ended >= Duration::from_millis(1900) && ended < Duration::from_millis(2500),
+        "{ended:?}"
+    );
+    assert_eq!(login(&a, "mallory").status, 200);
+}
+
+#[test]
+fn a_manual_ban_and_its_removal() {
+    let gw = Gateway::start("", &format!("{}{LOGIN}", config("")));
+    assert_eq!(login(&gw, "bob").status, 200);
+    let r = call(
+        &gw,
+        "PUT",
+        "/api/bans/login/bob",
+        Some(OPS),
+        r#"{"for_ms": 60000}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(body(&r)["reason"], "manual");
+    let r = login(&gw, "bob");
+    assert_eq!((r.status, r.header("Retry-After")), (429, Some("60")));
+    assert_eq!(body(&r)["banned"], true);
+    let bans = body(&call(&gw, "GET", "/api/bans", None, ""));
+    assert_eq!(bans["bans"].as_array().unwrap().len(), 1);
+    for (method, path, b, status) in [
+        ("PUT", "/api/bans/login/bob", r#"{"for_ms": 0}"#, 422),
+        ("PUT", "/api/bans/login/bob", r#"{"until": 5}"#, 422),
+        ("PUT", "/api/bans/nope/bob", r#"{"for_ms": 5}"#, 404),
+        ("DELETE", "/api/bans/login/carol", "", 404),
+    ] {
+        let r = call(&gw, method, path, Some(OPS), b);
+        assert_eq!(r.status, status, "{method} {path} {b}: {}", r.body);
+    }
+    let r = call(&gw, "DELETE", "/api/bans/login/bob", Some(ADMIN), "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(login(&gw, "bob").status, 200);
+    let log = body(&call(&gw, "GET", "/api/audit", None, ""));
+    let seen: Vec<(&str, &str)> = log["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["action"].as_str().unwrap(), e["actor"].as_str().unwrap()))
+        .collect();
+    assert_eq!(seen, [("ban.delete", "admin"), ("ban.put", "ops")]);
+}

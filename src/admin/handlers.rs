@@ -436,6 +436,14 @@ impl AdminApp {
                 let query = session.req_header().uri.query().unwrap_or("");
                 self.audit(query).await
             }
+            Route::Bans => self.list_bans().await,
+            Route::Ban { put, rule, value } => {
+                let actor = actor(&live, session).unwrap_or(ANONYMOUS);
+                match put {
+                    true => self.put_ban(&live, actor, &rule, &value, body).await,
+                    false => self.delete_ban(&live, actor, &rule, &value).await,
+                }
+            }
         }
     }
 
@@ -744,13 +752,14 @@ fn check_reply(outcome: &Outcome, live: &Live) -> Response<Vec<u8>> {
 fn gate(route: &Route, live: &Arc<Live>, session: &ServerSession) -> Option<Response<Vec<u8>>> {
     let admin = &live.config.admin;
     let needs_admin = match route {
-        Route::Reset(_) | Route::Check | Route::Override { .. } => true,
+        Route::Reset(_) | Route::Check | Route::Override { .. } | Route::Ban { .. } => true,
         Route::Nodes
         | Route::Counters
         | Route::Limits
         | Route::Blocks
         | Route::Explain
         | Route::Overrides
+        | Route::Bans
         | Route::Audit => admin.read == AdminRead::Token,
         Route::Metrics => {
             let token = admin.metrics_token.as_deref()?;

@@ -29,6 +29,14 @@ pub enum Route {
     },
     /// `GET /api/audit`: the audit log.
     Audit,
+    /// `GET /api/bans`: the bans in force.
+    Bans,
+    /// `PUT` or `DELETE /api/bans/{rule}/{value}`, decoded.
+    Ban {
+        put: bool,
+        rule: String,
+        value: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +50,31 @@ pub enum Miss {
 
 const COUNTERS_PREFIX: &str = "/api/counters/";
 const OVERRIDES_PREFIX: &str = "/api/overrides/";
+const BANS_PREFIX: &str = "/api/bans/";
+
+/// `PUT` (true) or `DELETE` of `{rule}/{value}`, both decoded and not empty.
+fn keyed(method: &str, rest: &str, what: &str) -> Result<(bool, String, String), Miss> {
+    let put = match method {
+        "PUT" => true,
+        "DELETE" => false,
+        _ => return Err(Miss::MethodNotAllowed("PUT, DELETE")),
+    };
+    let (rule, value) = rest
+        .split_once('/')
+        .ok_or_else(|| Miss::BadKey(format!("expected /api/{what}/{{rule}}/{{value}}")))?;
+    let decode = |raw: &str, part: &str| {
+        let v = percent_decode_str(raw).decode_utf8().map_err(|_| {
+            Miss::BadKey(format!(
+                "the {part} is not valid UTF-8 once percent-decoded"
+            ))
+        })?;
+        match v.is_empty() {
+            true => Err(Miss::BadKey(format!("the {part} is empty"))),
+            false => Ok(v.into_owned()),
+        }
+    };
+    Ok((put, decode(rule, "rule")?, decode(value, "value")?))
+}
 const RESET_SUFFIX: &str = "/reset";
 
 pub fn route(method: &str, path_and_query: &str) -> Result<Route, Miss> {
@@ -60,6 +93,7 @@ pub fn route(method: &str, path_and_query: &str) -> Result<Route, Miss> {
         "/openapi.json" => Some(("GET", Route::OpenApi)),
         "/api/overrides" => Some(("GET", Route::Overrides)),
         "/api/audit" => Some(("GET", Route::Audit)),
+        "/api/bans" => Some(("GET", Route::Bans)),
         _ => None,
     };
     if let Some((allowed, route)) = fixed {
@@ -71,35 +105,15 @@ pub fn route(method: &str, path_and_query: &str) -> Result<Route, Miss> {
             _ => Err(Miss::MethodNotAllowed(allowed)),
         };
     }
-    // `/api/overrides/{rule}/{value}`: the value is everything after the rule's `/`.
+    // `/api/overrides/{rule}/{value}` and `/api/bans/{rule}/{value}`: the value is everything
+    // after the rule's `/`.
     if let Some(rest) = path.strip_prefix(OVERRIDES_PREFIX) {
-        let put = match method {
-            "PUT" => true,
-            "DELETE" => false,
-            _ => return Err(Miss::MethodNotAllowed("PUT, DELETE")),
-        };
-        let (rule, value) = rest
-            .split_once('/')
-            .ok_or_else(|| Miss::BadKey("expected /api/overrides/{rule}/{value}".into()))?;
-        let decode = |raw: &str, what: &str| {
-            percent_decode_str(raw)
-                .decode_utf8()
-                .map(|v| v.into_owned())
-                .map_err(|_| {
-                    Miss::BadKey(format!(
-                        "the {what} is not valid UTF-8 once percent-decoded"
-                    ))
-                })
-                .and_then(|v| match v.is_empty() {
-                    true => Err(Miss::BadKey(format!("the {what} is empty"))),
-                    false => Ok(v),
-                })
-        };
-        return Ok(Route::Override {
-            put,
-            rule: decode(rule, "rule")?,
-            value: decode(value, "value")?,
-        });
+        let (put, rule, value) = keyed(method, rest, "overrides")?;
+        return Ok(Route::Override { put, rule, value });
+    }
+    if let Some(rest) = path.strip_prefix(BANS_PREFIX) {
+        let (put, rule, value) = keyed(method, rest, "bans")?;
+        return Ok(Route::Ban { put, rule, value });
     }
     // Everything between `/api/counters/` and the final `/reset` is the key.
     if let Some(raw) = path

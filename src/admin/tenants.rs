@@ -1,5 +1,5 @@
-//! The admin API of tenants at runtime (contract §15): overrides set, removed and listed,
-//! and the audit log read. Every change is written to the audit log with its actor.
+//! The admin API of tenants at runtime (contract §15): overrides and bans set, removed and
+//! listed, and the audit log read. Every change is written to the audit log with its actor.
 
 use std::num::NonZeroU32;
 
@@ -14,6 +14,7 @@ use crate::live::Live;
 use crate::rules::overrides::Entry;
 use crate::rules::Rule;
 use crate::tenants::audit::Change;
+use crate::tenants::bans;
 use crate::tenants::store::AUDIT_CAP;
 
 /// Entries of the audit log sent when `limit` is not given.
@@ -28,6 +29,19 @@ fn whole(v: &Value) -> Option<u64> {
             .filter(|f| *f >= 0.0 && f.fract() == 0.0 && *f < u64::MAX as f64)
             .map(|f| f as u64)
     })
+}
+
+/// The longest ban that may be asked for (a year).
+const MAX_BAN_MS: u64 = 31_536_000_000;
+
+/// A time in ms since the epoch, as ISO 8601 in UTC to the millisecond.
+fn iso_ms(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn ban_json(rule: &str, entry: &Entry, until_ms: u64, reason: &str) -> Value {
+    json!({ "rule": rule, "value": entry.written(), "until": iso_ms(until_ms), "reason": reason })
 }
 
 /// What an override sets: the field its rule takes, and the number.
@@ -207,6 +221,103 @@ impl AdminApp {
             })
             .collect();
         json(200, to_json(&json!({ "overrides": out })))
+    }
+
+    pub(super) async fn put_ban(
+        &self,
+        live: &Live,
+        actor: &str,
+        rule: &str,
+        value: &str,
+        body: &[u8],
+    ) -> Response<Vec<u8>> {
+        let entry = match Self::override_target(live, rule, value) {
+            Ok((_, entry)) => entry,
+            Err(why) => return error(404, &why),
+        };
+        let for_ms = match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Object(o)) if o.len() == 1 => o
+                .get("for_ms")
+                .and_then(whole)
+                .filter(|n| (1..=MAX_BAN_MS).contains(n)),
+            _ => None,
+        };
+        let Some(for_ms) = for_ms else {
+            return error(
+                422,
+                &format!("body: expected {{\"for_ms\": n}} with n in 1..={MAX_BAN_MS}"),
+            );
+        };
+        let until = bans::now_ms() + for_ms;
+        let put = self.tenants.put_ban(rule, &entry, until, bans::MANUAL);
+        let before = match tokio::time::timeout(ADMIN_CALL_TIMEOUT, put).await {
+            Ok(Ok(before)) => before,
+            Ok(Err(e)) => return self.store_down(&e),
+            Err(_) => return self.store_down(&StoreError::Timeout),
+        };
+        self.metrics.tenants.banned(rule, bans::MANUAL);
+        let shown =
+            |until: Option<u64>| until.map_or(Value::Null, |u| json!({ "until": iso_ms(u) }));
+        self.audited(Change {
+            actor,
+            action: "ban.put",
+            target: format!("{rule}/{}", entry.written()),
+            before: shown(before.as_ref().map(|b| b.until_ms)),
+            after: shown(Some(until)),
+        })
+        .await;
+        json(200, to_json(&ban_json(rule, &entry, until, bans::MANUAL)))
+    }
+
+    pub(super) async fn delete_ban(
+        &self,
+        live: &Live,
+        actor: &str,
+        rule: &str,
+        value: &str,
+    ) -> Response<Vec<u8>> {
+        let entry = match Self::override_target(live, rule, value) {
+            Ok((_, entry)) => entry,
+            Err(why) => return error(404, &why),
+        };
+        let delete = self.tenants.delete_ban(rule, &entry);
+        let before = match tokio::time::timeout(ADMIN_CALL_TIMEOUT, delete).await {
+            Ok(Ok(Some(before))) if before.until_ms > bans::now_ms() => before,
+            Ok(Ok(_)) => {
+                return error(
+                    404,
+                    &format!("no ban of {:?} on rule {rule:?}", entry.written()),
+                )
+            }
+            Ok(Err(e)) => return self.store_down(&e),
+            Err(_) => return self.store_down(&StoreError::Timeout),
+        };
+        self.audited(Change {
+            actor,
+            action: "ban.delete",
+            target: format!("{rule}/{}", entry.written()),
+            before: json!({ "until": iso_ms(before.until_ms), "reason": before.reason }),
+            after: Value::Null,
+        })
+        .await;
+        json(
+            200,
+            to_json(&json!({ "rule": rule, "value": entry.written(), "deleted": true })),
+        )
+    }
+
+    pub(super) async fn list_bans(&self) -> Response<Vec<u8>> {
+        let listed = tokio::time::timeout(ADMIN_CALL_TIMEOUT, self.tenants.bans());
+        match listed.await.unwrap_or(Err(StoreError::Timeout)) {
+            Ok(all) => {
+                let out: Vec<Value> = all
+                    .iter()
+                    .map(|b| ban_json(&b.rule, &b.entry, b.until_ms, &b.reason))
+                    .collect();
+                json(200, to_json(&json!({ "bans": out })))
+            }
+            Err(e) => self.store_down(&e),
+        }
     }
 
     pub(super) async fn audit(&self, query: &str) -> Response<Vec<u8>> {

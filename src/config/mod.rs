@@ -11,6 +11,7 @@
 //! - `response`: `[response]`, the headers added to the answers the gateway makes itself;
 //! - `error`: file:line:column errors, all of them at once.
 
+mod ban;
 mod cost;
 pub mod document;
 mod error;

@@ -44,6 +44,7 @@ const KEYS: &[&str] = &[
     "slot_ttl_ms",
     "queue",
     "delay",
+    "ban",
 ];
 
 /// The longest lease: past it, unused slots would keep other nodes out for too long.
@@ -103,6 +104,8 @@ pub(super) fn read(root: &Section, limits: &Defaults, errors: &mut Collector) ->
         };
         let overrides = super::keys::overrides(&s, key.as_ref(), errors);
         let wait = super::wait::wait(&s, limit, sync, errors);
+        let is_shadow = shadow.as_ref().is_some_and(|v| v.value);
+        let ban = super::ban::read(&s, unlimited, is_shadow, errors);
         if let (
             Some(name),
             Some(key),
@@ -111,7 +114,8 @@ pub(super) fn read(root: &Section, limits: &Defaults, errors: &mut Collector) ->
             Some(sync),
             Some(costing),
             Some(wait),
-        ) = (name, key, missing, limit, sync, costing, wait)
+            Some(ban),
+        ) = (name, key, missing, limit, sync, costing, wait, ban)
         {
             rules.push(Rule {
                 name: intern(&name),
@@ -125,6 +129,7 @@ pub(super) fn read(root: &Section, limits: &Defaults, errors: &mut Collector) ->
                 sync,
                 costing,
                 wait,
+                ban,
             });
         }
     }

@@ -5,6 +5,7 @@ use prometheus::{IntCounterVec, Opts, Registry};
 
 pub struct TenantMetrics {
     changes: IntCounterVec,
+    bans: IntCounterVec,
 }
 
 impl TenantMetrics {
@@ -16,8 +17,21 @@ impl TenantMetrics {
             ),
             &["action"],
         )?;
+        let bans = IntCounterVec::new(
+            Opts::new(
+                "ratelimiter_bans_total",
+                "Bans this node made (auto: after repeated refusals) or was asked to make (manual), by rule and reason.",
+            ),
+            &["rule", "reason"],
+        )?;
         registry.register(Box::new(changes.clone()))?;
-        Ok(TenantMetrics { changes })
+        registry.register(Box::new(bans.clone()))?;
+        Ok(TenantMetrics { changes, bans })
+    }
+
+    /// A ban made.
+    pub fn banned(&self, rule: &str, reason: &str) {
+        self.bans.with_label_values(&[rule, reason]).inc();
     }
 
     /// A change written to the audit log.

@@ -10,6 +10,7 @@
 //! (`login/ip:10.0.0.1`). Rules are validated from the config's format-neutral document
 //! ([`crate::config::document`]), whatever it was written in.
 
+pub mod ban;
 pub mod cost;
 pub mod matcher;
 pub mod overrides;
@@ -77,6 +78,8 @@ pub struct Rule {
     pub costing: Costing,
     /// How its requests may wait instead of being refused (contract §14).
     pub wait: Wait,
+    /// Its penalty box: keys refused often enough are banned for a while (contract §15).
+    pub ban: Option<ban::BanPolicy>,
 }
 
 impl Rule {
@@ -94,6 +97,7 @@ impl Rule {
             overrides: Overrides::default(),
             costing: Costing::one(limit.quota.limit.get()),
             wait: Wait::default(),
+            ban: None,
         }
     }
 
@@ -317,6 +321,7 @@ mod tests {
             overrides: Overrides::default(),
             costing: Costing::one(n.unwrap_or(1)),
             wait: Wait::default(),
+            ban: None,
         }
     }
 

@@ -30,6 +30,14 @@ impl Entry {
     }
 }
 
+/// What a request key is, as an override (or a ban) names it; `None` for `global`.
+pub fn entry_of(request_key: &str) -> Option<Entry> {
+    Some(match override_key(request_key)? {
+        OverrideKey::Ip(ip) => Entry::Ip(ip.to_string()),
+        OverrideKey::Value(v) => Entry::Value(v.into_owned()),
+    })
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     by_ip: HashMap<String, NonZeroU32>,

@@ -6,10 +6,13 @@
 //!   version of it every [`SYNC_EVERY`], so a change made through one node is in force on
 //!   every node within that, and after restarts. They take precedence over the file's
 //!   `overrides` and change only the limit a key is judged by, never its counter.
+//! - Bans: keys refused too often, or banned by hand, answered `429` from memory on every
+//!   node for a while ([`bans`]).
 //! - The audit log: every change through the admin API and every reload, with who made it
 //!   ([`audit`]).
 
 pub mod audit;
+pub mod bans;
 pub mod store;
 
 use std::collections::HashMap;
@@ -37,6 +40,8 @@ pub struct Tenants {
     version: AtomicU64,
     /// Whether any override is set: most requests need not look.
     any: AtomicBool,
+    /// The bans in force, and the refusals counted towards new ones.
+    bans: bans::Bans,
 }
 
 impl Tenants {
@@ -47,6 +52,7 @@ impl Tenants {
             overrides: RwLock::default(),
             version: AtomicU64::new(u64::MAX),
             any: AtomicBool::new(false),
+            bans: bans::Bans::new(),
         }
     }
 
@@ -95,8 +101,14 @@ impl Tenants {
         of_rule.get(request_key)
     }
 
-    /// Reads the overrides again when the store's version moved (or `force`).
+    /// Reads the overrides and the bans again when the store's versions moved (or
+    /// `force`).
     pub async fn sync(&self, force: bool) -> Result<(), StoreError> {
+        self.sync_overrides(force).await?;
+        self.sync_bans(force).await
+    }
+
+    async fn sync_overrides(&self, force: bool) -> Result<(), StoreError> {
         let version = self.store.overrides_version().await?;
         if !force && version == self.version.load(Ordering::Relaxed) {
             return Ok(());
@@ -126,7 +138,7 @@ impl Tenants {
         limit: u32,
     ) -> Result<Option<u32>, StoreError> {
         let before = self.store.put_override(rule, entry, limit).await?;
-        self.sync(true).await?;
+        self.sync_overrides(true).await?;
         Ok(before)
     }
 
@@ -137,7 +149,7 @@ impl Tenants {
         entry: &Entry,
     ) -> Result<Option<u32>, StoreError> {
         let before = self.store.delete_override(rule, entry).await?;
-        self.sync(true).await?;
+        self.sync_overrides(true).await?;
         Ok(before)
     }
 

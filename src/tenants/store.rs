@@ -8,6 +8,8 @@
 //! | `ratelimiter:overrides` | hash | `<rule>/ip/<address>` or `<rule>/value/<value>` → the limit (or concurrency) |
 //! | `ratelimiter:overrides:version` | string | raised by every change |
 //! | `ratelimiter:audit` | list | one JSON entry per change, newest first, at most 10000 |
+//! | `ratelimiter:bans` | hash | `<rule>/ip/<address>` or `<rule>/value/<value>` → `<until, ms since the epoch> <auto\|manual>` |
+//! | `ratelimiter:bans:version` | string | raised by every change |
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -22,11 +24,40 @@ use crate::sync::lock;
 pub const OVERRIDES_KEY: &str = "ratelimiter:overrides";
 pub const OVERRIDES_VERSION_KEY: &str = "ratelimiter:overrides:version";
 pub const AUDIT_KEY: &str = "ratelimiter:audit";
+pub const BANS_KEY: &str = "ratelimiter:bans";
+pub const BANS_VERSION_KEY: &str = "ratelimiter:bans:version";
 /// The most audit entries kept.
 pub const AUDIT_CAP: usize = 10_000;
 
 /// One override as stored: the rule, what it applies to, and the limit.
 pub type Stored = (String, Entry, u32);
+
+/// One ban as stored: the rule, the key it bans, until when (ms since the epoch), and why
+/// (`auto` or `manual`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredBan {
+    pub rule: String,
+    pub entry: Entry,
+    pub until_ms: u64,
+    pub reason: String,
+}
+
+impl StoredBan {
+    fn text(&self) -> String {
+        format!("{} {}", self.until_ms, self.reason)
+    }
+
+    fn parse(field: &str, text: &str) -> Option<StoredBan> {
+        let (rule, entry) = parse_field(field)?;
+        let (until, reason) = text.split_once(' ')?;
+        Some(StoredBan {
+            rule,
+            entry,
+            until_ms: until.parse().ok()?,
+            reason: reason.to_string(),
+        })
+    }
+}
 
 #[async_trait]
 pub trait TenantStore: Send + Sync {
@@ -43,6 +74,22 @@ pub trait TenantStore: Send + Sync {
     ) -> Result<Option<u32>, StoreError>;
     /// Removes one; returns the limit it had.
     async fn delete_override(&self, rule: &str, entry: &Entry) -> Result<Option<u32>, StoreError>;
+    /// A number that every change of the bans raises.
+    async fn bans_version(&self) -> Result<u64, StoreError>;
+    /// Every ban (ended ones included, until they are cleared).
+    async fn bans(&self) -> Result<Vec<StoredBan>, StoreError>;
+    /// Bans one key of a rule until `until_ms` (ms since the epoch), for `reason`; ends
+    /// bans that ended before `now_ms` while at it. Returns the ban it replaced.
+    async fn put_ban(
+        &self,
+        rule: &str,
+        entry: &Entry,
+        until_ms: u64,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<Option<StoredBan>, StoreError>;
+    /// Lifts a ban; returns it.
+    async fn delete_ban(&self, rule: &str, entry: &Entry) -> Result<Option<StoredBan>, StoreError>;
     /// Appends an entry (JSON) to the audit log.
     async fn append_audit(&self, entry: String) -> Result<(), StoreError>;
     /// The newest `limit` entries, newest first.
@@ -60,6 +107,7 @@ fn field(rule: &str, entry: &Entry) -> String {
 #[derive(Default)]
 pub struct MemoryTenants {
     overrides: Mutex<(u64, HashMap<String, u32>)>,
+    bans: Mutex<(u64, HashMap<String, String>)>,
     audit: Mutex<VecDeque<String>>,
 }
 
@@ -97,6 +145,51 @@ impl TenantStore for MemoryTenants {
         Ok(before)
     }
 
+    async fn bans_version(&self) -> Result<u64, StoreError> {
+        Ok(lock(&self.bans).0)
+    }
+
+    async fn bans(&self) -> Result<Vec<StoredBan>, StoreError> {
+        Ok(lock(&self.bans)
+            .1
+            .iter()
+            .filter_map(|(f, t)| StoredBan::parse(f, t))
+            .collect())
+    }
+
+    async fn put_ban(
+        &self,
+        rule: &str,
+        entry: &Entry,
+        until_ms: u64,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<Option<StoredBan>, StoreError> {
+        let mut b = lock(&self.bans);
+        b.0 += 1;
+        b.1.retain(|f, t| StoredBan::parse(f, t).is_some_and(|ban| ban.until_ms > now_ms));
+        let ban = StoredBan {
+            rule: rule.to_string(),
+            entry: entry.clone(),
+            until_ms,
+            reason: reason.to_string(),
+        };
+        let f = field(rule, entry);
+        Ok(b.1
+            .insert(f.clone(), ban.text())
+            .and_then(|t| StoredBan::parse(&f, &t)))
+    }
+
+    async fn delete_ban(&self, rule: &str, entry: &Entry) -> Result<Option<StoredBan>, StoreError> {
+        let mut b = lock(&self.bans);
+        let f = field(rule, entry);
+        let before = b.1.remove(&f).and_then(|t| StoredBan::parse(&f, &t));
+        if before.is_some() {
+            b.0 += 1;
+        }
+        Ok(before)
+    }
+
     async fn append_audit(&self, entry: String) -> Result<(), StoreError> {
         let mut log = lock(&self.audit);
         log.push_front(entry);
@@ -109,17 +202,23 @@ impl TenantStore for MemoryTenants {
     }
 }
 
-/// A field and a number into an override; `None` for anything else (another program's
-/// field, a hand-made entry).
-fn parse(field: &str, limit: &str) -> Option<Stored> {
+/// A field into its rule and entry; `None` for anything else (another program's field, a
+/// hand-made one).
+fn parse_field(field: &str) -> Option<(String, Entry)> {
     let (rule, rest) = field.split_once('/')?;
     let entry = match rest.split_once('/')? {
         ("ip", ip) => Entry::Ip(ip.to_string()),
         ("value", v) => Entry::Value(v.to_string()),
         _ => return None,
     };
+    Some((rule.to_string(), entry))
+}
+
+/// A field and a number into an override.
+fn parse(field: &str, limit: &str) -> Option<Stored> {
+    let (rule, entry) = parse_field(field)?;
     let limit: u32 = limit.parse().ok().filter(|n| *n > 0)?;
-    Some((rule.to_string(), entry, limit))
+    Some((rule, entry, limit))
 }
 
 /// The shared state in Redis.
@@ -147,20 +246,22 @@ impl RedisTenants {
 
     /// A change: made, then the version raised (a node that reads the version before the
     /// change lands reads it again at its next look).
-    async fn changed(&self) -> Result<(), StoreError> {
-        self.query::<u64>(redis::cmd("INCR").arg(OVERRIDES_VERSION_KEY).clone())
+    async fn changed(&self, version_key: &str) -> Result<(), StoreError> {
+        self.query::<u64>(redis::cmd("INCR").arg(version_key).clone())
             .await
             .map(|_| ())
+    }
+
+    async fn version(&self, key: &str) -> Result<u64, StoreError> {
+        let v: Option<u64> = self.query(redis::cmd("GET").arg(key).clone()).await?;
+        Ok(v.unwrap_or(0))
     }
 }
 
 #[async_trait]
 impl TenantStore for RedisTenants {
     async fn overrides_version(&self) -> Result<u64, StoreError> {
-        let v: Option<u64> = self
-            .query(redis::cmd("GET").arg(OVERRIDES_VERSION_KEY).clone())
-            .await?;
-        Ok(v.unwrap_or(0))
+        self.version(OVERRIDES_VERSION_KEY).await
     }
 
     async fn overrides(&self) -> Result<Vec<Stored>, StoreError> {
@@ -188,7 +289,7 @@ impl TenantStore for RedisTenants {
                 .clone(),
         )
         .await?;
-        self.changed().await?;
+        self.changed(OVERRIDES_VERSION_KEY).await?;
         Ok(before.and_then(|b| b.parse().ok()))
     }
 
@@ -200,9 +301,78 @@ impl TenantStore for RedisTenants {
         if before.is_some() {
             self.query::<u64>(redis::cmd("HDEL").arg(OVERRIDES_KEY).arg(&f).clone())
                 .await?;
-            self.changed().await?;
+            self.changed(OVERRIDES_VERSION_KEY).await?;
         }
         Ok(before.and_then(|b| b.parse().ok()))
+    }
+
+    async fn bans_version(&self) -> Result<u64, StoreError> {
+        self.version(BANS_VERSION_KEY).await
+    }
+
+    async fn bans(&self) -> Result<Vec<StoredBan>, StoreError> {
+        let all: HashMap<String, String> = self
+            .query(redis::cmd("HGETALL").arg(BANS_KEY).clone())
+            .await?;
+        Ok(all
+            .iter()
+            .filter_map(|(f, t)| StoredBan::parse(f, t))
+            .collect())
+    }
+
+    async fn put_ban(
+        &self,
+        rule: &str,
+        entry: &Entry,
+        until_ms: u64,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<Option<StoredBan>, StoreError> {
+        let ban = StoredBan {
+            rule: rule.to_string(),
+            entry: entry.clone(),
+            until_ms,
+            reason: reason.to_string(),
+        };
+        let f = field(rule, entry);
+        let before: Option<String> = self
+            .query(redis::cmd("HGET").arg(BANS_KEY).arg(&f).clone())
+            .await?;
+        self.query::<u64>(
+            redis::cmd("HSET")
+                .arg(BANS_KEY)
+                .arg(&f)
+                .arg(ban.text())
+                .clone(),
+        )
+        .await?;
+        // Ended bans go as new ones come, so the hash holds about the bans in force.
+        let ended: Vec<String> = self
+            .bans()
+            .await?
+            .into_iter()
+            .filter(|b| b.until_ms <= now_ms)
+            .map(|b| field(&b.rule, &b.entry))
+            .collect();
+        if !ended.is_empty() {
+            self.query::<u64>(redis::cmd("HDEL").arg(BANS_KEY).arg(&ended).clone())
+                .await?;
+        }
+        self.changed(BANS_VERSION_KEY).await?;
+        Ok(before.and_then(|t| StoredBan::parse(&f, &t)))
+    }
+
+    async fn delete_ban(&self, rule: &str, entry: &Entry) -> Result<Option<StoredBan>, StoreError> {
+        let f = field(rule, entry);
+        let before: Option<String> = self
+            .query(redis::cmd("HGET").arg(BANS_KEY).arg(&f).clone())
+            .await?;
+        if before.is_some() {
+            self.query::<u64>(redis::cmd("HDEL").arg(BANS_KEY).arg(&f).clone())
+                .await?;
+            self.changed(BANS_VERSION_KEY).await?;
+        }
+        Ok(before.and_then(|t| StoredBan::parse(&f, &t)))
     }
 
     async fn append_audit(&self, entry: String) -> Result<(), StoreError> {

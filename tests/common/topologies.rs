@@ -256,6 +256,8 @@ pub const GATEWAY_ACL: &[&str] = &[
     "~ratelimiter:overrides",
     "~ratelimiter:overrides:version",
     "~ratelimiter:audit",
+    "~ratelimiter:bans",
+    "~ratelimiter:bans:version",
     "resetchannels",
     "&ratelimiter:resets",
     "-@all",
