@@ -51,6 +51,7 @@ fn check(key: &str, limit: u32) -> Check {
         shadow: false,
         sync: ratelimiter::limiter::SyncMode::Exact,
         wait: Default::default(),
+        period_ms: 0,
     }
 }
 

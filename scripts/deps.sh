@@ -4,7 +4,8 @@
 # ones: standalone, TLS, a cluster and sentinels; redis-cli comes with it), openssl (the TLS
 # tests make their own CA and certificates, and s_server is an HTTPS upstream), curl (HTTP/2
 # to the HTTPS listener), prometheus (promtool checks /metrics; a real
-# Prometheus runs the monitor's queries) and nginx (the yardstick for a graceful stop); then
+# Prometheus runs the monitor's queries), nginx (the yardstick for a graceful stop) and
+# faketime (calendar quotas are tested at their boundaries, on a gateway whose clock says so); then
 # Flask and Express, the framework upstreams.
 # Usage: scripts/deps.sh [build|test]   (default: test)
 set -euo pipefail
@@ -12,7 +13,7 @@ cd "$(dirname "$0")/.."
 
 want=(cmake)
 command -v cc >/dev/null 2>&1 || want+=(build-essential)
-[ "${1:-test}" = test ] && want+=(redis-server openssl curl prometheus nginx)
+[ "${1:-test}" = test ] && want+=(redis-server openssl curl prometheus nginx faketime)
 
 missing=()
 for pkg in "${want[@]}"; do

@@ -118,7 +118,12 @@ pub fn limit_headers(outcome: &Outcome, style: HeaderStyle) -> Vec<(&'static str
                     check.rule, d.limit
                 );
             } else {
-                let window_s = check.limit.quota.window_ms.get().div_ceil(1000);
+                // A calendar quota's window is its period (its `window_ms` is what is left).
+                let window_ms = match check.period_ms {
+                    0 => check.limit.quota.window_ms.get(),
+                    period => period,
+                };
+                let window_s = window_ms.div_ceil(1000);
                 let _ = write!(policy, "{sep}\"{}\";q={};w={window_s}", check.rule, d.limit);
             }
             let t = if blocked { retry } else { d.reset_secs() };
@@ -153,6 +158,7 @@ mod tests {
             shadow,
             sync: crate::limiter::SyncMode::Exact,
             wait: Default::default(),
+            period_ms: 0,
         }
     }
 

@@ -182,6 +182,7 @@ mod tests {
             shadow: false,
             sync: crate::limiter::SyncMode::Exact,
             wait: Default::default(),
+            period_ms: 0,
         };
         assert_eq!(
             decision_json(&d),

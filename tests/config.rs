@@ -325,6 +325,19 @@ const EXPECTED: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "rule_calendar",
+        &[
+            r#"4:10: [[rules]] #1 period: expected "day", "week" or "month", found "fortnight""#,
+            r#"10:12: [[rules]] #2 timezone: expected an IANA time zone like "Europe/Berlin" or "UTC", found "Mars/Olympus_Mons""#,
+            r#"11:14: [[rules]] #2 anchor_day: applies only with period = "month""#,
+            r#"17:13: [[rules]] #3 window_ms: a calendar quota's window is its period; remove window_ms or period"#,
+            r#"18:13: [[rules]] #3 algorithm: a calendar quota counts every unit of its period, renewed at the boundary; remove algorithm or period"#,
+            r#"19:14: [[rules]] #3 anchor_day: expected an integer 1..=31 (the month's billing day), found integer 32"#,
+            r#"25:8: [[rules]] #4 sync: a calendar quota is exact (a lease would outlive the period's end); remove sync or period"#,
+            r#"30:12: [[rules]] #5 timezone: applies only to a calendar quota (period = "day", "week" or "month")"#,
+        ],
+    ),
+    (
         "rule_concurrency",
         &[
             r#"4:9: [[rules]] #1 limit: a concurrency rule limits requests in flight, not requests per window; remove limit or concurrency"#,
@@ -345,7 +358,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
     (
         "rule_unknown_key",
         &[
-            r#"4:1: unknown key `burst` in [[rules]] #1; expected one of: name, methods, path, path_prefix, path_regex, path_ignore_case, host, key, missing, limit, window_ms, algorithm, shadow, skip_default, unlimited, overrides, sync, lease_size, lease_ms, cost, max_cost, settle, count_status, concurrency, slot_ttl_ms, queue, delay, ban"#,
+            r#"4:1: unknown key `burst` in [[rules]] #1; expected one of: name, methods, path, path_prefix, path_regex, path_ignore_case, host, key, missing, limit, window_ms, algorithm, shadow, skip_default, unlimited, overrides, sync, lease_size, lease_ms, cost, max_cost, settle, count_status, concurrency, slot_ttl_ms, queue, delay, ban, period, timezone, anchor_day"#,
         ],
     ),
     (
@@ -375,7 +388,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
             r#"33:47: [[rules]] #6 overrides: "10.0.0.7": expected an integer 1..=4294967295, found integer 0"#,
             r#"39:13: [[rules]] #7 overrides: a rule keyed by "global" has one counter; overrides need key = "ip" or "header:<Header-Name>""#,
             r#"45:16: [[rules]] #8 skip_default: a shadow rule never changes what is enforced; remove skip_default or shadow"#,
-            r#"46:1: unknown key `limt` in [[rules]] #8; expected one of: name, methods, path, path_prefix, path_regex, path_ignore_case, host, key, missing, limit, window_ms, algorithm, shadow, skip_default, unlimited, overrides, sync, lease_size, lease_ms, cost, max_cost, settle, count_status, concurrency, slot_ttl_ms, queue, delay, ban"#,
+            r#"46:1: unknown key `limt` in [[rules]] #8; expected one of: name, methods, path, path_prefix, path_regex, path_ignore_case, host, key, missing, limit, window_ms, algorithm, shadow, skip_default, unlimited, overrides, sync, lease_size, lease_ms, cost, max_cost, settle, count_status, concurrency, slot_ttl_ms, queue, delay, ban, period, timezone, anchor_day"#,
         ],
     ),
     (

@@ -57,6 +57,7 @@ fn check(key: &str, algorithm: Algorithm, limit: u32, window_ms: u64) -> Check {
         shadow: false,
         sync: ratelimiter::limiter::SyncMode::Exact,
         wait: Default::default(),
+        period_ms: 0,
     }
 }
 
@@ -98,7 +99,7 @@ fn leases_share_the_limit_and_what_goes_back_can_be_taken_again() {
                 Algorithm::Gcra => {
                     assert!(total >= 100 - a.granted - b.granted, "{name}: {total}");
                 }
-                Algorithm::Concurrency => unreachable!("slots are never leased"),
+                Algorithm::Concurrency | Algorithm::Calendar => unreachable!("never leased"),
             }
             let none = s.take(&c, 1, 60_000, "node-d:1").await.unwrap();
             assert_eq!(none.granted, 0, "{name}: nothing left");
@@ -143,7 +144,7 @@ fn leases_share_the_limit_and_what_goes_back_can_be_taken_again() {
                     assert!(a.ends_ms <= window_end.max((after / 60_000 + 1) * 60_000));
                     assert!(a.ends_ms > before);
                 }
-                Algorithm::Concurrency => unreachable!("slots are never leased"),
+                Algorithm::Concurrency | Algorithm::Calendar => unreachable!("never leased"),
             }
         });
     }

@@ -169,6 +169,7 @@ async fn run(store: &dyn Decide, trace: &[Event], start: Instant) -> Seen {
                 shadow: *shadow,
                 sync: ratelimiter::limiter::SyncMode::Exact,
                 wait: Default::default(),
+                period_ms: 0,
             })
             .collect();
         // Ask for reset_ms too, so the scripts' extra reads are covered.

@@ -18,6 +18,7 @@ use crate::limiter::{Algorithm, Check, Counter, Limit, Outcome, StoreError, Sync
 use crate::live::Live;
 use crate::registry::iso8601;
 use crate::response::{decision_json, error_json, store_unavailable_json};
+use crate::rules::calendar::Period;
 use crate::rules::cost::{Cost, SettleFrom};
 use crate::rules::Rule;
 use crate::tenants::audit::{Change, ANONYMOUS};
@@ -336,11 +337,14 @@ fn rule_json(rule: &Rule, clear: bool) -> Value {
         "delay": (rule.wait.max_delay_ms > 0).then(|| json!({
             "max_delay_ms": rule.wait.max_delay_ms,
         })),
+        "period": rule.calendar.as_ref().map(|c| c.period.name()),
+        "timezone": rule.calendar.as_ref().map(|c| c.zone_name.as_str()),
+        "anchor_day": rule.calendar.as_ref().filter(|c| c.period == Period::Month).map(|c| c.anchor_day),
         "cost": cost,
         "max_cost": rule.limit.map(|_| c.max_cost),
         "settle": settle,
         "count_status": c.count_status.as_ref().map(|s| s.names()),
-        "window_ms": rate.map(|l| l.quota.window_ms.get()),
+        "window_ms": rate.filter(|_| rule.calendar.is_none()).map(|l| l.quota.window_ms.get()),
         "key": rule.key.to_json(),
         "missing": rule.missing.name(),
         "algorithm": rule.limit.map(|l| l.algorithm.name()),

@@ -12,6 +12,7 @@
 //! - `error`: file:line:column errors, all of them at once.
 
 mod ban;
+mod calendar;
 mod cost;
 pub mod document;
 mod error;

@@ -45,6 +45,9 @@ const KEYS: &[&str] = &[
     "queue",
     "delay",
     "ban",
+    "period",
+    "timezone",
+    "anchor_day",
 ];
 
 /// The longest lease: past it, unused slots would keep other nodes out for too long.
@@ -90,11 +93,22 @@ pub(super) fn read(root: &Section, limits: &Defaults, errors: &mut Collector) ->
         }
         let unlimited = unlimited.is_some_and(|v| v.value);
         let sync = sync(&s, errors);
+        let calendar = super::calendar::read(&s, sync, errors);
         let (limit, costing) = match super::wait::concurrency(&s, sync, errors) {
             // A slot is one request: it weighs one.
             Some(Some(slots)) => (Some(Some(slots)), Some(Costing::one(1))),
             Some(None) => {
-                let limit = limit(&s, &at, limits, unlimited, errors);
+                let limit = limit(&s, &at, limits, unlimited, errors).map(|l| {
+                    // A calendar quota counts in its period (its nominal length, for show).
+                    match (l, calendar.as_ref().and_then(Option::as_ref)) {
+                        (Some(l), Some(c)) => Some(Limit::new(
+                            Algorithm::Calendar,
+                            l.quota.limit,
+                            c.period.nominal_ms(),
+                        )),
+                        (l, _) => l,
+                    }
+                });
                 let costing = limit.as_ref().and_then(|l| {
                     super::cost::read(&s, l.map(|l| l.quota.limit.get()), sync, errors)
                 });
@@ -115,8 +129,10 @@ pub(super) fn read(root: &Section, limits: &Defaults, errors: &mut Collector) ->
             Some(costing),
             Some(wait),
             Some(ban),
-        ) = (name, key, missing, limit, sync, costing, wait, ban)
-        {
+            Some(calendar),
+        ) = (
+            name, key, missing, limit, sync, costing, wait, ban, calendar,
+        ) {
             rules.push(Rule {
                 name: intern(&name),
                 matcher: matcher.unwrap_or_default(),
@@ -130,6 +146,7 @@ pub(super) fn read(root: &Section, limits: &Defaults, errors: &mut Collector) ->
                 costing,
                 wait,
                 ban,
+                calendar,
             });
         }
     }

@@ -17,7 +17,7 @@ const MAX_WAIT_MS: i64 = 600_000;
 const MAX_DELAY_MS: i64 = 60_000;
 
 /// The keys of a rate limit, which a concurrency rule replaces.
-const RATE_KEYS: [&str; 3] = ["limit", "window_ms", "algorithm"];
+const RATE_KEYS: [&str; 4] = ["limit", "window_ms", "algorithm", "period"];
 /// What a request weighs (contract §13): a slot is one request, whatever it weighs.
 const COST_KEYS: [&str; 4] = ["cost", "max_cost", "settle", "count_status"];
 

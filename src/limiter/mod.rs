@@ -44,6 +44,9 @@ pub struct Check {
     pub cost: u32,
     /// How the request may wait instead of being refused (contract §14).
     pub wait: Wait,
+    /// For a calendar quota (contract §15), the length of the period the request falls in
+    /// (its `limit.quota.window_ms` is the time left until its end); 0 otherwise.
+    pub period_ms: u64,
 }
 
 /// A check of one unit, kept exactly: the common case.
@@ -57,6 +60,7 @@ impl Check {
             sync: SyncMode::Exact,
             cost: 1,
             wait: Wait::default(),
+            period_ms: 0,
         }
     }
 

@@ -133,6 +133,7 @@ mod tests {
             shadow,
             sync: crate::limiter::SyncMode::Exact,
             wait: Default::default(),
+            period_ms: 0,
         }
     }
 

@@ -395,6 +395,7 @@ mod tests {
             shadow,
             sync: crate::limiter::SyncMode::Exact,
             wait: Default::default(),
+            period_ms: 0,
         }
     }
 

@@ -11,6 +11,7 @@
 //! ([`crate::config::document`]), whatever it was written in.
 
 pub mod ban;
+pub mod calendar;
 pub mod cost;
 pub mod matcher;
 pub mod overrides;
@@ -80,6 +81,8 @@ pub struct Rule {
     pub wait: Wait,
     /// Its penalty box: keys refused often enough are banned for a while (contract §15).
     pub ban: Option<ban::BanPolicy>,
+    /// A quota per calendar period (contract §15).
+    pub calendar: Option<calendar::Calendar>,
 }
 
 impl Rule {
@@ -98,6 +101,7 @@ impl Rule {
             costing: Costing::one(limit.quota.limit.get()),
             wait: Wait::default(),
             ban: None,
+            calendar: None,
         }
     }
 
@@ -126,7 +130,17 @@ impl Rule {
     }
 
     fn check(&self, request_key: String, cost: u32) -> Option<Check> {
-        let limit = self.limit_for(&request_key)?;
+        let mut limit = self.limit_for(&request_key)?;
+        // A calendar quota's count lives until its period's end, worked out now in its zone.
+        let mut period_ms = 0;
+        if let Some(calendar) = &self.calendar {
+            let now = jiff::Timestamp::now();
+            let bounds = calendar.bounds(now);
+            let left = bounds.left_ms(now.as_millisecond());
+            limit.quota.window_ms =
+                std::num::NonZeroU64::new(left).unwrap_or(limit.quota.window_ms);
+            period_ms = bounds.length_ms();
+        }
         Some(Check {
             rule: self.name,
             key: self.counter_key(request_key),
@@ -135,6 +149,7 @@ impl Rule {
             sync: self.sync,
             cost,
             wait: self.wait,
+            period_ms,
         })
     }
 }
@@ -322,6 +337,7 @@ mod tests {
             costing: Costing::one(n.unwrap_or(1)),
             wait: Wait::default(),
             ban: None,
+            calendar: None,
         }
     }
 

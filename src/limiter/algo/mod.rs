@@ -26,10 +26,14 @@
 //! | [`gcra`] | one timestamp | yes for its own rule: a burst of `limit`, then one per `window / limit` |
 //! | [`sliding_window`] | two counts | an estimate: at most `limit` per fixed window, `2 × limit` in any window |
 //! | [`concurrency`] | one slot per request in flight | yes: never more than `limit` in flight (contract §14) |
+//! | [`calendar`] | one count per key | yes: never more than `limit` in a calendar period (contract §15) |
 //!
 //! Concurrency is registered like the others, with its `limit` the slots and its `window_ms`
 //! the slots' time to live, but is not written as an `algorithm`: a rule says `concurrency`.
+//! Calendar quotas likewise (a rule says `period`); their `window_ms` is, per request, the
+//! time left until the period's end, which the gateway works out in the rule's zone.
 
+pub mod calendar;
 pub mod concurrency;
 pub mod gcra;
 pub mod sliding_log;
@@ -57,6 +61,8 @@ pub enum Algorithm {
     SlidingWindow,
     /// Requests in flight (contract §14): one slot per request until its response ends.
     Concurrency,
+    /// A quota per calendar day, week or month (contract §15).
+    Calendar,
 }
 
 /// One algorithm, as everything that dispatches on it knows it.
@@ -73,7 +79,7 @@ pub struct Registered {
 
 /// Every algorithm, once. Adding one is a line here, its Rust module and state, and its Lua
 /// file; the scripts' dispatch follows from this table.
-pub const REGISTRY: [Registered; 4] = [
+pub const REGISTRY: [Registered; 5] = [
     Registered {
         algorithm: Algorithm::SlidingLog,
         name: "sliding_log",
@@ -97,6 +103,12 @@ pub const REGISTRY: [Registered; 4] = [
         name: "concurrency",
         id: 4,
         lua: include_str!("../../../lua/concurrency.lua"),
+    },
+    Registered {
+        algorithm: Algorithm::Calendar,
+        name: "calendar",
+        id: 5,
+        lua: include_str!("../../../lua/calendar.lua"),
     },
 ];
 
@@ -134,6 +146,14 @@ impl Algorithm {
 
     pub fn name(self) -> &'static str {
         self.registered().name
+    }
+
+    /// Whether a node may remember a key this algorithm refused (`blocked.rs`) until the
+    /// refusal's wait is over. Not for concurrency, whose slots free whenever a response
+    /// ends, nor for calendar quotas, whose limit is told anew (the time left) on every
+    /// request.
+    pub fn refusals_remembered(self) -> bool {
+        !matches!(self, Algorithm::Concurrency | Algorithm::Calendar)
     }
 
     /// The number the Redis scripts dispatch on (`ALGORITHMS` in the scripts).
@@ -279,6 +299,7 @@ pub enum State {
     Gcra(gcra::Gcra),
     Window(sliding_window::SlidingWindow),
     Slots(concurrency::Slots),
+    Fixed(calendar::Fixed),
 }
 
 impl State {
@@ -288,6 +309,7 @@ impl State {
             Algorithm::Gcra => State::Gcra(Default::default()),
             Algorithm::SlidingWindow => State::Window(Default::default()),
             Algorithm::Concurrency => State::Slots(Default::default()),
+            Algorithm::Calendar => State::Fixed(Default::default()),
         }
     }
 
@@ -297,6 +319,7 @@ impl State {
             State::Gcra(_) => Algorithm::Gcra,
             State::Window(_) => Algorithm::SlidingWindow,
             State::Slots(_) => Algorithm::Concurrency,
+            State::Fixed(_) => Algorithm::Calendar,
         }
     }
 
@@ -308,6 +331,7 @@ impl State {
             State::Gcra(s) => s.peek(now_us, quota, cost),
             State::Window(s) => s.peek(now_us / 1000, quota, cost),
             State::Slots(s) => s.peek(now_us / 1000, quota),
+            State::Fixed(s) => s.peek(now_us, quota, cost),
         }
     }
 
@@ -318,6 +342,7 @@ impl State {
             State::Gcra(s) => s.record(now_us, quota, cost, decision),
             State::Window(s) => s.record(now_us / 1000, quota, cost, decision),
             State::Slots(s) => s.record(now_us / 1000, quota, decision),
+            State::Fixed(s) => s.record(now_us, quota, cost, decision),
         }
     }
 
@@ -337,6 +362,7 @@ impl State {
             State::Gcra(s) => s.settle(now_us, quota, reserved, actual),
             State::Window(s) => s.settle(now_us / 1000, quota, mark, reserved, actual),
             State::Slots(s) => s.settle(now_us / 1000, quota, mark, actual),
+            State::Fixed(s) => s.settle(now_us, reserved, actual),
         }
     }
 
@@ -347,6 +373,7 @@ impl State {
             State::Gcra(s) => s.count(now_us, quota),
             State::Window(s) => s.count(now_us / 1000, quota),
             State::Slots(s) => s.count(now_us / 1000),
+            State::Fixed(s) => s.count(now_us),
         }
     }
 
@@ -358,6 +385,7 @@ impl State {
             State::Gcra(s) => s.is_idle(now_us),
             State::Window(s) => s.is_idle(now_us / 1000),
             State::Slots(s) => s.count(now_us / 1000) == 0,
+            State::Fixed(s) => s.count(now_us) == 0,
         }
     }
 
@@ -431,7 +459,10 @@ mod tests {
     /// same steps as every other; and no driver script dispatches on its own.
     #[test]
     fn the_registry_and_the_lua_files_agree() {
-        for a in Algorithm::ALL.iter().chain([&Algorithm::Concurrency]) {
+        for a in Algorithm::ALL
+            .iter()
+            .chain([&Algorithm::Concurrency, &Algorithm::Calendar])
+        {
             let r = a.registered();
             assert_eq!(r.algorithm, *a);
             assert_eq!(REGISTRY.iter().filter(|o| o.name == r.name).count(), 1);
@@ -449,7 +480,11 @@ mod tests {
             );
             assert!(lua_dispatch().contains(&format!("[{}] = {},", r.id, r.name)));
         }
-        assert_eq!(REGISTRY.len(), Algorithm::ALL.len() + 1, "and concurrency");
+        assert_eq!(
+            REGISTRY.len(),
+            Algorithm::ALL.len() + 2,
+            "and concurrency, calendar"
+        );
         for driver in [
             include_str!("../../../lua/check.lua"),
             include_str!("../../../lua/count.lua"),

@@ -328,6 +328,7 @@ mod tests {
             sync: crate::limiter::SyncMode::Exact,
             cost: 1,
             wait: Default::default(),
+            period_ms: 0,
         }
     }
 

@@ -224,9 +224,7 @@ impl Decide for RedisStore {
         };
         if mode.record {
             for (check, d) in checks.iter().zip(&decisions) {
-                // A concurrency slot frees whenever a response ends: a refusal says nothing
-                // about how long the key stays full.
-                if !check.shadow && !check.is_concurrency() {
+                if !check.shadow && check.limit.algorithm.refusals_remembered() {
                     self.blocked
                         .remember(&check.key, check.limit, check.cost, d, sent);
                 }

@@ -1,0 +1,109 @@
+//! A calendar quota (contract §15), as pure arithmetic over one key's count: the units
+//! counted in the current period, which ends `window_ms` after the period's first request
+//! (the gateway passes, as `window_ms`, the time left until the period's end in its zone).
+//! From the end on, the count starts afresh. `lua/calendar.lua` is the same, run inside
+//! Redis, where the key expires at the end.
+
+use super::{Decision, Quota};
+
+/// One key's count in the embedded store.
+#[derive(Debug, Default)]
+pub struct Fixed {
+    count: u64,
+    /// When the period counted ends (µs since the epoch).
+    ends_us: u64,
+}
+
+impl Fixed {
+    fn live(&mut self, now_us: u64) -> u64 {
+        if now_us >= self.ends_us {
+            self.count = 0;
+        }
+        self.count
+    }
+
+    pub fn peek(&mut self, now_us: u64, quota: Quota, cost: u32) -> Decision {
+        let count = self.live(now_us);
+        let limit = quota.limit.get();
+        let remaining = u64::from(limit).saturating_sub(count);
+        let left_ms = match count {
+            0 => quota.window_ms.get(),
+            _ => (self.ends_us - now_us).div_ceil(1000),
+        };
+        if count + u64::from(cost) <= u64::from(limit) {
+            return Decision {
+                allowed: true,
+                count,
+                limit,
+                remaining,
+                retry_after_ms: 0,
+                reset_ms: if count == 0 { 0 } else { left_ms },
+                mark: 0,
+                delay_ms: 0,
+            };
+        }
+        Decision {
+            remaining,
+            ..Decision::refused(count, limit, left_ms.max(1))
+        }
+    }
+
+    pub fn record(&mut self, now_us: u64, quota: Quota, cost: u32, d: &mut Decision) {
+        if self.live(now_us) == 0 {
+            self.ends_us = now_us + quota.window_ms.get() * 1000;
+        }
+        self.count += u64::from(cost);
+        d.count += u64::from(cost);
+        d.remaining = d.remaining.saturating_sub(u64::from(cost));
+        d.reset_ms = (self.ends_us - now_us).div_ceil(1000);
+        d.mark = 1;
+    }
+
+    /// Gives back (or charges) the difference in the period still running.
+    pub fn settle(&mut self, now_us: u64, reserved: u32, actual: u32) -> i64 {
+        let count = self.live(now_us);
+        if count == 0 {
+            return 0;
+        }
+        let after = (count + u64::from(actual)).saturating_sub(u64::from(reserved));
+        self.count = after;
+        count as i64 - after as i64
+    }
+
+    pub fn count(&mut self, now_us: u64) -> u64 {
+        self.live(now_us)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::num::{NonZeroU32, NonZeroU64};
+
+    fn q(limit: u32, left_ms: u64) -> Quota {
+        Quota {
+            limit: NonZeroU32::new(limit).unwrap(),
+            window_ms: NonZeroU64::new(left_ms).unwrap(),
+        }
+    }
+
+    #[test]
+    fn counts_until_the_period_ends_then_afresh() {
+        let mut f = Fixed::default();
+        // The period has 3 s left when its first request comes.
+        for _ in 0..2 {
+            let mut d = f.peek(0, q(2, 3000), 1);
+            assert!(d.allowed);
+            f.record(0, q(2, 3000), 1, &mut d);
+        }
+        // A second later the gateway says 2 s are left; the key still ends at 3 s.
+        let refused = f.peek(1_000_000, q(2, 2000), 1);
+        assert!(!refused.allowed);
+        assert_eq!(refused.retry_after_ms, 2000, "to the period's end");
+        assert!(
+            f.peek(3_000_000, q(2, 86_400_000), 1).allowed,
+            "a new period"
+        );
+        assert_eq!(f.count(3_000_000), 0);
+    }
+}
