@@ -184,7 +184,7 @@ pub fn run(config: Config, start: Start) -> Result<(), String> {
         None => log::info!("store: embedded in-memory (single node)"),
     }
 
-    if !config.admin.listen.ip().is_loopback() && config.admin.token.is_none() {
+    if !config.admin.listen.ip().is_loopback() && !config.admin.has_token() {
         log::warn!(
             "the admin port {} listens beyond loopback without [admin] token: anyone who can \
              reach it can reset counters; set a token or bind it to 127.0.0.1",

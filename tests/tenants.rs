@@ -89,7 +89,8 @@ fn an_override_made_on_one_node_holds_on_another_within_a_second_and_after_resta
     };
     println!("an override made through node A was in force on node B {took:?} later");
     assert!(took < Duration::from_secs(1), "{took:?}");
-    let listed = body(&call(&b, "GET", "/api/overrides", None, ""));
+    // In clear to a caller with a token (the key values are private).
+    let listed = body(&call(&b, "GET", "/api/overrides", Some(OPS), ""));
     assert_eq!(
         listed["overrides"],
         serde_json::json!([{"rule": "api", "value": "cust-1", "limit": 10}])
@@ -133,7 +134,7 @@ fn an_override_made_on_one_node_holds_on_another_within_a_second_and_after_resta
         "the reload in the audit log",
         Duration::from_secs(5),
         || {
-            let log = body(&call(&a, "GET", "/api/audit?limit=10", None, ""));
+            let log = body(&call(&a, "GET", "/api/audit?limit=10", Some(OPS), ""));
             let actions: Vec<String> = log["entries"]
                 .as_array()?
                 .iter()
@@ -142,7 +143,7 @@ fn an_override_made_on_one_node_holds_on_another_within_a_second_and_after_resta
             (actions.first().map(String::as_str) == Some("config.reload")).then_some(())
         },
     );
-    let log = body(&call(&a, "GET", "/api/audit?limit=4", None, ""));
+    let log = body(&call(&a, "GET", "/api/audit?limit=4", Some(OPS), ""));
     let entries = log["entries"].as_array().unwrap();
     let seen: Vec<(&str, &str, &str)> = entries
         .iter()
@@ -209,7 +210,7 @@ fn the_embedded_store_keeps_overrides_in_memory_and_the_api_refuses_what_is_wron
         r#"{"concurrency": 4}"#,
     );
     assert_eq!(r.status, 200, "{}", r.body);
-    let listed = body(&call(&gw, "GET", "/api/overrides", None, ""));
+    let listed = body(&call(&gw, "GET", "/api/overrides", Some(ADMIN), ""));
     assert_eq!(
         listed["overrides"],
         serde_json::json!([
@@ -304,7 +305,8 @@ fn a_ban_after_repeated_refusals_holds_on_every_node_from_memory_and_ends_on_tim
     let redis = RedisServer::start();
     let upstream = common::upstream::Upstream::start();
     let store = format!("[redis]\nurl = \"{}\"\n", redis.url());
-    let text = format!("{store}\n[limits]\ndefault_limit = 100000\n{LOGIN}");
+    let text =
+        format!("{store}\n[privacy]\nclear_keys = true\n[limits]\ndefault_limit = 100000\n{LOGIN}");
     let proxy = format!("upstreams = [\"{}\"]", upstream.addr);
     let a = Gateway::start(&proxy, &text);
     let b = Gateway::start(&proxy, &text);
@@ -412,4 +414,24 @@ fn a_manual_ban_and_its_removal() {
         .map(|e| (e["action"].as_str().unwrap(), e["actor"].as_str().unwrap()))
         .collect();
     assert_eq!(seen, [("ban.delete", "admin"), ("ban.put", "ops")]);
+}
+
+#[test]
+fn private_key_values_are_digested_without_a_token() {
+    let gw = Gateway::start("", &config(""));
+    let r = call(
+        &gw,
+        "PUT",
+        "/api/overrides/api/secret-key-1",
+        Some(OPS),
+        r#"{"limit": 9}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    for path in ["/api/overrides", "/api/audit"] {
+        let open = call(&gw, "GET", path, None, "").body;
+        assert!(!open.contains("secret-key-1"), "{path}: {open}");
+        assert!(open.contains("sha256:"), "{path}: {open}");
+        let with_token = call(&gw, "GET", path, Some(OPS), "").body;
+        assert!(with_token.contains("secret-key-1"), "{path}: {with_token}");
+    }
 }

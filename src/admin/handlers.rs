@@ -428,7 +428,10 @@ impl AdminApp {
                 self.metrics.render(),
             ),
             Route::OpenApi => json(200, OPENAPI.to_string()),
-            Route::Overrides => self.list_overrides(&live).await,
+            Route::Overrides => {
+                let clear = clear_keys(&live, session);
+                self.list_overrides(&live, clear).await
+            }
             Route::Override { put, rule, value } => {
                 let actor = actor(&live, session).unwrap_or(ANONYMOUS);
                 match put {
@@ -437,10 +440,14 @@ impl AdminApp {
                 }
             }
             Route::Audit => {
+                let clear = clear_keys(&live, session);
                 let query = session.req_header().uri.query().unwrap_or("");
-                self.audit(query).await
+                self.audit(&live, query, clear).await
             }
-            Route::Bans => self.list_bans().await,
+            Route::Bans => {
+                let clear = clear_keys(&live, session);
+                self.list_bans(&live, clear).await
+            }
             Route::Ban { put, rule, value } => {
                 let actor = actor(&live, session).unwrap_or(ANONYMOUS);
                 match put {

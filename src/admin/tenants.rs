@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use super::handlers::ADMIN_CALL_TIMEOUT;
 use super::{error, json, to_json, AdminApp};
 use crate::config::override_entry;
+use crate::key::counter::{display, display_override};
 use crate::limiter::{Algorithm, StoreError};
 use crate::live::Live;
 use crate::rules::overrides::Entry;
@@ -42,6 +43,35 @@ fn iso_ms(ms: u64) -> String {
 
 fn ban_json(rule: &str, entry: &Entry, until_ms: u64, reason: &str) -> Value {
     json!({ "rule": rule, "value": entry.written(), "until": iso_ms(until_ms), "reason": reason })
+}
+
+/// An override's or a ban's key value as the listings show it: private parts digested
+/// unless `clear` (contract §17), as in `/api/limits`.
+fn shown(live: &Live, rule: &str, entry: &Entry, clear: bool) -> String {
+    match (entry, live.rules.iter().find(|r| r.name == rule)) {
+        (Entry::Value(v), Some(r)) if !clear => display_override(v, r.key.parts()).into_owned(),
+        _ => entry.written().to_string(),
+    }
+}
+
+/// An audit entry's target with private key values digested: the value of an override or a
+/// ban, or a reset counter key.
+fn hide_target(live: &Live, entry: &mut Value) {
+    let (Some(action), Some(target)) = (entry["action"].as_str(), entry["target"].as_str()) else {
+        return;
+    };
+    let hidden = match action {
+        "counter.reset" => display(target).into_owned(),
+        "config.reload" => return,
+        _ => match target.split_once('/') {
+            Some((rule, value)) => match live.rules.iter().find(|r| r.name == rule) {
+                Some(r) => format!("{rule}/{}", display_override(value, r.key.parts())),
+                None => return,
+            },
+            None => return,
+        },
+    };
+    entry["target"] = json!(hidden);
 }
 
 /// What an override sets: the field its rule takes, and the number.
@@ -203,7 +233,7 @@ impl AdminApp {
         )
     }
 
-    pub(super) async fn list_overrides(&self, live: &Live) -> Response<Vec<u8>> {
+    pub(super) async fn list_overrides(&self, live: &Live, clear: bool) -> Response<Vec<u8>> {
         let listed = tokio::time::timeout(ADMIN_CALL_TIMEOUT, self.tenants.overrides());
         let all = match listed.await.unwrap_or(Err(StoreError::Timeout)) {
             Ok(all) => all,
@@ -217,7 +247,7 @@ impl AdminApp {
                     .iter()
                     .find(|r| r.name == rule)
                     .map_or("limit", override_field);
-                json!({ "rule": rule, "value": entry.written(), field: n })
+                json!({ "rule": rule, "value": shown(live, rule, entry, clear), field: n })
             })
             .collect();
         json(200, to_json(&json!({ "overrides": out })))
@@ -306,13 +336,17 @@ impl AdminApp {
         )
     }
 
-    pub(super) async fn list_bans(&self) -> Response<Vec<u8>> {
+    pub(super) async fn list_bans(&self, live: &Live, clear: bool) -> Response<Vec<u8>> {
         let listed = tokio::time::timeout(ADMIN_CALL_TIMEOUT, self.tenants.bans());
         match listed.await.unwrap_or(Err(StoreError::Timeout)) {
             Ok(all) => {
                 let out: Vec<Value> = all
                     .iter()
-                    .map(|b| ban_json(&b.rule, &b.entry, b.until_ms, &b.reason))
+                    .map(|b| {
+                        let mut ban = ban_json(&b.rule, &b.entry, b.until_ms, &b.reason);
+                        ban["value"] = json!(shown(live, &b.rule, &b.entry, clear));
+                        ban
+                    })
                     .collect();
                 json(200, to_json(&json!({ "bans": out })))
             }
@@ -320,7 +354,7 @@ impl AdminApp {
         }
     }
 
-    pub(super) async fn audit(&self, query: &str) -> Response<Vec<u8>> {
+    pub(super) async fn audit(&self, live: &Live, query: &str, clear: bool) -> Response<Vec<u8>> {
         let mut limit = AUDIT_DEFAULT;
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             match pair.split_once('=') {
@@ -338,7 +372,14 @@ impl AdminApp {
         }
         let read = tokio::time::timeout(ADMIN_CALL_TIMEOUT, self.tenants.audit(limit));
         match read.await.unwrap_or(Err(StoreError::Timeout)) {
-            Ok(entries) => json(200, to_json(&json!({ "entries": entries }))),
+            Ok(mut entries) => {
+                if !clear {
+                    for e in &mut entries {
+                        hide_target(live, e);
+                    }
+                }
+                json(200, to_json(&json!({ "entries": entries })))
+            }
             Err(e) => self.store_down(&e),
         }
     }

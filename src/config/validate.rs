@@ -235,7 +235,8 @@ fn admin(s: &Section, errors: &mut Collector) -> Option<AdminConfig> {
             errors,
         )
         .unwrap_or(AdminRead::Open);
-    if read == AdminRead::Token && !s.has("token") && !s.has("tokens") {
+    let tokens = named_tokens(s, token.as_deref(), errors);
+    if read == AdminRead::Token && !s.has("token") && tokens.is_empty() {
         errors.at(
             s.span("read").unwrap_or(0..0),
             format!(
@@ -244,7 +245,6 @@ fn admin(s: &Section, errors: &mut Collector) -> Option<AdminConfig> {
             ),
         );
     }
-    let tokens = named_tokens(s, token.as_deref(), errors);
     Some(AdminConfig {
         listen: listen?,
         token,

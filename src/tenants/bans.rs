@@ -5,10 +5,11 @@
 //! `429` from that memory, with no store call and no upstream contact.
 //!
 //! Refusals are counted by each node for the requests it refuses (a key hammering several
-//! nodes reaches `after` on each at its own pace); the ban one node makes holds on all.
+//! nodes reaches `after` on each at its own pace), `after` within `within_ms` of the first
+//! one counted; the ban one node makes holds on it at once and on all once written.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -23,6 +24,8 @@ use crate::sync::{lock, read, write};
 /// The most keys whose refusals a node counts at once; past it, new keys are not counted
 /// until old ones age out (a flood of distinct keys cannot grow the memory).
 const MAX_COUNTED: usize = 100_000;
+/// How often, at most, the counted keys are swept once there are that many.
+const SWEEP: Duration = Duration::from_secs(1);
 
 /// A ban's reason.
 pub const AUTO: &str = "auto";
@@ -35,38 +38,73 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Refusals of one key, and the window they count in.
+/// The most bans a node makes by itself and holds at once: past it, keys are refused as
+/// usual rather than banned (a flood of distinct keys cannot grow the memory, nor the store).
+const MAX_ACTIVE: usize = 100_000;
+
+/// Refusals of one key since the first of its current window.
 struct Counted {
-    at: VecDeque<Instant>,
+    first: Instant,
+    count: u32,
     within: Duration,
 }
 
-#[derive(Default)]
+/// The refusals counted, and when they were last swept of keys whose window has passed.
+struct Refusals {
+    keys: HashMap<(String, Entry), Counted>,
+    swept: Instant,
+}
+
+/// (rule, key) → until (ms since the epoch).
+type Active = HashMap<(String, Entry), u64>;
+
 pub struct Bans {
-    /// (rule, key) → until (ms since the epoch).
-    active: RwLock<HashMap<(String, Entry), u64>>,
-    version: AtomicU64,
+    /// (rule, key) → until (ms since the epoch), and the store's version they were read at.
+    active: RwLock<(Active, u64)>,
+    /// Whether any ban is in force: most requests need not look.
     any: AtomicBool,
-    refusals: Mutex<HashMap<(String, Entry), Counted>>,
+    refusals: Mutex<Refusals>,
 }
 
 impl Bans {
     pub(super) fn new() -> Bans {
         Bans {
-            version: AtomicU64::new(u64::MAX),
-            ..Bans::default()
+            active: RwLock::new((HashMap::new(), u64::MAX)),
+            any: AtomicBool::new(false),
+            refusals: Mutex::new(Refusals {
+                keys: HashMap::new(),
+                swept: Instant::now(),
+            }),
         }
     }
 
-    fn install(&self, all: Vec<StoredBan>) {
+    /// The store's bans at `version`, unless newer ones are in force already (and not
+    /// `anyway`); returns whether they were put in force.
+    fn install(&self, all: &[StoredBan], version: u64, anyway: bool) -> bool {
         let now = now_ms();
-        let active: HashMap<(String, Entry), u64> = all
-            .into_iter()
+        let mut active = write(&self.active);
+        if !anyway && active.1 != u64::MAX && version < active.1 {
+            return false;
+        }
+        active.0 = all
+            .iter()
             .filter(|b| b.until_ms > now)
-            .map(|b| ((b.rule, b.entry), b.until_ms))
+            .map(|b| ((b.rule.clone(), b.entry.clone()), b.until_ms))
             .collect();
-        self.any.store(!active.is_empty(), Ordering::Relaxed);
-        *write(&self.active) = active;
+        active.1 = version;
+        self.any.store(!active.0.is_empty(), Ordering::Relaxed);
+        true
+    }
+
+    /// A ban this node made, in force here at once (the store tells the others).
+    fn hold(&self, rule: &str, entry: &Entry, until_ms: u64) -> bool {
+        let mut active = write(&self.active);
+        if active.0.len() >= MAX_ACTIVE {
+            return false;
+        }
+        active.0.insert((rule.to_string(), entry.clone()), until_ms);
+        self.any.store(true, Ordering::Relaxed);
+        true
     }
 }
 
@@ -87,7 +125,7 @@ impl Tenants {
             return None;
         }
         let now = now_ms();
-        let active = read(&self.bans.active);
+        let active = &read(&self.bans.active).0;
         checks
             .iter()
             .filter(|c| !c.shadow)
@@ -98,40 +136,44 @@ impl Tenants {
             .max_by_key(|(_, left)| *left)
     }
 
-    /// A refusal by a rule with `policy`: counted, and when it makes `after` within the
-    /// window, the ban it starts (the key, and until when).
+    /// A refusal by a rule with `policy`: counted (`after` refusals within `within_ms` of
+    /// the first one counted), and when it makes `after`, the ban it starts: in force on
+    /// this node at once; the caller writes it to the store for the others.
     pub fn refused(&self, check: &Check, policy: BanPolicy) -> Option<(Entry, u64)> {
         let key = entry(check)?;
         let now = Instant::now();
         let mut refusals = lock(&self.bans.refusals);
-        if refusals.len() >= MAX_COUNTED {
-            refusals.retain(|_, c| {
-                c.at.back()
-                    .is_some_and(|last| now.duration_since(*last) < c.within)
-            });
+        // Keys whose window has passed go, at most once a second.
+        if refusals.keys.len() >= MAX_COUNTED && now.duration_since(refusals.swept) >= SWEEP {
+            refusals
+                .keys
+                .retain(|_, c| now.duration_since(c.first) < c.within);
+            refusals.swept = now;
         }
         let id = (check.rule.to_string(), key);
-        if !refusals.contains_key(&id) && refusals.len() >= MAX_COUNTED {
+        if !refusals.keys.contains_key(&id) && refusals.keys.len() >= MAX_COUNTED {
             return None;
         }
-        let counted = refusals.entry(id.clone()).or_insert_with(|| Counted {
-            at: VecDeque::new(),
+        let counted = refusals.keys.entry(id.clone()).or_insert(Counted {
+            first: now,
+            count: 0,
             within: policy.within,
         });
-        counted.within = policy.within;
-        while counted
-            .at
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= policy.within)
-        {
-            counted.at.pop_front();
+        if now.duration_since(counted.first) >= policy.within {
+            *counted = Counted {
+                first: now,
+                count: 0,
+                within: policy.within,
+            };
         }
-        counted.at.push_back(now);
-        if counted.at.len() < policy.after as usize {
+        counted.count += 1;
+        if counted.count < policy.after {
             return None;
         }
-        refusals.remove(&id);
-        Some((id.1, now_ms() + policy.lasts.as_millis() as u64))
+        refusals.keys.remove(&id);
+        drop(refusals);
+        let until = now_ms() + policy.lasts.as_millis() as u64;
+        self.bans.hold(&id.0, &id.1, until).then_some((id.1, until))
     }
 
     /// Bans a key of a rule until `until_ms`; in force on this node at once, on the others
@@ -179,19 +221,24 @@ impl Tenants {
     /// Reads the bans again when the store's version moved (or `force`).
     pub(super) async fn sync_bans(&self, force: bool) -> Result<(), StoreError> {
         let version = self.store.bans_version().await?;
-        if !force && version == self.bans.version.load(Ordering::Relaxed) {
+        if !force && version == read(&self.bans.active).1 {
             // Bans that ended meanwhile stop applying without a change in the store.
             if self.bans.any.load(Ordering::Relaxed) {
                 let now = now_ms();
                 let mut active = write(&self.bans.active);
-                active.retain(|_, until| *until > now);
-                self.bans.any.store(!active.is_empty(), Ordering::Relaxed);
+                active.0.retain(|_, until| *until > now);
+                self.bans.any.store(!active.0.is_empty(), Ordering::Relaxed);
             }
             return Ok(());
         }
         let all = self.store.bans().await?;
-        self.bans.install(all);
-        self.bans.version.store(version, Ordering::Relaxed);
+        // As for the overrides: an older version is a read overtaken by a change, unless the
+        // store's version stays behind (it lost its data).
+        if !self.bans.install(&all, version, false)
+            && self.store.bans_version().await? < read(&self.bans.active).1
+        {
+            self.bans.install(&all, version, true);
+        }
         Ok(())
     }
 }

@@ -17,7 +17,7 @@ pub mod store;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -35,9 +35,9 @@ pub struct Tenants {
     store: Arc<dyn TenantStore>,
     /// This node's id, for the audit log.
     node: String,
-    /// The overrides in force on this node, by rule, and the version they were read at.
-    overrides: RwLock<HashMap<String, Overrides>>,
-    version: AtomicU64,
+    /// The overrides in force on this node, by rule, and the store's version they were read
+    /// at.
+    overrides: RwLock<(HashMap<String, Overrides>, u64)>,
     /// Whether any override is set: most requests need not look.
     any: AtomicBool,
     /// The bans in force, and the refusals counted towards new ones.
@@ -49,8 +49,7 @@ impl Tenants {
         Tenants {
             store,
             node,
-            overrides: RwLock::default(),
-            version: AtomicU64::new(u64::MAX),
+            overrides: RwLock::new((HashMap::new(), u64::MAX)),
             any: AtomicBool::new(false),
             bans: bans::Bans::new(),
         }
@@ -72,7 +71,7 @@ impl Tenants {
         }
         let overrides = read(&self.overrides);
         for check in checks {
-            if let Some(n) = Self::lookup(&overrides, check.rule, &check.key) {
+            if let Some(n) = Self::lookup(&overrides.0, check.rule, &check.key) {
                 check.limit.quota.limit = n;
             }
         }
@@ -81,7 +80,7 @@ impl Tenants {
     /// `limit` as the overrides in force change it for this counter key of `rule`.
     pub fn limit_for(&self, rule: &str, counter_key: &str, mut limit: Limit) -> Limit {
         if self.any.load(Ordering::Relaxed) {
-            if let Some(n) = Self::lookup(&read(&self.overrides), rule, counter_key) {
+            if let Some(n) = Self::lookup(&read(&self.overrides).0, rule, counter_key) {
                 limit.quota.limit = n;
             }
         }
@@ -110,24 +109,40 @@ impl Tenants {
 
     async fn sync_overrides(&self, force: bool) -> Result<(), StoreError> {
         let version = self.store.overrides_version().await?;
-        if !force && version == self.version.load(Ordering::Relaxed) {
+        if !force && version == read(&self.overrides).1 {
             return Ok(());
         }
         let all = self.store.overrides().await?;
-        self.install(all);
-        self.version.store(version, Ordering::Relaxed);
+        if !self.install(&all, version, false) {
+            // Older than those in force: a read overtaken by a change made through this node,
+            // or a store that lost its data (a Redis restarted empty), whose version stays
+            // behind. Only the second is put in force.
+            if self.store.overrides_version().await? < read(&self.overrides).1 {
+                self.install(&all, version, true);
+            }
+        }
         Ok(())
     }
 
-    fn install(&self, all: Vec<Stored>) {
+    /// The store's overrides at `version`, unless newer ones are in force already (and not
+    /// `anyway`); returns whether they were put in force.
+    fn install(&self, all: &[Stored], version: u64, anyway: bool) -> bool {
         let mut by_rule: HashMap<String, Overrides> = HashMap::new();
         for (rule, entry, limit) in all {
-            if let Some(n) = NonZeroU32::new(limit) {
-                by_rule.entry(rule).or_default().insert(entry, n);
+            if let Some(n) = NonZeroU32::new(*limit) {
+                by_rule
+                    .entry(rule.clone())
+                    .or_default()
+                    .insert(entry.clone(), n);
             }
         }
+        let mut overrides = write(&self.overrides);
+        if !anyway && overrides.1 != u64::MAX && version < overrides.1 {
+            return false;
+        }
         self.any.store(!by_rule.is_empty(), Ordering::Relaxed);
-        *write(&self.overrides) = by_rule;
+        *overrides = (by_rule, version);
+        true
     }
 
     /// Sets an override (already validated against its rule); returns the limit before.

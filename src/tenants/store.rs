@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
+use super::bans::AUTO;
 use crate::limiter::StoreError;
 use crate::redis_conn::Redis;
 use crate::rules::overrides::Entry;
@@ -96,6 +97,12 @@ pub trait TenantStore: Send + Sync {
     async fn audit(&self, limit: usize) -> Result<Vec<String>, StoreError>;
 }
 
+/// Whether a ban in force outlasts one made automatically until `until_ms`, and stays: an
+/// automatic ban never shortens one (an operator's day-long ban, say).
+fn keeps(before: Option<&StoredBan>, until_ms: u64, now_ms: u64) -> bool {
+    before.is_some_and(|b| b.until_ms > now_ms && b.until_ms >= until_ms)
+}
+
 fn field(rule: &str, entry: &Entry) -> String {
     match entry {
         Entry::Ip(ip) => format!("{rule}/ip/{ip}"),
@@ -166,18 +173,21 @@ impl TenantStore for MemoryTenants {
         now_ms: u64,
     ) -> Result<Option<StoredBan>, StoreError> {
         let mut b = lock(&self.bans);
-        b.0 += 1;
         b.1.retain(|f, t| StoredBan::parse(f, t).is_some_and(|ban| ban.until_ms > now_ms));
+        let f = field(rule, entry);
+        let before = b.1.get(&f).and_then(|t| StoredBan::parse(&f, t));
+        if reason == AUTO && keeps(before.as_ref(), until_ms, now_ms) {
+            return Ok(before);
+        }
         let ban = StoredBan {
             rule: rule.to_string(),
             entry: entry.clone(),
             until_ms,
             reason: reason.to_string(),
         };
-        let f = field(rule, entry);
-        Ok(b.1
-            .insert(f.clone(), ban.text())
-            .and_then(|t| StoredBan::parse(&f, &t)))
+        b.0 += 1;
+        b.1.insert(f, ban.text());
+        Ok(before)
     }
 
     async fn delete_ban(&self, rule: &str, entry: &Entry) -> Result<Option<StoredBan>, StoreError> {
@@ -310,14 +320,26 @@ impl TenantStore for RedisTenants {
         self.version(BANS_VERSION_KEY).await
     }
 
+    /// Every ban; ended ones are cleared from the hash on the way.
     async fn bans(&self) -> Result<Vec<StoredBan>, StoreError> {
         let all: HashMap<String, String> = self
             .query(redis::cmd("HGETALL").arg(BANS_KEY).clone())
             .await?;
-        Ok(all
+        let bans: Vec<StoredBan> = all
             .iter()
             .filter_map(|(f, t)| StoredBan::parse(f, t))
-            .collect())
+            .collect();
+        let now = super::bans::now_ms();
+        let ended: Vec<String> = bans
+            .iter()
+            .filter(|b| b.until_ms <= now)
+            .map(|b| field(&b.rule, &b.entry))
+            .collect();
+        if !ended.is_empty() {
+            self.query::<u64>(redis::cmd("HDEL").arg(BANS_KEY).arg(&ended).clone())
+                .await?;
+        }
+        Ok(bans)
     }
 
     async fn put_ban(
@@ -335,9 +357,13 @@ impl TenantStore for RedisTenants {
             reason: reason.to_string(),
         };
         let f = field(rule, entry);
-        let before: Option<String> = self
-            .query(redis::cmd("HGET").arg(BANS_KEY).arg(&f).clone())
-            .await?;
+        let before = self
+            .query::<Option<String>>(redis::cmd("HGET").arg(BANS_KEY).arg(&f).clone())
+            .await?
+            .and_then(|t| StoredBan::parse(&f, &t));
+        if reason == AUTO && keeps(before.as_ref(), until_ms, now_ms) {
+            return Ok(before);
+        }
         self.query::<u64>(
             redis::cmd("HSET")
                 .arg(BANS_KEY)
@@ -346,20 +372,8 @@ impl TenantStore for RedisTenants {
                 .clone(),
         )
         .await?;
-        // Ended bans go as new ones come, so the hash holds about the bans in force.
-        let ended: Vec<String> = self
-            .bans()
-            .await?
-            .into_iter()
-            .filter(|b| b.until_ms <= now_ms)
-            .map(|b| field(&b.rule, &b.entry))
-            .collect();
-        if !ended.is_empty() {
-            self.query::<u64>(redis::cmd("HDEL").arg(BANS_KEY).arg(&ended).clone())
-                .await?;
-        }
         self.changed(BANS_VERSION_KEY).await?;
-        Ok(before.and_then(|t| StoredBan::parse(&f, &t)))
+        Ok(before)
     }
 
     async fn delete_ban(&self, rule: &str, entry: &Entry) -> Result<Option<StoredBan>, StoreError> {

@@ -1,8 +1,9 @@
 //! A calendar quota (contract §15), as pure arithmetic over one key's count: the units
 //! counted in the current period, which ends `window_ms` after the period's first request
 //! (the gateway passes, as `window_ms`, the time left until the period's end in its zone).
-//! From the end on, the count starts afresh. `lua/calendar.lua` is the same, run inside
-//! Redis, where the key expires at the end.
+//! From the end on, the count starts afresh. A record's mark is its period's end (ms), so a
+//! settlement after the boundary leaves the new period alone. `lua/calendar.lua` is the
+//! same, run inside Redis, where the key expires at the end.
 
 use super::{Decision, Quota};
 
@@ -56,13 +57,14 @@ impl Fixed {
         d.count += u64::from(cost);
         d.remaining = d.remaining.saturating_sub(u64::from(cost));
         d.reset_ms = (self.ends_us - now_us).div_ceil(1000);
-        d.mark = 1;
+        d.mark = (self.ends_us / 1000) as i64;
     }
 
-    /// Gives back (or charges) the difference in the period still running.
-    pub fn settle(&mut self, now_us: u64, reserved: u32, actual: u32) -> i64 {
+    /// Gives back (or charges) the difference, in the period the record (`mark`) was made in
+    /// while it runs.
+    pub fn settle(&mut self, now_us: u64, mark: u64, reserved: u32, actual: u32) -> i64 {
         let count = self.live(now_us);
-        if count == 0 {
+        if self.ends_us / 1000 != mark || now_us >= self.ends_us {
             return 0;
         }
         let after = (count + u64::from(actual)).saturating_sub(u64::from(reserved));
@@ -105,5 +107,23 @@ mod tests {
             "a new period"
         );
         assert_eq!(f.count(3_000_000), 0);
+    }
+
+    #[test]
+    fn a_settlement_after_the_boundary_leaves_the_new_period_alone() {
+        let mut f = Fixed::default();
+        let mut d = f.peek(0, q(10, 1000), 5);
+        f.record(0, q(10, 1000), 5, &mut d);
+        let old_period = d.mark as u64;
+        assert_eq!(
+            f.settle(500_000, old_period, 5, 2),
+            3,
+            "in its period: 3 back"
+        );
+        // The next period counts 4; the old record settles at 0 after the boundary.
+        let mut d = f.peek(1_000_000, q(10, 1000), 4);
+        f.record(1_000_000, q(10, 1000), 4, &mut d);
+        assert_eq!(f.settle(1_200_000, old_period, 2, 0), 0);
+        assert_eq!(f.count(1_200_000), 4);
     }
 }

@@ -362,7 +362,7 @@ impl State {
             State::Gcra(s) => s.settle(now_us, quota, reserved, actual),
             State::Window(s) => s.settle(now_us / 1000, quota, mark, reserved, actual),
             State::Slots(s) => s.settle(now_us / 1000, quota, mark, actual),
-            State::Fixed(s) => s.settle(now_us, reserved, actual),
+            State::Fixed(s) => s.settle(now_us, mark, reserved, actual),
         }
     }
 
