@@ -56,6 +56,8 @@ pub struct Entry<'a> {
     /// exempt CORS preflight), or `rejected` (bad framing, answered before any limit).
     pub decision: &'a str,
     pub upstream: Option<&'a str>,
+    /// The route that took the request (contract §18); none: `[proxy] upstreams`.
+    pub route: Option<&'a str>,
     /// The status the upstream answered, when one did.
     pub upstream_status: Option<u16>,
     /// From the upstream connection being ready to the end of the response.
@@ -304,7 +306,7 @@ fn log_write_error(e: &std::io::Error) {
 /// `time client "METHOD path" status rule=.. decision=.. upstream=.. duration_ms=.. bytes=..`,
 /// then (after the fields of contract §10, so readers of those keep working) `host=..
 /// protocol=.. tls=.. upstream_status=.. upstream_ms=.. request_bytes=.. request_id=..
-/// trace_id=.. user_agent=".."`.
+/// trace_id=.. route=.. user_agent=".."`.
 fn text(e: &Entry, out: &mut Vec<u8>) -> std::io::Result<()> {
     write!(out, "{} ", humantime::format_rfc3339_millis(e.time))?;
     match e.client {
@@ -343,6 +345,7 @@ fn text(e: &Entry, out: &mut Vec<u8>) -> std::io::Result<()> {
     write!(out, " request_bytes={} request_id=", e.request_bytes)?;
     escape(e.request_id.unwrap_or("-"), true, out);
     write!(out, " trace_id={}", e.trace_id.unwrap_or("-"))?;
+    write!(out, " route={}", e.route.unwrap_or("-"))?;
     match e.user_agent {
         Some(ua) => {
             out.extend_from_slice(b" user_agent=\"");
@@ -394,6 +397,7 @@ mod tests {
             upstream: None,
             upstream_status: None,
             upstream_ms: None,
+            route: None,
             duration_ms: 273.11658900000003,
             request_bytes: 0,
             bytes: 87,
@@ -412,7 +416,7 @@ mod tests {
             "2023-11-14T22:13:20.123Z 10.0.0.1 \"GET /a\\x20b\\x22c\\x0a\" 429 rule=login \
              decision=blocked upstream=- duration_ms=273.117 bytes=87 host=api.example.com \
              protocol=HTTP/1.1 tls=false upstream_status=- upstream_ms=- request_bytes=0 \
-             request_id=4f1c trace_id=- user_agent=\"curl/8.5\x20\\x22x\\x22\""
+             request_id=4f1c trace_id=- route=- user_agent=\"curl/8.5\x20\\x22x\\x22\""
         );
     }
 

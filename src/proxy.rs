@@ -68,6 +68,8 @@ pub struct RequestCtx {
     unlimited_by: Option<&'static str>,
     /// The client as the limits see it (for the upstream's `X-Real-IP` and the access log).
     client: Option<IpAddr>,
+    /// The route it takes (its index in the config in force); `None`: `[proxy]`'s upstreams.
+    route: Option<usize>,
     /// Upstreams this request failed to connect to, skipped when it is tried again.
     tried: Vec<SocketAddr>,
     /// The upstream it went to (its address and configured name), and when the connection
@@ -147,6 +149,16 @@ impl Gateway {
         let admitted = request::admit(req, &policy)?;
         ctx.target = admitted.target;
         ctx.forward_host = admitted.forward_host.map(str::to_string);
+        let view = RequestView {
+            peer: Self::peer_ip(session),
+            method: &req.method,
+            host: admitted.host,
+            path: &admitted.path,
+            query: admitted.query,
+            headers: &req.headers,
+        };
+        // Routes apply whatever the limits say (contract §18).
+        ctx.route = live.route(&view);
         if !live.config.limits.enabled {
             return Ok(None);
         }
@@ -154,14 +166,7 @@ impl Gateway {
             ctx.decision = "preflight";
             return Ok(None);
         }
-        Ok(Some(live.rules.select(&RequestView {
-            peer: Self::peer_ip(session),
-            method: &req.method,
-            host: admitted.host,
-            path: &admitted.path,
-            query: admitted.query,
-            headers: &req.headers,
-        })))
+        Ok(Some(live.rules.select(&view)))
     }
 
     /// Decides the request, answering it when it may not go on.
@@ -305,7 +310,9 @@ impl Gateway {
 
     /// The upstream at `addr`, by its configured name.
     fn upstream_name(ctx: &RequestCtx, addr: &SocketAddr) -> Option<Arc<str>> {
-        ctx.live.as_ref().and_then(|live| live.pool.name_of(addr))
+        ctx.live
+            .as_ref()
+            .and_then(|live| live.pool_of(ctx.route).name_of(addr))
     }
 
     fn limit_headers(ctx: &RequestCtx) -> Vec<(&'static str, String)> {
@@ -425,6 +432,7 @@ impl ProxyHttp for Gateway {
             decision: "off",
             unlimited_by: None,
             client: None,
+            route: None,
             tried: Vec::new(),
             upstream: None,
             upstream_status: None,
@@ -492,7 +500,7 @@ impl ProxyHttp for Gateway {
         let Some(live) = &ctx.live else {
             return Error::e_explain(ErrorType::ConnectNoRoute, "no config");
         };
-        match live.pool.select(&ctx.tried) {
+        match live.pool_of(ctx.route).select(&ctx.tried) {
             Some(peer) => Ok(peer),
             // Answered 502, as nginx does when no upstream is live.
             None => Err(Error::explain(
@@ -529,8 +537,8 @@ impl ProxyHttp for Gateway {
         };
         // Nothing was sent: another upstream, if one is left, may take the request.
         if let Some(live) = &ctx.live {
-            let retry = ctx.tried.len() <= live.config.proxy.retries
-                && live.pool.select(&ctx.tried).is_some();
+            let retry = ctx.tried.len() <= live.retries_of(ctx.route)
+                && live.pool_of(ctx.route).select(&ctx.tried).is_some();
             e.set_retry(retry);
         }
         if let Some(name) = &name {
@@ -796,6 +804,10 @@ impl ProxyHttp for Gateway {
             rule,
             decision: ctx.decision,
             upstream,
+            route: ctx
+                .route
+                .and_then(|i| ctx.live.as_ref()?.routes.get(i))
+                .map(|r| r.name),
             upstream_status: ctx.upstream_status,
             upstream_ms,
             duration_ms: access_log::millis(took),

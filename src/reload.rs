@@ -143,9 +143,9 @@ impl Reloader {
             _ => None,
         };
         let live = Live::new(config).map_err(failed)?;
-        // A new pool starts with every upstream taken as healthy: check them first, so an
-        // upstream known to be down gets no requests across the reload.
-        live.pool.check_health().await;
+        // A new pool starts with every upstream taken as healthy: check them (every route's
+        // too) first, so an upstream known to be down gets no requests across the reload.
+        futures_util::future::join_all(live.pools().map(|p| p.check_health())).await;
         if let (Some(cert), Some(key)) = (&self.cert, fresh) {
             cert.replace(key);
         }

@@ -148,7 +148,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
     (
         "unknown_section",
         &[
-            r#"1:2: unknown section [proxies]; expected one of: server, proxy, admin, node, redis, limits, jwt, privacy, headers, response, metrics, log, rules"#,
+            r#"1:2: unknown section [proxies]; expected one of: server, proxy, admin, node, redis, limits, jwt, privacy, headers, response, metrics, log, rules, routes"#,
         ],
     ),
     (
@@ -335,6 +335,19 @@ const EXPECTED: &[(&str, &[&str])] = &[
             r#"19:14: [[rules]] #3 anchor_day: expected an integer 1..=31 (the month's billing day), found integer 32"#,
             r#"25:8: [[rules]] #4 sync: a calendar quota is exact (a lease would outlive the period's end); remove sync or period"#,
             r#"30:12: [[rules]] #5 timezone: applies only to a calendar quota (period = "day", "week" or "month")"#,
+        ],
+    ),
+    (
+        "routes",
+        &[
+            r#"1:1: [[routes]] #1: upstreams is required (the route's own pool)"#,
+            r#"6:8: [[routes]] #2 name: "api" is already the name of route #1"#,
+            r#"7:15: [[routes]] #2 path_prefix: expected a path starting with "/", found "api""#,
+            r#"8:14: [[routes]] #2 upstreams: expected "host:port", "http://host[:port]" or "https://host[:port]" (port 1..=65535), found "ftp://x""#,
+            r#"9:19: [[routes]] #2 read_timeout_ms: expected an integer 1..=3600000 (ms), found integer 0"#,
+            r#"10:1: unknown key `buffering` in [[routes]] #2; expected one of: name, methods, path, path_prefix, path_regex, path_ignore_case, host, upstreams, connect_timeout_ms, read_timeout_ms, write_timeout_ms, retries, health_check"#,
+            r#"13:8: [[routes]] #3 name: expected 1 to 64 characters of a-z, 0-9, _ and -, found "Bad Name""#,
+            r#"14:13: [[routes]] #3 upstreams: expected at least one "host:port" or "https://host:port""#,
         ],
     ),
     (

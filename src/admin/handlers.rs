@@ -281,11 +281,9 @@ impl Listing {
 }
 
 /// One rule as `/api/limits` lists it.
-/// A rule as `/api/limits` shows it; override values of private keys digested unless
-/// `clear` (contract §17).
-fn rule_json(rule: &Rule, clear: bool) -> Value {
+/// A rule's or a route's match conditions, as `/api/limits` shows them.
+fn matcher_json(m: &crate::rules::Matcher) -> Map<String, Value> {
     let mut matcher = Map::new();
-    let m = &rule.matcher;
     if !m.methods.is_empty() {
         let methods: Vec<&str> = m.methods.iter().map(|m| m.as_str()).collect();
         matcher.insert("methods".into(), json!(methods));
@@ -300,6 +298,35 @@ fn rule_json(rule: &Rule, clear: bool) -> Value {
     if let Some(host) = &m.host {
         matcher.insert("host".into(), json!(host.as_str()));
     }
+    matcher
+}
+
+/// A route as `/api/limits` shows it (contract §18).
+fn route_json(route: &crate::config::RouteConfig) -> Value {
+    let upstreams: Vec<String> = route
+        .upstreams
+        .iter()
+        .map(|u| match u.tls {
+            true => format!("https://{}", u.name),
+            false => u.name.clone(),
+        })
+        .collect();
+    json!({
+        "name": route.name,
+        "match": matcher_json(&route.matcher),
+        "upstreams": upstreams,
+        "connect_timeout_ms": route.timeouts.connect.as_millis() as u64,
+        "read_timeout_ms": route.timeouts.read.as_millis() as u64,
+        "write_timeout_ms": route.timeouts.write.as_millis() as u64,
+        "retries": route.retries,
+        "health_check": route.health_check.is_some(),
+    })
+}
+
+/// A rule as `/api/limits` shows it; override values of private keys digested unless
+/// `clear` (contract §17).
+fn rule_json(rule: &Rule, clear: bool) -> Value {
+    let matcher = matcher_json(&rule.matcher);
     let overrides: Map<String, Value> = rule
         .overrides
         .shown(rule.key.parts(), clear)
@@ -625,6 +652,7 @@ impl AdminApp {
                 "headers": config.headers.style.name(),
                 "config_loaded_at": iso8601(live.loaded_at),
                 "rules": rules,
+                "routes": config.routes.iter().map(route_json).collect::<Vec<_>>(),
             })),
         )
     }

@@ -23,6 +23,7 @@ mod proxy;
 mod reader;
 mod redis;
 mod response;
+mod routes;
 mod rules;
 mod validate;
 mod wait;
@@ -34,6 +35,7 @@ use std::time::Duration;
 pub use error::{ConfigError, ConfigErrors, Origin};
 use ipnet::IpNet;
 pub use keys::override_entry;
+pub use routes::RouteConfig;
 pub use validate::MAX_SOCKET_PATH;
 
 use crate::headers::HeaderStyle;
@@ -61,6 +63,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// The named rules (`[[rules]]`), in file order.
     pub rules: Vec<Rule>,
+    /// The routes (`[[routes]]`), in file order: the first that matches a request takes it.
+    pub routes: Vec<RouteConfig>,
     /// Verifies bearer tokens for `jwt:` key parts (`[jwt]`, its key file read).
     pub jwt: Option<std::sync::Arc<Verifier>>,
     pub privacy: PrivacyConfig,

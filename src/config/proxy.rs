@@ -237,7 +237,7 @@ fn tls_listener(s: &Section, errors: &mut Collector) -> Result<Option<TlsListene
 
 /// The upstreams, each resolved now (a name that does not resolve is an error here, as in
 /// nginx); `None` when one is bad.
-fn upstreams(s: &Section, errors: &mut Collector) -> Option<Vec<Upstream>> {
+pub(super) fn upstreams(s: &Section, errors: &mut Collector) -> Option<Vec<Upstream>> {
     let Some(list) = s.strings("upstreams", errors) else {
         if s.has("upstreams") {
             return None;
@@ -329,7 +329,7 @@ fn bracketed(host: &str) -> String {
     }
 }
 
-fn health(h: &Section, errors: &mut Collector) -> HealthCheck {
+pub(super) fn health(h: &Section, errors: &mut Collector) -> HealthCheck {
     let interval = h
         .integer(
             "interval_ms",

@@ -200,7 +200,8 @@ fn name(
     Some(value)
 }
 
-fn matcher(s: &Section, errors: &mut Collector) -> Option<Matcher> {
+/// The match conditions of a `[[rules]]` or `[[routes]]` table.
+pub(super) fn matcher(s: &Section, errors: &mut Collector) -> Option<Matcher> {
     let mut ok = true;
     let mut methods = Vec::new();
     for At { value, span } in s.strings("methods", errors).unwrap_or_default() {

@@ -23,7 +23,7 @@ const SECTIONS: &[&str] = &[
     "metrics", "log",
 ];
 /// The sections written `[[name]]`.
-const ARRAYS: &[&str] = &["rules"];
+const ARRAYS: &[&str] = &["rules", "routes"];
 
 pub(super) fn build(path: &str, source: &str, env: Env) -> Result<Config, ConfigErrors> {
     let mut errors = Collector::new(path, source);
@@ -115,6 +115,7 @@ pub(super) fn build(path: &str, source: &str, env: Env) -> Result<Config, Config
         },
     };
     let rules = super::rules::read(&root, &rule_defaults, &mut errors);
+    let routes = super::routes::read(&root, proxy.as_ref(), &mut errors);
     let jwt = super::keys::jwt(
         &root.section("jwt", super::keys::JWT_KEYS, &mut errors),
         root.span("jwt"),
@@ -151,6 +152,7 @@ pub(super) fn build(path: &str, source: &str, env: Env) -> Result<Config, Config
                 redis,
                 limits,
                 rules,
+                routes,
                 jwt: jwt.flatten(),
                 privacy,
                 headers,

@@ -54,19 +54,36 @@ pub struct Pool {
     names: Vec<String>,
 }
 
+/// The CA `https://` upstreams are checked against (else the system's roots), read once per
+/// config for every pool.
+pub type UpstreamCa = Option<Arc<[WrappedX509]>>;
+
 impl Pool {
-    pub fn new(config: &ProxyConfig) -> Result<Pool, String> {
+    /// `[proxy]`'s pool, and the CA every pool of the config uses.
+    pub fn new(config: &ProxyConfig) -> Result<(Pool, UpstreamCa), String> {
         let ca = match &config.upstream_tls_ca_file {
             Some(path) => Some(crate::tls::upstream_ca(path)?),
             None => None,
         };
-        let mut backends = Backends::new(Box::new(Names::new(&config.upstreams)));
-        if let Some(health) = &config.health_check {
-            backends.set_health_check(Box::new(Checks::new(
-                &config.upstreams,
-                health,
-                ca.clone(),
-            )?));
+        let pool = Pool::of(
+            &config.upstreams,
+            ca.clone(),
+            config.timeouts,
+            config.health_check.as_ref(),
+        )?;
+        Ok((pool, ca))
+    }
+
+    /// A pool of these upstreams.
+    pub fn of(
+        upstreams: &[Upstream],
+        ca: UpstreamCa,
+        timeouts: UpstreamTimeouts,
+        health: Option<&HealthConfig>,
+    ) -> Result<Pool, String> {
+        let mut backends = Backends::new(Box::new(Names::new(upstreams)));
+        if let Some(health) = health {
+            backends.set_health_check(Box::new(Checks::new(upstreams, health, ca.clone())?));
         }
         let lb = LoadBalancer::<RoundRobin>::from_backends(backends);
         // The first discovery uses the addresses resolved when the config loaded: it does
@@ -79,13 +96,12 @@ impl Pool {
         Ok(Pool {
             lb,
             ca,
-            timeouts: config.timeouts,
-            health: config.health_check.clone(),
-            has_names: config
-                .upstreams
+            timeouts,
+            health: health.cloned(),
+            has_names: upstreams
                 .iter()
                 .any(|u| u.host.parse::<std::net::IpAddr>().is_err()),
-            names: config.upstreams.iter().map(|u| u.name.clone()).collect(),
+            names: upstreams.iter().map(|u| u.name.clone()).collect(),
         })
     }
 

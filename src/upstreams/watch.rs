@@ -1,5 +1,6 @@
-//! The pool in force, kept up to date: its health checks and the re-resolution of its names
-//! on their schedules, started afresh when a reload brings a new pool.
+//! The pools in force (`[proxy]`'s and each route's), kept up to date: their health checks
+//! and the re-resolution of their names on their schedules, started afresh when a reload
+//! brings new pools.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,39 +24,51 @@ pub struct Watch {
 impl BackgroundService for Watch {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut current: Option<Arc<Live>> = None;
-        let mut next_check = Instant::now();
+        // Per pool of the config in force (`[proxy]`'s, then each route's): when its checks
+        // and its names are due.
+        let mut next_check: Vec<Instant> = Vec::new();
         let mut next_resolve = Instant::now() + RESOLVE_EVERY;
         loop {
             let live = self.live.load();
             if current.as_ref().is_none_or(|c| !Arc::ptr_eq(c, &live)) {
-                // A new pool: check it at once.
-                next_check = Instant::now();
+                // New pools: check them at once.
+                next_check = live.pools().map(|_| Instant::now()).collect();
                 next_resolve = Instant::now() + RESOLVE_EVERY;
                 current = Some(live.clone());
-                self.metrics.upstreams.set_upstreams(live.pool.health());
+                self.metrics.upstreams.set_upstreams(health(&live));
             }
-            let pool = &live.pool;
             let now = Instant::now();
-            if let Some(health) = &pool.health {
-                if now >= next_check {
-                    pool.check_health().await;
-                    next_check = Instant::now() + health.interval;
-                    self.metrics.upstreams.set_health(pool.health());
+            let mut checked = false;
+            for (pool, next) in live.pools().zip(next_check.iter_mut()) {
+                if let Some(health) = &pool.health {
+                    if now >= *next {
+                        pool.check_health().await;
+                        *next = Instant::now() + health.interval;
+                        checked = true;
+                    }
                 }
             }
-            if pool.has_names && now >= next_resolve {
-                pool.resolve_again().await;
+            let has_names = live.pools().any(|p| p.has_names);
+            if has_names && now >= next_resolve {
+                for pool in live.pools().filter(|p| p.has_names) {
+                    pool.resolve_again().await;
+                }
                 // A name may resolve now that did not, or to other addresses.
-                self.metrics.upstreams.set_health(pool.health());
+                checked = true;
                 next_resolve = Instant::now() + RESOLVE_EVERY;
             }
-            // Look again at least every 250 ms, so a reload's new pool is checked promptly.
+            if checked {
+                self.metrics.upstreams.set_health(health(&live));
+            }
+            // Look again at least every 250 ms, so a reload's new pools are checked promptly.
             let mut wake = Instant::now() + Duration::from_millis(250);
-            if pool.has_names {
+            if has_names {
                 wake = wake.min(next_resolve);
             }
-            if pool.health.is_some() {
-                wake = wake.min(next_check);
+            for (pool, next) in live.pools().zip(&next_check) {
+                if pool.health.is_some() {
+                    wake = wake.min(*next);
+                }
             }
             let sleep = wake.saturating_duration_since(Instant::now());
             tokio::select! {
@@ -64,4 +77,17 @@ impl BackgroundService for Watch {
             }
         }
     }
+}
+
+/// Every upstream of the config in force and whether it gets requests (one named in several
+/// pools counts as healthy when any of its pools finds it so).
+fn health(live: &Live) -> Vec<(&str, bool)> {
+    let mut out: Vec<(&str, bool)> = Vec::new();
+    for (name, healthy) in live.pools().flat_map(|p| p.health()) {
+        match out.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, h)) => *h |= healthy,
+            None => out.push((name, healthy)),
+        }
+    }
+    out
 }

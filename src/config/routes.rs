@@ -1,0 +1,140 @@
+//! `[[routes]]` (contract §18): requests that match a route's conditions (as a rule's:
+//! methods, path, host) go to its own upstreams, with its own timeouts, retries and health
+//! check; the first route in file order that matches takes a request, and a request no route
+//! matches goes to `[proxy] upstreams`. Each mistake is reported where it is written.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::error::Collector;
+use super::reader::Section;
+use super::{HealthCheck, ProxyConfig, Upstream, UpstreamTimeouts};
+use crate::rules::{valid_name, Matcher, MAX_NAME_LEN};
+
+const KEYS: &[&str] = &[
+    "name",
+    "methods",
+    "path",
+    "path_prefix",
+    "path_regex",
+    "path_ignore_case",
+    "host",
+    "upstreams",
+    "connect_timeout_ms",
+    "read_timeout_ms",
+    "write_timeout_ms",
+    "retries",
+    "health_check",
+];
+
+/// One route, validated.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    pub matcher: Matcher,
+    pub upstreams: Vec<Upstream>,
+    pub timeouts: UpstreamTimeouts,
+    pub retries: usize,
+    pub health_check: Option<HealthCheck>,
+}
+
+/// Every `[[routes]]` table; a route's timeouts, retries and health check default to
+/// `[proxy]`'s (`proxy`: `None` when `[proxy]` is wrong, reported there).
+pub(super) fn read(
+    root: &Section,
+    proxy: Option<&ProxyConfig>,
+    errors: &mut Collector,
+) -> Vec<RouteConfig> {
+    let mut out = Vec::new();
+    let mut names: HashMap<String, usize> = HashMap::new();
+    for (index, (s, at)) in root.tables("routes", KEYS, errors).into_iter().enumerate() {
+        let name = match s.string("name", errors) {
+            None => {
+                if !s.has("name") {
+                    errors.at(at.clone(), format!("{}: name is required", s.name));
+                }
+                None
+            }
+            Some(n) if !valid_name(&n.value) => {
+                errors.at(
+                    n.span,
+                    format!(
+                        "{} name: expected 1 to {MAX_NAME_LEN} characters of a-z, 0-9, _ and -, found {:?}",
+                        s.name, n.value
+                    ),
+                );
+                None
+            }
+            Some(n) => match names.get(&n.value) {
+                Some(first) => {
+                    errors.at(
+                        n.span,
+                        format!(
+                            "{} name: {:?} is already the name of route #{first}",
+                            s.name, n.value
+                        ),
+                    );
+                    None
+                }
+                None => {
+                    names.insert(n.value.clone(), index + 1);
+                    Some(n.value)
+                }
+            },
+        };
+        let matcher = super::rules::matcher(&s, errors);
+        if !s.has("upstreams") {
+            errors.at(
+                at.clone(),
+                format!("{}: upstreams is required (the route's own pool)", s.name),
+            );
+        }
+        let upstreams = super::proxy::upstreams(&s, errors);
+        if upstreams.as_ref().is_some_and(Vec::is_empty) {
+            errors.at(
+                s.span_of("upstreams"),
+                format!(
+                    "{} upstreams: expected at least one \"host:port\" or \"https://host:port\"",
+                    s.name
+                ),
+            );
+        }
+        let ms = |key: &str, default: Duration, errors: &mut Collector| {
+            s.integer(key, 1, 3_600_000, "an integer 1..=3600000 (ms)", errors)
+                .map_or(default, |v| Duration::from_millis(v.value as u64))
+        };
+        let base = proxy.map(|p| p.timeouts);
+        let timeouts = base.map(|b| UpstreamTimeouts {
+            connect: ms("connect_timeout_ms", b.connect, errors),
+            read: ms("read_timeout_ms", b.read, errors),
+            write: ms("write_timeout_ms", b.write, errors),
+        });
+        let retries = s
+            .integer("retries", 0, 10, "an integer 0..=10", errors)
+            .map(|v| v.value as usize);
+        let health_check = match s.table(
+            "health_check",
+            &["interval_ms", "path", "timeout_ms"],
+            errors,
+        ) {
+            Some(h) => Some(Some(super::proxy::health(&h, errors))),
+            None => proxy.map(|p| p.health_check.clone()),
+        };
+        if let (Some(name), Some(matcher), Some(upstreams), Some(timeouts), Some(health_check)) =
+            (name, matcher, upstreams, timeouts, health_check)
+        {
+            if upstreams.is_empty() || !s.has("upstreams") {
+                continue;
+            }
+            out.push(RouteConfig {
+                name,
+                matcher,
+                upstreams,
+                timeouts,
+                retries: retries.or(proxy.map(|p| p.retries)).unwrap_or(1),
+                health_check,
+            });
+        }
+    }
+    out
+}
