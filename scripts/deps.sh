@@ -49,6 +49,8 @@ if [ "${1:-test}" = test ]; then
   fi
   { [ -x target/tools/bin/st ] || command -v st >/dev/null 2>&1; } || target/tools/bin/pip install --quiet schemathesis
   target/tools/bin/python -c 'import flask' 2>/dev/null || target/tools/bin/pip install --quiet 'flask>=3,<4'
+  # grpcio: a real gRPC client for the gRPC-native answers (tests/grpc/call.py).
+  target/tools/bin/python -c 'import grpc' 2>/dev/null || target/tools/bin/pip install --quiet 'grpcio>=1.60'
   # Express 4 on node is the other framework upstream (tests/frameworks/express_app.js).
   if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     $sudo apt-get update -qq

@@ -30,6 +30,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod forwarding;
+pub mod grpc;
 pub mod headers;
 pub mod key;
 pub mod lifecycle;

@@ -23,6 +23,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use crate::access_log::{self, AccessLog, Entry};
 use crate::config::Preflight;
 use crate::forwarding;
+use crate::grpc;
 use crate::headers::{insert_limit_headers, limit_headers};
 use crate::key::{canonical, client_ip};
 use crate::limiter::slots::Slots;
@@ -348,9 +349,11 @@ async fn respond(
 ) -> Result<()> {
     discard_request_body(session).await;
     let own = ctx.live.as_ref().map(|l| &l.config.response);
+    // A gRPC call gets its answer the gRPC way: 200, trailers only, a grpc-status.
+    let grpc = status >= 400 && grpc::is_grpc(&session.req_header().headers);
     let mut resp = ResponseHeader::build(
-        status,
-        Some(headers.len() + 4 + own.map_or(0, |o| o.headers.len() + 1)),
+        if grpc { 200 } else { status },
+        Some(headers.len() + 6 + own.map_or(0, |o| o.headers.len() + 1)),
     )?;
     for (name, value) in headers {
         resp.insert_header(*name, value.as_str())?;
@@ -358,12 +361,33 @@ async fn respond(
     if let Some(id) = &ctx.request_id {
         resp.insert_header(X_REQUEST_ID, id)?;
     }
-    resp.insert_header("Content-Type", content_type)?;
-    resp.insert_header("Content-Length", body.len().to_string())?;
+    if grpc {
+        resp.insert_header("Content-Type", "application/grpc")?;
+        if let Some(own) = own {
+            add_own_headers(&mut resp, own)?;
+        }
+        // The status goes in the trailers, where a gRPC client reads it.
+        let mut trailers = http::HeaderMap::new();
+        let code = grpc::status_of(status).to_string();
+        let message = grpc::message(&grpc_message(&body));
+        for (name, value) in [("grpc-status", code), ("grpc-message", message)] {
+            if let Ok(v) = http::HeaderValue::from_str(&value) {
+                trailers.insert(name, v);
+            }
+        }
+        session.write_response_header(Box::new(resp), false).await?;
+        return session
+            .as_downstream_mut()
+            .write_response_trailers(trailers)
+            .await;
+    } else {
+        resp.insert_header("Content-Type", content_type)?;
+        resp.insert_header("Content-Length", body.len().to_string())?;
+    }
     if let Some(own) = own {
         add_own_headers(&mut resp, own)?;
     }
-    let no_body = body.is_empty() || session.req_header().method == Method::HEAD;
+    let no_body = grpc || body.is_empty() || session.req_header().method == Method::HEAD;
     session
         .write_response_header(Box::new(resp), no_body)
         .await?;
@@ -371,6 +395,28 @@ async fn respond(
         session.write_response_body(Some(body), true).await?;
     }
     Ok(())
+}
+
+/// What a gRPC client is told of one of the gateway's own answers (its JSON body): the rule
+/// that refused or banned it, or the error.
+fn grpc_message(body: &[u8]) -> String {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    match (
+        v["rule"].as_str(),
+        v["banned"].as_bool(),
+        v["error"].as_str(),
+    ) {
+        (Some(rule), Some(true), _) => format!(
+            "banned by rule {rule}; retry after {} s",
+            v["retry_after_seconds"]
+        ),
+        (Some(rule), _, _) => format!(
+            "rate limited by rule {rule}; retry after {} s",
+            v["retry_after_seconds"]
+        ),
+        (_, _, Some(error)) => error.to_string(),
+        _ => "refused by the gateway".to_string(),
+    }
 }
 
 /// Largest request body read and dropped so that a connection answered by the gateway itself
@@ -400,7 +446,13 @@ async fn discard_request_body(session: &mut Session) {
         return;
     }
     let declared = crate::response::declared_length(&downstream.req_header().headers);
+    // A gRPC call's body (a few framed messages, with no declared length) is read too, so
+    // its stream ends cleanly rather than being reset.
+    let small_grpc = downstream.is_http2() && grpc::is_grpc(&downstream.req_header().headers);
     let drained = match declared {
+        _ if small_grpc => tokio::time::timeout(DISCARD_BODY_TIME, downstream.drain_request_body())
+            .await
+            .is_ok_and(|r| r.is_ok()),
         Some(n) if n <= DISCARD_BODY_MAX => {
             tokio::time::timeout(DISCARD_BODY_TIME, downstream.drain_request_body())
                 .await

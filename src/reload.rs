@@ -217,6 +217,7 @@ pub fn keep_restart_only(running: &Config, new: &mut Config) -> Vec<&'static str
     keep!("proxy.max_header_bytes", proxy.clients.max_header_bytes);
     keep!("proxy.header_timeout_ms", proxy.clients.header_timeout);
     keep!("proxy.max_connections", proxy.clients.max_connections);
+    keep!("proxy.h2c", proxy.h2c);
     keep!("admin.listen", admin.listen);
     keep!("node.id", node.id);
     keep!("redis", redis);

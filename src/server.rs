@@ -231,6 +231,8 @@ pub fn run(config: Config, start: Start) -> Result<(), String> {
     let mut proxy = http_proxy_service(&server.configuration, gateway);
     if let Some(app) = proxy.app_logic_mut() {
         let mut options = client_options(&clients);
+        // Cleartext HTTP/2 beside HTTP/1 on the plain listener (the preface tells them apart).
+        options.h2c = config.proxy.h2c;
         options.error_response_filter = Some(crate::proxy::error_response_filter(
             shared.live.clone(),
             shared.metrics.clone(),

@@ -120,6 +120,9 @@ pub struct ProxyConfig {
     pub clients: ClientLimits,
     /// The largest request body, in bytes; a larger one gets 413. 0: any size.
     pub max_body_bytes: u64,
+    /// Cleartext HTTP/2 (prior knowledge) on the plain listener, beside HTTP/1 (contract
+    /// §18): for gRPC clients without TLS.
+    pub h2c: bool,
 }
 
 /// Bounds on client connections, applied where connections are accepted and their request

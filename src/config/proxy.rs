@@ -35,6 +35,7 @@ pub(super) const KEYS: &[&str] = &[
     "header_timeout_ms",
     "max_connections",
     "max_body_bytes",
+    "h2c",
 ];
 
 /// The upstream when none is written.
@@ -186,6 +187,7 @@ pub(super) fn read(s: &Section, errors: &mut Collector) -> Option<ProxyConfig> {
                 errors,
             )
             .map_or(0, |v| v.value as u64),
+        h2c: s.boolean("h2c", errors).is_some_and(|v| v.value),
     })
 }
 
