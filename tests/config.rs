@@ -123,7 +123,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
     (
         "unknown_key",
         &[
-            r#"3:1: unknown key `listne` in [proxy]; expected one of: listen, tls_listen, tls_cert_file, tls_key_file, upstreams, upstream_tls_ca_file, connect_timeout_ms, read_timeout_ms, write_timeout_ms, keepalive_timeout_seconds, retries, health_check, direct_response, escaped_slashes, path_parameters, allowed_hosts, max_header_bytes, header_timeout_ms, max_connections, max_body_bytes"#,
+            r#"3:1: unknown key `listne` in [proxy]; expected one of: listen, tls_listen, tls_cert_file, tls_key_file, upstreams, upstream_tls_ca_file, connect_timeout_ms, read_timeout_ms, write_timeout_ms, keepalive_timeout_seconds, retries, health_check, direct_response, escaped_slashes, path_parameters, allowed_hosts, max_header_bytes, header_timeout_ms, max_connections, max_body_bytes, h2c"#,
         ],
     ),
     (

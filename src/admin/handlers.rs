@@ -306,9 +306,10 @@ fn route_json(route: &crate::config::RouteConfig) -> Value {
     let upstreams: Vec<String> = route
         .upstreams
         .iter()
-        .map(|u| match u.tls {
-            true => format!("https://{}", u.name),
-            false => u.name.clone(),
+        .map(|u| match (u.tls, u.h2) {
+            (true, _) => format!("https://{}", u.name),
+            (_, true) => format!("h2://{}", u.name),
+            _ => u.name.clone(),
         })
         .collect();
     json!({

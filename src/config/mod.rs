@@ -147,16 +147,19 @@ pub struct TlsListener {
     pub key_file: PathBuf,
 }
 
-/// One upstream server, as written: `host:port`, `http://host[:port]` or
-/// `https://host[:port]`.
+/// One upstream server, as written: `host:port`, `http://host[:port]`, `https://host[:port]`
+/// or `h2://host:port`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
     /// `host:port`, without the scheme.
     pub name: String,
     pub host: String,
     pub port: u16,
-    /// TLS to the upstream, verified, with the host name as SNI.
+    /// TLS to the upstream, verified, with the host name as SNI; HTTP/2 or HTTP/1.1 by
+    /// ALPN.
     pub tls: bool,
+    /// `h2://`: cleartext HTTP/2 with prior knowledge (a gRPC service, say).
+    pub h2: bool,
     /// The addresses the host resolved to when the config loaded (names are resolved again
     /// while the gateway runs).
     pub addrs: Vec<SocketAddr>,

@@ -262,14 +262,16 @@ pub(super) fn upstreams(s: &Section, errors: &mut Collector) -> Option<Vec<Upstr
 
 /// `host:port`, `http://host[:port]` or `https://host[:port]`, resolved.
 pub fn parse_upstream(written: &str) -> Result<Upstream, String> {
-    let (tls, rest, default_port) = if let Some(rest) = written.strip_prefix("https://") {
-        (true, rest, Some(443))
+    let (tls, h2, rest, default_port) = if let Some(rest) = written.strip_prefix("https://") {
+        (true, false, rest, Some(443))
     } else if let Some(rest) = written.strip_prefix("http://") {
-        (false, rest, Some(80))
+        (false, false, rest, Some(80))
+    } else if let Some(rest) = written.strip_prefix("h2://") {
+        (false, true, rest, None)
     } else if written.contains("://") {
         return Err(shape(written));
     } else {
-        (false, written, None)
+        (false, false, written, None)
     };
     let hostport = rest.strip_suffix('/').unwrap_or(rest);
     if hostport.contains('/') || hostport.contains('?') {
@@ -290,13 +292,14 @@ pub fn parse_upstream(written: &str) -> Result<Upstream, String> {
         host,
         port,
         tls,
+        h2,
         addrs,
     })
 }
 
 fn shape(written: &str) -> String {
     format!(
-        "expected \"host:port\", \"http://host[:port]\" or \"https://host[:port]\" (port 1..=65535), found {written:?}"
+        "expected \"host:port\", \"http://host[:port]\", \"https://host[:port]\" or \"h2://host:port\" (port 1..=65535), found {written:?}"
     )
 }
 

@@ -40,6 +40,23 @@ struct Target {
     name: Arc<str>,
     host: String,
     tls: bool,
+    /// Cleartext HTTP/2 with prior knowledge (`h2://`).
+    h2: bool,
+}
+
+/// Streams one HTTP/2 connection to an upstream carries at once.
+const H2_STREAMS: usize = 100;
+
+/// How a peer's protocol is chosen: `h2://` speaks HTTP/2 from the start; `https://` offers
+/// h2 and HTTP/1.1 by ALPN; anything else speaks HTTP/1.1.
+fn protocol(options: &mut pingora::upstreams::peer::PeerOptions, tls: bool, h2: bool) {
+    use pingora::protocols::ALPN;
+    options.alpn = match (tls, h2) {
+        (_, true) => ALPN::H2,
+        (true, false) => ALPN::H2H1,
+        (false, false) => ALPN::H1,
+    };
+    options.max_h2_streams = H2_STREAMS;
 }
 
 /// The upstreams of one config.
@@ -118,6 +135,7 @@ impl Pool {
             String::new()
         };
         let mut peer = HttpPeer::new(addr, target.tls, sni);
+        protocol(&mut peer.options, target.tls, target.h2);
         peer.options.connection_timeout = Some(self.timeouts.connect);
         peer.options.read_timeout = Some(self.timeouts.read);
         peer.options.write_timeout = Some(self.timeouts.write);
@@ -203,6 +221,7 @@ impl Names {
                     name: Arc::from(u.name.as_str()),
                     host: u.host.clone(),
                     tls: u.tls,
+                    h2: u.h2,
                 });
                 // The first upstream naming an address keeps it.
                 out.insert(b);
@@ -262,6 +281,7 @@ impl Checks {
                 }
                 Some(path) => {
                     let mut http = HttpHealthCheck::new(&u.name, u.tls);
+                    protocol(&mut http.peer_template.options, u.tls, u.h2);
                     if u.tls {
                         http.peer_template.sni = u.host.clone();
                         http.peer_template.options.ca = ca.clone();

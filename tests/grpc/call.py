@@ -1,7 +1,9 @@
 """Calls a gRPC method through the gateway with the grpcio library's client, and prints one
-JSON line per call: the status code's name and the details (the grpc-message).
+JSON line per call: the status code's name and the details (the grpc-message), or the reply
+(a streaming method's replies joined by ",").
 
 Usage: call.py <host:port> <method path> <calls> [--tls <ca.pem> <server name>]
+           [--request <text>] [--stream]
 """
 import json
 import sys
@@ -11,17 +13,29 @@ import grpc
 
 def main():
     target, method, calls = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    if len(sys.argv) > 4 and sys.argv[4] == "--tls":
-        with open(sys.argv[5], "rb") as f:
+    rest = sys.argv[4:]
+    request, stream, tls = b"hello", False, None
+    while rest:
+        flag = rest.pop(0)
+        if flag == "--tls":
+            tls = (rest.pop(0), rest.pop(0))
+        elif flag == "--request":
+            request = rest.pop(0).encode()
+        elif flag == "--stream":
+            stream = True
+    if tls:
+        with open(tls[0], "rb") as f:
             creds = grpc.ssl_channel_credentials(root_certificates=f.read())
-        options = [("grpc.ssl_target_name_override", sys.argv[6])]
+        options = [("grpc.ssl_target_name_override", tls[1])]
         channel = grpc.secure_channel(target, creds, options=options)
     else:
         channel = grpc.insecure_channel(target)
-    call = channel.unary_unary(method)
+    call = channel.unary_stream(method) if stream else channel.unary_unary(method)
     for _ in range(calls):
         try:
-            reply = call(b"hello", timeout=10, metadata=(("x-api-key", "client-1"),))
+            reply = call(request, timeout=10, metadata=(("x-api-key", "client-1"),))
+            if stream:
+                reply = b",".join(reply)
             print(json.dumps({"code": "OK", "reply": reply.decode("utf-8", "replace")}))
         except grpc.RpcError as e:
             print(json.dumps({"code": e.code().name, "details": e.details()}))
