@@ -12,7 +12,8 @@
 # HTTP/1.1 over TLS to both, oha also HTTP/2 (tool "oha-h2"); mode 13 makes a new TLS
 # connection per request (the handshake's cost). Mode 12 is mode 4 with the access log on
 # (JSON lines to a file). Modes 16-18 weigh requests (costs; 18 settles each); 19 and 20
-# compare an exact rate rule with a concurrency rule. Modes 14 and 15 are one hot key on a rule with sync = "lease"
+# compare an exact rate rule with a concurrency rule; 21 and 22 routes (one, fifty); 23 an
+# HTTP/2 upstream. Modes 14 and 15 are one hot key on a rule with sync = "lease"
 # (wrk too sends one key there), counted with the sliding log and with GCRA.
 #
 #   benches/loadtest.sh                 # defaults: CONNS=64 DURATION=10s THREADS=1
@@ -78,7 +79,7 @@ wait_port() {
   echo "port $1 never opened" >&2; exit 1
 }
 
-UP=$(free_port); NGX_PROXY=$(free_port); NGX_LIMIT=$(free_port); NGX_TLS=$(free_port)
+UP=$(free_port); UP_H2=$(free_port); NGX_PROXY=$(free_port); NGX_LIMIT=$(free_port); NGX_TLS=$(free_port)
 REDIS=$(free_port)
 # One certificate for both TLS terminators.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
@@ -99,6 +100,8 @@ http {
   # /usage/ also says what the request used, for the modes that settle (16-18).
   server { listen 127.0.0.1:$UP; location / { return 200 "ok\n"; }
            location /usage/ { add_header X-Usage 3; return 200 "ok\n"; } }
+  # The same answer over cleartext HTTP/2 (prior knowledge), for mode 23.
+  server { listen 127.0.0.1:$UP_H2 http2; location / { return 200 "ok\n"; } }
 }
 NGINX
 cat > "$OUT/nginx-peer/nginx.conf" <<NGINX
@@ -136,7 +139,7 @@ nginx -p "$OUT/nginx-peer" -c "$OUT/nginx-peer/nginx.conf" & pids+=($!)
 NGINX_PID=$!
 redis-server --port "$REDIS" --bind 127.0.0.1 --save "" --appendonly no --loglevel warning >/dev/null & pids+=($!)
 REDIS_PID=$!
-wait_port "$UP"; wait_port "$NGX_PROXY"; wait_port "$NGX_LIMIT"; wait_port "$NGX_TLS"
+wait_port "$UP"; wait_port "$UP_H2"; wait_port "$NGX_PROXY"; wait_port "$NGX_LIMIT"; wait_port "$NGX_TLS"
 wait_port "$REDIS"
 
 # gateway NAME LIMITS_TOML [REDIS] [EXTRA_TOML]: starts one gateway ($GW_BIN, default the
@@ -390,6 +393,22 @@ wanted 19 && each_build "19 redis, exact rate rule" "$BY_KEY" "$REDIS" "$(rate_o
 window_ms = 1000')"
 wanted 20 && each_build "20 redis, concurrency rule" "$BY_KEY" "$REDIS" "$(rate_or_slots 'concurrency = 1000000')"
 UNIQUE_KEYS=0
+# Routes (contract §18), limits off: 21 has one route, 22 fifty, the request meeting the last
+# (fifty matchers tried); both send it to the same upstream as pass-through (mode 3).
+route_tables() {
+  local n=$1 i
+  for i in $(seq 0 $((n - 1))); do
+    printf '[[routes]]\nname = "r%s"\npath_prefix = "/r%s/"\nupstreams = ["127.0.0.1:%s"]\n' "$i" "$i" "$UP"
+  done
+}
+if wanted 21; then TARGET_PATH=/r0/x each_build "21 one route" 'enabled = false' "" "$(route_tables 1)"; fi
+if wanted 22; then TARGET_PATH=/r49/x each_build "22 fifty routes, the last" 'enabled = false' "" "$(route_tables 50)"; fi
+# An HTTP/2 upstream (h2://, the same nginx answer over cleartext HTTP/2) against mode 3's
+# HTTP/1.1 one.
+if wanted 23; then
+  printf -v h2route '[[routes]]\nname = "h2"\npath_prefix = "/"\nupstreams = ["h2://127.0.0.1:%s"]\n' "$UP_H2"
+  each_build "23 pass-through, h2 upstream" 'enabled = false' "" "$h2route"
+fi
 wanted 6 && each_build "6 gateway redis blocked" 'default_limit = 10
 default_window_ms = 3600000' "$REDIS"
 

@@ -79,7 +79,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
     (
         "bad_upstream",
         &[
-            r#"2:32: [proxy] upstreams: expected "host:port", "http://host[:port]" or "https://host[:port]" (port 1..=65535), found "no-port-here""#,
+            r#"2:32: [proxy] upstreams: expected "host:port", "http://host[:port]", "https://host[:port]" or "h2://host:port" (port 1..=65535), found "no-port-here""#,
         ],
     ),
     (
@@ -343,7 +343,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
             r#"1:1: [[routes]] #1: upstreams is required (the route's own pool)"#,
             r#"6:8: [[routes]] #2 name: "api" is already the name of route #1"#,
             r#"7:15: [[routes]] #2 path_prefix: expected a path starting with "/", found "api""#,
-            r#"8:14: [[routes]] #2 upstreams: expected "host:port", "http://host[:port]" or "https://host[:port]" (port 1..=65535), found "ftp://x""#,
+            r#"8:14: [[routes]] #2 upstreams: expected "host:port", "http://host[:port]", "https://host[:port]" or "h2://host:port" (port 1..=65535), found "ftp://x""#,
             r#"9:19: [[routes]] #2 read_timeout_ms: expected an integer 1..=3600000 (ms), found integer 0"#,
             r#"10:1: unknown key `buffering` in [[routes]] #2; expected one of: name, methods, path, path_prefix, path_regex, path_ignore_case, host, upstreams, connect_timeout_ms, read_timeout_ms, write_timeout_ms, retries, health_check"#,
             r#"13:8: [[routes]] #3 name: expected 1 to 64 characters of a-z, 0-9, _ and -, found "Bad Name""#,
@@ -494,7 +494,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
     (
         "proxy_bad_upstream_forms",
         &[
-            r#"2:14: [proxy] upstreams: expected "host:port", "http://host[:port]" or "https://host[:port]" (port 1..=65535), found "ftp://files.example.com:21""#,
+            r#"2:14: [proxy] upstreams: expected "host:port", "http://host[:port]", "https://host[:port]" or "h2://host:port" (port 1..=65535), found "ftp://files.example.com:21""#,
             r#"2:44: [proxy] upstreams: an upstream is a server, without a path: found "https://api.example.com/v1""#,
         ],
     ),
