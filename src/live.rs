@@ -31,6 +31,8 @@ pub struct Route {
     pub pool: Pool,
     /// Other upstreams a request that could not be sent tries.
     pub retries: usize,
+    /// Whether its responses may be batched into fewer writes.
+    pub buffering: bool,
 }
 
 impl Live {
@@ -51,6 +53,7 @@ impl Live {
                         r.health_check.as_ref(),
                     )?,
                     retries: r.retries,
+                    buffering: r.buffering,
                 })
             })
             .collect::<Result<Vec<Route>, String>>()?;
@@ -81,6 +84,13 @@ impl Live {
         route
             .and_then(|i| self.routes.get(i))
             .map_or(self.config.proxy.retries, |r| r.retries)
+    }
+
+    /// Whether a route's responses may be batched into fewer writes to the client.
+    pub fn buffering_of(&self, route: Option<usize>) -> bool {
+        route
+            .and_then(|i| self.routes.get(i))
+            .map_or(self.config.proxy.buffering, |r| r.buffering)
     }
 
     /// Every pool of the config: `[proxy]`'s, then each route's.

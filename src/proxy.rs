@@ -673,6 +673,23 @@ impl ProxyHttp for Gateway {
         if let Some(id) = &ctx.request_id {
             upstream_response.insert_header(X_REQUEST_ID, id)?;
         }
+        // Unbuffered (contract §18): over HTTP/1, a response with a length is written in as
+        // few writes as it fills, so it goes chunked (HTTP/1.0: until the close), which pingora
+        // sends as it arrives.
+        let buffering = ctx.live.as_ref().is_none_or(|l| l.buffering_of(ctx.route));
+        if !buffering
+            && !session.as_downstream().is_http2()
+            && session.req_header().method != Method::HEAD
+            && upstream_response
+                .headers
+                .contains_key(http::header::CONTENT_LENGTH)
+            && !matches!(status.as_u16(), 204 | 304)
+        {
+            upstream_response.remove_header(&http::header::CONTENT_LENGTH);
+            if session.req_header().version != Version::HTTP_10 {
+                upstream_response.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+            }
+        }
         // An HTTP/1.0 client cannot read chunked framing: without a length, the body ends
         // when the connection closes.
         if session.req_header().version == Version::HTTP_10

@@ -123,7 +123,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
     (
         "unknown_key",
         &[
-            r#"3:1: unknown key `listne` in [proxy]; expected one of: listen, tls_listen, tls_cert_file, tls_key_file, upstreams, upstream_tls_ca_file, connect_timeout_ms, read_timeout_ms, write_timeout_ms, keepalive_timeout_seconds, retries, health_check, direct_response, escaped_slashes, path_parameters, allowed_hosts, max_header_bytes, header_timeout_ms, max_connections, max_body_bytes, h2c"#,
+            r#"3:1: unknown key `listne` in [proxy]; expected one of: listen, tls_listen, tls_cert_file, tls_key_file, upstreams, upstream_tls_ca_file, connect_timeout_ms, read_timeout_ms, write_timeout_ms, keepalive_timeout_seconds, retries, health_check, direct_response, escaped_slashes, path_parameters, allowed_hosts, max_header_bytes, header_timeout_ms, max_connections, max_body_bytes, h2c, buffering"#,
         ],
     ),
     (
@@ -345,7 +345,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
             r#"7:15: [[routes]] #2 path_prefix: expected a path starting with "/", found "api""#,
             r#"8:14: [[routes]] #2 upstreams: expected "host:port", "http://host[:port]", "https://host[:port]" or "h2://host:port" (port 1..=65535), found "ftp://x""#,
             r#"9:19: [[routes]] #2 read_timeout_ms: expected an integer 1..=3600000 (ms), found integer 0"#,
-            r#"10:1: unknown key `buffering` in [[routes]] #2; expected one of: name, methods, path, path_prefix, path_regex, path_ignore_case, host, upstreams, connect_timeout_ms, read_timeout_ms, write_timeout_ms, retries, health_check"#,
+            r#"10:13: [[routes]] #2 buffering: expected true or false, found string "no""#,
             r#"13:8: [[routes]] #3 name: expected 1 to 64 characters of a-z, 0-9, _ and -, found "Bad Name""#,
             r#"14:13: [[routes]] #3 upstreams: expected at least one "host:port" or "https://host:port""#,
         ],

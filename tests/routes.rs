@@ -120,3 +120,75 @@ fn a_reload_adds_and_removes_routes_under_load_with_no_failed_request() {
         Some(default.addr.as_str())
     );
 }
+
+/// Time to the first byte of the body of `GET path` on a fresh connection, and the body.
+fn first_byte(addr: &str, path: &str) -> (Duration, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let asked = std::time::Instant::now();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let (mut seen, mut first) = (Vec::new(), None);
+    let mut buf = [0; 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+        let text = String::from_utf8_lossy(&seen);
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        if first.is_none() && body.contains('0') {
+            first = Some(asked.elapsed());
+        }
+        // The last byte: done (the upstream itself keeps the connection open).
+        if body.contains('9') {
+            break;
+        }
+    }
+    (
+        first.expect("a body"),
+        String::from_utf8_lossy(&seen).into_owned(),
+    )
+}
+
+#[test]
+fn an_unbuffered_route_delivers_a_trickling_response_as_it_arrives() {
+    let upstream = Upstream::start();
+    let gw = Gateway::start(
+        &format!("upstreams = [\"{}\"]", upstream.addr),
+        &format!(
+            "[limits]\ndefault_limit = 1000000\n\n[[routes]]\nname = \"live\"\npath_prefix = \"/drip/1\"\nupstreams = [\"{}\"]\nbuffering = false\n",
+            upstream.addr
+        ),
+    );
+    // 1 s for ten bytes with a Content-Length: through the unbuffered route, and through the
+    // default (buffered) one, and directly.
+    let (unbuffered, body) = first_byte(&gw.proxy, "/drip/1000");
+    let (buffered, _) = first_byte(&gw.proxy, "/drip/999");
+    let (direct, _) = first_byte(&upstream.addr, "/drip/1000");
+    println!(
+        "time to the first body byte: unbuffered route {unbuffered:?}, default {buffered:?}, direct {direct:?}"
+    );
+    assert!(unbuffered < Duration::from_millis(400), "{unbuffered:?}");
+    assert!(
+        buffered > Duration::from_millis(800),
+        "the default batches: {buffered:?}"
+    );
+    // Sent chunked, every byte there, in order.
+    let (head, chunks) = body.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    let data: String = chunks
+        .split("\r\n")
+        .collect::<Vec<_>>()
+        .chunks(2)
+        .filter_map(|pair| pair.get(1).copied())
+        .collect();
+    assert!(data.starts_with("0123456789"), "{chunks:?}");
+}

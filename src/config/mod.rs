@@ -123,6 +123,9 @@ pub struct ProxyConfig {
     /// Cleartext HTTP/2 (prior knowledge) on the plain listener, beside HTTP/1 (contract
     /// §18): for gRPC clients without TLS.
     pub h2c: bool,
+    /// Whether responses may be batched into fewer writes to the client (the default); off,
+    /// response bytes go to the client as they arrive (contract §18).
+    pub buffering: bool,
 }
 
 /// Bounds on client connections, applied where connections are accepted and their request

@@ -36,6 +36,7 @@ pub(super) const KEYS: &[&str] = &[
     "max_connections",
     "max_body_bytes",
     "h2c",
+    "buffering",
 ];
 
 /// The upstream when none is written.
@@ -188,6 +189,7 @@ pub(super) fn read(s: &Section, errors: &mut Collector) -> Option<ProxyConfig> {
             )
             .map_or(0, |v| v.value as u64),
         h2c: s.boolean("h2c", errors).is_some_and(|v| v.value),
+        buffering: s.boolean("buffering", errors).is_none_or(|v| v.value),
     })
 }
 

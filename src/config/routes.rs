@@ -2,6 +2,7 @@
 //! methods, path, host) go to its own upstreams, with its own timeouts, retries and health
 //! check; the first route in file order that matches takes a request, and a request no route
 //! matches goes to `[proxy] upstreams`. Each mistake is reported where it is written.
+//! (`buffering` defaults to `[proxy]`'s too.)
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -25,6 +26,7 @@ const KEYS: &[&str] = &[
     "write_timeout_ms",
     "retries",
     "health_check",
+    "buffering",
 ];
 
 /// One route, validated.
@@ -36,6 +38,8 @@ pub struct RouteConfig {
     pub timeouts: UpstreamTimeouts,
     pub retries: usize,
     pub health_check: Option<HealthCheck>,
+    /// `false`: response bytes go to the client as they arrive.
+    pub buffering: bool,
 }
 
 /// Every `[[routes]]` table; a route's timeouts, retries and health check default to
@@ -120,6 +124,9 @@ pub(super) fn read(
             Some(h) => Some(Some(super::proxy::health(&h, errors))),
             None => proxy.map(|p| p.health_check.clone()),
         };
+        let buffering = s
+            .boolean("buffering", errors)
+            .map_or(proxy.is_none_or(|p| p.buffering), |v| v.value);
         if let (Some(name), Some(matcher), Some(upstreams), Some(timeouts), Some(health_check)) =
             (name, matcher, upstreams, timeouts, health_check)
         {
@@ -133,6 +140,7 @@ pub(super) fn read(
                 timeouts,
                 retries: retries.or(proxy.map(|p| p.retries)).unwrap_or(1),
                 health_check,
+                buffering,
             });
         }
     }

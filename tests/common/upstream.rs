@@ -1,7 +1,8 @@
 //! A real HTTP/1.1 upstream on a free port: answers every request with 200 and a body that
 //! names it, keeps connections alive, and counts what it served. It reports what it received
 //! in `X-Seen-*` response headers, and a few paths behave on purpose:
-//! `/sleep/<ms>` answers late, `/stream/<ms>` sends its header and a first chunk at once and
+//! `/sleep/<ms>` answers late, `/drip/<ms>` sends ten bytes with a Content-Length, one every
+//! tenth of `<ms>`, `/stream/<ms>` sends its header and a first chunk at once and
 //! the rest after `<ms>` (both count as held while they run, with the most held at once
 //! kept), `/chunked` answers with chunked framing, `/keepalive` sends
 //! `Keep-Alive` and `Connection: keep-alive`, `/healthz` answers 503 while it is sick, and
@@ -157,6 +158,21 @@ fn serve(stream: TcpStream, name: &str, served: &AtomicUsize, sick: &AtomicBool,
             held.enter();
             std::thread::sleep(std::time::Duration::from_millis(ms));
             held.leave();
+        }
+        // `/drip/<ms>`: ten bytes with a Content-Length, one every tenth of `<ms>`.
+        if let Some(ms) = ms("/drip/") {
+            let head = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n\r\n";
+            if reader.get_mut().write_all(head.as_bytes()).is_err() {
+                return;
+            }
+            for b in b"0123456789" {
+                std::thread::sleep(std::time::Duration::from_millis(ms / 10));
+                if reader.get_mut().write_all(&[*b]).is_err() {
+                    return;
+                }
+            }
+            served.fetch_add(1, Ordering::SeqCst);
+            continue;
         }
         // `/stream/<ms>`: a response that runs for `<ms>` after its first bytes.
         if let Some(ms) = ms("/stream/") {
