@@ -192,3 +192,30 @@ fn an_unbuffered_route_delivers_a_trickling_response_as_it_arrives() {
         .collect();
     assert!(data.starts_with("0123456789"), "{chunks:?}");
 }
+
+#[test]
+fn explain_names_the_route_a_request_would_take() {
+    let (default, api, admin) = (Upstream::start(), Upstream::start(), Upstream::start());
+    let gw = Gateway::start(
+        &format!("upstreams = [\"{}\"]", default.addr),
+        &routes(&api, &admin, ""),
+    );
+    for (body, route) in [
+        (
+            r#"{"path":"/api/x","ip":"10.0.0.1"}"#,
+            serde_json::json!("api"),
+        ),
+        (
+            r#"{"path":"/","host":"admin.example.com","ip":"10.0.0.1"}"#,
+            serde_json::json!("admin-site"),
+        ),
+        (
+            r#"{"path":"/other","ip":"10.0.0.1"}"#,
+            serde_json::Value::Null,
+        ),
+    ] {
+        let r = common::http::post(&gw.admin, "/api/explain", &[], body).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(v["route"], route, "{body}: {}", r.body);
+    }
+}

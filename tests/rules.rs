@@ -557,7 +557,7 @@ unlimited = true
     .unwrap();
     assert_eq!(
         body(&health),
-        json!({"decision":"unlimited","path":"/healthz","rule":"health","retry_after_seconds":0,
+        json!({"decision":"unlimited","path":"/healthz","route":null,"rule":"health","retry_after_seconds":0,
                "matched":["health"],"default_applies":false,"checks":[]})
     );
     let bad = post(

@@ -26,6 +26,7 @@ use serde_json::{json, Value};
 
 use super::to_json;
 use crate::limiter::{Check, Decision, Outcome};
+use crate::live::Route;
 use crate::request::RequestView;
 use crate::request::{path, PathPolicy};
 use crate::rules::{RuleSet, Selection};
@@ -71,6 +72,8 @@ pub struct Plan {
     pub checks: Vec<Check>,
     /// For each check, every part of its key as read (`null`: missing).
     parts: Vec<Vec<Value>>,
+    /// The route that would take it (contract §18); `None`: `[proxy] upstreams`.
+    route: Option<&'static str>,
 }
 
 impl ExplainRequest {
@@ -180,7 +183,7 @@ impl ExplainRequest {
         })
     }
 
-    pub fn plan(&self, rules: &RuleSet) -> Plan {
+    pub fn plan(&self, rules: &RuleSet, routes: &[Route]) -> Plan {
         if let Some(why) = &self.refused {
             return Plan {
                 path: self.path.clone(),
@@ -189,6 +192,7 @@ impl ExplainRequest {
                 unlimited: None,
                 checks: Vec::new(),
                 parts: Vec::new(),
+                route: None,
             };
         }
         let view = RequestView {
@@ -200,6 +204,10 @@ impl ExplainRequest {
             headers: &self.headers,
         };
         let matched = rules.matching(&view).iter().map(|r| r.name).collect();
+        let route = routes
+            .iter()
+            .find(|r| r.matcher.matches(&view))
+            .map(|r| r.name);
         let (unlimited, checks) = match rules.select(&view) {
             Selection::Unlimited { rule } => (Some(rule), Vec::new()),
             Selection::Skipped => (None, Vec::new()),
@@ -212,6 +220,7 @@ impl ExplainRequest {
                     unlimited: None,
                     checks: Vec::new(),
                     parts: Vec::new(),
+                    route,
                 }
             }
         };
@@ -238,6 +247,7 @@ impl ExplainRequest {
             unlimited,
             checks,
             parts,
+            route,
         }
     }
 }
@@ -252,6 +262,7 @@ impl Plan {
                 "status": 400,
                 "reason": why,
                 "path": self.path,
+                "route": null,
                 "rule": null,
                 "retry_after_seconds": 0,
                 "matched": self.matched,
@@ -263,6 +274,7 @@ impl Plan {
             return to_json(&json!({
                 "decision": "unlimited",
                 "path": self.path,
+                "route": self.route,
                 "rule": rule,
                 "retry_after_seconds": 0,
                 "matched": self.matched,
@@ -297,6 +309,7 @@ impl Plan {
         to_json(&json!({
             "decision": if blocked { "blocked" } else { "allowed" },
             "path": self.path,
+            "route": self.route,
             "rule": rule,
             "retry_after_seconds": outcome.retry_after_secs(),
             "matched": self.matched,

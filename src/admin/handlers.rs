@@ -750,7 +750,7 @@ impl AdminApp {
             Ok(r) => r,
             Err(why) => return error(422, &why),
         };
-        let mut plan = request.plan(&live.rules);
+        let mut plan = request.plan(&live.rules, &live.routes);
         self.tenants.apply(&mut plan.checks);
         let decisions = match self.limiter.explain(&plan.checks).await {
             Ok(d) => d,
