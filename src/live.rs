@@ -93,6 +93,18 @@ impl Live {
             .map_or(self.config.proxy.buffering, |r| r.buffering)
     }
 
+    /// Every pool of the config with its route's name (`""`: `[proxy]`'s), `[proxy]`'s first.
+    pub fn named_pools(&self) -> impl Iterator<Item = (&str, &Pool)> {
+        std::iter::once(("", &self.pool)).chain(self.routes.iter().map(|r| (r.name, &r.pool)))
+    }
+
+    /// The name of a route (`""`: `[proxy]`'s upstreams), as the upstream metrics label it.
+    pub fn route_name(&self, route: Option<usize>) -> &'static str {
+        route
+            .and_then(|i| self.routes.get(i))
+            .map_or("", |r| r.name)
+    }
+
     /// Every pool of the config: `[proxy]`'s, then each route's.
     pub fn pools(&self) -> impl Iterator<Item = &Pool> {
         std::iter::once(&self.pool).chain(self.routes.iter().map(|r| &r.pool))

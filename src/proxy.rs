@@ -309,6 +309,11 @@ impl Gateway {
         }
     }
 
+    /// The name of the request's route (`""`: `[proxy] upstreams`), for the metrics.
+    fn route_name(ctx: &RequestCtx) -> &'static str {
+        ctx.live.as_ref().map_or("", |l| l.route_name(ctx.route))
+    }
+
     /// The upstream at `addr`, by its configured name.
     fn upstream_name(ctx: &RequestCtx, addr: &SocketAddr) -> Option<Arc<str>> {
         ctx.live
@@ -594,9 +599,10 @@ impl ProxyHttp for Gateway {
             e.set_retry(retry);
         }
         if let Some(name) = &name {
-            self.metrics.upstreams.count_error(name, kind);
+            let route = Self::route_name(ctx);
+            self.metrics.upstreams.count_error(route, name, kind);
             if e.retry() {
-                self.metrics.upstreams.count_retry(name);
+                self.metrics.upstreams.count_retry(route, name);
             }
         }
         e
@@ -746,7 +752,8 @@ impl ProxyHttp for Gateway {
                     }
                     _ => UpstreamError::Other,
                 };
-                self.metrics.upstreams.count_error(name, kind);
+                let route = Self::route_name(ctx);
+                self.metrics.upstreams.count_error(route, name, kind);
             }
         }
         if code > 0 && final_status(session).is_none() {
@@ -842,7 +849,8 @@ impl ProxyHttp for Gateway {
         });
         let upstream = ctx.upstream.as_ref().and_then(|c| c.name.as_deref());
         if let (Some(name), Some(code)) = (upstream, ctx.upstream_status) {
-            self.metrics.upstreams.count_response(name, code);
+            let route = Self::route_name(ctx);
+            self.metrics.upstreams.count_response(route, name, code);
         }
         if !self.access.enabled() {
             return;

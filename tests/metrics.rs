@@ -360,7 +360,7 @@ fn each_upstream_shows_its_health_responses_retries_and_errors_beside_the_build(
         value(
             &s,
             "ratelimiter_upstream_healthy",
-            &format!(r#"node_id="u1",upstream="{name}""#),
+            &format!(r#"node_id="u1",route="",upstream="{name}""#),
         )
     };
     wait_for(
@@ -379,7 +379,7 @@ fn each_upstream_shows_its_health_responses_retries_and_errors_beside_the_build(
         let counted = |name: &str, labels: &str| value(&s, name, labels) == Some(4.0);
         (counted(
             "ratelimiter_upstream_requests_total",
-            &format!(r#"code="2xx",node_id="u1",upstream="{}""#, up.addr),
+            &format!(r#"code="2xx",node_id="u1",route="",upstream="{}""#, up.addr),
         ) && counted(
             "ratelimiter_request_duration_seconds_count",
             r#"node_id="u1""#,
@@ -407,7 +407,7 @@ fn each_upstream_shows_its_health_responses_retries_and_errors_beside_the_build(
         assert_eq!(get(&unchecked.proxy, "/", &[]).unwrap().status, 200);
     }
     // Labels are compared sorted by name. The pool's upstreams are listed as it starts.
-    let listed = format!(r#"node_id="u2",upstream="{dead}""#);
+    let listed = format!(r#"node_id="u2",route="",upstream="{dead}""#);
     let s = wait_for("the upstreams listed", Duration::from_secs(10), || {
         let s = samples(&scrape(&unchecked));
         value(&s, "ratelimiter_upstream_healthy", &listed).map(|_| s)
@@ -415,13 +415,13 @@ fn each_upstream_shows_its_health_responses_retries_and_errors_beside_the_build(
     let refused = value(
         &s,
         "ratelimiter_upstream_errors_total",
-        &format!(r#"kind="connect",node_id="u2",upstream="{dead}""#),
+        &format!(r#"kind="connect",node_id="u2",route="",upstream="{dead}""#),
     )
     .unwrap();
     let retried = value(
         &s,
         "ratelimiter_upstream_retries_total",
-        &format!(r#"node_id="u2",upstream="{dead}""#),
+        &format!(r#"node_id="u2",route="",upstream="{dead}""#),
     )
     .unwrap();
     assert!(refused >= 1.0 && retried == refused, "{refused} {retried}");
@@ -429,7 +429,7 @@ fn each_upstream_shows_its_health_responses_retries_and_errors_beside_the_build(
         value(
             &s,
             "ratelimiter_upstream_healthy",
-            &format!(r#"node_id="u2",upstream="{dead}""#)
+            &format!(r#"node_id="u2",route="",upstream="{dead}""#)
         ),
         Some(1.0),
         "without checks every upstream is taken as healthy"
@@ -438,7 +438,10 @@ fn each_upstream_shows_its_health_responses_retries_and_errors_beside_the_build(
         value(
             &s,
             "ratelimiter_upstream_errors_total",
-            &format!(r#"kind="timeout",node_id="u2",upstream="{}""#, up.addr)
+            &format!(
+                r#"kind="timeout",node_id="u2",route="",upstream="{}""#,
+                up.addr
+            )
         ),
         Some(0.0),
         "each kind is there from the start"

@@ -58,6 +58,21 @@ fn requests_go_to_the_pool_of_the_first_route_they_meet_and_the_rest_to_the_defa
     assert_eq!(limits["routes"][0]["read_timeout_ms"], 300);
     assert_eq!(limits["routes"][1]["match"]["host"], "admin.example.com");
     assert_eq!(limits["routes"][1]["read_timeout_ms"], 60_000, "[proxy]'s");
+    // The upstream metrics carry the route (counted once each response has been sent).
+    let api_series = format!(
+        "ratelimiter_upstream_requests_total{{route=\"api\",upstream=\"{}\",code=\"2xx\"}}",
+        api.addr
+    );
+    wait_for(
+        "the route's responses counted",
+        Duration::from_secs(5),
+        || (common::metric(&gw, &api_series) == 2.0).then_some(()),
+    );
+    let default_series = format!(
+        "ratelimiter_upstream_requests_total{{route=\"\",upstream=\"{}\",code=\"2xx\"}}",
+        default.addr
+    );
+    assert_eq!(common::metric(&gw, &default_series), 1.0);
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Per-upstream metrics (contract §17): health, requests by status class, retries and errors,
-//! each labelled with the upstream as configured (`host:port`), so their number is bounded by
-//! the config.
+//! each labelled with the route (contract §18; `""`: `[proxy] upstreams`) and the upstream as
+//! configured (`host:port`), so their number is bounded by the config.
 
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 
@@ -64,28 +64,28 @@ impl UpstreamMetrics {
                 "ratelimiter_upstream_healthy",
                 "1 when the upstream passes its health check (always, without health checks).",
             ),
-            &["upstream"],
+            &["route", "upstream"],
         )?;
         let requests = IntCounterVec::new(
             Opts::new(
                 "ratelimiter_upstream_requests_total",
                 "Responses from each upstream, by status class.",
             ),
-            &["upstream", "code"],
+            &["route", "upstream", "code"],
         )?;
         let retries = IntCounterVec::new(
             Opts::new(
                 "ratelimiter_upstream_retries_total",
                 "Requests tried on another upstream after this one could not be connected to.",
             ),
-            &["upstream"],
+            &["route", "upstream"],
         )?;
         let errors = IntCounterVec::new(
             Opts::new(
                 "ratelimiter_upstream_errors_total",
                 "Failed connections and exchanges with each upstream, by kind.",
             ),
-            &["upstream", "kind"],
+            &["route", "upstream", "kind"],
         )?;
         registry.register(Box::new(healthy.clone()))?;
         registry.register(Box::new(requests.clone()))?;
@@ -99,51 +99,54 @@ impl UpstreamMetrics {
         })
     }
 
-    /// The upstreams of the config in force and whether each is healthy. The health of an
-    /// earlier config's upstreams is dropped (their counters stay). Each upstream's counters
-    /// are present from the start, so `rate()` over them never starts mid-incident.
-    pub fn set_upstreams<'a>(&self, upstreams: impl IntoIterator<Item = (&'a str, bool)>) {
+    /// The upstreams of the config in force, by route (`""`: `[proxy] upstreams`), and
+    /// whether each is healthy. The health of an earlier config's upstreams is dropped (their
+    /// counters stay). Each upstream's counters are present from the start, so `rate()` over
+    /// them never starts mid-incident.
+    pub fn set_upstreams<'a>(&self, upstreams: impl IntoIterator<Item = (&'a str, &'a str, bool)>) {
         self.healthy.reset();
-        for (name, healthy) in upstreams {
+        for (route, name, healthy) in upstreams {
             self.healthy
-                .with_label_values(&[name])
+                .with_label_values(&[route, name])
                 .set(i64::from(healthy));
             for class in CLASSES {
-                self.requests.with_label_values(&[name, class]);
+                self.requests.with_label_values(&[route, name, class]);
             }
-            self.retries.with_label_values(&[name]);
+            self.retries.with_label_values(&[route, name]);
             for kind in UpstreamError::ALL {
-                self.errors.with_label_values(&[name, kind.label()]);
+                self.errors.with_label_values(&[route, name, kind.label()]);
             }
         }
     }
 
     /// The health of the same upstreams, after a round of checks.
-    pub fn set_health<'a>(&self, upstreams: impl IntoIterator<Item = (&'a str, bool)>) {
-        for (name, healthy) in upstreams {
+    pub fn set_health<'a>(&self, upstreams: impl IntoIterator<Item = (&'a str, &'a str, bool)>) {
+        for (route, name, healthy) in upstreams {
             self.healthy
-                .with_label_values(&[name])
+                .with_label_values(&[route, name])
                 .set(i64::from(healthy));
         }
     }
 
-    /// A response from `upstream`, by its status.
-    pub fn count_response(&self, upstream: &str, status: u16) {
+    /// A response from `upstream` of `route`, by its status.
+    pub fn count_response(&self, route: &str, upstream: &str, status: u16) {
         if let Some(class) = usize::from(status / 100)
             .checked_sub(1)
             .and_then(|i| CLASSES.get(i))
         {
-            self.requests.with_label_values(&[upstream, class]).inc();
+            self.requests
+                .with_label_values(&[route, upstream, class])
+                .inc();
         }
     }
 
-    pub fn count_retry(&self, upstream: &str) {
-        self.retries.with_label_values(&[upstream]).inc();
+    pub fn count_retry(&self, route: &str, upstream: &str) {
+        self.retries.with_label_values(&[route, upstream]).inc();
     }
 
-    pub fn count_error(&self, upstream: &str, kind: UpstreamError) {
+    pub fn count_error(&self, route: &str, upstream: &str, kind: UpstreamError) {
         self.errors
-            .with_label_values(&[upstream, kind.label()])
+            .with_label_values(&[route, upstream, kind.label()])
             .inc();
     }
 }
@@ -156,12 +159,12 @@ mod tests {
     fn a_new_config_s_upstreams_replace_the_old_ones() {
         let registry = Registry::new();
         let m = UpstreamMetrics::new(&registry).unwrap();
-        m.set_upstreams([("a:1", true), ("b:2", false)]);
-        m.count_response("a:1", 503);
-        m.count_error("b:2", UpstreamError::ConnectTimeout);
-        assert_eq!(m.healthy.with_label_values(&["b:2"]).get(), 0);
-        assert_eq!(m.requests.with_label_values(&["a:1", "5xx"]).get(), 1);
-        m.set_upstreams([("c:3", true)]);
+        m.set_upstreams([("", "a:1", true), ("api", "b:2", false)]);
+        m.count_response("", "a:1", 503);
+        m.count_error("api", "b:2", UpstreamError::ConnectTimeout);
+        assert_eq!(m.healthy.with_label_values(&["api", "b:2"]).get(), 0);
+        assert_eq!(m.requests.with_label_values(&["", "a:1", "5xx"]).get(), 1);
+        m.set_upstreams([("", "c:3", true)]);
         let names: Vec<String> = registry
             .gather()
             .iter()
@@ -169,7 +172,7 @@ mod tests {
             .unwrap()
             .get_metric()
             .iter()
-            .map(|m| m.get_label()[0].value().to_string())
+            .map(|m| m.get_label()[1].value().to_string())
             .collect();
         assert_eq!(names, ["c:3"]);
     }

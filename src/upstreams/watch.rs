@@ -79,15 +79,9 @@ impl BackgroundService for Watch {
     }
 }
 
-/// Every upstream of the config in force and whether it gets requests (one named in several
-/// pools counts as healthy when any of its pools finds it so).
-fn health(live: &Live) -> Vec<(&str, bool)> {
-    let mut out: Vec<(&str, bool)> = Vec::new();
-    for (name, healthy) in live.pools().flat_map(|p| p.health()) {
-        match out.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, h)) => *h |= healthy,
-            None => out.push((name, healthy)),
-        }
-    }
-    out
+/// Every upstream of the config in force, by route, and whether it gets requests.
+fn health(live: &Live) -> Vec<(&str, &str, bool)> {
+    live.named_pools()
+        .flat_map(|(route, pool)| pool.health().into_iter().map(move |(n, h)| (route, n, h)))
+        .collect()
 }
