@@ -366,7 +366,7 @@ mod tests {
         let rules = crate::config::Config::parse("t.toml", "", &|_| None)
             .unwrap()
             .rule_set();
-        let plan = refused.plan(&rules);
+        let plan = refused.plan(&rules, &[]);
         assert!(plan.checks.is_empty());
         assert!(plan
             .answer(Vec::new())
