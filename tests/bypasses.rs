@@ -117,7 +117,7 @@ fn an_encoded_slash_cannot_take_a_request_past_its_rule() {
     assert!(
         explain
             .body
-            .contains(r#""decision":"blocked","path":"/api/items/1","rule":"api""#),
+            .contains(r#""decision":"blocked","path":"/api/items/1","route":null,"rule":"api""#),
         "{}",
         explain.body
     );

@@ -63,10 +63,11 @@ const RULE: &str = "[limits]\ndefault_limit = 1000\n[[rules]]\nname = \"grpc-cal
 fn refusals_and_gateway_errors_reach_a_grpc_client_as_grpc_statuses() {
     let certs = Certs::generate();
     let tls_port = free_port();
-    // The upstream is a port nothing listens on: the allowed call cannot be sent.
+    // The upstream is a gRPC one (h2://) on a port nothing listens on: the allowed call
+    // cannot be sent.
     let gw = Gateway::start(
         &format!(
-            "upstreams = [\"127.0.0.1:{}\"]\nh2c = true\ntls_listen = \"127.0.0.1:{tls_port}\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"",
+            "upstreams = [\"h2://127.0.0.1:{}\"]\nh2c = true\ntls_listen = \"127.0.0.1:{tls_port}\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"",
             free_port(),
             certs.file("server.pem"),
             certs.file("server.key")
