@@ -13,11 +13,14 @@ pub const RESOURCE_EXHAUSTED: u8 = 8;
 pub const INTERNAL: u8 = 13;
 pub const UNAVAILABLE: u8 = 14;
 
-/// Whether a request is a gRPC call.
+/// Whether a request is a gRPC call (grpc-web, whose clients cannot read trailers, is not).
 pub fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+        .map(|v| v.as_bytes())
+        .is_some_and(|v| {
+            v.starts_with(b"application/grpc") && !v.starts_with(b"application/grpc-web")
+        })
 }
 
 /// The gRPC status of one of the gateway's HTTP answers.
@@ -63,5 +66,10 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("content-type", "application/grpc+proto".parse().unwrap());
         assert!(is_grpc(&h));
+        h.insert(
+            "content-type",
+            "application/grpc-web+proto".parse().unwrap(),
+        );
+        assert!(!is_grpc(&h), "grpc-web reads no trailers");
     }
 }

@@ -354,8 +354,11 @@ async fn respond(
 ) -> Result<()> {
     discard_request_body(session).await;
     let own = ctx.live.as_ref().map(|l| &l.config.response);
-    // A gRPC call gets its answer the gRPC way: 200, trailers only, a grpc-status.
-    let grpc = status >= 400 && grpc::is_grpc(&session.req_header().headers);
+    // A gRPC call over HTTP/2 gets its answer the gRPC way: 200, then a grpc-status in the
+    // trailers (HTTP/1 and grpc-web clients cannot read trailers: they get the HTTP answer).
+    let grpc = status >= 400
+        && session.as_downstream().is_http2()
+        && grpc::is_grpc(&session.req_header().headers);
     let mut resp = ResponseHeader::build(
         if grpc { 200 } else { status },
         Some(headers.len() + 6 + own.map_or(0, |o| o.headers.len() + 1)),
@@ -551,14 +554,21 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
         let Some(live) = &ctx.live else {
             return Error::e_explain(ErrorType::ConnectNoRoute, "no config");
         };
         match live.pool_of(ctx.route).select(&ctx.tried) {
-            Some(peer) => Ok(peer),
+            Some(mut peer) => {
+                // An upgrade (a WebSocket) needs HTTP/1.1 to the upstream: HTTP/2 has no
+                // `Upgrade`, so an https:// upstream is not offered h2 for it.
+                if session.is_upgrade_req() {
+                    peer.options.alpn = pingora::protocols::ALPN::H1;
+                }
+                Ok(peer)
+            }
             // Answered 502, as nginx does when no upstream is live.
             None => Err(Error::explain(
                 ErrorType::ConnectNoRoute,
@@ -684,6 +694,8 @@ impl ProxyHttp for Gateway {
         // sends as it arrives.
         let buffering = ctx.live.as_ref().is_none_or(|l| l.buffering_of(ctx.route));
         if !buffering
+            && !status.is_informational()
+            && !session.was_upgraded()
             && !session.as_downstream().is_http2()
             && session.req_header().method != Method::HEAD
             && upstream_response

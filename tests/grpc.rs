@@ -131,10 +131,12 @@ impl Drop for Service {
 fn a_grpc_service_behind_an_h2_route_answers_unary_and_streaming_calls() {
     let service = Service::start();
     let certs = Certs::generate();
+    // [proxy]'s HTTP health check is inherited by the h2:// route as a TCP one: a gRPC service
+    // refuses a plain GET, and would be taken out.
     let tls_port = free_port();
     let gw = Gateway::start(
         &format!(
-            "upstreams = [\"127.0.0.1:{}\"]\nh2c = true\ntls_listen = \"127.0.0.1:{tls_port}\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"",
+            "upstreams = [\"127.0.0.1:{}\"]\nh2c = true\ntls_listen = \"127.0.0.1:{tls_port}\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n[proxy.health_check]\npath = \"/healthz\"\ninterval_ms = 200",
             free_port(),
             certs.file("server.pem"),
             certs.file("server.key")

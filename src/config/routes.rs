@@ -116,13 +116,23 @@ pub(super) fn read(
         let retries = s
             .integer("retries", 0, 10, "an integer 0..=10", errors)
             .map(|v| v.value as usize);
+        let h2 = upstreams.as_ref().is_some_and(|u| u.iter().any(|u| u.h2));
         let health_check = match s.table(
             "health_check",
             &["interval_ms", "path", "timeout_ms"],
             errors,
         ) {
             Some(h) => Some(Some(super::proxy::health(&h, errors))),
-            None => proxy.map(|p| p.health_check.clone()),
+            // [proxy]'s HTTP check would ask an h2:// (gRPC) service for a plain GET, which
+            // such services refuse: its pool inherits the check as a TCP one.
+            None => proxy.map(|p| {
+                p.health_check.clone().map(|mut h| {
+                    if h2 {
+                        h.path = None;
+                    }
+                    h
+                })
+            }),
         };
         let buffering = s
             .boolean("buffering", errors)

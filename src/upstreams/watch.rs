@@ -38,14 +38,20 @@ impl BackgroundService for Watch {
                 self.metrics.upstreams.set_upstreams(health(&live));
             }
             let now = Instant::now();
-            let mut checked = false;
-            for (pool, next) in live.pools().zip(next_check.iter_mut()) {
-                if let Some(health) = &pool.health {
-                    if now >= *next {
-                        pool.check_health().await;
-                        *next = Instant::now() + health.interval;
-                        checked = true;
-                    }
+            // The pools due are checked all at once: one slow to answer holds up no other.
+            let due: Vec<usize> = live
+                .pools()
+                .zip(&next_check)
+                .enumerate()
+                .filter(|(_, (pool, next))| pool.health.is_some() && now >= **next)
+                .map(|(i, _)| i)
+                .collect();
+            let mut checked = !due.is_empty();
+            let pools: Vec<_> = live.pools().collect();
+            futures_util::future::join_all(due.iter().map(|&i| pools[i].check_health())).await;
+            for &i in &due {
+                if let Some(health) = &pools[i].health {
+                    next_check[i] = Instant::now() + health.interval;
                 }
             }
             let has_names = live.pools().any(|p| p.has_names);
