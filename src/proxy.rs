@@ -33,8 +33,12 @@ use crate::metrics::{Metrics, UpstreamError};
 use crate::request::{self, Refusal, RequestView};
 use crate::request_id::{self, X_REQUEST_ID};
 use crate::response::{
-    add_own_headers, banned_json, blocked_json, error_json, store_unavailable_json,
+    add_own_headers, banned_json, blocked_json, blocked_problem_json, error_json, problem_json,
+    store_unavailable_json,
 };
+
+/// The media type of a problem+json body (RFC 9457).
+const PROBLEM_JSON: &str = "application/problem+json";
 use crate::rules::Selection;
 use crate::settle::Owed;
 use crate::tenants::{bans, Tenants};
@@ -203,9 +207,19 @@ impl Gateway {
         if let Some((rule, left)) = self.tenants.banned(&checks) {
             ctx.decision = "banned";
             let secs = (left.as_millis() as u64).div_ceil(1000).max(1);
-            let body = Bytes::from(banned_json(rule, secs));
+            let (body, content_type) = match live.config.headers.problem {
+                true => (
+                    problem_json(
+                        &[rule],
+                        secs,
+                        &format!("banned by rule {rule}; retry after {secs} s"),
+                    ),
+                    PROBLEM_JSON,
+                ),
+                false => (banned_json(rule, secs), "application/json"),
+            };
             let headers = [("Retry-After", secs.to_string())];
-            respond(session, ctx, 429, &headers, "application/json", body).await?;
+            respond(session, ctx, 429, &headers, content_type, Bytes::from(body)).await?;
             return Ok(true);
         }
         let reset = live.config.headers.style.shows_reset();
@@ -224,10 +238,13 @@ impl Gateway {
             Verdict::Decided(outcome) => {
                 ctx.decision = "blocked";
                 self.count_refusals(&outcome, live);
-                let body = Bytes::from(blocked_json(&outcome));
+                let (body, content_type) = match live.config.headers.problem {
+                    true => (blocked_problem_json(&outcome), PROBLEM_JSON),
+                    false => (blocked_json(&outcome), "application/json"),
+                };
                 let headers = limit_headers(&outcome, live.config.headers.style);
                 ctx.outcome = Some(outcome);
-                respond(session, ctx, 429, &headers, "application/json", body).await?;
+                respond(session, ctx, 429, &headers, content_type, Bytes::from(body)).await?;
                 Ok(true)
             }
             Verdict::FailOpen => {
@@ -409,6 +426,9 @@ async fn respond(
 /// that refused or banned it, or the error.
 fn grpc_message(body: &[u8]) -> String {
     let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    if let Some(detail) = v["detail"].as_str() {
+        return detail.to_string();
+    }
     match (
         v["rule"].as_str(),
         v["banned"].as_bool(),

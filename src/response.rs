@@ -100,6 +100,42 @@ pub fn blocked_json(outcome: &Outcome) -> String {
     })
 }
 
+/// The problem type of a refusal (draft-ietf-httpapi-ratelimit-headers -10, §4.1 of its
+/// IANA considerations).
+pub const QUOTA_EXCEEDED: &str = "https://iana.org/assignments/http-problem-types#quota-exceeded";
+
+/// A 429's body as an RFC 9457 problem (`[headers] body = "problem+json"`, contract §16): the
+/// problem type, its title, the status, what happened, and the rules that refused the request
+/// (`violated-policies`), with the §3 fields kept as extension members.
+pub fn problem_json(rules: &[&str], retry_after_seconds: u64, detail: &str) -> String {
+    json(&serde_json::json!({
+        "type": QUOTA_EXCEEDED,
+        "title": "Request cannot be satisfied as assigned quota has been exceeded",
+        "status": 429,
+        "detail": detail,
+        "violated-policies": rules,
+        "retry_after_seconds": retry_after_seconds,
+    }))
+}
+
+/// The problem+json body of a blocked request: every enforced rule that refused it.
+pub fn blocked_problem_json(outcome: &Outcome) -> String {
+    let rules: Vec<&str> = outcome
+        .visible()
+        .filter(|(_, d)| !d.allowed)
+        .map(|(c, _)| c.rule)
+        .collect();
+    let retry = outcome.retry_after_secs();
+    problem_json(
+        &rules,
+        retry,
+        &format!(
+            "rate limited by rule {}; retry after {retry} s",
+            rules.join(", ")
+        ),
+    )
+}
+
 /// The body of the 429 a banned key gets (contract §15): the 429's fields, and that it is
 /// a ban.
 pub fn banned_json(rule: &str, retry_after_seconds: u64) -> String {

@@ -351,6 +351,10 @@ const EXPECTED: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "headers_body",
+        &[r#"2:8: [headers] body: expected "json" or "problem+json", found "xml""#],
+    ),
+    (
         "rule_concurrency",
         &[
             r#"4:9: [[rules]] #1 limit: a concurrency rule limits requests in flight, not requests per window; remove limit or concurrency"#,

@@ -259,3 +259,32 @@ fn the_interim_100_continue_carries_no_limit_fields() {
     assert_eq!(last.header("X-RateLimit-Remaining"), Some("4"));
     assert!(last.header("X-Request-Id").is_some());
 }
+
+/// `[headers] body = "problem+json"` (contract §16): a 429 is an RFC 9457 problem naming the
+/// rules that refused it, as draft-ietf-httpapi-ratelimit-headers describes.
+#[test]
+fn a_refusal_as_problem_json() {
+    let gw = Gateway::start(
+        "[proxy.direct_response]\nbody = \"ok\"",
+        "[headers]\nbody = \"problem+json\"\n[limits]\ndefault_limit = 100\n\
+         [[rules]]\nname = \"login\"\npath = \"/login\"\nlimit = 1\nwindow_ms = 60000\n",
+    );
+    let mut c = common::http::Conn::open(&gw.proxy).unwrap();
+    assert_eq!(c.get("/login", &[]).unwrap().status, 200);
+    let r = c.get("/login", &[]).unwrap();
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("Content-Type"), Some("application/problem+json"));
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(
+        v["type"],
+        "https://iana.org/assignments/http-problem-types#quota-exceeded"
+    );
+    assert!(v["title"].as_str().is_some_and(|t| !t.is_empty()));
+    assert_eq!(v["status"], 429);
+    assert!(v["detail"].as_str().unwrap().contains("login"), "{v}");
+    assert_eq!(v["violated-policies"], serde_json::json!(["login"]));
+    assert_eq!(
+        r.header("Retry-After").map(str::to_string),
+        Some(v["retry_after_seconds"].to_string())
+    );
+}

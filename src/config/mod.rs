@@ -435,6 +435,9 @@ pub struct PrivacyConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeadersConfig {
     pub style: HeaderStyle,
+    /// `[headers] body = "problem+json"`: a 429's body is an RFC 9457 problem (contract §16);
+    /// else the JSON of §3.
+    pub problem: bool,
 }
 
 /// `[response]` (contract §17): what the answers the gateway makes itself carry beside their

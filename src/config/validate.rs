@@ -126,7 +126,7 @@ pub(super) fn build(path: &str, source: &str, env: Env) -> Result<Config, Config
         &mut errors,
     );
     let headers = headers(
-        &root.section("headers", &["style"], &mut errors),
+        &root.section("headers", &["style", "body"], &mut errors),
         &mut errors,
     );
     let response = super::response::read(
@@ -574,7 +574,10 @@ fn headers(s: &Section, errors: &mut Collector) -> HeadersConfig {
             }
         },
     };
-    HeadersConfig { style }
+    let problem = s
+        .choice("body", &[("json", false), ("problem+json", true)], errors)
+        .unwrap_or(false);
+    HeadersConfig { style, problem }
 }
 
 fn metrics(s: &Section, errors: &mut Collector) -> MetricsConfig {
