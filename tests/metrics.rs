@@ -447,3 +447,42 @@ fn each_upstream_shows_its_health_responses_retries_and_errors_beside_the_build(
         "each kind is there from the start"
     );
 }
+
+/// The alerting rules shipped in `deploy/prometheus/` are valid (`promtool check rules`), pass
+/// their unit tests (`promtool test rules`), and only name series the gateway exports.
+#[test]
+fn the_shipped_alerts_pass_promtool_and_name_real_series() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prometheus");
+    for args in [
+        vec!["check", "rules", "alerts.yml"],
+        vec!["test", "rules", "alerts_test.yml"],
+    ] {
+        let out = Command::new("promtool")
+            .args(&args)
+            .current_dir(dir)
+            .output()
+            .expect("promtool (scripts/deps.sh installs prometheus)");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let rules = std::fs::read_to_string(format!("{dir}/alerts.yml")).unwrap();
+    let exported: String = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/src/metrics"))
+        .unwrap()
+        .map(|f| std::fs::read_to_string(f.unwrap().path()).unwrap())
+        .collect();
+    let mut named = 0;
+    for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if let Some(name) = word.strip_prefix("ratelimiter_") {
+            named += 1;
+            assert!(
+                exported.contains(&format!("\"ratelimiter_{name}\"")),
+                "alerts.yml names ratelimiter_{name}, which no metric is called"
+            );
+        }
+    }
+    assert!(named >= 6, "{named}");
+}
