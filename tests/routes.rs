@@ -72,7 +72,11 @@ fn requests_go_to_the_pool_of_the_first_route_they_meet_and_the_rest_to_the_defa
         "ratelimiter_upstream_requests_total{{route=\"\",upstream=\"{}\",code=\"2xx\"}}",
         default.addr
     );
-    assert_eq!(common::metric(&gw, &default_series), 1.0);
+    wait_for(
+        "the default pool's response counted",
+        Duration::from_secs(5),
+        || (common::metric(&gw, &default_series) == 1.0).then_some(()),
+    );
 }
 
 #[test]

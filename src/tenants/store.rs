@@ -266,6 +266,41 @@ impl RedisTenants {
         let v: Option<u64> = self.query(redis::cmd("GET").arg(key).clone()).await?;
         Ok(v.unwrap_or(0))
     }
+
+    /// One field of a hash.
+    async fn field_of(&self, key: &str, field: &str) -> Result<Option<String>, StoreError> {
+        self.query(redis::cmd("HGET").arg(key).arg(field).clone())
+            .await
+    }
+
+    /// Sets one field of a hash, then raises its version.
+    async fn set_field(
+        &self,
+        key: &str,
+        field: &str,
+        value: String,
+        version_key: &str,
+    ) -> Result<(), StoreError> {
+        self.query::<u64>(redis::cmd("HSET").arg(key).arg(field).arg(value).clone())
+            .await?;
+        self.changed(version_key).await
+    }
+
+    /// Removes one field of a hash (raising its version when there was one); returns it.
+    async fn remove_field(
+        &self,
+        key: &str,
+        field: &str,
+        version_key: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let before = self.field_of(key, field).await?;
+        if before.is_some() {
+            self.query::<u64>(redis::cmd("HDEL").arg(key).arg(field).clone())
+                .await?;
+            self.changed(version_key).await?;
+        }
+        Ok(before)
+    }
 }
 
 #[async_trait]
@@ -288,31 +323,16 @@ impl TenantStore for RedisTenants {
         limit: u32,
     ) -> Result<Option<u32>, StoreError> {
         let f = field(rule, entry);
-        let before: Option<String> = self
-            .query(redis::cmd("HGET").arg(OVERRIDES_KEY).arg(&f).clone())
+        let before = self.field_of(OVERRIDES_KEY, &f).await?;
+        self.set_field(OVERRIDES_KEY, &f, limit.to_string(), OVERRIDES_VERSION_KEY)
             .await?;
-        self.query::<u64>(
-            redis::cmd("HSET")
-                .arg(OVERRIDES_KEY)
-                .arg(&f)
-                .arg(limit)
-                .clone(),
-        )
-        .await?;
-        self.changed(OVERRIDES_VERSION_KEY).await?;
         Ok(before.and_then(|b| b.parse().ok()))
     }
 
     async fn delete_override(&self, rule: &str, entry: &Entry) -> Result<Option<u32>, StoreError> {
-        let f = field(rule, entry);
-        let before: Option<String> = self
-            .query(redis::cmd("HGET").arg(OVERRIDES_KEY).arg(&f).clone())
+        let before = self
+            .remove_field(OVERRIDES_KEY, &field(rule, entry), OVERRIDES_VERSION_KEY)
             .await?;
-        if before.is_some() {
-            self.query::<u64>(redis::cmd("HDEL").arg(OVERRIDES_KEY).arg(&f).clone())
-                .await?;
-            self.changed(OVERRIDES_VERSION_KEY).await?;
-        }
         Ok(before.and_then(|b| b.parse().ok()))
     }
 
@@ -358,34 +378,20 @@ impl TenantStore for RedisTenants {
         };
         let f = field(rule, entry);
         let before = self
-            .query::<Option<String>>(redis::cmd("HGET").arg(BANS_KEY).arg(&f).clone())
+            .field_of(BANS_KEY, &f)
             .await?
             .and_then(|t| StoredBan::parse(&f, &t));
         if reason == AUTO && keeps(before.as_ref(), until_ms, now_ms) {
             return Ok(before);
         }
-        self.query::<u64>(
-            redis::cmd("HSET")
-                .arg(BANS_KEY)
-                .arg(&f)
-                .arg(ban.text())
-                .clone(),
-        )
-        .await?;
-        self.changed(BANS_VERSION_KEY).await?;
+        self.set_field(BANS_KEY, &f, ban.text(), BANS_VERSION_KEY)
+            .await?;
         Ok(before)
     }
 
     async fn delete_ban(&self, rule: &str, entry: &Entry) -> Result<Option<StoredBan>, StoreError> {
         let f = field(rule, entry);
-        let before: Option<String> = self
-            .query(redis::cmd("HGET").arg(BANS_KEY).arg(&f).clone())
-            .await?;
-        if before.is_some() {
-            self.query::<u64>(redis::cmd("HDEL").arg(BANS_KEY).arg(&f).clone())
-                .await?;
-            self.changed(BANS_VERSION_KEY).await?;
-        }
+        let before = self.remove_field(BANS_KEY, &f, BANS_VERSION_KEY).await?;
         Ok(before.and_then(|t| StoredBan::parse(&f, &t)))
     }
 
