@@ -75,6 +75,16 @@ fn hide_target(live: &Live, entry: &mut Value) {
 }
 
 /// What an override sets: the field its rule takes, and the number.
+/// Runs one store call within the admin deadline; a call that overruns is
+/// reported as the store timing out.
+async fn bounded<T>(
+    call: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(ADMIN_CALL_TIMEOUT, call)
+        .await
+        .unwrap_or(Err(StoreError::Timeout))
+}
+
 fn override_field(rule: &Rule) -> &'static str {
     match rule.limit.map(|l| l.algorithm) {
         Some(Algorithm::Concurrency) => "concurrency",
@@ -86,8 +96,7 @@ impl AdminApp {
     /// Writes a change to the audit log, and counts it; a log that cannot be written is
     /// logged, never a reason to undo the change.
     pub(super) async fn audited(&self, change: Change<'_>) {
-        let write = tokio::time::timeout(ADMIN_CALL_TIMEOUT, self.tenants.record(&change));
-        if let Err(e) = write.await.unwrap_or(Err(StoreError::Timeout)) {
+        if let Err(e) = bounded(self.tenants.record(&change)).await {
             log::warn!(
                 "could not write {} of {} to the audit log: {e}",
                 change.action,
@@ -165,10 +174,9 @@ impl AdminApp {
             );
         };
         let put = self.tenants.put_override(rule, &entry, n.get());
-        let before = match tokio::time::timeout(ADMIN_CALL_TIMEOUT, put).await {
-            Ok(Ok(before)) => before,
-            Ok(Err(e)) => return self.store_down(&e),
-            Err(_) => return self.store_down(&StoreError::Timeout),
+        let before = match bounded(put).await {
+            Ok(before) => before,
+            Err(e) => return self.store_down(&e),
         };
         let shown = |n: Option<u32>| n.map_or(Value::Null, |n| json!({ field: n }));
         self.audited(Change {
@@ -203,16 +211,15 @@ impl AdminApp {
         };
         let field = override_field(r);
         let delete = self.tenants.delete_override(rule, &entry);
-        let before = match tokio::time::timeout(ADMIN_CALL_TIMEOUT, delete).await {
-            Ok(Ok(Some(before))) => before,
-            Ok(Ok(None)) => {
+        let before = match bounded(delete).await {
+            Ok(Some(before)) => before,
+            Ok(None) => {
                 return error(
                     404,
                     &format!("no override for {:?} on rule {rule:?}", entry.written()),
                 )
             }
-            Ok(Err(e)) => return self.store_down(&e),
-            Err(_) => return self.store_down(&StoreError::Timeout),
+            Err(e) => return self.store_down(&e),
         };
         self.audited(Change {
             actor,
@@ -234,8 +241,7 @@ impl AdminApp {
     }
 
     pub(super) async fn list_overrides(&self, live: &Live, clear: bool) -> Response<Vec<u8>> {
-        let listed = tokio::time::timeout(ADMIN_CALL_TIMEOUT, self.tenants.overrides());
-        let all = match listed.await.unwrap_or(Err(StoreError::Timeout)) {
+        let all = match bounded(self.tenants.overrides()).await {
             Ok(all) => all,
             Err(e) => return self.store_down(&e),
         };
@@ -280,10 +286,9 @@ impl AdminApp {
         };
         let until = bans::now_ms() + for_ms;
         let put = self.tenants.put_ban(rule, &entry, until, bans::MANUAL);
-        let before = match tokio::time::timeout(ADMIN_CALL_TIMEOUT, put).await {
-            Ok(Ok(before)) => before,
-            Ok(Err(e)) => return self.store_down(&e),
-            Err(_) => return self.store_down(&StoreError::Timeout),
+        let before = match bounded(put).await {
+            Ok(before) => before,
+            Err(e) => return self.store_down(&e),
         };
         self.metrics.tenants.banned(rule, bans::MANUAL);
         let shown =
@@ -311,16 +316,15 @@ impl AdminApp {
             Err(why) => return error(404, &why),
         };
         let delete = self.tenants.delete_ban(rule, &entry);
-        let before = match tokio::time::timeout(ADMIN_CALL_TIMEOUT, delete).await {
-            Ok(Ok(Some(before))) if before.until_ms > bans::now_ms() => before,
-            Ok(Ok(_)) => {
+        let before = match bounded(delete).await {
+            Ok(Some(before)) if before.until_ms > bans::now_ms() => before,
+            Ok(_) => {
                 return error(
                     404,
                     &format!("no ban of {:?} on rule {rule:?}", entry.written()),
                 )
             }
-            Ok(Err(e)) => return self.store_down(&e),
-            Err(_) => return self.store_down(&StoreError::Timeout),
+            Err(e) => return self.store_down(&e),
         };
         self.audited(Change {
             actor,
@@ -337,8 +341,7 @@ impl AdminApp {
     }
 
     pub(super) async fn list_bans(&self, live: &Live, clear: bool) -> Response<Vec<u8>> {
-        let listed = tokio::time::timeout(ADMIN_CALL_TIMEOUT, self.tenants.bans());
-        match listed.await.unwrap_or(Err(StoreError::Timeout)) {
+        match bounded(self.tenants.bans()).await {
             Ok(all) => {
                 let out: Vec<Value> = all
                     .iter()
@@ -370,8 +373,7 @@ impl AdminApp {
                 _ => return error(422, &format!("unknown parameter {pair:?}; expected limit")),
             }
         }
-        let read = tokio::time::timeout(ADMIN_CALL_TIMEOUT, self.tenants.audit(limit));
-        match read.await.unwrap_or(Err(StoreError::Timeout)) {
+        match bounded(self.tenants.audit(limit)).await {
             Ok(mut entries) => {
                 if !clear {
                     for e in &mut entries {
