@@ -5,7 +5,8 @@
 # tests make their own CA and certificates, and s_server is an HTTPS upstream), curl (HTTP/2
 # to the HTTPS listener), prometheus (promtool checks /metrics; a real
 # Prometheus runs the monitor's queries), nginx (the yardstick for a graceful stop) and
-# faketime (calendar quotas are tested at their boundaries, on a gateway whose clock says so); then
+# faketime (calendar quotas are tested at their boundaries, on a gateway whose clock says so),
+# chromium and its driver (the status page is tested in a real headless browser); then
 # Flask and Express, the framework upstreams.
 # Usage: scripts/deps.sh [build|test]   (default: test)
 set -euo pipefail
@@ -13,7 +14,7 @@ cd "$(dirname "$0")/.."
 
 want=(cmake)
 command -v cc >/dev/null 2>&1 || want+=(build-essential)
-[ "${1:-test}" = test ] && want+=(redis-server openssl curl prometheus nginx faketime)
+[ "${1:-test}" = test ] && want+=(redis-server openssl curl prometheus nginx faketime chromium chromium-driver)
 
 missing=()
 for pkg in "${want[@]}"; do
@@ -22,6 +23,8 @@ for pkg in "${want[@]}"; do
     prometheus) { command -v prometheus && command -v promtool; } >/dev/null 2>&1 || missing+=("$pkg") ;;
     nginx) [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || missing+=("$pkg") ;;
     build-essential) missing+=("$pkg") ;;
+    chromium) [ -x /usr/bin/chromium ] || missing+=("$pkg") ;;
+    chromium-driver) [ -x /usr/bin/chromedriver ] || missing+=("$pkg") ;;
     *) command -v "$pkg" >/dev/null 2>&1 || missing+=("$pkg") ;;
   esac
 done
@@ -51,6 +54,9 @@ if [ "${1:-test}" = test ]; then
   target/tools/bin/python -c 'import flask' 2>/dev/null || target/tools/bin/pip install --quiet 'flask>=3,<4'
   # grpcio: a real gRPC client for the gRPC-native answers (tests/grpc/call.py).
   target/tools/bin/python -c 'import grpc' 2>/dev/null || target/tools/bin/pip install --quiet 'grpcio>=1.60'
+  # selenium: drives the system chromium through its chromedriver for the status page's test
+  # (tests/status/drive.py); given both paths, it downloads nothing.
+  target/tools/bin/python -c 'import selenium' 2>/dev/null || target/tools/bin/pip install --quiet 'selenium>=4.10'
   # Express 4 on node is the other framework upstream (tests/frameworks/express_app.js).
   if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     $sudo apt-get update -qq

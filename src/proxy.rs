@@ -206,6 +206,7 @@ impl Gateway {
         // A banned key is answered from memory: no store call, no upstream.
         if let Some((rule, left)) = self.tenants.banned(&checks) {
             ctx.decision = "banned";
+            self.metrics.count_refusal(rule, "ban");
             let secs = (left.as_millis() as u64).div_ceil(1000).max(1);
             let (body, content_type) = match live.config.headers.problem {
                 true => (

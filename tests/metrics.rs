@@ -42,6 +42,66 @@ fn scrape(gw: &Gateway) -> String {
     r.body
 }
 
+/// `ratelimiter_refused_total`: one per refused request, under the rule its 429 names,
+/// whatever other rules applied; a banned key's requests under `reason="ban"`.
+#[test]
+fn refused_requests_are_counted_once_under_the_rule_that_refused_them() {
+    let gw = Gateway::start(
+        "[proxy.direct_response]\nbody = \"ok\"",
+        "[node]\nid = \"r1\"\n[limits]\ndefault_limit = 1000\n\
+         [[rules]]\nname = \"login\"\npath = \"/login\"\nlimit = 2\n\
+         [[rules]]\nname = \"api\"\nkey = \"header:X-Api-Key\"\nlimit = 1\n",
+    );
+    // login: 2 allowed, then 3 refused by login (api and default applied too, and allowed).
+    for i in 0..5 {
+        let key = format!("k{i}");
+        get(&gw.proxy, "/login", &[("X-Api-Key", key.as_str())]).unwrap();
+    }
+    // api: 1 allowed, then 1 refused by api.
+    for _ in 0..2 {
+        get(&gw.proxy, "/", &[("X-Api-Key", "same")]).unwrap();
+    }
+    // A banned key: 2 refused from memory.
+    let r = common::http::Conn::open(&gw.admin)
+        .unwrap()
+        .send("PUT", "/api/bans/api/evil", &[], r#"{"for_ms": 60000}"#)
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    for _ in 0..2 {
+        let r = get(&gw.proxy, "/", &[("X-Api-Key", "evil")]).unwrap();
+        assert_eq!(r.status, 429);
+    }
+    let s = samples(&scrape(&gw));
+    let refused = |labels: &str| value(&s, "ratelimiter_refused_total", labels);
+    assert_eq!(
+        refused(r#"node_id="r1",reason="limit",rule="login""#),
+        Some(3.0)
+    );
+    assert_eq!(
+        refused(r#"node_id="r1",reason="limit",rule="api""#),
+        Some(1.0)
+    );
+    assert_eq!(
+        refused(r#"node_id="r1",reason="ban",rule="api""#),
+        Some(2.0)
+    );
+    assert_eq!(
+        refused(r#"node_id="r1",reason="limit",rule="default""#),
+        None
+    );
+    // The per-rule series counts the login refusals under every rule applied.
+    let blocked_default = s
+        .iter()
+        .filter(|((n, l), _)| {
+            n == "ratelimiter_requests_checked_total"
+                && l.contains(r#"result="blocked""#)
+                && l.contains(r#"rule="default""#)
+        })
+        .map(|(_, v)| v)
+        .sum::<f64>();
+    assert_eq!(blocked_default, 4.0);
+}
+
 #[test]
 fn metrics_count_decisions_per_key_with_node_id() {
     let gw = Gateway::start(

@@ -399,6 +399,12 @@ impl AdminApp {
             return denied;
         }
         match route {
+            Route::Status => reply(
+                200,
+                "text/html; charset=utf-8",
+                &super::status::HEADERS,
+                super::status::page(&live.config.admin),
+            ),
             Route::Health => self.health(&live).await,
             Route::Live => json(
                 200,
@@ -567,9 +573,23 @@ impl AdminApp {
             Ok(c) => c,
             Err(resp) => return resp,
         };
-        let out: Vec<CounterOut> = counters
+        let mut chosen: Vec<_> = counters
             .iter()
             .filter(|(_, rule, _)| listing.rule.as_deref().is_none_or(|r| r == *rule))
+            .collect();
+        // Fullest first (count over limit, then count), so `?limit=N` gives the N keys nearest
+        // their limits: what an operator looks for in an incident.
+        chosen.sort_by(|(a, _, la), (b, _, lb)| {
+            let (fa, fb) = (
+                u128::from(a.count) * u128::from(*lb),
+                u128::from(b.count) * u128::from(*la),
+            );
+            fb.cmp(&fa)
+                .then(b.count.cmp(&a.count))
+                .then(a.key.cmp(&b.key))
+        });
+        let out: Vec<CounterOut> = chosen
+            .into_iter()
             .take(listing.limit.unwrap_or(usize::MAX))
             .map(|(c, rule, limit)| CounterOut::of(c, rule, *limit, shown(&c.key, clear)))
             .collect();

@@ -2,6 +2,7 @@
 //!
 //! | method, path | answer |
 //! |---|---|
+//! | `GET /` | the status page: one self-contained HTML page reading the API below, live |
 //! | `GET /health` | 200 healthy, 503 while the store is unreachable |
 //! | `GET /health/live` | 200 while the process serves; asks nothing of the store |
 //! | `GET /health/ready` | 200 when the node should get traffic, 503 draining or failing closed |
@@ -26,6 +27,7 @@
 mod explain;
 mod handlers;
 pub mod router;
+mod status;
 mod tenants;
 
 use std::sync::Arc;

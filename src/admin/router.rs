@@ -4,6 +4,8 @@ use percent_encoding::percent_decode_str;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
+    /// `GET /`: the status page.
+    Status,
     Health,
     /// `GET /health/live`: the process serves.
     Live,
@@ -80,6 +82,7 @@ const RESET_SUFFIX: &str = "/reset";
 pub fn route(method: &str, path_and_query: &str) -> Result<Route, Miss> {
     let path = path_and_query.split(['?', '#']).next().unwrap_or("");
     let fixed = match path {
+        "/" => Some(("GET", Route::Status)),
         "/health" => Some(("GET", Route::Health)),
         "/health/live" => Some(("GET", Route::Live)),
         "/health/ready" => Some(("GET", Route::Ready)),
@@ -140,6 +143,8 @@ mod tests {
 
     #[test]
     fn routes_the_contract_paths() {
+        assert_eq!(route("GET", "/"), Ok(Route::Status));
+        assert_eq!(route("GET", "/?refresh=1"), Ok(Route::Status));
         assert_eq!(route("GET", "/health"), Ok(Route::Health));
         assert_eq!(route("GET", "/health/live"), Ok(Route::Live));
         assert_eq!(route("HEAD", "/health/ready?x=1"), Ok(Route::Ready));

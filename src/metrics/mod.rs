@@ -51,6 +51,8 @@ const BUCKETS: &[f64] = &[
 pub struct Metrics {
     registry: Registry,
     checked: IntCounterVec,
+    /// Refused requests, one each, by the rule their 429 names and why (`limit`, `ban`).
+    refused: IntCounterVec,
     check_duration: Histogram,
     pub node_up: IntGauge,
     pub active_counters: IntGauge,
@@ -149,6 +151,13 @@ impl Metrics {
             ),
             &["result", "key", "rule"],
         )?;
+        let refused = IntCounterVec::new(
+            Opts::new(
+                "ratelimiter_refused_total",
+                "Refused requests, one each, by the rule their 429 names and reason (limit, ban).",
+            ),
+            &["rule", "reason"],
+        )?;
         let check_duration = Histogram::with_opts(
             HistogramOpts::new(
                 "ratelimiter_check_duration_seconds",
@@ -237,6 +246,7 @@ impl Metrics {
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
         registry.register(Box::new(checked.clone()))?;
+        registry.register(Box::new(refused.clone()))?;
         registry.register(Box::new(check_duration.clone()))?;
         registry.register(Box::new(node_up.clone()))?;
         registry.register(Box::new(active_counters.clone()))?;
@@ -255,6 +265,7 @@ impl Metrics {
         Ok(Metrics {
             registry,
             checked,
+            refused,
             check_duration,
             node_up,
             active_counters,
@@ -277,6 +288,12 @@ impl Metrics {
 
     pub fn observe_check(&self, took: Duration) {
         self.check_duration.observe(took.as_secs_f64());
+    }
+
+    /// Counts a refused request under the rule its answer names: `reason` is `limit` (the
+    /// rule's limit was reached) or `ban` (the key is banned).
+    pub fn count_refusal(&self, rule: &str, reason: &str) {
+        self.refused.with_label_values(&[rule, reason]).inc();
     }
 
     /// Counts one check's part in a decided request, and the units it reserved.

@@ -1,0 +1,235 @@
+//! The status page at `GET /` on the admin port (contract §16), in a real browser: Debian's
+//! headless Chromium, driven through chromedriver by `tests/status/drive.py` (selenium), opens
+//! the page of one of two nodes sharing a Redis while clients hammer a rule. It must show the
+//! nodes, the key being refused and the rule refusing it, without a console error or a request
+//! to another host; a limit set and a key banned from the page (which asks for the token) must
+//! hold on the other node. Screenshots are kept in `target/test-artifacts/`.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use common::http::{get, Conn};
+use common::procs::{Gateway, RedisServer};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+const PYTHON: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/target/tools/bin/python");
+const TOKEN: &str = "page-admin-secret";
+/// A key value that would run script if the page put it into HTML.
+const HOSTILE: &str = "<img/src=x/onerror=alert(1)>";
+
+fn config(store: &str, node: &str, read: &str) -> String {
+    format!(
+        "token = \"{TOKEN}\"\nread = \"{read}\"\n{store}\n[node]\nid = \"{node}\"\n\
+         [proxy.direct_response]\nbody = \"ok\"\n\
+         [limits]\ndefault_limit = 100000\n\
+         [[rules]]\nname = \"api\"\npath_prefix = \"/v1/\"\nkey = \"header:X-Api-Key\"\nlimit = 3\nwindow_ms = 10000\n"
+    )
+}
+
+fn artifacts() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn admin_call(gw: &Gateway, method: &str, path: &str) -> (u16, Value) {
+    let auth = format!("Bearer {TOKEN}");
+    let r = Conn::open(&gw.admin)
+        .unwrap()
+        .send(method, path, &[("Authorization", auth.as_str())], "")
+        .unwrap();
+    (
+        r.status,
+        serde_json::from_str(&r.body).unwrap_or(Value::Null),
+    )
+}
+
+#[test]
+fn the_status_page_shows_an_incident_live_and_changes_made_from_it_hold_on_every_node() {
+    assert!(
+        std::path::Path::new("/usr/bin/chromium").exists()
+            && std::path::Path::new("/usr/bin/chromedriver").exists(),
+        "Debian's chromium and chromium-driver are needed (scripts/deps.sh installs them)"
+    );
+    let redis = RedisServer::start();
+    let store = format!("[redis]\nurl = \"{}\"\n", redis.url());
+    let a = Gateway::start("", &config(&store, "edge-a", "open"));
+    let b = Gateway::start("", &config(&store, "edge-b", "open"));
+
+    // Clients hammer node A with two keys (one of them hostile) until the page has been read.
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let (stop, proxy, other) = (stop.clone(), a.proxy.clone(), b.proxy.clone());
+        std::thread::spawn(move || {
+            let mut sent = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for key in ["tenant-7", HOSTILE] {
+                    let _ = get(&proxy, "/v1/chat", &[("X-Api-Key", key)]);
+                }
+                // Traffic no rule refuses, beside the incident.
+                for _ in 0..3 {
+                    let _ = get(&proxy, "/", &[]);
+                }
+                let _ = get(&other, "/v1/chat", &[("X-Api-Key", "quiet-1")]);
+                sent += 6;
+                // About 100 requests a second: a steady incident, not a load test.
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            sent
+        })
+    };
+
+    // How /metrics shows tenant-7's key: digested, as the page must map back to the clear value.
+    let digest: String = Sha256::digest(b"tenant-7")
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let shown = format!("api/x-api-key:sha256:{digest}");
+    let expect = json!({
+        "nodes": ["edge-a", "edge-b"],
+        "key": shown,
+        "rule": "api",
+        "override": {"rule": "api", "value": "premium-1", "limit": 50},
+        "ban": {"rule": "api", "value": "tenant-7", "shown": shown},
+        "hostile": HOSTILE,
+    });
+    let out = artifacts();
+    let run = Command::new(PYTHON)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/status/drive.py"
+        ))
+        .arg(format!("http://{}", a.admin))
+        .arg(TOKEN)
+        .arg(&out)
+        .arg(expect.to_string())
+        .output()
+        .expect("the test tools' python with selenium (scripts/deps.sh installs it)");
+    stop.store(true, Ordering::Relaxed);
+    let sent = traffic.join().unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "drive.py failed: {stderr}");
+    let seen: Value = serde_json::from_slice(&run.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&run.stdout)));
+    println!(
+        "{sent} requests sent; page loaded in {} s; waits: {}",
+        seen["loaded_s"], seen["waits"]
+    );
+    println!("tiles: {}", seen["tiles"]);
+
+    assert!(
+        seen["error"].is_null(),
+        "the drive stopped: {}",
+        seen["error"]
+    );
+    for (what, took) in seen["waits"].as_object().unwrap() {
+        assert!(
+            took.is_number(),
+            "the page never showed: {what}; saw {seen}"
+        );
+    }
+    // No console message at all: no error, no CSP violation, no warning.
+    assert_eq!(seen["console"], json!([]), "console: {}", seen["console"]);
+    assert_eq!(seen["other_hosts"], json!([]), "requests to other hosts");
+    let requests = seen["requests"].as_array().unwrap();
+    assert!(
+        requests
+            .iter()
+            .any(|u| u.as_str().unwrap().ends_with("/api/counters?limit=25")),
+        "the page reads the API: {requests:?}"
+    );
+    assert_eq!(seen["alerts"], 0, "a key value ran as script");
+
+    // What an operator needs in the incident.
+    let sections = &seen["sections"];
+    assert!(sections["nodes"].as_str().unwrap().contains("edge-b"));
+    assert_eq!(seen["tiles"]["t-nodes"], "2");
+    assert_ne!(seen["tiles"]["t-refused"], "0", "refusals are shown");
+    assert!(sections["blocks"].as_str().unwrap().contains(&shown));
+
+    // The changes: the token asked once, the ban prefilled with the key's clear value.
+    assert!(seen["token_why"].as_str().unwrap().contains("admin token"));
+    assert_eq!(seen["token_asked_again"], false);
+    assert_eq!(
+        seen["ban_prefilled"],
+        json!({"rule": "api", "value": "tenant-7"})
+    );
+    // Both hold on node B: the override listed, the key refused there as banned.
+    let (status, overrides) = admin_call(&b, "GET", "/api/overrides");
+    assert_eq!(status, 200);
+    assert_eq!(
+        overrides["overrides"],
+        json!([{"rule": "api", "value": "premium-1", "limit": 50}])
+    );
+    let banned = common::wait_for(
+        "the ban on node B",
+        std::time::Duration::from_secs(3),
+        || {
+            let r = get(&b.proxy, "/v1/chat", &[("X-Api-Key", "tenant-7")]).unwrap();
+            (r.status == 429 && r.body.contains("\"banned\":true")).then_some(r)
+        },
+    );
+    assert!(banned.header("Retry-After").is_some());
+    let (_, audit) = admin_call(&b, "GET", "/api/audit?limit=10");
+    let actions: Vec<(&str, &str)> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["action"].as_str().unwrap(), e["actor"].as_str().unwrap()))
+        .collect();
+    assert_eq!(actions, [("ban.put", "admin"), ("override.put", "admin")]);
+
+    // A phone's width: nothing wider than the screen.
+    let phone = &seen["phone"];
+    assert!(
+        phone["scroll"].as_u64().unwrap() <= phone["inner"].as_u64().unwrap(),
+        "{phone}"
+    );
+    for shot in [
+        "status-page.png",
+        "status-page-after-changes.png",
+        "status-page-phone.png",
+    ] {
+        let png = std::fs::read(out.join(shot)).unwrap();
+        assert!(
+            png.starts_with(b"\x89PNG") && png.len() > 20_000,
+            "{shot}: {} bytes",
+            png.len()
+        );
+    }
+}
+
+#[test]
+fn the_page_is_served_without_a_token_and_allows_only_its_own_script_and_style() {
+    let a = Gateway::start("", &config("", "solo", "token"));
+    let r = get(&a.admin, "/", &[]).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("Content-Type"), Some("text/html; charset=utf-8"));
+    // The page says what the node asks a token for; reads of the API need one here.
+    assert!(r
+        .body
+        .contains(r#"<meta name="ratelimiter-auth" content="changes reads">"#));
+    assert!(!r.body.contains(TOKEN));
+    assert_eq!(get(&a.admin, "/api/limits", &[]).unwrap().status, 401);
+    let csp = r.header("Content-Security-Policy").unwrap();
+    assert!(
+        csp.starts_with("default-src 'none'; script-src 'sha256-"),
+        "{csp}"
+    );
+    assert!(csp.contains("connect-src 'self'") && csp.contains("frame-ancestors 'none'"));
+    assert_eq!(r.header("X-Frame-Options"), Some("DENY"));
+    assert_eq!(r.header("Cache-Control"), Some("no-store"));
+
+    let mut conn = Conn::open(&a.admin).unwrap();
+    let head = conn.send("HEAD", "/", &[], "").unwrap();
+    assert_eq!(head.status, 200);
+    let post = conn.send("POST", "/", &[], "").unwrap();
+    assert_eq!(post.status, 405);
+    assert_eq!(post.header("Allow"), Some("GET, HEAD"));
+}
