@@ -194,6 +194,7 @@ fn the_status_page_shows_an_incident_live_and_changes_made_from_it_hold_on_every
     for shot in [
         "status-page.png",
         "status-page-after-changes.png",
+        "status-page-dark.png",
         "status-page-phone.png",
     ] {
         let png = std::fs::read(out.join(shot)).unwrap();

@@ -141,6 +141,13 @@ try:
     seen["sections_after"] = {s: text(s) for s in ("overrides", "bans", "audit")}
     shot(f"{out_dir}/status-page-after-changes.png")
 
+    # The dark theme, as a system set to dark asks for it.
+    driver.execute_cdp_cmd("Emulation.setEmulatedMedia",
+                           {"features": [{"name": "prefers-color-scheme", "value": "dark"}]})
+    wait("dark_theme", lambda: driver.execute_script(
+        "return getComputedStyle(document.body).backgroundColor") == "rgb(14, 18, 23)")
+    shot(f"{out_dir}/status-page-dark.png")
+
     # A phone (390 x 844 CSS pixels, touch, overlay scroll bars): the page fits its width
     # (tables scroll inside their cards).
     phone = {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True}
