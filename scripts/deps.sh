@@ -6,7 +6,9 @@
 # to the HTTPS listener), prometheus (promtool checks /metrics; a real
 # Prometheus runs the monitor's queries), nginx (the yardstick for a graceful stop) and
 # faketime (calendar quotas are tested at their boundaries, on a gateway whose clock says so),
-# chromium and its driver (the status page is tested in a real headless browser); then
+# chromium and its driver (the status page is tested in a real headless browser), dpkg-dev
+# and systemd (the Debian package is built with dpkg-shlibdeps, its unit checked by
+# systemd-analyze; systemd is not started); then
 # Flask and Express, the framework upstreams.
 # Usage: scripts/deps.sh [build|test]   (default: test)
 set -euo pipefail
@@ -14,7 +16,7 @@ cd "$(dirname "$0")/.."
 
 want=(cmake)
 command -v cc >/dev/null 2>&1 || want+=(build-essential)
-[ "${1:-test}" = test ] && want+=(redis-server openssl curl prometheus nginx faketime chromium chromium-driver)
+[ "${1:-test}" = test ] && want+=(redis-server openssl curl prometheus nginx faketime chromium chromium-driver dpkg-dev systemd)
 
 missing=()
 for pkg in "${want[@]}"; do
@@ -24,6 +26,8 @@ for pkg in "${want[@]}"; do
     nginx) [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || missing+=("$pkg") ;;
     build-essential) missing+=("$pkg") ;;
     chromium) [ -x /usr/bin/chromium ] || missing+=("$pkg") ;;
+    dpkg-dev) command -v dpkg-shlibdeps >/dev/null 2>&1 || missing+=("$pkg") ;;
+    systemd) command -v systemd-analyze >/dev/null 2>&1 || missing+=("$pkg") ;;
     chromium-driver) [ -x /usr/bin/chromedriver ] || missing+=("$pkg") ;;
     *) command -v "$pkg" >/dev/null 2>&1 || missing+=("$pkg") ;;
   esac

@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Installs the built Debian package on a fresh Debian 12 root and runs it under a real systemd,
+# as on a server. debootstrap makes the root once (kept in /var/tmp/ratelimiter-debian-base;
+# each run starts from a fresh copy of it); systemd boots in the copy as PID 1, in PID and mount
+# namespaces of its own (the network is the host's). Then, with systemd running:
+#   dpkg -i starts the service; a request goes through it to an upstream; the process runs as
+#   a dynamic user with only CAP_NET_BIND_SERVICE, no new privileges and a seccomp filter;
+#   systemctl reload applies a config and refuses a broken one (the service keeps running);
+#   logrotate rotates the access log and USR1 reopens it; a reinstall restarts it and keeps
+#   an edited conffile; systemctl stop drains it; a purge removes it all.
+# Needs root, a Debian mirror (for debootstrap), and a kernel that lets systemd run in a
+# namespace; ports 8000, 8080 and 9090 free. Not part of scripts/test.sh: CI machines may
+# not allow booting systemd. Usage: sudo scripts/systemd-check.sh [path/to/package.deb]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+deb=${1:-$(ls -t target/debian/ratelimiter_*.deb 2>/dev/null | head -1)}
+[ -n "$deb" ] && [ -f "$deb" ] || { echo "no package: run scripts/package.sh first" >&2; exit 1; }
+[ "$(id -u)" -eq 0 ] || { echo "run as root" >&2; exit 1; }
+for port in 8000 8080 9090; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "port $port is in use: the packaged config listens on 8080 and 9090, its upstream is 8000" >&2
+    exit 1
+  fi
+done
+
+base=/var/tmp/ratelimiter-debian-base
+root=/var/tmp/ratelimiter-debian-run
+if [ ! -x "$base/lib/systemd/systemd" ]; then
+  command -v debootstrap >/dev/null || {
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
+  }
+  rm -rf "$base"
+  debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,curl,logrotate \
+    bookworm "$base" http://deb.debian.org/debian >/dev/null
+fi
+rm -rf "$root"
+cp -a "$base" "$root"
+cp "$deb" "$root/root/ratelimiter.deb"
+# No consoles in a namespace: their gettys would hold the boot.
+systemctl --root="$root" mask getty.target serial-getty@ttyS0.service console-getty.service >/dev/null 2>&1
+
+upstream_dir=$(mktemp -d)
+echo "hello from the upstream" >"$upstream_dir/index.html"
+python3 -m http.server 8000 --bind 127.0.0.1 --directory "$upstream_dir" >/dev/null 2>&1 &
+upstream=$!
+
+# systemd needs its root to be a mount point to set up the units' own namespaces.
+unshare --fork --pid --mount sh -c "
+  mount --make-rprivate / && mount --bind '$root' '$root' &&
+  mount -t proc proc '$root/proc' && mount --rbind /sys '$root/sys' &&
+  mount --rbind /dev '$root/dev' && mount -t tmpfs tmpfs '$root/run' &&
+  exec chroot '$root' /lib/systemd/systemd --system --log-target=kmsg" >/dev/null 2>&1 &
+booter=$!
+cleanup() {
+  local pid1
+  pid1=$(pgrep -P "$booter" || true)
+  [ -n "$pid1" ] && kill -9 "$pid1" 2>/dev/null || true
+  kill "$upstream" 2>/dev/null || true
+  rm -rf "$upstream_dir"
+}
+trap cleanup EXIT
+
+poll() { # poll SECONDS COMMAND...: until the command succeeds
+  local until=$((SECONDS + $1)); shift
+  until "$@" >/dev/null 2>&1; do
+    [ $SECONDS -lt $until ] || return 1
+    sleep 0.2
+  done
+}
+poll 10 pgrep -P "$booter" || { echo "systemd did not start" >&2; exit 1; }
+pid1=$(pgrep -P "$booter")
+inside() { nsenter -t "$pid1" -m -p -r -w "$@"; }
+system_up() { case "$(inside systemctl is-system-running 2>/dev/null)" in running | degraded) return 0 ;; *) return 1 ;; esac; }
+poll 60 system_up || { echo "systemd did not finish booting: $(inside systemctl is-system-running); $(inside systemctl list-jobs --no-pager | head -5)" >&2; exit 1; }
+check() { printf '%-58s' "$1"; shift; if "$@"; then echo ok; else echo FAILED; exit 1; fi; }
+
+echo "systemd $(inside systemctl --version | head -1 | cut -d' ' -f2) in a fresh Debian $(cat "$root/etc/debian_version"); $deb"
+# procps, the package's one dependency a minimal Debian lacks (for /bin/kill), from the mirror.
+inside sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq procps' >/dev/null 2>&1
+inside dpkg -i /root/ratelimiter.deb >/dev/null
+check "dpkg -i enables and starts the service" poll 15 inside systemctl is-active ratelimiter
+through() { curl -sf localhost:8080/ | grep -q "hello from the upstream"; }
+check "a request goes through to the upstream" poll 5 through
+answers() { curl -sf localhost:9090/ >/dev/null && curl -sf localhost:9090/health/ready >/dev/null; }
+check "the status page and readiness answer" answers
+main=$(inside systemctl show -p MainPID --value ratelimiter)
+status=$(inside cat "/proc/$main/status")
+has() { grep -Eq "$1" <<<"$status"; }
+check "it runs as a dynamic user, not root" has '^Uid:[[:space:]]+[1-9][0-9]{3,}'
+check "with CAP_NET_BIND_SERVICE only (effective)" has '^CapEff:[[:space:]]+0000000000000400$'
+check "with CAP_NET_BIND_SERVICE only (bounding set)" has '^CapBnd:[[:space:]]+0000000000000400$'
+check "no new privileges" has '^NoNewPrivs:[[:space:]]+1'
+check "a seccomp filter" has '^Seccomp:[[:space:]]+2'
+echo "  systemd-analyze security: $(inside systemd-analyze security ratelimiter --no-pager | tail -1 | sed 's/.*ratelimiter.service: //')"
+
+reloaded() {
+  inside systemctl reload ratelimiter &&
+    curl -s localhost:9090/metrics | grep -Eq 'config_reloads_total\{result="success".* 1$'
+}
+check "systemctl reload applies the config (SIGHUP)" reloaded
+inside cp /etc/ratelimiter/ratelimiter.toml /root/good.toml
+inside sh -c 'echo "bogus = 1" >>/etc/ratelimiter/ratelimiter.toml'
+refused() {
+  ! inside systemctl reload ratelimiter 2>/dev/null && inside systemctl is-active ratelimiter >/dev/null &&
+    curl -sf localhost:8080/ >/dev/null
+}
+check "a broken config fails the reload and the service runs on" refused
+inside cp /root/good.toml /etc/ratelimiter/ratelimiter.toml
+
+logs=$root/var/log/private/ratelimiter
+inside logrotate -f /etc/logrotate.d/ratelimiter
+curl -s -o /dev/null localhost:8080/after-rotation
+rotated() { grep -q after-rotation "$logs/access.log" && [ -f "$logs/access.log.1" ]; }
+check "logrotate rotates the access log and USR1 reopens it" poll 5 rotated
+
+inside sh -c 'echo "# an operator edit" >>/etc/ratelimiter/ratelimiter.toml'
+inside dpkg -i /root/ratelimiter.deb >/dev/null
+upgraded() {
+  [ "$(inside systemctl show -p MainPID --value ratelimiter)" != "$main" ] &&
+    tail -1 "$root/etc/ratelimiter/ratelimiter.toml" | grep -q 'an operator edit' &&
+    poll 10 curl -sf localhost:8080/
+}
+check "a reinstall restarts it and keeps the edited conffile" upgraded
+stopped() { inside systemctl stop ratelimiter && ! inside systemctl is-active ratelimiter >/dev/null; }
+check "systemctl stop drains and stops it" stopped
+inside dpkg --purge ratelimiter >/dev/null
+purged() {
+  [ ! -e "$root/usr/bin/ratelimiter" ] && [ ! -e "$root/etc/ratelimiter/ratelimiter.toml" ] &&
+    [ ! -e "$logs" ]
+}
+check "a purge removes the binary, config and logs" purged
+echo "all checks passed"
