@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Installs the built Debian package on a fresh Debian 12 root and runs it under a real systemd,
 # as on a server. debootstrap makes the root once (kept in /var/tmp/ratelimiter-debian-base;
-# each run starts from a fresh copy of it); systemd boots in the copy as PID 1, in PID and mount
-# namespaces of its own (the network is the host's). Then, with systemd running:
+# each run starts from a fresh copy of it); systemd-nspawn boots it as a container: its own
+# PID, mount, cgroup, IPC and UTS namespaces, /dev of its own, /proc/sys and /sys read-only,
+# the host's network (so the packaged config's ports are the host's). Then, inside:
 #   dpkg -i starts the service; a request goes through it to an upstream; the process runs as
 #   a dynamic user with only CAP_NET_BIND_SERVICE, no new privileges and a seccomp filter;
 #   systemctl reload applies a config and refuses a broken one (the service keeps running);
 #   logrotate rotates the access log and USR1 reopens it; a reinstall restarts it and keeps
-#   an edited conffile; systemctl stop drains it; a purge removes it all.
-# Needs root, a Debian mirror (for debootstrap), and a kernel that lets systemd run in a
-# namespace; ports 8000, 8080 and 9090 free. Not part of scripts/test.sh: CI machines may
-# not allow booting systemd. Usage: sudo scripts/systemd-check.sh [path/to/package.deb]
+#   an edited conffile; a remove stops it and a reinstall starts it again; systemctl stop
+#   drains it; a purge removes it all.
+# Needs root, a Debian mirror (debootstrap, and systemd-container for nspawn when missing),
+# and ports 8000, 8080 and 9090 free. Not part of scripts/test.sh: CI machines may not allow
+# booting a container. Usage: sudo scripts/systemd-check.sh [path/to/package.deb]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,13 +28,22 @@ done
 
 base=/var/tmp/ratelimiter-debian-base
 root=/var/tmp/ratelimiter-debian-run
-if [ ! -x "$base/lib/systemd/systemd" ]; then
-  command -v debootstrap >/dev/null || {
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
-  }
+need=()
+command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v systemd-nspawn >/dev/null || need+=(systemd-container)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if [ ! -f "$base/.complete" ]; then
+  echo "making a Debian 12 root with debootstrap (once; kept in $base)" >&2
   rm -rf "$base"
-  debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,curl,logrotate \
-    bookworm "$base" http://deb.debian.org/debian >/dev/null
+  debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,curl,logrotate,procps \
+    bookworm "$base" http://deb.debian.org/debian >/dev/null || {
+    echo "debootstrap failed: is a Debian mirror reachable?" >&2
+    exit 1
+  }
+  touch "$base/.complete"
 fi
 rm -rf "$root"
 cp -a "$base" "$root"
@@ -45,17 +56,11 @@ echo "hello from the upstream" >"$upstream_dir/index.html"
 python3 -m http.server 8000 --bind 127.0.0.1 --directory "$upstream_dir" >/dev/null 2>&1 &
 upstream=$!
 
-# systemd needs its root to be a mount point to set up the units' own namespaces.
-unshare --fork --pid --mount sh -c "
-  mount --make-rprivate / && mount --bind '$root' '$root' &&
-  mount -t proc proc '$root/proc' && mount --rbind /sys '$root/sys' &&
-  mount --rbind /dev '$root/dev' && mount -t tmpfs tmpfs '$root/run' &&
-  exec chroot '$root' /lib/systemd/systemd --system --log-target=kmsg" >/dev/null 2>&1 &
-booter=$!
+systemd-nspawn --quiet --register=no --keep-unit --directory="$root" --boot >/dev/null 2>&1 &
+nspawn=$!
 cleanup() {
-  local pid1
-  pid1=$(pgrep -P "$booter" || true)
-  [ -n "$pid1" ] && kill -9 "$pid1" 2>/dev/null || true
+  kill "$nspawn" 2>/dev/null || true # nspawn powers the container off on SIGTERM
+  wait "$nspawn" 2>/dev/null || true
   kill "$upstream" 2>/dev/null || true
   rm -rf "$upstream_dir"
 }
@@ -68,16 +73,14 @@ poll() { # poll SECONDS COMMAND...: until the command succeeds
     sleep 0.2
   done
 }
-poll 10 pgrep -P "$booter" || { echo "systemd did not start" >&2; exit 1; }
-pid1=$(pgrep -P "$booter")
-inside() { nsenter -t "$pid1" -m -p -r -w "$@"; }
+poll 10 pgrep -P "$nspawn" || { echo "the container did not start" >&2; exit 1; }
+pid1=$(pgrep -P "$nspawn")
+inside() { nsenter --target "$pid1" --all "$@"; }
 system_up() { case "$(inside systemctl is-system-running 2>/dev/null)" in running | degraded) return 0 ;; *) return 1 ;; esac; }
 poll 60 system_up || { echo "systemd did not finish booting: $(inside systemctl is-system-running); $(inside systemctl list-jobs --no-pager | head -5)" >&2; exit 1; }
 check() { printf '%-58s' "$1"; shift; if "$@"; then echo ok; else echo FAILED; exit 1; fi; }
 
 echo "systemd $(inside systemctl --version | head -1 | cut -d' ' -f2) in a fresh Debian $(cat "$root/etc/debian_version"); $deb"
-# procps, the package's one dependency a minimal Debian lacks (for /bin/kill), from the mirror.
-inside sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq procps' >/dev/null 2>&1
 inside dpkg -i /root/ratelimiter.deb >/dev/null
 check "dpkg -i enables and starts the service" poll 15 inside systemctl is-active ratelimiter
 through() { curl -sf localhost:8080/ | grep -q "hello from the upstream"; }
@@ -122,6 +125,14 @@ upgraded() {
     poll 10 curl -sf localhost:8080/
 }
 check "a reinstall restarts it and keeps the edited conffile" upgraded
+inside dpkg -r ratelimiter >/dev/null
+removed() {
+  ! inside systemctl is-active ratelimiter >/dev/null && [ ! -e "$root/usr/bin/ratelimiter" ] &&
+    [ -e "$root/etc/ratelimiter/ratelimiter.toml" ]
+}
+check "dpkg -r stops it and keeps the config" removed
+inside dpkg -i /root/ratelimiter.deb >/dev/null
+check "installed again, it starts again" poll 15 inside systemctl is-active ratelimiter
 stopped() { inside systemctl stop ratelimiter && ! inside systemctl is-active ratelimiter >/dev/null; }
 check "systemctl stop drains and stops it" stopped
 inside dpkg --purge ratelimiter >/dev/null

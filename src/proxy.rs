@@ -239,6 +239,9 @@ impl Gateway {
             Verdict::Decided(outcome) => {
                 ctx.decision = "blocked";
                 self.count_refusals(&outcome, live);
+                if let Some(check) = outcome.refused_by() {
+                    self.metrics.count_refusal(check.rule, "limit");
+                }
                 let (body, content_type) = match live.config.headers.problem {
                     true => (blocked_problem_json(&outcome), PROBLEM_JSON),
                     false => (blocked_json(&outcome), "application/json"),

@@ -42,8 +42,9 @@ fn scrape(gw: &Gateway) -> String {
     r.body
 }
 
-/// `ratelimiter_refused_total`: one per refused request, under the rule its 429 names,
-/// whatever other rules applied; a banned key's requests under `reason="ban"`.
+/// `ratelimiter_refused_total`: one per request the proxy refused, under the rule that refused
+/// it, whatever other rules applied; a banned key's requests under `reason="ban"`; `/check`
+/// answers not at all.
 #[test]
 fn refused_requests_are_counted_once_under_the_rule_that_refused_them() {
     let gw = Gateway::start(
@@ -71,8 +72,16 @@ fn refused_requests_are_counted_once_under_the_rule_that_refused_them() {
         let r = get(&gw.proxy, "/", &[("X-Api-Key", "evil")]).unwrap();
         assert_eq!(r.status, 429);
     }
+    // /check refusals are answers to a service, not refused requests.
+    for _ in 0..2 {
+        post(&gw.admin, "/check", &[], r#"{"key":"user:1","limit":1}"#).unwrap();
+    }
     let s = samples(&scrape(&gw));
     let refused = |labels: &str| value(&s, "ratelimiter_refused_total", labels);
+    assert_eq!(
+        refused(r#"node_id="r1",reason="limit",rule="/check""#),
+        None
+    );
     assert_eq!(
         refused(r#"node_id="r1",reason="limit",rule="login""#),
         Some(3.0)

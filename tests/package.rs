@@ -17,7 +17,7 @@ use common::http::get;
 use common::upstream::Upstream;
 use common::{free_port, wait_for};
 
-const UNIT: &str = "lib/systemd/system/ratelimiter.service";
+const UNIT: &str = "usr/lib/systemd/system/ratelimiter.service";
 const CONFIG: &str = "etc/ratelimiter/ratelimiter.toml";
 const ENVIRONMENT: &str = "etc/default/ratelimiter";
 /// The user the service runs as in the test, standing in for the unit's DynamicUser.
@@ -43,12 +43,14 @@ fn is_root() -> bool {
     unsafe { libc::getuid() == 0 }
 }
 
-/// Builds the package from the test build of the binary; its path.
+/// Builds the package from the test build of the binary, in a directory of the test's own
+/// (a release package in target/debian/ is left alone); its path.
 fn build() -> PathBuf {
     let out = run(Command::new("scripts/package.sh")
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("BINARY", env!("CARGO_BIN_EXE_ratelimiter")));
-    let deb = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(text(&out).trim());
+        .env("BINARY", env!("CARGO_BIN_EXE_ratelimiter"))
+        .env("OUT", scratch("deb-build")));
+    let deb = PathBuf::from(text(&out).trim());
     assert!(deb.exists(), "{deb:?}");
     deb
 }
@@ -161,7 +163,7 @@ fn the_package_installs_and_its_unit_runs_the_gateway() {
         ("-rw-r--r-- root/root", "./etc/logrotate.d/ratelimiter"),
         (
             "-rw-r--r-- root/root",
-            "./lib/systemd/system/ratelimiter.service",
+            "./usr/lib/systemd/system/ratelimiter.service",
         ),
         (
             "-rw-r--r-- root/root",
@@ -221,7 +223,7 @@ fn the_package_installs_and_its_unit_runs_the_gateway() {
     // The same check fails on a unit with a mistake, so it can fail.
     let unit_text = std::fs::read_to_string(files.join(UNIT)).unwrap();
     std::fs::write(
-        files.join("lib/systemd/system/broken.service"),
+        files.join("usr/lib/systemd/system/broken.service"),
         unit_text.replace("ProtectSystem=strict", "ProtectSytem=strict"),
     )
     .unwrap();

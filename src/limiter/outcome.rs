@@ -70,12 +70,17 @@ impl Outcome {
     /// The check the `X-RateLimit-*` headers and the 429 body describe: the fewest remaining,
     /// then the smaller limit, then the longer wait.
     pub fn headline(&self) -> Option<(&Check, &Decision)> {
-        self.visible().min_by(|(_, a), (_, b)| {
-            a.remaining
-                .cmp(&b.remaining)
-                .then(a.limit.cmp(&b.limit))
-                .then(b.retry_after_ms.cmp(&a.retry_after_ms))
-        })
+        self.visible().min_by(|(_, a), (_, b)| nearest_first(a, b))
+    }
+
+    /// The check a refused request is counted under (`ratelimiter_refused_total`): of its
+    /// refusing checks, the one the headline would pick among them. Not the headline itself,
+    /// which may be a check that allowed (a cost can be refused with units remaining).
+    pub fn refused_by(&self) -> Option<&Check> {
+        self.visible()
+            .filter(|(_, d)| !d.allowed)
+            .min_by(|(_, a), (_, b)| nearest_first(a, b))
+            .map(|(c, _)| c)
     }
 
     /// `Retry-After` of a blocked request: the longest wait among its blocking checks.
@@ -113,6 +118,15 @@ impl Outcome {
     pub fn is_empty(&self) -> bool {
         self.checks.is_empty()
     }
+}
+
+/// The order the headline is chosen in: the fewest remaining, then the smaller limit, then
+/// the longer wait.
+fn nearest_first(a: &Decision, b: &Decision) -> std::cmp::Ordering {
+    a.remaining
+        .cmp(&b.remaining)
+        .then(a.limit.cmp(&b.limit))
+        .then(b.retry_after_ms.cmp(&a.retry_after_ms))
 }
 
 #[cfg(test)]
@@ -189,6 +203,26 @@ mod tests {
         assert_eq!(o.retry_after_secs(), 30);
         let results: Vec<_> = o.iter().map(|(c, d)| o.result_of(c, d)).collect();
         assert_eq!(results, [CheckResult::Blocked; 3]);
+    }
+
+    #[test]
+    fn a_refusal_is_counted_under_a_rule_that_refused_it() {
+        // A cost of 3 refused by "big" with 2 units left; "small" allowed with 1 left is the
+        // headline, yet it refused nothing.
+        let o = Outcome::new(
+            vec![check("big", 10, false), check("small", 2, false)],
+            vec![
+                Some(decision(false, 10, 2, 5_000)),
+                Some(decision(true, 2, 1, 0)),
+            ],
+        );
+        assert_eq!(o.headline().unwrap().0.rule, "small");
+        assert_eq!(o.refused_by().unwrap().rule, "big");
+        let allowed = Outcome::new(
+            vec![check("a", 5, false)],
+            vec![Some(decision(true, 5, 4, 0))],
+        );
+        assert!(allowed.refused_by().is_none());
     }
 
     #[test]

@@ -89,11 +89,6 @@ impl Limiter {
                     let result = outcome.result_of(check, decision);
                     self.metrics.count_decision(check, result);
                 }
-                if !outcome.allowed() {
-                    if let Some((check, _)) = outcome.headline() {
-                        self.metrics.count_refusal(check.rule, "limit");
-                    }
-                }
                 Verdict::Decided(outcome)
             }
             Err(e) => {

@@ -51,7 +51,8 @@ const BUCKETS: &[f64] = &[
 pub struct Metrics {
     registry: Registry,
     checked: IntCounterVec,
-    /// Refused requests, one each, by the rule their 429 names and why (`limit`, `ban`).
+    /// Requests the proxy refused, one each, by the rule that refused them and why (`limit`,
+    /// `ban`).
     refused: IntCounterVec,
     check_duration: Histogram,
     pub node_up: IntGauge,
@@ -154,7 +155,7 @@ impl Metrics {
         let refused = IntCounterVec::new(
             Opts::new(
                 "ratelimiter_refused_total",
-                "Refused requests, one each, by the rule their 429 names and reason (limit, ban).",
+                "Requests the proxy refused, one each, by the rule that refused them and reason (limit, ban).",
             ),
             &["rule", "reason"],
         )?;
@@ -290,8 +291,8 @@ impl Metrics {
         self.check_duration.observe(took.as_secs_f64());
     }
 
-    /// Counts a refused request under the rule its answer names: `reason` is `limit` (the
-    /// rule's limit was reached) or `ban` (the key is banned).
+    /// Counts a request the proxy refused under the rule that refused it: `reason` is `limit`
+    /// (the rule's limit was reached) or `ban` (the key is banned).
     pub fn count_refusal(&self, rule: &str, reason: &str) {
         self.refused.with_label_values(&[rule, reason]).inc();
     }
