@@ -15,6 +15,8 @@
 //!   request, the hop-by-hop filtering and the limit fields on a typical response, each against
 //!   cloning the header alone (which every one of them includes).
 //!
+//! - what a refused request adds to the metrics, against counting a response.
+//!
 //! Run: `cargo bench --bench core`. Numbers include only in-process work: no network, no Redis.
 
 use std::collections::HashMap;
@@ -431,5 +433,27 @@ fn proxy_headers(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, window, keys, rules, store, proxy_headers);
+/// What a refused request adds to the metrics (`ratelimiter_refused_total`), beside what every
+/// response already costs (`ratelimiter_responses_total`).
+fn refusal_metrics(c: &mut Criterion) {
+    let metrics = ratelimiter::metrics::Metrics::new("bench", 1000).unwrap();
+    let mut g = c.benchmark_group("refusal_metrics");
+    g.bench_function("count_refusal", |b| {
+        b.iter(|| metrics.count_refusal(black_box("login"), "limit"))
+    });
+    g.bench_function("baseline_count_response", |b| {
+        b.iter(|| metrics.count_response(black_box(429)))
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    window,
+    keys,
+    rules,
+    store,
+    proxy_headers,
+    refusal_metrics
+);
 criterion_main!(benches);
