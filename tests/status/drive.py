@@ -4,7 +4,9 @@ tests/status_page.rs. Prints one JSON object of what it saw; the Rust test judge
 usage: drive.py ADMIN_URL TOKEN OUT_DIR EXPECT_JSON
 
 EXPECT_JSON: {"nodes": [...], "key": "...", "rule": "...", "override": {"rule","value","limit"},
-              "ban": {"rule","value","shown"}, "hostile": "..."}
+              "ban": {"rule","value","shown"}, "hostile": "...", "reset": "<a blocked key>",
+              "other": {"proxy": "http://...", "admin": "http://..."}}   (another node)
+         or {"locked": true}: only what a node that wants a token for every read shows
 ("shown": the key as /metrics shows it, digested; the page must act on its clear value)
 
 Each wait polls the page (WebDriverWait) until what it looks for shows, up to 20 s; a wait
@@ -15,6 +17,8 @@ import base64
 import json
 import sys
 import time
+import urllib.error
+import urllib.request
 from urllib.parse import urlparse
 
 from selenium import webdriver
@@ -77,11 +81,44 @@ def alert_open():
         return False
 
 
+def http(url, headers):
+    """One GET from outside the browser: (status, body)."""
+    req = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return [r.status, r.read().decode()]
+    except urllib.error.HTTPError as e:
+        return [e.code, e.read().decode()]
+
+
+class Done(Exception):
+    """The drive ended early, as asked."""
+
+
+def reads_of(path):
+    """How many times the page has fetched `path` so far (the browser's resource timing)."""
+    return driver.execute_script(
+        "return performance.getEntriesByType('resource')"
+        ".filter((e) => new URL(e.name).pathname === arguments[0]).length", path)
+
+
+def locked():
+    """A node that wants a token for reads and /metrics: the page asks for it, and sends
+    nothing the node would refuse."""
+    wait("read_banner", lambda: visible("#read-banner"))
+    wait("no_rates_message", lambda: "own token" in text("keys"))
+    wait("health_read", lambda: reads_of("/health") >= 2)
+    seen["api_reads"] = sum(reads_of(p) for p in ("/api/limits", "/api/nodes", "/api/counters", "/metrics"))
+
+
 try:
     start = time.monotonic()
     driver.get(admin + "/")
     seen["loaded_s"] = round(time.monotonic() - start, 2)
     seen["title"] = driver.title
+    if expect.get("locked"):
+        locked()
+        raise Done
 
     # Live data: the nodes, the key being refused (a rate needs two polls), its rule.
     wait("nodes", lambda: all(n in text("nodes") for n in expect["nodes"]))
@@ -141,6 +178,57 @@ try:
     seen["sections_after"] = {s: text(s) for s in ("overrides", "bans", "audit")}
     shot(f"{out_dir}/status-page-after-changes.png")
 
+    # Both changes hold on the other node, asked there directly; it takes them up within
+    # its sync interval (250 ms), so each is polled for, up to the wait's bound.
+    other = expect["other"]
+    on_other = {}
+
+    def held(name, url, headers, check):
+        on_other[name] = http(url, headers)
+        return check(on_other[name])
+    wait("banned_on_other", lambda: held(
+        "banned", f"{other['proxy']}/v1/chat", {"X-Api-Key": b["value"]},
+        lambda r: r[0] == 429 and '"banned":true' in r[1]))
+    wait("override_on_other", lambda: held(
+        "overrides", f"{other['admin']}/api/overrides", {"Authorization": f"Bearer {token}"},
+        lambda r: o["value"] in r[1]))
+    seen["on_other_node"] = on_other
+
+    # The other changes the page offers: reset a blocked counter, lift the ban, remove the
+    # limit. Each shows in the audit log and in its table.
+    def click_in(section, row_text, button):
+        for r in driver.find_elements(By.CSS_SELECTOR, f"#{section} tbody tr"):
+            if row_text in r.text:
+                r.find_element(By.XPATH, f".//button[text()='{button}']").click()
+                return True
+        return False
+    wait("reset_clicked", lambda: click_in("blocks", expect["reset"], "Reset"))
+    wait("reset_audited", lambda: "counter.reset" in text("audit"))
+    wait("lift_clicked", lambda: click_in("bans", b["value"], "Lift"))
+    wait("ban_lifted", lambda: "no ban in force" in text("bans"))
+    wait("remove_clicked", lambda: click_in("overrides", o["value"], "Remove"))
+    wait("override_removed", lambda: "no override set at runtime" in text("overrides"))
+    wait("all_audited", lambda: "override.delete" in text("audit") and "ban.delete" in text("audit"))
+
+    # The token lives in this tab's session storage only.
+    seen["storage"] = driver.execute_script(
+        "return {session: sessionStorage.length, local: localStorage.length,"
+        " token: sessionStorage.getItem('ratelimiter.admin-token')}")
+
+    # Paused from the menu: no read for three seconds (a window to observe an absence in);
+    # every 2 s again: reads resume.
+    # A refresh already under way when the menu changes ends within the first 2.5 s (a
+    # refresh takes milliseconds here); the 3 s after it would see at least one more read
+    # at the 2 s interval if the pause did not hold.
+    Select(driver.find_element(By.ID, "interval")).select_by_value("0")
+    time.sleep(2.5)
+    paused_at = reads_of("/api/nodes")
+    time.sleep(3)
+    seen["reads_while_paused"] = reads_of("/api/nodes") - paused_at
+    Select(driver.find_element(By.ID, "interval")).select_by_value("2000")
+    resumed_at = reads_of("/api/nodes")
+    wait("resumed", lambda: reads_of("/api/nodes") >= resumed_at + 2)
+
     # The dark theme, as a system set to dark asks for it.
     driver.execute_cdp_cmd("Emulation.setEmulatedMedia",
                            {"features": [{"name": "prefers-color-scheme", "value": "dark"}]})
@@ -163,6 +251,8 @@ try:
     with open(f"{out_dir}/status-page-phone.png", "wb") as f:
         f.write(base64.b64decode(png["data"]))
     seen["alerts"] = int(alert_open())
+except Done:
+    pass
 except Exception as e:  # reported to the test, which fails naming it
     seen["error"] = repr(e)
 finally:
