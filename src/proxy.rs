@@ -917,10 +917,7 @@ impl ProxyHttp for Gateway {
             rule,
             decision: ctx.decision,
             upstream,
-            route: ctx
-                .route
-                .and_then(|i| ctx.live.as_ref()?.routes.get(i))
-                .map(|r| r.name),
+            route: Some(Self::route_name(ctx)).filter(|name| !name.is_empty()),
             upstream_status: ctx.upstream_status,
             upstream_ms,
             duration_ms: access_log::millis(took),

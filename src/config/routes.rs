@@ -12,14 +12,8 @@ use super::reader::Section;
 use super::{HealthCheck, ProxyConfig, Upstream, UpstreamTimeouts};
 use crate::rules::{valid_name, Matcher, MAX_NAME_LEN};
 
+/// A route's own keys, beside its name and match condition.
 const KEYS: &[&str] = &[
-    "name",
-    "methods",
-    "path",
-    "path_prefix",
-    "path_regex",
-    "path_ignore_case",
-    "host",
     "upstreams",
     "connect_timeout_ms",
     "read_timeout_ms",
@@ -51,7 +45,11 @@ pub(super) fn read(
 ) -> Vec<RouteConfig> {
     let mut out = Vec::new();
     let mut names: HashMap<String, usize> = HashMap::new();
-    for (index, (s, at)) in root.tables("routes", KEYS, errors).into_iter().enumerate() {
+    for (index, (s, at)) in root
+        .tables("routes", &super::rules::keys_with_match(KEYS), errors)
+        .into_iter()
+        .enumerate()
+    {
         let name = match s.string("name", errors) {
             None => {
                 if !s.has("name") {

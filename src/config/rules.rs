@@ -16,14 +16,27 @@ use crate::rules::{
     intern, valid_name, Costing, Matcher, PathMatch, Rule, DEFAULT_RULE, MAX_NAME_LEN,
 };
 
-const KEYS: &[&str] = &[
-    "name",
+/// The keys of a match condition ([`matcher`]), which rules and routes share.
+const MATCH_KEYS: [&str; 6] = [
     "methods",
     "path",
     "path_prefix",
     "path_regex",
     "path_ignore_case",
     "host",
+];
+
+/// The keys a `[[rules]]` or `[[routes]]` table may hold: its name, the match condition's,
+/// then `own`, in that order (the order the error for an unknown key lists them in).
+pub(super) fn keys_with_match(own: &[&'static str]) -> Vec<&'static str> {
+    std::iter::once("name")
+        .chain(MATCH_KEYS)
+        .chain(own.iter().copied())
+        .collect()
+}
+
+/// A rule's own keys, beside its name and match condition.
+const KEYS: &[&str] = &[
     "key",
     "missing",
     "limit",
@@ -66,7 +79,11 @@ pub(super) struct Defaults {
 pub(super) fn read(root: &Section, limits: &Defaults, errors: &mut Collector) -> Vec<Rule> {
     let mut rules = Vec::new();
     let mut names: HashMap<String, usize> = HashMap::new();
-    for (index, (s, at)) in root.tables("rules", KEYS, errors).into_iter().enumerate() {
+    for (index, (s, at)) in root
+        .tables("rules", &keys_with_match(KEYS), errors)
+        .into_iter()
+        .enumerate()
+    {
         let name = name(&s, &at, index + 1, &mut names, errors);
         let matcher = matcher(&s, errors);
         let key = super::keys::source(&s, true, limits.jwt, errors)

@@ -80,14 +80,7 @@ impl Fixed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::num::{NonZeroU32, NonZeroU64};
-
-    fn q(limit: u32, left_ms: u64) -> Quota {
-        Quota {
-            limit: NonZeroU32::new(limit).unwrap(),
-            window_ms: NonZeroU64::new(left_ms).unwrap(),
-        }
-    }
+    use crate::limiter::algo::test_quota as q;
 
     #[test]
     fn counts_until_the_period_ends_then_afresh() {

@@ -81,14 +81,7 @@ impl Slots {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::num::{NonZeroU32, NonZeroU64};
-
-    fn q(limit: u32, ttl_ms: u64) -> Quota {
-        Quota {
-            limit: NonZeroU32::new(limit).unwrap(),
-            window_ms: NonZeroU64::new(ttl_ms).unwrap(),
-        }
-    }
+    use crate::limiter::algo::test_quota as q;
 
     #[test]
     fn slots_are_held_until_freed_or_expired() {

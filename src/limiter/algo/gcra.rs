@@ -137,14 +137,7 @@ impl Gcra {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::num::{NonZeroU32, NonZeroU64};
-
-    fn q(limit: u32, window_ms: u64) -> Quota {
-        Quota {
-            limit: NonZeroU32::new(limit).unwrap(),
-            window_ms: NonZeroU64::new(window_ms).unwrap(),
-        }
-    }
+    use crate::limiter::algo::test_quota as q;
 
     /// Sends a request at `now_us` (ms × 1000); returns whether it was allowed.
     fn send(g: &mut Gcra, now_ms: u64, quota: Quota) -> Decision {

@@ -397,6 +397,16 @@ impl State {
     }
 }
 
+/// A quota of `limit` per `window_ms` (a concurrency rule: slots and their ttl; a calendar
+/// quota: the time left in its period), for the algorithms' tests.
+#[cfg(test)]
+pub(crate) fn test_quota(limit: u32, window_ms: u64) -> Quota {
+    Quota {
+        limit: std::num::NonZeroU32::new(limit).unwrap(),
+        window_ms: std::num::NonZeroU64::new(window_ms).unwrap(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -163,14 +163,7 @@ impl Log {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::num::{NonZeroU32, NonZeroU64};
-
-    fn q(limit: u32, window_ms: u64) -> Quota {
-        Quota {
-            limit: NonZeroU32::new(limit).unwrap(),
-            window_ms: NonZeroU64::new(window_ms).unwrap(),
-        }
-    }
+    use crate::limiter::algo::test_quota as q;
 
     #[test]
     fn has_room_until_the_limit() {

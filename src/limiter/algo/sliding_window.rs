@@ -217,14 +217,7 @@ impl SlidingWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::num::{NonZeroU32, NonZeroU64};
-
-    fn q(limit: u32, window_ms: u64) -> Quota {
-        Quota {
-            limit: NonZeroU32::new(limit).unwrap(),
-            window_ms: NonZeroU64::new(window_ms).unwrap(),
-        }
-    }
+    use crate::limiter::algo::test_quota as q;
 
     fn send(s: &mut SlidingWindow, now_ms: u64, quota: Quota) -> Decision {
         let mut d = s.peek(now_ms, quota, 1);
