@@ -37,6 +37,41 @@ fn artifacts() -> PathBuf {
     dir
 }
 
+/// Runs `tests/status/drive.py` on `gw`'s page with `expect`; what it saw. Every wait it
+/// made must have been met, and it must have run to its end.
+fn drive(gw: &Gateway, out: &std::path::Path, expect: &Value) -> Value {
+    let run = Command::new(PYTHON)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/status/drive.py"
+        ))
+        .arg(format!("http://{}", gw.admin))
+        .arg(TOKEN)
+        .arg(out)
+        .arg(expect.to_string())
+        .output()
+        .expect("the test tools' python with selenium (scripts/deps.sh installs it)");
+    assert!(
+        run.status.success(),
+        "drive.py failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&run.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&run.stdout)));
+    assert!(
+        seen["error"].is_null(),
+        "the drive stopped: {}",
+        seen["error"]
+    );
+    for (what, took) in seen["waits"].as_object().unwrap() {
+        assert!(
+            took.is_number(),
+            "the page never showed: {what}; saw {seen}"
+        );
+    }
+    seen
+}
+
 fn admin_call(gw: &Gateway, method: &str, path: &str) -> (u16, Value) {
     let auth = format!("Bearer {TOKEN}");
     let r = Conn::open(&gw.admin)
@@ -102,40 +137,15 @@ fn the_status_page_shows_an_incident_live_and_changes_made_from_it_hold_on_every
         "other": {"proxy": format!("http://{}", b.proxy), "admin": format!("http://{}", b.admin)},
     });
     let out = artifacts();
-    let run = Command::new(PYTHON)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/status/drive.py"
-        ))
-        .arg(format!("http://{}", a.admin))
-        .arg(TOKEN)
-        .arg(&out)
-        .arg(expect.to_string())
-        .output()
-        .expect("the test tools' python with selenium (scripts/deps.sh installs it)");
+    let seen = drive(&a, &out, &expect);
     stop.store(true, Ordering::Relaxed);
     let sent = traffic.join().unwrap();
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(run.status.success(), "drive.py failed: {stderr}");
-    let seen: Value = serde_json::from_slice(&run.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&run.stdout)));
     println!(
         "{sent} requests sent; page loaded in {} s; waits: {}",
         seen["loaded_s"], seen["waits"]
     );
     println!("tiles: {}", seen["tiles"]);
 
-    assert!(
-        seen["error"].is_null(),
-        "the drive stopped: {}",
-        seen["error"]
-    );
-    for (what, took) in seen["waits"].as_object().unwrap() {
-        assert!(
-            took.is_number(),
-            "the page never showed: {what}; saw {seen}"
-        );
-    }
     // No console message at all: no error, no CSP violation, no warning.
     assert_eq!(seen["console"], json!([]), "console: {}", seen["console"]);
     assert_eq!(seen["other_hosts"], json!([]), "requests to other hosts");
@@ -252,31 +262,7 @@ fn on_a_locked_node_the_page_asks_for_the_token_and_sends_nothing_refused() {
         1,
     );
     let a = Gateway::start("", &body);
-    let out = artifacts();
-    let run = Command::new(PYTHON)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/status/drive.py"
-        ))
-        .arg(format!("http://{}", a.admin))
-        .arg(TOKEN)
-        .arg(&out)
-        .arg(json!({"locked": true}).to_string())
-        .output()
-        .expect("the test tools' python with selenium (scripts/deps.sh installs it)");
-    assert!(
-        run.status.success(),
-        "drive.py failed: {}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let seen: Value = serde_json::from_slice(&run.stdout).unwrap();
-    assert!(seen["error"].is_null(), "{}", seen["error"]);
-    for (what, took) in seen["waits"].as_object().unwrap() {
-        assert!(
-            took.is_number(),
-            "the page never showed: {what}; saw {seen}"
-        );
-    }
+    let seen = drive(&a, &artifacts(), &json!({"locked": true}));
     assert_eq!(seen["api_reads"], 0, "reads the node would refuse");
     assert_eq!(seen["console"], json!([]));
 }
