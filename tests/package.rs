@@ -309,6 +309,16 @@ fn the_package_installs_and_its_unit_runs_the_gateway() {
     let env = environment(&env_file);
     let pre = unit_lines(&unit_text, "ExecStartPre");
     assert_eq!(pre.len(), 1);
+    // A broken config fails the check, naming its place, so the unit would not start.
+    std::fs::write(root.join(CONFIG), format!("{edited}bogus = 1\n")).unwrap();
+    let refused = unit_command(&root, &pre[0], &env).output().unwrap();
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{why}");
+    assert!(
+        why.contains("ratelimiter.toml:") && why.contains("unknown key `bogus`"),
+        "{why}"
+    );
+    std::fs::write(root.join(CONFIG), &edited).unwrap();
     run(&mut unit_command(&root, &pre[0], &env));
     let start = unit_lines(&unit_text, "ExecStart");
     let log_path = root.join("service.log");
@@ -376,6 +386,16 @@ fn the_package_installs_and_its_unit_runs_the_gateway() {
     // systemctl stop: KillSignal, and the process is gone well within TimeoutStopSec.
     let signal = unit_value(&unit_text, "KillSignal");
     let timeout: u64 = unit_value(&unit_text, "TimeoutStopSec").parse().unwrap();
+    // The shipped drain ends before systemd would kill the process.
+    let grace: u64 = shipped
+        .lines()
+        .find_map(|l| l.strip_prefix("grace_period_seconds = "))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("grace_period_seconds in the shipped config");
+    assert!(
+        grace < timeout,
+        "grace {grace} s, TimeoutStopSec {timeout} s"
+    );
     let stopped = Instant::now();
     run(Command::new("kill")
         .arg(format!("-{}", signal.trim_start_matches("SIG")))
