@@ -386,6 +386,44 @@ fn counters_blocks_and_reset_across_nodes() {
     common::until_allowed(&nodes[0].proxy, "/", &alice, Duration::from_secs(1));
 }
 
+/// `/api/counters` lists the fullest first (count over limit, then count), so `?limit=N` is
+/// the N keys nearest their limits, in both stores.
+#[test]
+fn counters_are_listed_fullest_first() {
+    let redis = RedisServer::start();
+    let up = Upstream::start();
+    let rules =
+        "default_limit = 100\n[[rules]]\nname = \"api\"\nkey = \"header:X-Api-Key\"\nlimit = 4\n";
+    let embedded = Gateway::start(
+        &format!("upstreams = [\"{}\"]", up.addr),
+        &format!("[privacy]\nclear_keys = true\n[limits]\n{rules}"),
+    );
+    let shared = redis_node(&redis, &up, "x", rules);
+    for gw in [&embedded, &shared] {
+        // ip:127.0.0.1 counts every request (9 of 100); the api keys 3, 1 and 5 (4 kept) of 4.
+        for (key, n) in [("three", 3), ("one", 1), ("full", 5)] {
+            for _ in 0..n {
+                get(&gw.proxy, "/", &[("X-Api-Key", key)]).unwrap();
+            }
+        }
+        let listed = body(&get(&gw.admin, "/api/counters?limit=3", &[]).unwrap());
+        let keys: Vec<&str> = listed["counters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["key"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "api/x-api-key:full",
+                "api/x-api-key:three",
+                "api/x-api-key:one"
+            ]
+        );
+    }
+}
+
 #[test]
 fn counters_exclude_expired_entries() {
     let redis = RedisServer::start();
