@@ -8,8 +8,9 @@
 #   a dynamic user with only CAP_NET_BIND_SERVICE, no new privileges and a seccomp filter;
 #   systemctl reload applies a config and refuses a broken one (the service keeps running);
 #   logrotate rotates the access log and USR1 reopens it; a reinstall restarts it and keeps
-#   an edited conffile; a remove stops it and a reinstall starts it again; systemctl stop
-#   drains it; a purge removes it all.
+#   an edited conffile; a remove stops it and a reinstall starts it again; the README's
+#   zero-downtime drop-in hands over on systemctl reload with no failed request; systemctl
+#   stop drains it; a purge removes it all.
 # Needs root, a Debian mirror (debootstrap, and systemd-container for nspawn when missing),
 # and ports 8000, 8080 and 9090 free. Not part of scripts/test.sh: CI machines may not allow
 # booting a container. Usage: sudo scripts/systemd-check.sh [path/to/package.deb]
@@ -97,10 +98,9 @@ check "no new privileges" has '^NoNewPrivs:[[:space:]]+1'
 check "a seccomp filter" has '^Seccomp:[[:space:]]+2'
 echo "  systemd-analyze security: $(inside systemd-analyze security ratelimiter --no-pager | tail -1 | sed 's/.*ratelimiter.service: //')"
 
-reloaded() {
-  inside systemctl reload ratelimiter &&
-    curl -s localhost:9090/metrics | grep -Eq 'config_reloads_total\{result="success".* 1$'
-}
+reload_counted() { curl -s localhost:9090/metrics | grep -Eq 'config_reloads_total\{result="success".* 1$'; }
+# The HUP is taken asynchronously: the count is polled for.
+reloaded() { inside systemctl reload ratelimiter && poll 5 reload_counted; }
 check "systemctl reload applies the config (SIGHUP)" reloaded
 inside cp /etc/ratelimiter/ratelimiter.toml /root/good.toml
 inside sh -c 'echo "bogus = 1" >>/etc/ratelimiter/ratelimiter.toml'
@@ -133,6 +133,48 @@ removed() {
 check "dpkg -r stops it and keeps the config" removed
 inside dpkg -i /root/ratelimiter.deb >/dev/null
 check "installed again, it starts again" poll 15 inside systemctl is-active ratelimiter
+# The README's zero-downtime upgrade under systemd: a drop-in makes the unit Type=forking and
+# systemctl reload a `-u` handover. Clients on fresh connections meanwhile must get answers
+# (the config's 429s included), never a refused connection or a 5xx.
+inside mkdir -p /etc/systemd/system/ratelimiter.service.d
+cat >"$root/etc/systemd/system/ratelimiter.service.d/upgrade.conf" <<'UNIT'
+[Service]
+Type=forking
+PIDFile=/run/ratelimiter/ratelimiter.pid
+ExecStart=
+ExecStart=/usr/bin/ratelimiter -d -c /etc/ratelimiter/ratelimiter.toml
+ExecReload=
+ExecReload=/usr/bin/ratelimiter -t -c /etc/ratelimiter/ratelimiter.toml
+ExecReload=/usr/bin/ratelimiter -u -d -c /etc/ratelimiter/ratelimiter.toml
+UNIT
+sed -i 's|^grace_period_seconds = |pid_file = "/run/ratelimiter/ratelimiter.pid"\ngrace_period_seconds = |' \
+  "$root/etc/ratelimiter/ratelimiter.toml"
+inside systemctl daemon-reload
+inside systemctl restart ratelimiter
+poll 10 curl -sf localhost:8080/ || true
+before=$(inside systemctl show -p MainPID --value ratelimiter)
+codes=$(mktemp)
+(end=$((SECONDS + 6)); while [ $SECONDS -lt $end ]; do
+  curl -s -o /dev/null -w '%{http_code}\n' localhost:8080/ >>"$codes"
+done) &
+clients=$!
+sleep 1 # the clients are under way before the reload
+took=$SECONDS
+inside systemctl reload ratelimiter
+took=$((SECONDS - took))
+wait "$clients"
+after=$(inside systemctl show -p MainPID --value ratelimiter)
+answered=$(grep -c -E '^(200|429)$' "$codes" || true)
+failed=$(grep -c -v -E '^(200|429)$' "$codes" || true)
+rm -f "$codes"
+echo "  upgrade by systemctl reload: ${took} s; main PID $before -> $after; $answered answered, $failed failed"
+upgraded_live() {
+  [ "$before" != "$after" ] && [ "$failed" -eq 0 ] && [ "$answered" -gt 0 ] &&
+    inside systemctl is-active ratelimiter >/dev/null
+}
+check "the drop-in's reload hands over with no failed request" upgraded_live
+inside rm -r /etc/systemd/system/ratelimiter.service.d
+inside systemctl daemon-reload
 stopped() { inside systemctl stop ratelimiter && ! inside systemctl is-active ratelimiter >/dev/null; }
 check "systemctl stop drains and stops it" stopped
 inside dpkg --purge ratelimiter >/dev/null
