@@ -102,8 +102,8 @@ pub struct Waiting {
     pub daemon: Option<(crate::daemon::Ready, SocketAddr)>,
 }
 
-/// Once the services run (`phases` says so): tells the old process of an upgrade, writes the
-/// pid file, then tells the command of `-d` once the proxy port accepts. On a thread of its
+/// Once the services run (`phases` says so): writes the pid file, tells the old process of an
+/// upgrade, then tells the command of `-d` once the proxy port accepts. On a thread of its
 /// own; a process that dies first tells them by closing their connections.
 pub fn announce_serving(
     mut phases: broadcast::Receiver<ExecutionPhase>,
@@ -119,15 +119,18 @@ pub fn announce_serving(
                     Err(broadcast::error::RecvError::Closed) => return,
                 }
             }
+            // The pid file first: the old process of an upgrade removes it at exit when it
+            // still names the old one, which it must no longer do once told to drain (written
+            // after, a rename between its read and its removal would lose the file).
+            if let Some(path) = &waiting.pid_file {
+                if let Err(e) = write_pid_file(path) {
+                    log::error!("cannot write [server] pid_file {}: {e}", path.display());
+                }
+            }
             if let Some(ack) = waiting.upgrade {
                 match ack.acknowledge() {
                     Ok(()) => log::info!("serving: the old process drains now"),
                     Err(e) => log::warn!("cannot tell the old process that this one serves: {e}"),
-                }
-            }
-            if let Some(path) = &waiting.pid_file {
-                if let Err(e) = write_pid_file(path) {
-                    log::error!("cannot write [server] pid_file {}: {e}", path.display());
                 }
             }
             if let Some((ready, listen)) = waiting.daemon {

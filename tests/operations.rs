@@ -188,7 +188,10 @@ fn an_upgrade_under_load_refuses_nothing_and_fails_nothing() {
             .ok()
             .and_then(|s| s.trim().parse::<u32>().ok())
     };
-    assert_eq!(pid_of(), Some(old.pid()));
+    // Registered before it serves; the pid file is written once it serves.
+    wait_for("the pid file", Duration::from_secs(10), || {
+        pid_of().filter(|&pid| pid == old.pid())
+    });
     let load = KeepAliveLoad::start(&old.proxy, CONNECTIONS, "/");
     // Fresh connections too: each one accepted by one process or the other.
     let fresh = std::thread::spawn({
