@@ -30,7 +30,7 @@ use crate::upstreams::peer::{Peer, ALPN};
 use crate::offload::OffloadRuntime;
 pub use l4::Connect as L4Connect;
 use l4::{connect as l4_connect, BindTo};
-use log::{debug, error, warn};
+use log::{debug, warn};
 use parking_lot::RwLock;
 use pingora_error::{Error, ErrorType::*, OrErr, Result};
 use pingora_pool::{ConnectionMeta, ConnectionPool};
@@ -167,10 +167,28 @@ impl ConnectorOptions {
     }
 }
 
+/// A stream kept for reuse, taken out of the pool under its lock. Empty once taken; the idle
+/// poll, which reads it while it waits, holds the lock until it is done.
+struct Pooled(Option<Stream>);
+
+impl tokio::io::AsyncRead for Pooled {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut().0.as_mut() {
+            Some(stream) => std::pin::Pin::new(stream).poll_read(cx, buf),
+            // Nothing to read: as a closed stream.
+            None => std::task::Poll::Ready(Ok(())),
+        }
+    }
+}
+
 /// [TransportConnector] provides APIs to connect to servers via TCP or TLS with connection reuse
 pub struct TransportConnector {
     tls_ctx: tls::Connector,
-    connection_pool: Arc<ConnectionPool<Arc<Mutex<Stream>>>>,
+    connection_pool: Arc<ConnectionPool<Arc<Mutex<Pooled>>>>,
     offload: Option<OffloadRuntime>,
     bind_to_v4: Vec<SocketAddr>,
     bind_to_v6: Vec<SocketAddr>,
@@ -252,47 +270,34 @@ impl TransportConnector {
         match self.connection_pool.get(&peer.reuse_hash()) {
             Some(s) => {
                 debug!("find reusable stream, trying to acquire it");
-                {
-                    let _ = s.lock().await;
-                } // wait for the idle poll to release it
-                match Arc::try_unwrap(s) {
-                    Ok(l) => {
-                        let mut stream = l.into_inner();
-                        // test_reusable_stream: we assume server would never actively send data
-                        // first on an idle stream.
-                        #[cfg(unix)]
-                        if peer.matches_fd(stream.id())
-                            && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
-                        {
-                            Some(stream)
-                        } else {
-                            None
-                        }
-                        #[cfg(windows)]
-                        {
-                            use std::os::windows::io::{AsRawSocket, RawSocket};
-                            struct WrappedRawSocket(RawSocket);
-                            impl AsRawSocket for WrappedRawSocket {
-                                fn as_raw_socket(&self) -> RawSocket {
-                                    self.0
-                                }
-                            }
-                            if peer.matches_sock(WrappedRawSocket(stream.id() as RawSocket))
-                                && test_reusable_stream(
-                                    &mut stream,
-                                    &self.unexpected_data_conn_count,
-                                )
-                            {
-                                Some(stream)
-                            } else {
-                                None
-                            }
+                // The lock is free once the idle poll has let go of the stream; the stream is
+                // taken out under it. (Unwrapping the `Arc` instead raced the idle poll's
+                // guard, which frees the lock before it drops its `Arc`: the pooled stream was
+                // then thrown away, and logged as an error.)
+                let taken = s.lock().await.0.take();
+                let Some(mut stream) = taken else {
+                    debug!("the pooled stream was taken already");
+                    return None;
+                };
+                // test_reusable_stream: we assume server would never actively send data
+                // first on an idle stream.
+                #[cfg(unix)]
+                let same = peer.matches_fd(stream.id());
+                #[cfg(windows)]
+                let same = {
+                    use std::os::windows::io::{AsRawSocket, RawSocket};
+                    struct WrappedRawSocket(RawSocket);
+                    impl AsRawSocket for WrappedRawSocket {
+                        fn as_raw_socket(&self) -> RawSocket {
+                            self.0
                         }
                     }
-                    Err(_) => {
-                        error!("failed to acquire reusable stream");
-                        None
-                    }
+                    peer.matches_sock(WrappedRawSocket(stream.id() as RawSocket))
+                };
+                if same && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count) {
+                    Some(stream)
+                } else {
+                    None
                 }
             }
             None => {
@@ -321,7 +326,7 @@ impl TransportConnector {
         let id = stream.id();
         let meta = ConnectionMeta::new(key, id);
         debug!("Try to keepalive client session");
-        let stream = Arc::new(Mutex::new(stream));
+        let stream = Arc::new(Mutex::new(Pooled(Some(stream))));
         let locked_stream = stream.clone().try_lock_owned().unwrap(); // safe as we just created it
         let (notify_close, watch_use) = self.connection_pool.put(&meta, stream);
         let idle_meta = IdleConnection::new(meta);
