@@ -32,16 +32,8 @@ impl Fixed {
             _ => (self.ends_us - now_us).div_ceil(1000),
         };
         if count + u64::from(cost) <= u64::from(limit) {
-            return Decision {
-                allowed: true,
-                count,
-                limit,
-                remaining,
-                retry_after_ms: 0,
-                reset_ms: if count == 0 { 0 } else { left_ms },
-                mark: 0,
-                delay_ms: 0,
-            };
+            let reset_ms = if count == 0 { 0 } else { left_ms };
+            return Decision::room(count, limit, remaining, reset_ms);
         }
         Decision {
             remaining,

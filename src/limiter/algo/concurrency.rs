@@ -37,16 +37,7 @@ impl Slots {
         let limit = quota.limit.get();
         let count = self.held.len() as u64;
         if count < u64::from(limit) {
-            Decision {
-                allowed: true,
-                count,
-                limit,
-                remaining: u64::from(limit) - count,
-                retry_after_ms: 0,
-                reset_ms: 0,
-                mark: 0,
-                delay_ms: 0,
-            }
+            Decision::room(count, limit, u64::from(limit) - count, 0)
         } else {
             Decision::refused(count, limit, RETRY_MS)
         }

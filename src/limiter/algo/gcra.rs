@@ -38,21 +38,13 @@ pub fn peek(tat_us: u64, now_us: u64, quota: Quota, cost: u32) -> Decision {
     let d = tat_us.saturating_sub(now_us);
     let remaining = if d <= tau { (tau - d) / t + 1 } else { 0 };
     if remaining >= cost {
-        Decision {
-            allowed: true,
-            count: u64::from(limit) - remaining,
-            limit,
-            remaining,
-            retry_after_ms: 0,
-            // The next request's worth frees when d has fallen by enough to raise remaining.
-            reset_ms: if d == 0 {
-                0
-            } else {
-                ceil_ms(d + remaining * t - tau)
-            },
-            mark: 0,
-            delay_ms: 0,
-        }
+        // The next request's worth frees when d has fallen by enough to raise remaining.
+        let reset_ms = if d == 0 {
+            0
+        } else {
+            ceil_ms(d + remaining * t - tau)
+        };
+        Decision::room(u64::from(limit) - remaining, limit, remaining, reset_ms)
     } else {
         // `cost` units fit once d has fallen to tau - (cost - 1) × T; a cost above the limit
         // never does, and is told to wait as if it could.

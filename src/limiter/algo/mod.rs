@@ -237,6 +237,21 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// Room for the request: `count` in use of `limit` (the request's units included once
+    /// it is recorded), `remaining` more allowed now, more of the quota frees in `reset_ms`.
+    pub fn room(count: u64, limit: u32, remaining: u64, reset_ms: u64) -> Decision {
+        Decision {
+            allowed: true,
+            count,
+            limit,
+            remaining,
+            retry_after_ms: 0,
+            reset_ms,
+            mark: 0,
+            delay_ms: 0,
+        }
+    }
+
     /// A refusal: `count` in use of `limit`, and a slot frees in `wait_ms` (also the reset).
     pub fn refused(count: u64, limit: u32, wait_ms: u64) -> Decision {
         Decision {

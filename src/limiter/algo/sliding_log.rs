@@ -35,20 +35,12 @@ pub fn peek_units(
     let until_leaves = |t: u64| (t + window_ms).saturating_sub(now_ms).max(1);
     let remaining = limit64.saturating_sub(count);
     if count + cost <= limit64 {
-        return Decision {
-            allowed: true,
-            count,
-            limit,
-            remaining,
-            retry_after_ms: 0,
-            reset_ms: if count == 0 {
-                0
-            } else {
-                until_leaves(unit_time(0))
-            },
-            mark: 0,
-            delay_ms: 0,
+        let reset_ms = if count == 0 {
+            0
+        } else {
+            until_leaves(unit_time(0))
         };
+        return Decision::room(count, limit, remaining, reset_ms);
     }
     // Room for `cost` comes when the unit that keeps the log above `limit - cost` leaves;
     // a cost above the limit never fits, and waits a whole window.

@@ -81,20 +81,12 @@ pub fn peek(c: Counts, quota: Quota, cost: u32) -> Decision {
     let n = count(c, window_ms);
     let remaining = u64::from(limit).saturating_sub(n);
     if n + cost <= u64::from(limit) {
-        Decision {
-            allowed: true,
-            count: n,
-            limit,
-            remaining,
-            retry_after_ms: 0,
-            reset_ms: if n == 0 {
-                0
-            } else {
-                until_below(n, c, window_ms)
-            },
-            mark: 0,
-            delay_ms: 0,
-        }
+        let reset_ms = if n == 0 {
+            0
+        } else {
+            until_below(n, c, window_ms)
+        };
+        Decision::room(n, limit, remaining, reset_ms)
     } else {
         // Room for `cost` once the estimate is at most `limit - cost`; a cost above the limit
         // never fits, and waits until both windows would be empty.

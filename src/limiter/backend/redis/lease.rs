@@ -48,16 +48,7 @@ impl Held {
     fn decision(&self) -> Decision {
         let limit = self.check.limit.quota.limit.get();
         let remaining = (self.grant.remaining + self.unused()).min(u64::from(limit));
-        Decision {
-            allowed: true,
-            count: u64::from(limit) - remaining,
-            limit,
-            remaining,
-            retry_after_ms: 0,
-            reset_ms: 0,
-            mark: 0,
-            delay_ms: 0,
-        }
+        Decision::room(u64::from(limit) - remaining, limit, remaining, 0)
     }
 }
 
