@@ -48,10 +48,16 @@ fn ban_json(rule: &str, entry: &Entry, until_ms: u64, reason: &str) -> Value {
 /// An override's or a ban's key value as the listings show it: private parts digested
 /// unless `clear` (contract §17), as in `/api/limits`.
 fn shown(live: &Live, rule: &str, entry: &Entry, clear: bool) -> String {
-    match (entry, live.rules.iter().find(|r| r.name == rule)) {
+    match (entry, live.rules.get(rule)) {
         (Entry::Value(v), Some(r)) if !clear => display_override(v, r.key.parts()).into_owned(),
         _ => entry.written().to_string(),
     }
+}
+
+/// What an audit entry of an override or a ban names: `<rule>/<value>` (read back by
+/// [`hide_target`]).
+fn change_target(rule: &str, entry: &Entry) -> String {
+    format!("{rule}/{}", entry.written())
 }
 
 /// An audit entry's target with private key values digested: the value of an override or a
@@ -64,7 +70,7 @@ fn hide_target(live: &Live, entry: &mut Value) {
         "counter.reset" => display(target).into_owned(),
         "config.reload" => return,
         _ => match target.split_once('/') {
-            Some((rule, value)) => match live.rules.iter().find(|r| r.name == rule) {
+            Some((rule, value)) => match live.rules.get(rule) {
                 Some(r) => format!("{rule}/{}", display_override(value, r.key.parts())),
                 None => return,
             },
@@ -74,7 +80,6 @@ fn hide_target(live: &Live, entry: &mut Value) {
     entry["target"] = json!(hidden);
 }
 
-/// What an override sets: the field its rule takes, and the number.
 /// Runs one store call within the admin deadline; a call that overruns is
 /// reported as the store timing out.
 async fn bounded<T>(
@@ -85,6 +90,7 @@ async fn bounded<T>(
         .unwrap_or(Err(StoreError::Timeout))
 }
 
+/// The field an override of `rule` sets: `concurrency` or `limit`.
 fn override_field(rule: &Rule) -> &'static str {
     match rule.limit.map(|l| l.algorithm) {
         Some(Algorithm::Concurrency) => "concurrency",
@@ -114,7 +120,7 @@ impl AdminApp {
         rule: &str,
         value: &str,
     ) -> Result<(&'l Rule, Entry), String> {
-        let Some(r) = live.rules.iter().find(|r| r.name == rule) else {
+        let Some(r) = live.rules.get(rule) else {
             return Err(format!("no rule named {rule:?}"));
         };
         if r.unlimited() {
@@ -182,7 +188,7 @@ impl AdminApp {
         self.audited(Change {
             actor,
             action: "override.put",
-            target: format!("{rule}/{}", entry.written()),
+            target: change_target(rule, &entry),
             before: shown(before),
             after: shown(Some(n.get())),
         })
@@ -224,7 +230,7 @@ impl AdminApp {
         self.audited(Change {
             actor,
             action: "override.delete",
-            target: format!("{rule}/{}", entry.written()),
+            target: change_target(rule, &entry),
             before: json!({ field: before }),
             after: Value::Null,
         })
@@ -248,11 +254,7 @@ impl AdminApp {
         let out: Vec<Value> = all
             .iter()
             .map(|(rule, entry, n)| {
-                let field = live
-                    .rules
-                    .iter()
-                    .find(|r| r.name == rule)
-                    .map_or("limit", override_field);
+                let field = live.rules.get(rule).map_or("limit", override_field);
                 json!({ "rule": rule, "value": shown(live, rule, entry, clear), field: n })
             })
             .collect();
@@ -296,7 +298,7 @@ impl AdminApp {
         self.audited(Change {
             actor,
             action: "ban.put",
-            target: format!("{rule}/{}", entry.written()),
+            target: change_target(rule, &entry),
             before: shown(before.as_ref().map(|b| b.until_ms)),
             after: shown(Some(until)),
         })
@@ -329,7 +331,7 @@ impl AdminApp {
         self.audited(Change {
             actor,
             action: "ban.delete",
-            target: format!("{rule}/{}", entry.written()),
+            target: change_target(rule, &entry),
             before: json!({ "until": iso_ms(before.until_ms), "reason": before.reason }),
             after: Value::Null,
         })
