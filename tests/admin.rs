@@ -26,6 +26,16 @@ fn redis_node(redis: &RedisServer, up: &Upstream, id: &str, limits: &str) -> Gat
     )
 }
 
+/// The keys a listing of `/api/counters` holds, in its order.
+fn counter_keys(listed: &Value) -> Vec<&str> {
+    listed["counters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["key"].as_str().unwrap())
+        .collect()
+}
+
 fn node_ids(admin: &str) -> Vec<String> {
     let r = get(admin, "/api/nodes", &[]).unwrap();
     assert_eq!(r.status, 200);
@@ -407,12 +417,7 @@ fn counters_are_listed_fullest_first() {
             }
         }
         let listed = body(&get(&gw.admin, "/api/counters?limit=3", &[]).unwrap());
-        let keys: Vec<&str> = listed["counters"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c["key"].as_str().unwrap())
-            .collect();
+        let keys = counter_keys(&listed);
         assert_eq!(
             keys,
             [
@@ -491,12 +496,7 @@ fn keys_of_other_services_under_the_prefix_are_skipped_by_listings() {
     let counters = get(&gw.admin, "/api/counters", &[]).unwrap();
     assert_eq!(counters.status, 200, "{}", counters.body);
     let listed = body(&counters);
-    let keys: Vec<&str> = listed["counters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["key"].as_str().unwrap())
-        .collect();
+    let keys = counter_keys(&listed);
     assert_eq!(keys, ["x-api-key:alice"], "{}", counters.body);
     let blocks = get(&gw.admin, "/api/blocks", &[]).unwrap();
     assert_eq!(blocks.status, 200, "{}", blocks.body);
