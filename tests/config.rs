@@ -681,6 +681,14 @@ fn table_defaults_of_health_check_and_direct_response() {
 }
 
 #[test]
+fn the_upstream_ca_serves_a_route_s_https_upstreams_too() {
+    let text = "[proxy]\nupstreams = [\"127.0.0.1:3000\"]\nupstream_tls_ca_file = \"tests/fixtures/tls/localhost.pem\"\n\n[[routes]]\nname = \"billing\"\npath_prefix = \"/billing/\"\nupstreams = [\"https://localhost:8443\"]\n";
+    let c = Config::parse("ca.toml", text, &|_| None).unwrap();
+    assert!(c.proxy.upstream_tls_ca_file.is_some());
+    assert!(c.routes[0].upstreams[0].tls);
+}
+
+#[test]
 fn redis_table_defaults() {
     let c = Config::parse("r.toml", "[redis]\n", &|_| None).unwrap();
     let r = c.redis.unwrap();

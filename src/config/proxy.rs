@@ -39,6 +39,29 @@ pub(super) const KEYS: &[&str] = &[
     "buffering",
 ];
 
+/// `upstream_tls_ca_file` serves every pool, `[proxy]`'s and each route's: given with no
+/// `https://` upstream in any of them, it is a mistake.
+pub(super) fn check_ca_used(
+    s: &Section,
+    proxy: &ProxyConfig,
+    routes: &[super::routes::RouteConfig],
+    errors: &mut Collector,
+) {
+    let mut upstreams = proxy
+        .upstreams
+        .iter()
+        .chain(routes.iter().flat_map(|r| r.upstreams.iter()));
+    if proxy.upstream_tls_ca_file.is_some() && !upstreams.any(|u| u.tls) {
+        errors.at(
+            s.span("upstream_tls_ca_file").unwrap_or(0..0),
+            format!(
+                "{} upstream_tls_ca_file: only for https:// upstreams, and none is listed",
+                s.name
+            ),
+        );
+    }
+}
+
 /// The upstream when none is written.
 const DEFAULT_UPSTREAM: &str = "127.0.0.1:3000";
 
@@ -47,17 +70,6 @@ pub(super) fn read(s: &Section, errors: &mut Collector) -> Option<ProxyConfig> {
     let tls = tls_listener(s, errors);
     let upstreams = upstreams(s, errors);
     let upstream_tls_ca_file = pem::file(s, "upstream_tls_ca_file", Pem::Certificate, errors);
-    if let (Ok(Some(_)), Some(list)) = (&upstream_tls_ca_file, &upstreams) {
-        if !list.iter().any(|u| u.tls) {
-            errors.at(
-                s.span("upstream_tls_ca_file").unwrap_or(0..0),
-                format!(
-                    "{} upstream_tls_ca_file: only for https:// upstreams, and none is listed",
-                    s.name
-                ),
-            );
-        }
-    }
     let ms = |key: &str, default: u64, errors: &mut Collector| {
         s.integer(key, 1, 3_600_000, "an integer 1..=3600000 (ms)", errors)
             .map_or(default, |v| v.value as u64)

@@ -51,10 +51,8 @@ pub(super) fn build(path: &str, source: &str, env: Env) -> Result<Config, Config
         ),
         &mut errors,
     );
-    let proxy = super::proxy::read(
-        &root.section("proxy", super::proxy::KEYS, &mut errors),
-        &mut errors,
-    );
+    let proxy_section = root.section("proxy", super::proxy::KEYS, &mut errors);
+    let proxy = super::proxy::read(&proxy_section, &mut errors);
     let admin = admin(
         &root.section(
             "admin",
@@ -116,6 +114,9 @@ pub(super) fn build(path: &str, source: &str, env: Env) -> Result<Config, Config
     };
     let rules = super::rules::read(&root, &rule_defaults, &mut errors);
     let routes = super::routes::read(&root, proxy.as_ref(), &mut errors);
+    if let Some(proxy) = &proxy {
+        super::proxy::check_ca_used(&proxy_section, proxy, &routes, &mut errors);
+    }
     let jwt = super::keys::jwt(
         &root.section("jwt", super::keys::JWT_KEYS, &mut errors),
         root.span("jwt"),
