@@ -277,9 +277,11 @@ impl Gateway {
             };
             self.metrics.tenants.banned(check.rule, bans::AUTO);
             let (tenants, rule) = (self.tenants.clone(), check.rule);
+            // The log names the key as the listings do: private values digested.
+            let shown = crate::key::counter::display(&check.key).into_owned();
             tokio::spawn(async move {
-                if let Err(e) = tenants.put_ban(rule, &entry, until_ms, bans::AUTO).await {
-                    log::warn!("could not ban {} on rule {rule}: {e}", entry.written());
+                if let Err(e) = tenants.record_ban(rule, &entry, until_ms).await {
+                    log::warn!("could not write the ban of {shown} to the store: {e}");
                 }
             });
         }

@@ -176,6 +176,21 @@ impl Tenants {
         self.bans.hold(&id.0, &id.1, until).then_some((id.1, until))
     }
 
+    /// Writes a ban this node made and already holds ([`Tenants::refused`]) to the store,
+    /// for the others. Its bans are not read back: a flood of keys banned one after another
+    /// would read the whole set of bans once for each.
+    pub async fn record_ban(
+        &self,
+        rule: &str,
+        entry: &Entry,
+        until_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.store
+            .put_ban(rule, entry, until_ms, AUTO, now_ms())
+            .await
+            .map(|_| ())
+    }
+
     /// Bans a key of a rule until `until_ms`; in force on this node at once, on the others
     /// at their next look. Returns the ban it replaced.
     pub async fn put_ban(
