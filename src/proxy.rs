@@ -480,22 +480,42 @@ async fn discard_request_body(session: &mut Session) {
         return;
     }
     let declared = crate::response::declared_length(&downstream.req_header().headers);
-    // A gRPC call's body (a few framed messages, with no declared length) is read too, so
-    // its stream ends cleanly rather than being reset.
-    let small_grpc = downstream.is_http2() && grpc::is_grpc(&downstream.req_header().headers);
-    let drained = match declared {
-        _ if small_grpc => tokio::time::timeout(DISCARD_BODY_TIME, downstream.drain_request_body())
-            .await
-            .is_ok_and(|r| r.is_ok()),
-        Some(n) if n <= DISCARD_BODY_MAX => {
-            tokio::time::timeout(DISCARD_BODY_TIME, downstream.drain_request_body())
-                .await
-                .is_ok_and(|r| r.is_ok())
-        }
-        _ => false,
+    // A gRPC call's body (framed messages, with no declared length) is read too, within the
+    // same bounds, so that a unary call's stream ends cleanly rather than being reset.
+    let readable = match declared {
+        Some(n) => n <= DISCARD_BODY_MAX,
+        None => downstream.is_http2() && grpc::is_grpc(&downstream.req_header().headers),
     };
+    let drained = readable
+        && tokio::time::timeout(
+            DISCARD_BODY_TIME,
+            drain_at_most(downstream, DISCARD_BODY_MAX),
+        )
+        .await
+        .unwrap_or(false);
     if !drained {
         downstream.set_keepalive(None);
+    }
+}
+
+/// Reads a request body to its end and drops it; false when it holds more than `max` bytes
+/// (the rest is left unread) or cannot be read.
+async fn drain_at_most(
+    downstream: &mut pingora::protocols::http::ServerSession,
+    max: usize,
+) -> bool {
+    let mut read = 0;
+    loop {
+        match downstream.read_request_body().await {
+            Ok(Some(chunk)) => {
+                read += chunk.len();
+                if read > max {
+                    return false;
+                }
+            }
+            Ok(None) => return true,
+            Err(_) => return false,
+        }
     }
 }
 
