@@ -277,7 +277,7 @@ fn named_tokens(s: &Section, admin: Option<&str>, errors: &mut Collector) -> Vec
             continue;
         }
         let t = &token.value;
-        if t.is_empty() || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if !usable_token(t) {
             errors.at(
                 token.span,
                 format!(
@@ -302,12 +302,16 @@ fn named_tokens(s: &Section, admin: Option<&str>, errors: &mut Collector) -> Vec
     out
 }
 
+/// Whether a token can be sent in an `Authorization` header as written: not empty, no space
+/// or control character.
+fn usable_token(t: &str) -> bool {
+    !t.is_empty() && !t.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
 /// A bearer token as written; a bad one is reported and left out.
 fn bearer_token(s: &Section, key: &str, errors: &mut Collector) -> Option<String> {
     match s.string(key, errors) {
-        Some(At { value, span })
-            if value.is_empty() || value.chars().any(|c| c.is_whitespace() || c.is_control()) =>
-        {
+        Some(At { value, span }) if !usable_token(&value) => {
             errors.at(
                 span,
                 format!(
