@@ -69,8 +69,9 @@ pub struct RequestCtx {
     slots: Option<Slots>,
     /// What limiting made of the request, for the access log.
     decision: &'static str,
-    /// The rule that let it through unlimited, for the access log.
-    unlimited_by: Option<&'static str>,
+    /// The rule that decided without a counter, for the access log: the one that let it
+    /// through unlimited, or the one that bans its key.
+    decided_by: Option<&'static str>,
     /// The client as the limits see it (for the upstream's `X-Real-IP` and the access log).
     client: Option<IpAddr>,
     /// The route it takes (its index in the config in force); `None`: `[proxy]`'s upstreams.
@@ -185,7 +186,7 @@ impl Gateway {
         let checks = match selection {
             Selection::Unlimited { rule } => {
                 ctx.decision = "unlimited";
-                ctx.unlimited_by = Some(rule);
+                ctx.decided_by = Some(rule);
                 return Ok(false);
             }
             Selection::Skipped => {
@@ -206,8 +207,9 @@ impl Gateway {
         // A banned key is answered from memory: no store call, no upstream.
         if let Some((rule, left)) = self.tenants.banned(&checks) {
             ctx.decision = "banned";
+            ctx.decided_by = Some(rule);
             self.metrics.count_refusal(rule, "ban");
-            let secs = (left.as_millis() as u64).div_ceil(1000).max(1);
+            let secs = bans::retry_after_secs(left);
             let (body, content_type) = match live.config.headers.problem {
                 true => (
                     problem_json(
@@ -536,7 +538,7 @@ impl ProxyHttp for Gateway {
             owed: None,
             slots: None,
             decision: "off",
-            unlimited_by: None,
+            decided_by: None,
             client: None,
             route: None,
             tried: Vec::new(),
@@ -919,7 +921,7 @@ impl ProxyHttp for Gateway {
             .as_ref()
             .and_then(|o| o.headline())
             .map(|(check, _)| check.rule)
-            .or(ctx.unlimited_by);
+            .or(ctx.decided_by);
         let downstream = session.as_downstream();
         let protocol = match req.version {
             _ if downstream.is_http2() => "HTTP/2",

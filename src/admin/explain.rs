@@ -30,6 +30,7 @@ use crate::live::Route;
 use crate::request::RequestView;
 use crate::request::{path, PathPolicy};
 use crate::rules::{RuleSet, Selection};
+use crate::tenants::bans;
 
 /// At most this many headers in a described request.
 const MAX_HEADERS: usize = 100;
@@ -74,6 +75,9 @@ pub struct Plan {
     parts: Vec<Vec<Value>>,
     /// The route that would take it (contract §18); `None`: `[proxy] upstreams`.
     route: Option<&'static str>,
+    /// The rule whose ban its key is under, and for how long yet: the proxy answers 429
+    /// whatever its counters say (contract §15).
+    pub banned: Option<(&'static str, std::time::Duration)>,
 }
 
 impl ExplainRequest {
@@ -193,6 +197,7 @@ impl ExplainRequest {
                 checks: Vec::new(),
                 parts: Vec::new(),
                 route: None,
+                banned: None,
             };
         }
         let view = RequestView {
@@ -221,6 +226,7 @@ impl ExplainRequest {
                     checks: Vec::new(),
                     parts: Vec::new(),
                     route,
+                    banned: None,
                 }
             }
         };
@@ -248,6 +254,7 @@ impl ExplainRequest {
             checks,
             parts,
             route,
+            banned: None,
         }
     }
 }
@@ -304,14 +311,22 @@ impl Plan {
                 })
             })
             .collect();
-        let blocked = !outcome.allowed();
-        let rule = outcome.headline().filter(|_| blocked).map(|(c, _)| c.rule);
+        let (decision, rule, retry_after) = match self.banned {
+            // As the proxy answers it, whatever the counters say.
+            Some((rule, left)) => ("banned", Some(rule), bans::retry_after_secs(left)),
+            None if !outcome.allowed() => (
+                "blocked",
+                outcome.headline().map(|(c, _)| c.rule),
+                outcome.retry_after_secs(),
+            ),
+            None => ("allowed", None, 0),
+        };
         to_json(&json!({
-            "decision": if blocked { "blocked" } else { "allowed" },
+            "decision": decision,
             "path": self.path,
             "route": self.route,
             "rule": rule,
-            "retry_after_seconds": outcome.retry_after_secs(),
+            "retry_after_seconds": retry_after,
             "matched": self.matched,
             "default_applies": default_applies,
             "checks": checks,

@@ -772,6 +772,7 @@ impl AdminApp {
         };
         let mut plan = request.plan(&live.rules, &live.routes);
         self.tenants.apply(&mut plan.checks);
+        plan.banned = self.tenants.banned(&plan.checks);
         let decisions = match self.limiter.explain(&plan.checks).await {
             Ok(d) => d,
             Err(e) => return self.store_down(&e),

@@ -35,8 +35,13 @@ fn whole(v: &Value) -> Option<u64> {
 /// The longest ban that may be asked for (a year).
 const MAX_BAN_MS: u64 = 31_536_000_000;
 
-/// A time in ms since the epoch, as ISO 8601 in UTC to the millisecond.
+/// The last millisecond of the year 9999, the latest time RFC 3339 can write.
+const LAST_WRITABLE_MS: u64 = 253_402_300_799_999;
+
+/// A time in ms since the epoch, as ISO 8601 in UTC to the millisecond (a later time, which
+/// only a hand-written store entry can hold, as the latest one writable).
 fn iso_ms(ms: u64) -> String {
+    let ms = ms.min(LAST_WRITABLE_MS);
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
     humantime::format_rfc3339_millis(t).to_string()
 }
@@ -103,13 +108,33 @@ impl AdminApp {
     /// logged, never a reason to undo the change.
     pub(super) async fn audited(&self, change: Change<'_>) {
         if let Err(e) = bounded(self.tenants.record(&change)).await {
-            log::warn!(
-                "could not write {} of {} to the audit log: {e}",
-                change.action,
-                change.target
-            );
+            // Without its target, which can hold a private key value.
+            log::warn!("could not write {} to the audit log: {e}", change.action);
         }
         self.metrics.tenants.changed(change.action);
+    }
+
+    /// What a removal of `value` from `rule` may name, in order: the entry the rule's key reads
+    /// it as, then (for one kept from before the rule was removed or keyed otherwise) the
+    /// value as an IP and as a key value; and why the rule can hold none now, if it cannot.
+    fn removal_targets(live: &Live, rule: &str, value: &str) -> (Vec<Entry>, Option<String>) {
+        let mut entries = Vec::with_capacity(3);
+        let why = match Self::override_target(live, rule, value) {
+            Ok((_, entry)) => {
+                entries.push(entry);
+                None
+            }
+            Err(why) => Some(why),
+        };
+        for stale in [
+            Entry::Ip(value.to_string()),
+            Entry::Value(value.to_string()),
+        ] {
+            if !entries.contains(&stale) {
+                entries.push(stale);
+            }
+        }
+        (entries, why)
     }
 
     /// The rule an override names and what it applies to, or why such an override cannot
@@ -211,22 +236,23 @@ impl AdminApp {
         rule: &str,
         value: &str,
     ) -> Response<Vec<u8>> {
-        let (r, entry) = match Self::override_target(live, rule, value) {
-            Ok(t) => t,
-            Err(why) => return error(404, &why),
-        };
-        let field = override_field(r);
-        let delete = self.tenants.delete_override(rule, &entry);
-        let before = match bounded(delete).await {
-            Ok(Some(before)) => before,
-            Ok(None) => {
-                return error(
-                    404,
-                    &format!("no override for {:?} on rule {rule:?}", entry.written()),
-                )
+        let (entries, why) = Self::removal_targets(live, rule, value);
+        let mut removed = None;
+        for entry in entries {
+            match bounded(self.tenants.delete_override(rule, &entry)).await {
+                Ok(Some(before)) => {
+                    removed = Some((entry, before));
+                    break;
+                }
+                Ok(None) => {}
+                Err(e) => return self.store_down(&e),
             }
-            Err(e) => return self.store_down(&e),
+        }
+        let Some((entry, before)) = removed else {
+            let why = why.unwrap_or_else(|| format!("no override for {value:?} on rule {rule:?}"));
+            return error(404, &why);
         };
+        let field = live.rules.get(rule).map_or("limit", override_field);
         self.audited(Change {
             actor,
             action: "override.delete",
@@ -313,20 +339,21 @@ impl AdminApp {
         rule: &str,
         value: &str,
     ) -> Response<Vec<u8>> {
-        let entry = match Self::override_target(live, rule, value) {
-            Ok((_, entry)) => entry,
-            Err(why) => return error(404, &why),
-        };
-        let delete = self.tenants.delete_ban(rule, &entry);
-        let before = match bounded(delete).await {
-            Ok(Some(before)) if before.until_ms > bans::now_ms() => before,
-            Ok(_) => {
-                return error(
-                    404,
-                    &format!("no ban of {:?} on rule {rule:?}", entry.written()),
-                )
+        let (entries, why) = Self::removal_targets(live, rule, value);
+        let mut removed = None;
+        for entry in entries {
+            match bounded(self.tenants.delete_ban(rule, &entry)).await {
+                Ok(Some(before)) if before.until_ms > bans::now_ms() => {
+                    removed = Some((entry, before));
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => return self.store_down(&e),
             }
-            Err(e) => return self.store_down(&e),
+        }
+        let Some((entry, before)) = removed else {
+            let why = why.unwrap_or_else(|| format!("no ban of {value:?} on rule {rule:?}"));
+            return error(404, &why);
         };
         self.audited(Change {
             actor,
@@ -386,5 +413,17 @@ impl AdminApp {
             }
             Err(e) => self.store_down(&e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_written_to_the_millisecond_and_never_past_the_year_9999() {
+        assert_eq!(iso_ms(1_780_000_000_123), "2026-05-28T20:26:40.123Z");
+        assert_eq!(iso_ms(LAST_WRITABLE_MS), "9999-12-31T23:59:59.999Z");
+        assert_eq!(iso_ms(u64::MAX), "9999-12-31T23:59:59.999Z");
     }
 }

@@ -38,6 +38,11 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The `Retry-After` of a banned request: the ban's time left, in whole seconds up.
+pub fn retry_after_secs(left: Duration) -> u64 {
+    (left.as_millis() as u64).div_ceil(1000).max(1)
+}
+
 /// The most bans a node makes by itself and holds at once: past it, keys are refused as
 /// usual rather than banned (a flood of distinct keys cannot grow the memory, nor the store).
 const MAX_ACTIVE: usize = 100_000;
