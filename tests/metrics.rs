@@ -561,3 +561,48 @@ fn the_shipped_alerts_pass_promtool_and_name_real_series() {
     }
     assert!(named >= 6, "{named}");
 }
+
+/// A request two rules refuse at once is counted once, under the one nearest its limit: both
+/// have no room left, so the smaller limit (not the first in the file).
+#[test]
+fn a_request_refused_by_two_rules_is_counted_under_the_one_nearest_its_limit() {
+    let gw = Gateway::start(
+        "[proxy.direct_response]\nbody = \"ok\"",
+        "[node]\nid = \"t1\"\n[limits]\ndefault_limit = 1000\n\
+         [[rules]]\nname = \"wide\"\npath = \"/both\"\nkey = \"header:X-B\"\nlimit = 3\n\
+         [[rules]]\nname = \"narrow\"\npath = \"/both\"\nkey = \"header:X-A\"\nlimit = 2\n",
+    );
+    let send = |a: &str| {
+        get(&gw.proxy, "/both", &[("X-A", a), ("X-B", "b")])
+            .unwrap()
+            .status
+    };
+    // narrow/a: 2 of 2, wide/b: 2 of 3; then narrow/a2 takes wide/b's last.
+    assert_eq!([send("a"), send("a"), send("a2")], [200, 200, 200]);
+    // Refused by both: wide/b and narrow/a have no room left.
+    assert_eq!(send("a"), 429);
+    let s = samples(&scrape(&gw));
+    // Both refused it (the per-rule series)...
+    for rule in ["wide", "narrow"] {
+        let blocked: f64 = s
+            .iter()
+            .filter(|((n, l), _)| {
+                n == "ratelimiter_requests_checked_total"
+                    && l.contains(r#"result="blocked""#)
+                    && l.contains(&format!(r#"rule="{rule}""#))
+            })
+            .map(|(_, v)| v)
+            .sum();
+        assert_eq!(blocked, 1.0, "{rule}");
+    }
+    // ...and it is one refused request, under narrow.
+    let refused = |rule: &str| {
+        value(
+            &s,
+            "ratelimiter_refused_total",
+            &format!(r#"node_id="t1",reason="limit",rule="{rule}""#),
+        )
+    };
+    assert_eq!(refused("narrow"), Some(1.0));
+    assert_eq!(refused("wide"), None);
+}

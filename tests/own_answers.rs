@@ -287,4 +287,32 @@ fn a_refusal_as_problem_json() {
         r.header("Retry-After").map(str::to_string),
         Some(v["retry_after_seconds"].to_string())
     );
+
+    // A banned key's 429 likewise.
+    let ban = Conn::open(&gw.admin)
+        .unwrap()
+        .send(
+            "PUT",
+            "/api/bans/default/127.0.0.1",
+            &[],
+            r#"{"for_ms": 60000}"#,
+        )
+        .unwrap();
+    assert_eq!(ban.status, 200, "{}", ban.body);
+    let r = c.get("/", &[]).unwrap();
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("Content-Type"), Some("application/problem+json"));
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(
+        v["type"],
+        "https://iana.org/assignments/http-problem-types#quota-exceeded"
+    );
+    assert_eq!(v["status"], 429);
+    assert_eq!(v["violated-policies"], serde_json::json!(["default"]));
+    assert_eq!(
+        v["detail"], "banned by rule default; retry after 60 s",
+        "{v}"
+    );
+    assert_eq!(r.header("Retry-After"), Some("60"));
+    assert_eq!(v["retry_after_seconds"], 60);
 }

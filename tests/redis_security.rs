@@ -1,7 +1,8 @@
 //! Redis over TLS and with ACL users (contract §9), on real processes: a TLS redis-server with
 //! a CA made by the suite, trusted through `tls_ca_file`; mutual TLS with a client
-//! certificate; a wrong CA refused with a clear log line; an ACL user allowed only the
-//! commands, keys and channel the gateway needs.
+//! certificate; a wrong CA refused with a clear log line; the README's ACL user, allowed only
+//! the commands, keys and channel the gateway needs, and that user as an older version's
+//! (without the lease commands, without the override keys).
 
 mod common;
 
@@ -9,10 +10,38 @@ use std::time::Duration;
 
 use common::http::{get, post, Conn};
 use common::procs::{Gateway, RedisServer};
-use common::topologies::{Certs, TlsServer, GATEWAY_ACL};
+use common::topologies::{Certs, TlsServer};
 use common::wait_for;
 
 const DIRECT: &str = "[proxy.direct_response]\nbody = \"ok\"";
+
+/// The README's ACL user, as written there (`ACL SETUSER gw ...`), with the password
+/// `gw-secret` for its `secret`: the line an operator copies is the one tested.
+fn readme_acl() -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("ACL SETUSER gw "))
+        .expect("the README's ACL line");
+    line.split_whitespace()
+        .skip(3)
+        .map(|r| match r {
+            ">secret" => ">gw-secret".to_string(),
+            other => other.to_string(),
+        })
+        .collect()
+}
+
+/// Creates the user `gw` with `rules` on this server.
+fn set_user(redis: &RedisServer, rules: &[String]) {
+    let mut setuser = redis::cmd("ACL");
+    setuser.arg("SETUSER").arg("gw");
+    for rule in rules {
+        setuser.arg(rule);
+    }
+    setuser.query::<()>(&mut redis.conn()).unwrap();
+}
 
 /// Limits, the registry, listing and reset all work through this store.
 fn works_end_to_end(gw: &Gateway) {
@@ -148,16 +177,12 @@ fn tls_insecure_skips_verification_and_is_warned() {
 fn an_acl_user_with_only_the_needed_commands_keys_and_channel() {
     let redis = RedisServer::start();
     let mut conn = redis.conn();
-    let mut setuser = redis::cmd("ACL");
-    setuser.arg("SETUSER").arg("gw");
-    for rule in GATEWAY_ACL {
-        setuser.arg(*rule);
-    }
-    setuser.query::<()>(&mut conn).unwrap();
+    set_user(&redis, &readme_acl());
     let gw = Gateway::start(
         DIRECT,
         &format!(
-            "[node]\nid = \"gw\"\n[redis]\nurl = \"redis://gw:gw-secret@127.0.0.1:{}\"\ntimeout_ms = 1000\n[limits]\ndefault_limit = 2\n[[rules]]\nname = \"leased\"\npath_prefix = \"/lease/\"\nlimit = 3\nwindow_ms = 60000\nskip_default = true\nsync = \"lease\"\nlease_size = 2\n[[rules]]\nname = \"slots\"\npath_prefix = \"/slots/\"\nconcurrency = 1\nskip_default = true\n",
+            "[node]\nid = \"gw\"\n[redis]\nurl = \"redis://gw:gw-secret@127.0.0.1:{}\"\ntimeout_ms = 1000\n[limits]\ndefault_limit = 2\n[[rules]]\nname = \"leased\"\npath_prefix = \"/lease/\"\nlimit = 3\nwindow_ms = 60000\nskip_default = true\nsync = \"lease\"\nlease_size = 2\n[[rules]]\nname = \"slots\"\npath_prefix = \"/slots/\"\nconcurrency = 1\nskip_default = true\n\
+             [[rules]]\nname = \"quota\"\npath_prefix = \"/quota/\"\nkey = \"header:X-Api-Key\"\nlimit = 2\nperiod = \"day\"\ntimezone = \"Europe/Berlin\"\nskip_default = true\n",
             redis.port
         ),
     );
@@ -188,19 +213,30 @@ fn an_acl_user_with_only_the_needed_commands_keys_and_channel() {
             .collect();
         assert_eq!(statuses, [200, 429], "{algorithm}: {}", gw.log());
     }
-    // Overrides and the audit log too.
+    // A calendar quota too.
+    let statuses: Vec<u16> = (0..3)
+        .map(|_| {
+            get(&gw.proxy, "/quota/x", &[("X-Api-Key", "k")])
+                .unwrap()
+                .status
+        })
+        .collect();
+    assert_eq!(statuses, [200, 200, 429], "{}", gw.log());
+    // Overrides, bans and the audit log too: each set and removed.
     let mut admin = Conn::open(&gw.admin).unwrap();
-    let r = admin
-        .send(
-            "PUT",
-            "/api/overrides/default/10.9.9.9",
-            &[],
-            r#"{"limit": 50}"#,
-        )
-        .unwrap();
-    assert_eq!(r.status, 200, "{}", r.body);
+    for (method, path, body) in [
+        ("PUT", "/api/overrides/default/10.9.9.9", r#"{"limit": 50}"#),
+        ("PUT", "/api/bans/default/10.9.9.8", r#"{"for_ms": 60000}"#),
+        ("DELETE", "/api/bans/default/10.9.9.8", ""),
+        ("DELETE", "/api/overrides/default/10.9.9.9", ""),
+    ] {
+        let r = admin.send(method, path, &[], body).unwrap();
+        assert_eq!(r.status, 200, "{method} {path}: {}", r.body);
+    }
     let r = admin.get("/api/audit", &[]).unwrap();
-    assert!(r.body.contains("override.put"), "{}", r.body);
+    for action in ["override.put", "ban.put", "ban.delete", "override.delete"] {
+        assert!(r.body.contains(action), "{action}: {}", r.body);
+    }
     // Nothing was refused by the ACL.
     let log: Vec<Vec<redis::Value>> = redis::cmd("ACL").arg("LOG").query(&mut conn).unwrap();
     assert!(log.is_empty(), "the ACL refused: {log:?}");
@@ -211,13 +247,12 @@ fn an_acl_user_with_only_the_needed_commands_keys_and_channel() {
 fn an_acl_user_without_the_lease_commands_fails_every_check_and_on_error_decides() {
     // The user of a version before leases: no ZSCORE, ZINCRBY or ZREVRANGEBYSCORE.
     let redis = RedisServer::start();
-    let mut setuser = redis::cmd("ACL");
-    setuser.arg("SETUSER").arg("gw");
     let lease_commands = ["+zscore", "+zincrby", "+zrevrangebyscore"];
-    for rule in GATEWAY_ACL.iter().filter(|r| !lease_commands.contains(r)) {
-        setuser.arg(*rule);
-    }
-    setuser.query::<()>(&mut redis.conn()).unwrap();
+    let rules: Vec<String> = readme_acl()
+        .into_iter()
+        .filter(|r| !lease_commands.contains(&r.as_str()))
+        .collect();
+    set_user(&redis, &rules);
     let gw = Gateway::start(
         DIRECT,
         &format!(
@@ -238,5 +273,55 @@ fn an_acl_user_without_the_lease_commands_fails_every_check_and_on_error_decides
             .map(|_| post(&gw.admin, "/check", &[], &body).unwrap().status)
             .collect();
         assert_eq!(statuses, [200, 429], "{algorithm}: {}", gw.log());
+    }
+}
+
+#[test]
+fn an_acl_user_without_the_tenant_keys_limits_but_refuses_changes_with_503() {
+    // The user of a version before runtime overrides: what the README says to add, left out.
+    let redis = RedisServer::start();
+    let added = [
+        "~ratelimiter:overrides",
+        "~ratelimiter:overrides:version",
+        "~ratelimiter:audit",
+        "~ratelimiter:bans",
+        "~ratelimiter:bans:version",
+        "+hget",
+        "+hdel",
+        "+incr",
+        "+lpush",
+        "+ltrim",
+        "+lrange",
+    ];
+    let rules: Vec<String> = readme_acl()
+        .into_iter()
+        .filter(|r| !added.contains(&r.as_str()))
+        .collect();
+    set_user(&redis, &rules);
+    let gw = Gateway::start(
+        DIRECT,
+        &format!(
+            "[redis]\nurl = \"redis://gw:gw-secret@127.0.0.1:{}\"\ntimeout_ms = 1000\n[limits]\ndefault_limit = 2\n",
+            redis.port
+        ),
+    );
+    // Limiting works; the overrides are not read, and the log says so.
+    let statuses: Vec<u16> = (0..3)
+        .map(|_| get(&gw.proxy, "/", &[]).unwrap().status)
+        .collect();
+    assert_eq!(statuses, [200, 200, 429], "{}", gw.log());
+    wait_for("the warning", Duration::from_secs(10), || {
+        gw.log()
+            .contains("overrides set at runtime: cannot read them")
+            .then_some(())
+    });
+    // Changes through the admin API fail with 503.
+    let mut admin = Conn::open(&gw.admin).unwrap();
+    for (method, path, body) in [
+        ("PUT", "/api/overrides/default/10.9.9.9", r#"{"limit": 50}"#),
+        ("PUT", "/api/bans/default/10.9.9.8", r#"{"for_ms": 60000}"#),
+    ] {
+        let r = admin.send(method, path, &[], body).unwrap();
+        assert_eq!(r.status, 503, "{method} {path}: {}", r.body);
     }
 }

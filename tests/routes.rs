@@ -2,16 +2,21 @@
 //! conditions they meet (by path, by host), the rest to `[proxy] upstreams`; each route has
 //! its own timeouts; routes are added and removed by a reload under load without a failed
 //! request; `/api/limits` lists them.
+//! Each route's own `retries` and `health_check` (`[proxy]`'s inherited when it sets none),
+//! a route added by a reload checked before it takes a request, the `route` of the access
+//! log, every field of a route in `/api/limits`, and `[proxy] buffering = false` to an
+//! HTTP/1.1 and an HTTP/1.0 client.
 
 mod common;
 
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
 
 use common::http::{get, Conn};
 use common::load::KeepAliveLoad;
 use common::procs::Gateway;
 use common::upstream::Upstream;
-use common::wait_for;
+use common::{free_port, wait_for};
 
 fn routes(api: &Upstream, admin: &Upstream, extra: &str) -> String {
     format!(
@@ -82,24 +87,30 @@ fn requests_go_to_the_pool_of_the_first_route_they_meet_and_the_rest_to_the_defa
 #[test]
 fn each_route_has_its_own_read_timeout() {
     let upstream = Upstream::start();
-    // The same upstream, slow to answer: past the route's 300 ms, within [proxy]'s 60 s.
+    // The same upstream, slow to answer: past the route's 1 s, within [proxy]'s 60 s.
     let gw = Gateway::start(
         &format!("upstreams = [\"{}\"]", upstream.addr),
         &format!(
-            "[limits]\ndefault_limit = 1000000\n\n[[routes]]\nname = \"impatient\"\npath_prefix = \"/sleep/1\"\nupstreams = [\"{}\"]\nread_timeout_ms = 300\n",
+            "[limits]\ndefault_limit = 1000000\n\n[[routes]]\nname = \"impatient\"\npath_prefix = \"/sleep/5\"\nupstreams = [\"{}\"]\nread_timeout_ms = 1000\n",
             upstream.addr
         ),
     );
+    // The upstream would answer after 5 s: given up well before, at the route's 1 s.
     let started = std::time::Instant::now();
     assert_eq!(
-        upstream_of(&gw, "/sleep/1000", "h").0,
+        upstream_of(&gw, "/sleep/5000", "h").0,
         504,
-        "the route's 300 ms"
+        "the route's 1 s"
     );
     let took = started.elapsed();
-    assert!(took < Duration::from_millis(900), "{took:?}");
+    println!("the route's 1 s read timeout answered 504 after {took:?}");
+    assert!(
+        took >= Duration::from_millis(950) && took < Duration::from_millis(4000),
+        "{took:?}"
+    );
+    // Another path, through [proxy]'s pool: waited for, well past the route's 1 s.
     assert_eq!(
-        upstream_of(&gw, "/sleep/800", "h"),
+        upstream_of(&gw, "/sleep/3000", "h"),
         (200, upstream.addr.clone())
     );
 }
@@ -117,13 +128,25 @@ fn a_reload_adds_and_removes_routes_under_load_with_no_failed_request() {
         (upstream_of(&gw, "/api/orders", "h").1 == api.addr).then_some(())
     });
     std::thread::sleep(Duration::from_millis(300));
-    let served = api.served();
-    assert!(served > 0);
+    // What each pool has served while the route is in force.
+    let (api_while_routed, default_while_routed) = (api.served(), default.served());
+    assert!(api_while_routed > 0);
     // Removed again.
     gw.reload_with(&proxy, "[limits]\ndefault_limit = 1000000\n");
     wait_for("the route gone", Duration::from_secs(5), || {
         (upstream_of(&gw, "/api/orders", "h").1 == default.addr).then_some(())
     });
+    // A request that took the route just before the reload may reach its pool a moment
+    // later; after that, the pool gets none.
+    let api_after = wait_for(
+        "the route's pool left alone",
+        Duration::from_secs(5),
+        || {
+            let n = api.served();
+            std::thread::sleep(Duration::from_millis(300));
+            (api.served() == n).then_some(n)
+        },
+    );
     std::thread::sleep(Duration::from_millis(300));
     let tally = load.finish();
     println!(
@@ -132,7 +155,16 @@ fn a_reload_adds_and_removes_routes_under_load_with_no_failed_request() {
     );
     assert_eq!(tally.failed(), 0, "{tally:?}");
     assert_eq!(tally.answered.keys().copied().collect::<Vec<_>>(), [200]);
-    assert!(api.served() >= served && default.served() > 0);
+    // Once removed, the route's pool got nothing more, and the default pool took the load.
+    assert_eq!(
+        api.served(),
+        api_after,
+        "the removed route's pool still served"
+    );
+    assert!(
+        default.served() > default_while_routed,
+        "the default pool took no request once the route was gone"
+    );
     let mut c = Conn::open(&gw.proxy).unwrap();
     assert_eq!(
         c.get("/api/x", &[]).unwrap().header("X-Upstream"),
@@ -142,9 +174,8 @@ fn a_reload_adds_and_removes_routes_under_load_with_no_failed_request() {
 
 /// Time to the first byte of the body of `GET path` on a fresh connection, and the body.
 fn first_byte(addr: &str, path: &str) -> (Duration, String) {
-    use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    let asked = std::time::Instant::now();
+    let asked = Instant::now();
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
@@ -179,21 +210,22 @@ fn an_unbuffered_route_delivers_a_trickling_response_as_it_arrives() {
     let gw = Gateway::start(
         &format!("upstreams = [\"{}\"]", upstream.addr),
         &format!(
-            "[limits]\ndefault_limit = 1000000\n\n[[routes]]\nname = \"live\"\npath_prefix = \"/drip/1\"\nupstreams = [\"{}\"]\nbuffering = false\n",
+            "[limits]\ndefault_limit = 1000000\n\n[[routes]]\nname = \"live\"\npath_prefix = \"/drip/3\"\nupstreams = [\"{}\"]\nbuffering = false\n",
             upstream.addr
         ),
     );
-    // 1 s for ten bytes with a Content-Length: through the unbuffered route, and through the
-    // default (buffered) one, and directly.
-    let (unbuffered, body) = first_byte(&gw.proxy, "/drip/1000");
-    let (buffered, _) = first_byte(&gw.proxy, "/drip/999");
-    let (direct, _) = first_byte(&upstream.addr, "/drip/1000");
+    // 3 s for ten bytes with a Content-Length, one every 300 ms: through the unbuffered
+    // route, and through the default (buffered) one, and directly. The first byte comes
+    // 300 ms in; the default passes the body on once it has all of it (3 s).
+    let (unbuffered, body) = first_byte(&gw.proxy, "/drip/3000");
+    let (buffered, _) = first_byte(&gw.proxy, "/drip/2999");
+    let (direct, _) = first_byte(&upstream.addr, "/drip/3000");
     println!(
         "time to the first body byte: unbuffered route {unbuffered:?}, default {buffered:?}, direct {direct:?}"
     );
-    assert!(unbuffered < Duration::from_millis(400), "{unbuffered:?}");
+    assert!(unbuffered < Duration::from_millis(1500), "{unbuffered:?}");
     assert!(
-        buffered > Duration::from_millis(800),
+        buffered > Duration::from_millis(2400),
         "the default batches: {buffered:?}"
     );
     // Sent chunked, every byte there, in order.
@@ -237,4 +269,198 @@ fn explain_names_the_route_a_request_would_take() {
         let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
         assert_eq!(v["route"], route, "{body}: {}", r.body);
     }
+}
+
+/// An address where nothing listens.
+fn dead_addr() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
+fn statuses(gw: &Gateway, path: &str, n: usize) -> Vec<u16> {
+    (0..n)
+        .map(|i| get(&gw.proxy, &format!("{path}{i}"), &[]).unwrap().status)
+        .collect()
+}
+
+#[test]
+fn a_routes_retries_and_health_check_are_its_own() {
+    let (default, live) = (Upstream::start(), Upstream::start());
+    let dead = dead_addr();
+    let pool = format!("upstreams = [\"{dead}\", \"{}\"]", live.addr);
+    let gw = Gateway::start(
+        &format!("upstreams = [\"{}\"]\nretries = 0", default.addr),
+        &format!(
+            "[limits]\ndefault_limit = 1000000\n\
+             [[routes]]\nname = \"bare\"\npath_prefix = \"/bare/\"\n{pool}\n\
+             [[routes]]\nname = \"retried\"\npath_prefix = \"/retried/\"\n{pool}\nretries = 1\nconnect_timeout_ms = 700\n\
+             [[routes]]\nname = \"checked\"\npath_prefix = \"/checked/\"\n{pool}\n\
+             [routes.health_check]\ninterval_ms = 100\ntimeout_ms = 200\n"
+        ),
+    );
+    // `[proxy]`'s retries (0), no check: round robin sends every second request to the dead one.
+    let seen = statuses(&gw, "/bare/", 10);
+    assert_eq!(seen.iter().filter(|&&s| s == 502).count(), 5, "{seen:?}");
+    // The route's own retries: a failed connect goes to the other upstream.
+    assert_eq!(statuses(&gw, "/retried/", 20), vec![200; 20]);
+    // The route's own health check takes the dead one out of its pool.
+    wait_for(
+        "the route's check to see it",
+        Duration::from_secs(10),
+        || (statuses(&gw, "/checked/", 4) == vec![200; 4]).then_some(()),
+    );
+    assert_eq!(statuses(&gw, "/checked/", 40), vec![200; 40]);
+
+    let limits: serde_json::Value =
+        serde_json::from_str(&get(&gw.admin, "/api/limits", &[]).unwrap().body).unwrap();
+    let routes = &limits["routes"];
+    assert_eq!(
+        routes[0],
+        serde_json::json!({
+            "name": "bare",
+            "match": {"path_prefix": "/bare/"},
+            "upstreams": [dead, live.addr],
+            "connect_timeout_ms": 2000,
+            "read_timeout_ms": 60000,
+            "write_timeout_ms": 60000,
+            "retries": 0,
+            "health_check": false,
+        })
+    );
+    assert_eq!(routes[1]["retries"], 1);
+    assert_eq!(routes[1]["connect_timeout_ms"], 700);
+    assert_eq!(routes[2]["health_check"], true);
+}
+
+#[test]
+fn a_route_added_by_a_reload_takes_no_request_before_its_pool_is_checked() {
+    let (default, live) = (Upstream::start(), Upstream::start());
+    let dead = dead_addr();
+    let proxy = format!("upstreams = [\"{}\"]\nretries = 0", default.addr);
+    let gw = Gateway::start(&proxy, "[limits]\ndefault_limit = 1000000\n");
+    assert_eq!(statuses(&gw, "/new/", 4), vec![200; 4]);
+    gw.reload_with(
+        &proxy,
+        &format!(
+            "[limits]\ndefault_limit = 1000000\n\
+             [[routes]]\nname = \"new\"\npath_prefix = \"/new/\"\nupstreams = [\"{dead}\", \"{}\"]\n\
+             [routes.health_check]\ninterval_ms = 100\ntimeout_ms = 200\n",
+            live.addr
+        ),
+    );
+    // Until the reload, the default pool answers; from then on the route's, whose dead
+    // upstream was found before the first request: no 502 at any point.
+    let mut seen = Vec::new();
+    wait_for("the route in force", Duration::from_secs(10), || {
+        let r = get(&gw.proxy, "/new/x", &[]).unwrap();
+        seen.push(r.status);
+        (r.header("X-Upstream") == Some(live.addr.as_str())).then_some(())
+    });
+    assert!(seen.iter().all(|&s| s == 200), "{seen:?}");
+    assert_eq!(statuses(&gw, "/new/", 40), vec![200; 40]);
+}
+
+#[test]
+fn the_access_log_names_the_route() {
+    let (default, api) = (Upstream::start(), Upstream::start());
+    let dir = std::env::temp_dir().join(format!("routes-more-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = dir.join("access.log").display().to_string();
+    let json = dir.join("access.json").display().to_string();
+    let body = |path: &str, format: &str| {
+        format!(
+            "[log]\naccess = \"{path}\"\nformat = \"{format}\"\n[limits]\ndefault_limit = 1000000\n\
+             [[routes]]\nname = \"api\"\npath_prefix = \"/api/\"\nupstreams = [\"{}\"]\n",
+            api.addr
+        )
+    };
+    let proxy = format!("upstreams = [\"{}\"]", default.addr);
+    for (path, format) in [(&text, "text"), (&json, "json")] {
+        let _ = std::fs::remove_file(path);
+        let gw = Gateway::start(&proxy, &body(path, format));
+        assert_eq!(get(&gw.proxy, "/api/orders", &[]).unwrap().status, 200);
+        assert_eq!(get(&gw.proxy, "/other", &[]).unwrap().status, 200);
+        let lines = wait_for("two lines", Duration::from_secs(10), || {
+            let t = std::fs::read_to_string(path).ok()?;
+            (t.lines().count() >= 2).then_some(t)
+        });
+        let line_of = |p: &str| {
+            lines
+                .lines()
+                .find(|l| l.contains(p))
+                .unwrap_or_else(|| panic!("{p}: {lines}"))
+                .to_string()
+        };
+        if format == "text" {
+            assert!(line_of("/api/orders").contains(" route=api "), "{lines}");
+            assert!(line_of("/other").contains(" route=- "), "{lines}");
+        } else {
+            let v: serde_json::Value = serde_json::from_str(&line_of("/api/orders")).unwrap();
+            assert_eq!(v["route"], "api", "{lines}");
+            let v: serde_json::Value = serde_json::from_str(&line_of("/other")).unwrap();
+            assert!(v["route"].is_null(), "{lines}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The head, the time to the first body byte and the body of `request` on a fresh
+/// connection, read until the gateway closes it.
+fn first_byte_until_close(addr: &str, request: &str) -> (String, Duration, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let asked = Instant::now();
+    s.write_all(request.as_bytes()).unwrap();
+    let (mut seen, mut first) = (Vec::new(), None);
+    let mut buf = [0; 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+        let text = String::from_utf8_lossy(&seen);
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        if first.is_none() && body.contains('0') {
+            first = Some(asked.elapsed());
+        }
+    }
+    let text = String::from_utf8_lossy(&seen).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (
+        head.to_ascii_lowercase(),
+        first.expect("a body"),
+        body.to_string(),
+    )
+}
+
+#[test]
+fn proxy_buffering_off_sends_a_trickle_as_it_comes_chunked_or_until_the_close() {
+    let upstream = Upstream::start();
+    let gw = Gateway::start(
+        &format!("upstreams = [\"{}\"]\nbuffering = false", upstream.addr),
+        "[limits]\ndefault_limit = 1000000\n",
+    );
+    // Ten bytes over a second, with a Content-Length.
+    let (head, first, body) = first_byte_until_close(
+        &gw.proxy,
+        "GET /drip/1000 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    println!("HTTP/1.1, unbuffered: first body byte after {first:?}");
+    assert!(first < Duration::from_millis(400), "{first:?}");
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    let data: String = body
+        .split("\r\n")
+        .collect::<Vec<_>>()
+        .chunks(2)
+        .filter_map(|pair| pair.get(1).copied())
+        .collect();
+    assert_eq!(data, "0123456789", "{body:?}");
+    // HTTP/1.0 has no chunks: the bytes as they come, the end at the close.
+    let (head, first, body) =
+        first_byte_until_close(&gw.proxy, "GET /drip/1000 HTTP/1.0\r\nHost: t\r\n\r\n");
+    println!("HTTP/1.0, unbuffered: first body byte after {first:?}");
+    assert!(first < Duration::from_millis(400), "{first:?}");
+    assert!(head.starts_with("http/1."), "{head}");
+    assert!(!head.contains("transfer-encoding"), "{head}");
+    assert!(!head.contains("content-length"), "{head}");
+    assert_eq!(body, "0123456789");
 }

@@ -301,7 +301,6 @@ pub const GATEWAY_ACL: &[&str] = &[
     "+lpush",
     "+ltrim",
     "+lrange",
-    "+incrby",
 ];
 
 /// Creates the gateway's ACL user on one server.

@@ -1,8 +1,10 @@
-"""A gRPC service for the tests, on the grpcio library's server (cleartext HTTP/2): the
+"""A gRPC service for the tests, on the grpcio library's server (cleartext HTTP/2, or HTTP/2
+over TLS with --tls, which a client must choose by ALPN): the
 method /test.Echo/Say answers "echo:" and the request; /test.Echo/Count streams the request's
-number of replies ("1", "2", ...), one every 50 ms. Prints its port once it serves.
+number of replies ("1", "2", ...), one every 50 ms; /test.Echo/Sleep answers "awake" after
+the request's number of milliseconds. Prints its port once it serves.
 
-Usage: server.py
+Usage: server.py [--tls <cert.pem> <key.pem>]
 """
 import sys
 import time
@@ -21,14 +23,25 @@ def count(request, context):
         yield str(i + 1).encode()
 
 
+def sleep(request, context):
+    time.sleep(int(request.decode() or "0") / 1000)
+    return b"awake"
+
+
 def main():
     handlers = {
         "Say": grpc.unary_unary_rpc_method_handler(say),
         "Count": grpc.unary_stream_rpc_method_handler(count),
+        "Sleep": grpc.unary_unary_rpc_method_handler(sleep),
     }
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Echo", handlers),))
-    port = server.add_insecure_port("127.0.0.1:0")
+    if sys.argv[1:2] == ["--tls"]:
+        with open(sys.argv[2], "rb") as c, open(sys.argv[3], "rb") as k:
+            creds = grpc.ssl_server_credentials([(k.read(), c.read())])
+        port = server.add_secure_port("127.0.0.1:0", creds)
+    else:
+        port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     print(port)
     sys.stdout.flush()

@@ -115,6 +115,19 @@ try:
     start = time.monotonic()
     driver.get(admin + "/")
     seen["loaded_s"] = round(time.monotonic() - start, 2)
+    # Every read of the page stays countable: the page never clears its resource timing
+    # entries, and the browser keeps only 250 of them by default.
+    driver.execute_script("performance.setResourceTimingBufferSize(100000)")
+    # The page's reads in flight, counted from when each is sent (resource timing records a
+    # read only once it has ended). Reads sent before this are not counted; they are long
+    # over by the time the count is looked at.
+    driver.execute_script("""
+        const send = window.fetch;
+        window.__pendingReads = 0;
+        window.fetch = (...args) => {
+            window.__pendingReads++;
+            return send.apply(window, args).finally(() => { window.__pendingReads--; });
+        };""")
     seen["title"] = driver.title
     if expect.get("locked"):
         locked()
@@ -217,11 +230,29 @@ try:
 
     # Paused from the menu: no read for three seconds (a window to observe an absence in);
     # every 2 s again: reads resume.
-    # A refresh already under way when the menu changes ends within the first 2.5 s (a
-    # refresh takes milliseconds here); the 3 s after it would see at least one more read
-    # at the 2 s interval if the pause did not hold.
+    # Choosing "paused" ends the timer, but a refresh may be under way (one already running,
+    # or the one the change starts); it is the last one. The window starts once it is over:
+    # no read is pending, the latest refresh has made its last read (/api/blocks) after its
+    # first (/health), and the counts stay so for a second.
     Select(driver.find_element(By.ID, "interval")).select_by_value("0")
-    time.sleep(2.5)
+    settled = {"since": None, "counts": None}
+
+    def refresh_over():
+        pending, counts, first, last = driver.execute_script(
+            "const at = (p) => performance.getEntriesByType('resource')"
+            ".filter((e) => new URL(e.name).pathname === p).map((e) => e.startTime);"
+            "const [health, blocks, nodes] = ['/health', '/api/blocks', '/api/nodes'].map(at);"
+            "return [window.__pendingReads, [health.length, blocks.length, nodes.length],"
+            " Math.max(-1, ...health), Math.max(-1, ...blocks)]")
+        now = time.monotonic()
+        if pending or first > last:
+            settled.update(since=None, counts=None)
+            return False
+        if counts != settled["counts"]:
+            settled.update(since=now, counts=counts)
+            return False
+        return now - settled["since"] >= 1
+    wait("refresh_over", refresh_over, timeout=15)
     paused_at = reads_of("/api/nodes")
     time.sleep(3)
     seen["reads_while_paused"] = reads_of("/api/nodes") - paused_at
