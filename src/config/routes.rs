@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::error::Collector;
 use super::reader::Section;
 use super::{HealthCheck, ProxyConfig, Upstream, UpstreamTimeouts};
-use crate::rules::{valid_name, Matcher, MAX_NAME_LEN};
+use crate::rules::Matcher;
 
 /// A route's own keys, beside its name and match condition.
 const KEYS: &[&str] = &[
@@ -50,40 +50,8 @@ pub(super) fn read(
         .into_iter()
         .enumerate()
     {
-        let name = match s.string("name", errors) {
-            None => {
-                if !s.has("name") {
-                    errors.at(at.clone(), format!("{}: name is required", s.name));
-                }
-                None
-            }
-            Some(n) if !valid_name(&n.value) => {
-                errors.at(
-                    n.span,
-                    format!(
-                        "{} name: expected 1 to {MAX_NAME_LEN} characters of a-z, 0-9, _ and -, found {:?}",
-                        s.name, n.value
-                    ),
-                );
-                None
-            }
-            Some(n) => match names.get(&n.value) {
-                Some(first) => {
-                    errors.at(
-                        n.span,
-                        format!(
-                            "{} name: {:?} is already the name of route #{first}",
-                            s.name, n.value
-                        ),
-                    );
-                    None
-                }
-                None => {
-                    names.insert(n.value.clone(), index + 1);
-                    Some(n.value)
-                }
-            },
-        };
+        let name =
+            super::rules::table_name(&s, &at, ("route", index + 1), None, &mut names, errors);
         let matcher = super::rules::matcher(&s, errors);
         if !s.has("upstreams") {
             errors.at(

@@ -84,7 +84,15 @@ pub(super) fn read(root: &Section, limits: &Defaults, errors: &mut Collector) ->
         .into_iter()
         .enumerate()
     {
-        let name = name(&s, &at, index + 1, &mut names, errors);
+        let reserved = (DEFAULT_RULE, "the rule [limits] defines");
+        let name = table_name(
+            &s,
+            &at,
+            ("rule", index + 1),
+            Some(reserved),
+            &mut names,
+            errors,
+        );
         let matcher = matcher(&s, errors);
         let key = super::keys::source(&s, true, limits.jwt, errors)
             .map(|k| k.unwrap_or(limits.key.clone()));
@@ -170,10 +178,13 @@ pub(super) fn read(root: &Section, limits: &Defaults, errors: &mut Collector) ->
     rules
 }
 
-fn name(
+/// The `name` of the `number`th table of a kind (`rule`, `route`): required, valid, not
+/// `reserved` (a name and what it already is), and not the name of an earlier one (`seen`).
+pub(super) fn table_name(
     s: &Section,
     at: &Span,
-    number: usize,
+    (kind, number): (&str, usize),
+    reserved: Option<(&str, &str)>,
     seen: &mut HashMap<String, usize>,
     errors: &mut Collector,
 ) -> Option<String> {
@@ -183,13 +194,10 @@ fn name(
         }
         return None;
     };
-    if value == DEFAULT_RULE {
+    if let Some((taken, what)) = reserved.filter(|(taken, _)| value == *taken) {
         errors.at(
             span,
-            format!(
-                "{} name: \"default\" is the rule [limits] defines; choose another name",
-                s.name
-            ),
+            format!("{} name: {taken:?} is {what}; choose another name", s.name),
         );
         return None;
     }
@@ -207,7 +215,7 @@ fn name(
         errors.at(
             span,
             format!(
-                "{} name: {value:?} is already the name of rule #{first}",
+                "{} name: {value:?} is already the name of {kind} #{first}",
                 s.name
             ),
         );
