@@ -62,6 +62,46 @@ pub(super) fn check_ca_used(
     }
 }
 
+/// The upstream timeouts when none is written.
+const DEFAULT_TIMEOUTS: UpstreamTimeouts = UpstreamTimeouts {
+    connect: Duration::from_millis(2_000),
+    read: Duration::from_millis(60_000),
+    write: Duration::from_millis(60_000),
+};
+
+/// A pool's timeouts (`[proxy]`'s, or a route's), each `base`'s where not written.
+pub(super) fn timeouts(
+    s: &Section,
+    base: UpstreamTimeouts,
+    errors: &mut Collector,
+) -> UpstreamTimeouts {
+    let mut ms = |key: &str, default: Duration| {
+        s.integer(key, 1, 3_600_000, "an integer 1..=3600000 (ms)", errors)
+            .map_or(default, |v| Duration::from_millis(v.value as u64))
+    };
+    UpstreamTimeouts {
+        connect: ms("connect_timeout_ms", base.connect),
+        read: ms("read_timeout_ms", base.read),
+        write: ms("write_timeout_ms", base.write),
+    }
+}
+
+/// A pool's `retries`, if written.
+pub(super) fn retries(s: &Section, errors: &mut Collector) -> Option<usize> {
+    s.integer("retries", 0, 10, "an integer 0..=10", errors)
+        .map(|v| v.value as usize)
+}
+
+/// A pool's `health_check` table, if written.
+pub(super) fn health_check(s: &Section, errors: &mut Collector) -> Option<HealthCheck> {
+    s.table(
+        "health_check",
+        &["interval_ms", "path", "timeout_ms"],
+        errors,
+    )
+    .map(|h| health(&h, errors))
+}
+
 /// The upstream when none is written.
 const DEFAULT_UPSTREAM: &str = "127.0.0.1:3000";
 
@@ -70,15 +110,7 @@ pub(super) fn read(s: &Section, errors: &mut Collector) -> Option<ProxyConfig> {
     let tls = tls_listener(s, errors);
     let upstreams = upstreams(s, errors);
     let upstream_tls_ca_file = pem::file(s, "upstream_tls_ca_file", Pem::Certificate, errors);
-    let ms = |key: &str, default: u64, errors: &mut Collector| {
-        s.integer(key, 1, 3_600_000, "an integer 1..=3600000 (ms)", errors)
-            .map_or(default, |v| v.value as u64)
-    };
-    let timeouts = UpstreamTimeouts {
-        connect: Duration::from_millis(ms("connect_timeout_ms", 2_000, errors)),
-        read: Duration::from_millis(ms("read_timeout_ms", 60_000, errors)),
-        write: Duration::from_millis(ms("write_timeout_ms", 60_000, errors)),
-    };
+    let timeouts = timeouts(s, DEFAULT_TIMEOUTS, errors);
     let keepalive_timeout = s
         .integer(
             "keepalive_timeout_seconds",
@@ -88,16 +120,8 @@ pub(super) fn read(s: &Section, errors: &mut Collector) -> Option<ProxyConfig> {
             errors,
         )
         .map_or(75, |v| v.value as u64);
-    let retries = s
-        .integer("retries", 0, 10, "an integer 0..=10", errors)
-        .map_or(1, |v| v.value as usize);
-    let health_check = s
-        .table(
-            "health_check",
-            &["interval_ms", "path", "timeout_ms"],
-            errors,
-        )
-        .map(|h| health(&h, errors));
+    let retries = retries(s, errors).unwrap_or(1);
+    let health_check = health_check(s, errors);
     let direct_response = s
         .table(
             "direct_response",
@@ -348,7 +372,7 @@ fn bracketed(host: &str) -> String {
     }
 }
 
-pub(super) fn health(h: &Section, errors: &mut Collector) -> HealthCheck {
+fn health(h: &Section, errors: &mut Collector) -> HealthCheck {
     let interval = h
         .integer(
             "interval_ms",

@@ -5,7 +5,6 @@
 //! (`buffering` defaults to `[proxy]`'s too.)
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use super::error::Collector;
 use super::reader::Section;
@@ -69,26 +68,11 @@ pub(super) fn read(
                 ),
             );
         }
-        let ms = |key: &str, default: Duration, errors: &mut Collector| {
-            s.integer(key, 1, 3_600_000, "an integer 1..=3600000 (ms)", errors)
-                .map_or(default, |v| Duration::from_millis(v.value as u64))
-        };
-        let base = proxy.map(|p| p.timeouts);
-        let timeouts = base.map(|b| UpstreamTimeouts {
-            connect: ms("connect_timeout_ms", b.connect, errors),
-            read: ms("read_timeout_ms", b.read, errors),
-            write: ms("write_timeout_ms", b.write, errors),
-        });
-        let retries = s
-            .integer("retries", 0, 10, "an integer 0..=10", errors)
-            .map(|v| v.value as usize);
+        let timeouts = proxy.map(|p| super::proxy::timeouts(&s, p.timeouts, errors));
+        let retries = super::proxy::retries(&s, errors);
         let h2 = upstreams.as_ref().is_some_and(|u| u.iter().any(|u| u.h2));
-        let health_check = match s.table(
-            "health_check",
-            &["interval_ms", "path", "timeout_ms"],
-            errors,
-        ) {
-            Some(h) => Some(Some(super::proxy::health(&h, errors))),
+        let health_check = match super::proxy::health_check(&s, errors) {
+            Some(h) => Some(Some(h)),
             // [proxy]'s HTTP check would ask an h2:// (gRPC) service for a plain GET, which
             // such services refuse: its pool inherits the check as a TCP one.
             None => proxy.map(|p| {
