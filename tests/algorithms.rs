@@ -7,7 +7,7 @@ mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use common::http::{get, post, Conn};
 use common::procs::{Gateway, RedisServer};
@@ -225,13 +225,6 @@ fn gcra_allows_exactly_its_burst_across_three_nodes() {
     assert_eq!(up.served(), 50);
 }
 
-fn epoch_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
 #[test]
 fn sliding_window_stays_within_its_bounds_across_three_nodes() {
     let redis = RedisServer::start();
@@ -239,9 +232,11 @@ fn sliding_window_stays_within_its_bounds_across_three_nodes() {
     // Within one fixed window with nothing before it, the counter is exact: the limit.
     let nodes = three_nodes(&redis, &up, &rule("sliding_window", 50, 3_600_000));
     let hour = 3_600_000;
-    if hour - epoch_ms() % hour < 30_000 {
+    if hour - common::epoch_ms() % hour < 30_000 {
         // Too near the next hour for the burst to fit in this one: wait for it.
-        std::thread::sleep(Duration::from_millis(hour - epoch_ms() % hour + 100));
+        std::thread::sleep(Duration::from_millis(
+            hour - common::epoch_ms() % hour + 100,
+        ));
     }
     assert_eq!(burst(&nodes, "one-window"), 50);
     drop(nodes);
@@ -252,15 +247,15 @@ fn sliding_window_stays_within_its_bounds_across_three_nodes() {
     let window = 4_000;
     let nodes = three_nodes(&redis, &up, &rule("sliding_window", LIMIT as u32, window));
     // Start 2.5 s into a fixed window (1.5 s for the first burst to finish in it).
-    let into = epoch_ms() % window;
+    let into = common::epoch_ms() % window;
     std::thread::sleep(Duration::from_millis((window + 2_500 - into) % window));
     let first = burst(&nodes, "edge");
-    let boundary = window - epoch_ms() % window;
+    let boundary = window - common::epoch_ms() % window;
     assert!(boundary < 1_500, "the first burst ran into the next window");
     // Into the next window, 100 ms past the boundary.
     std::thread::sleep(Duration::from_millis(boundary + 100));
     let second = burst(&nodes, "edge");
-    let elapsed = epoch_ms() % window;
+    let elapsed = common::epoch_ms() % window;
     assert_eq!(
         first, LIMIT,
         "the first fixed window takes exactly the limit"

@@ -12,7 +12,7 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::http::{get, Conn, Response};
 use common::procs::{Gateway, RedisServer};
@@ -219,13 +219,6 @@ const QUOTAS: &str = "[[rules]]\nname = \"daily\"\npath = \"/daily\"\nkey = \"he
      [[rules]]\nname = \"monthly\"\npath = \"/monthly\"\nkey = \"header:X-Api-Key\"\nlimit = 100\nperiod = \"month\"\ntimezone = \"Asia/Kathmandu\"\nanchor_day = 15\n\
      [[rules]]\nname = \"weekly\"\npath = \"/weekly\"\nkey = \"header:X-Api-Key\"\nlimit = 10\nperiod = \"week\"\ntimezone = \"America/New_York\"\n";
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
 #[test]
 fn a_quota_in_redis_is_one_string_expiring_at_the_periods_end() {
     let redis = RedisServer::start();
@@ -251,7 +244,7 @@ fn a_quota_in_redis_is_one_string_expiring_at_the_periods_end() {
     // `c:<units>:<end>`: the units counted, and the period's end (a UTC day: the next
     // midnight, ms since the epoch), when the key expires.
     let value: String = redis::cmd("GET").arg(&keys[0]).query(&mut c).unwrap();
-    let now = now_ms();
+    let now = common::epoch_ms();
     let midnight = now - now % 86_400_000 + 86_400_000;
     let end: u64 = value
         .strip_prefix("c:2:")

@@ -6,7 +6,7 @@
 mod common;
 
 use std::num::{NonZeroU32, NonZeroU64};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::procs::RedisServer;
 use ratelimiter::config::Config;
@@ -199,10 +199,7 @@ fn start(aligned: bool) -> Instant {
     if !aligned {
         return Instant::now() + Duration::from_millis(100);
     }
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
+    let now_ms = common::epoch_ms();
     Instant::now() + Duration::from_millis(WINDOW_MS - now_ms % WINDOW_MS)
 }
 

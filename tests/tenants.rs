@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::http::{get, post, Conn, Response};
 use common::procs::{Gateway, RedisServer};
@@ -524,13 +524,6 @@ fn iso_ms(ms: u64) -> String {
     )
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
 #[test]
 fn a_runtime_override_wins_over_the_files_and_composite_values_are_percent_encoded() {
     let gw = Gateway::start(
@@ -642,9 +635,9 @@ fn bans_and_the_audit_log_in_redis() {
     );
     // A ban's `until`: ISO 8601 UTC with milliseconds, `for_ms` from when it was made, as the
     // store keeps it.
-    let before = now_ms();
+    let before = common::epoch_ms();
     let r = open_call(&gw, "PUT", "/api/bans/login/bob", r#"{"for_ms": 60000}"#);
-    let after = now_ms();
+    let after = common::epoch_ms();
     assert_eq!(r.status, 200, "{}", r.body);
     let ban = body(&r);
     let until = ban["until"].as_str().unwrap().to_string();

@@ -15,6 +15,14 @@ pub mod upstream;
 
 use std::time::{Duration, Instant};
 
+/// Milliseconds since the epoch, now (the wall clock the gateway's stores use).
+pub fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
 /// The value of one series in `/metrics` (0 when absent).
 pub fn metric(gw: &procs::Gateway, series: &str) -> f64 {
     let text = http::get(&gw.admin, "/metrics", &[]).unwrap().body;
